@@ -1,0 +1,639 @@
+"""Offline checks of deploy/: the manifests are valid, build, and keep the guard rails.
+
+Nothing here needs a cluster. It needs `kubectl` (for `kubectl kustomize`) and a
+virtualenv with pytest, pyyaml and kubernetes-validate:
+
+    .venv/bin/python -m pytest deploy/tests -q          # or: just test-deploy
+
+What is checked, and why (issue 5; the original design got several of these wrong):
+
+* every manifest passes `kubernetes-validate --strict` for KUBERNETES_VERSION, and
+  every kustomization builds; every manifest file is reachable from a
+  kustomization (nothing silently left out); `kubectl apply -f deploy/jobs` sees
+  only complete objects;
+* every pod template: pinned to the analytics node (nodeSelector + toleration),
+  Pod Security `restricted` context, no API token, requests and limits inside the
+  LimitRange of its namespace, and the sum of all pods that can run at the same
+  time inside the namespace's ResourceQuota;
+* every namespace: Pod Security labels, a default-deny policy, DNS to kube-dns
+  selected by `kubernetes.io/metadata.name`, S3 by ipBlock, PostgreSQL by
+  namespace AND pod selector; no "block" policies (NetworkPolicies only allow);
+* no Secret carrying data in anything applied; secret templates hold placeholders;
+* every environment variable a container gets is one the binaries read, and the
+  required ones are all there.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import re
+import shutil
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+import yaml
+
+# The Kubernetes version the manifests are validated against; docs/deploy.md and
+# the namespaces' pod-security.kubernetes.io/*-version labels state the same one.
+KUBERNETES_VERSION = "1.31.0"
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+SECRET_TEMPLATES = DEPLOY / "base" / "secrets"
+KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
+# `kubectl apply -f <dir>` reads only files with these extensions.
+KUBECTL_EXTENSIONS = (".yaml", ".yml", ".json")
+
+# Environment variables the binaries read: SPEC §8 plus the jobs' tuning knobs.
+# TODO(issue 7): read this list from the configuration table in README.md once it
+# exists, so the manifests cannot drift from the documentation; until then keep
+# it in sync by hand.
+ALLOWED_ENV = frozenset(
+    {
+        "DJANGO_DB_HOST",
+        "DJANGO_DB_PORT",
+        "DJANGO_DB_NAME",
+        "DJANGO_DB_USER",
+        "DJANGO_DB_PASSWORD",
+        "DJANGO_DB_SSLMODE",
+        "DJANGO_DB_SSLROOTCERT",
+        "DJANGO_DB_STATEMENT_TIMEOUT",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ENDPOINT",
+        "AWS_REGION",
+        "S3_BUCKET",
+        "LAKE_URL",
+        "S3_CONDITIONAL_WRITES",
+        "S3_MAX_RETRIES",
+        "S3_TIMEOUT_SECS",
+        "LOG_FORMAT",
+        "RUST_LOG",
+        "BRONZE_LEASE_SECS",
+        "BRONZE_LOOKBACK",
+        "SILVER_MAX_VIOLATION_RATIO",
+        "SILVER_SHARD_COUNT",
+        "JOB_COMPLETION_INDEX",
+    }
+)
+REQUIRED_ENV = frozenset({"DJANGO_DB_HOST", "DJANGO_DB_NAME", "DJANGO_DB_USER", "DJANGO_DB_PASSWORD"})
+# One of these names the lake root.
+LAKE_ROOT_ENV = frozenset({"S3_BUCKET", "LAKE_URL"})
+# Keys whose template value must be a placeholder, never a plausible secret.
+SECRET_KEY_PATTERN = re.compile(r"PASSWORD|SECRET|ACCESS_KEY")
+PLACEHOLDER = "REPLACE_ME"
+
+# The image is pinned by a release tag or a digest, never `latest` or a branch;
+# the registry is a placeholder that operators replace (docs/deploy.md, "Image").
+IMAGE_PATTERN = re.compile(r"^[a-z0-9.:/_-]+/deep-storage(:\d+\.\d+\.\d+|@sha256:[0-9a-f]{64})$")
+BINARIES = {"/usr/local/bin/bronze-ingest", "/usr/local/bin/silver-transform", "/usr/local/bin/smoke-test"}
+RUN_AS = 65532
+NODE_POOL = ("robson.io/pool", "analytics")
+TAINT = {"key": "robson.io/dedicated", "value": "analytics", "effect": "NoSchedule"}
+LAKE_POD_LABEL = ("app.kubernetes.io/part-of", "robson-deep-storage")
+PSS_MODES = ("enforce", "audit", "warn")
+POD_KINDS = {"Pod", "Job", "CronJob", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"}
+RBAC_KINDS = {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def load_docs(path: Path) -> list[dict]:
+    with path.open() as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def manifest_files() -> list[Path]:
+    """Every Kubernetes manifest under deploy/ (secret templates included)."""
+    files = []
+    for path in sorted(DEPLOY.rglob("*")):
+        if path.is_file() and path.suffix in (".yaml", ".yml") and path.name not in KUSTOMIZATION_NAMES:
+            if "tests" not in path.relative_to(DEPLOY).parts:
+                files.append(path)
+    return files
+
+
+def kustomization_dirs() -> list[Path]:
+    return sorted({p.parent for name in KUSTOMIZATION_NAMES for p in DEPLOY.rglob(name)})
+
+
+def kustomization_file(directory: Path) -> Path:
+    for name in KUSTOMIZATION_NAMES:
+        if (directory / name).is_file():
+            return directory / name
+    raise AssertionError(f"no kustomization in {directory}")
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def kubectl() -> str:
+    path = shutil.which("kubectl")
+    if path is None:
+        pytest.fail("kubectl not found: it renders the kustomizations (`kubectl kustomize`); install it")
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def kustomize_build(directory: Path) -> tuple[str, list[dict]]:
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(directory)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        pytest.fail(f"kubectl kustomize {rel(directory)} failed:\n{result.stderr}")
+    return result.stdout, [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+@functools.lru_cache(maxsize=None)
+def applied_objects() -> tuple[dict, ...]:
+    """Everything that can reach a cluster: deploy/ and deploy/jobs, rendered, de-duplicated."""
+    seen: dict[tuple, dict] = {}
+    for directory in (DEPLOY, DEPLOY / "jobs"):
+        for obj in kustomize_build(directory)[1]:
+            meta = obj["metadata"]
+            seen[(obj["kind"], meta.get("namespace"), meta["name"])] = obj
+    # `kubectl apply -f deploy/jobs` too, in case a file there is not in its kustomization.
+    for path in sorted((DEPLOY / "jobs").iterdir()):
+        if path.suffix in KUBECTL_EXTENSIONS:
+            for obj in load_docs(path):
+                if obj.get("kind") == "Kustomization":
+                    continue  # test_kubectl_apply_f_jobs_sees_only_complete_objects reports it
+                meta = obj["metadata"]
+                seen[(obj["kind"], meta.get("namespace"), meta["name"])] = obj
+    return tuple(seen.values())
+
+
+def objects(kind: str) -> list[dict]:
+    return [o for o in applied_objects() if o["kind"] == kind]
+
+
+def obj_id(obj: dict) -> str:
+    return f"{obj['kind']}/{obj['metadata'].get('namespace', '-')}/{obj['metadata']['name']}"
+
+
+def pod_template(obj: dict) -> dict:
+    if obj["kind"] == "Pod":
+        return obj
+    if obj["kind"] == "CronJob":
+        return obj["spec"]["jobTemplate"]["spec"]["template"]
+    return obj["spec"]["template"]
+
+
+def workloads() -> list[dict]:
+    return [o for o in applied_objects() if o["kind"] in POD_KINDS]
+
+
+def containers(pod_spec: dict) -> list[dict]:
+    return pod_spec.get("initContainers", []) + pod_spec["containers"]
+
+
+def max_concurrent_pods(obj: dict) -> int:
+    """How many pods of this workload can run at the same time."""
+    kind = obj["kind"]
+    if kind == "Pod":
+        return 1
+    if kind == "Job":
+        return obj["spec"].get("parallelism", 1)
+    if kind == "CronJob":
+        policy = obj["spec"].get("concurrencyPolicy", "Allow")
+        assert policy in ("Forbid", "Replace"), f"{obj_id(obj)}: concurrencyPolicy {policy} is unbounded"
+        return obj["spec"]["jobTemplate"]["spec"].get("parallelism", 1)
+    return obj["spec"].get("replicas", 1)
+
+
+_SUFFIXES = {
+    "m": Fraction(1, 1000),
+    "k": Fraction(10**3),
+    "M": Fraction(10**6),
+    "G": Fraction(10**9),
+    "T": Fraction(10**12),
+    "Ki": Fraction(2**10),
+    "Mi": Fraction(2**20),
+    "Gi": Fraction(2**30),
+    "Ti": Fraction(2**40),
+}
+
+
+def quantity(value) -> Fraction:
+    """A Kubernetes resource quantity ("250m", "1", "256Mi", "1Gi") as an exact number."""
+    match = re.fullmatch(r"([0-9.]+)([a-zA-Z]*)", str(value))
+    assert match, f"not a quantity: {value!r}"
+    number, suffix = match.groups()
+    assert suffix in ("",) + tuple(_SUFFIXES), f"unknown quantity suffix in {value!r}"
+    return Fraction(number) * _SUFFIXES.get(suffix, Fraction(1))
+
+
+def secret_template(name: str) -> dict:
+    for path in SECRET_TEMPLATES.glob("*.template.yaml"):
+        for doc in load_docs(path):
+            if doc["kind"] == "Secret" and doc["metadata"]["name"] == name:
+                return doc
+    raise AssertionError(f"no template for Secret {name} in {rel(SECRET_TEMPLATES)}")
+
+
+def container_env_names(container: dict) -> dict[str, str]:
+    """Every variable name the container gets, mapped to where it comes from."""
+    names: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        assert "configMapRef" not in source, "envFrom configMapRef: its keys cannot be checked here"
+        assert not source.get("prefix"), "envFrom prefix renames keys; use the plain names"
+        secret = source["secretRef"]["name"]
+        for key in secret_template(secret)["stringData"]:
+            names[key] = f"Secret {secret} (envFrom)"
+    for var in container.get("env", []):
+        names[var["name"]] = "env"
+    return names
+
+
+# --------------------------------------------------------------------------- validity
+
+
+@pytest.mark.parametrize("path", manifest_files(), ids=rel)
+def test_manifest_validates_strict(path: Path) -> None:
+    tool = Path(sys.executable).parent / "kubernetes-validate"
+    assert tool.exists(), f"{tool} missing: pip install kubernetes-validate into the virtualenv"
+    result = subprocess.run(
+        [str(tool), "--strict", "--kubernetes-version", KUBERNETES_VERSION, "--quiet", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("directory", kustomization_dirs(), ids=rel)
+def test_kustomization_builds_and_validates(directory: Path, tmp_path: Path) -> None:
+    rendered, docs = kustomize_build(directory)
+    assert docs, f"{rel(directory)} renders nothing"
+    # Validate the rendered objects as well: patches added later are covered too.
+    out = tmp_path / "rendered.yaml"
+    out.write_text(rendered)
+    tool = Path(sys.executable).parent / "kubernetes-validate"
+    result = subprocess.run(
+        [str(tool), "--strict", "--kubernetes-version", KUBERNETES_VERSION, "--quiet", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_manifest_is_in_a_kustomization_except_templates() -> None:
+    listed: set[Path] = set()
+    for directory in kustomization_dirs():
+        for entry in yaml.safe_load(kustomization_file(directory).read_text()).get("resources", []):
+            listed.add((directory / entry).resolve())
+    for path in manifest_files():
+        if path.name.endswith(".template.yaml"):
+            assert path.resolve() not in listed, f"{rel(path)} is a template and must never be applied"
+        else:
+            assert path.resolve() in listed, f"{rel(path)} is in no kustomization, so it is never deployed"
+
+
+def test_kubectl_apply_f_jobs_sees_only_complete_objects() -> None:
+    files = [p for p in (DEPLOY / "jobs").iterdir() if p.suffix in KUBECTL_EXTENSIONS]
+    assert {p.name for p in files} >= {"bronze-ingest.yaml", "silver-transform.yaml", "smoke-test.yaml"}
+    for path in files:
+        for doc in load_docs(path):
+            assert doc.get("apiVersion") and doc.get("kind"), f"{rel(path)}: not a Kubernetes object"
+            assert doc["kind"] != "Kustomization", f"{rel(path)}: kubectl apply -f would choke on it"
+            assert doc["metadata"].get("namespace") == "analytics-jobs", f"{rel(path)}: namespace"
+
+
+# --------------------------------------------------------------------------- pods
+
+
+def test_one_image_for_every_pod() -> None:
+    images = {c["image"] for w in workloads() for c in containers(pod_template(w)["spec"])}
+    assert len(images) == 1, f"every pod runs the same image (one release): {sorted(images)}"
+
+
+def test_there_are_pod_templates_for_every_binary() -> None:
+    commands = {pod_template(w)["spec"]["containers"][0]["command"][0] for w in workloads()}
+    assert commands == BINARIES
+    kinds = {(w["kind"], w["metadata"]["name"]) for w in workloads()}
+    assert ("CronJob", "bronze-ingest") in kinds and ("CronJob", "silver-transform") in kinds
+
+
+@pytest.mark.parametrize("obj", workloads(), ids=obj_id)
+def test_pod_is_pinned_to_the_analytics_node(obj: dict) -> None:
+    spec = pod_template(obj)["spec"]
+    key, value = NODE_POOL
+    assert spec.get("nodeSelector", {}).get(key) == value
+    tolerations = spec.get("tolerations", [])
+    assert any(
+        t.get("key") == TAINT["key"]
+        and t.get("effect") == TAINT["effect"]
+        and (t.get("operator") == "Exists" or t.get("value") == TAINT["value"])
+        for t in tolerations
+    ), f"no toleration for {TAINT}"
+
+
+@pytest.mark.parametrize("obj", workloads(), ids=obj_id)
+def test_pod_security_context_is_restricted(obj: dict) -> None:
+    spec = pod_template(obj)["spec"]
+    pod_sc = spec.get("securityContext", {})
+    assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC")
+    for c in containers(spec):
+        sc = c.get("securityContext", {})
+        effective = {**pod_sc, **sc}
+        where = f"container {c['name']}"
+        assert effective.get("runAsNonRoot") is True, where
+        assert effective.get("runAsUser") == RUN_AS and effective.get("runAsGroup") == RUN_AS, where
+        assert effective.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+        assert sc.get("allowPrivilegeEscalation") is False, where
+        assert sc.get("privileged") is not True, where
+        assert sc.get("readOnlyRootFilesystem") is True, where
+        assert sc.get("capabilities", {}).get("drop") == ["ALL"], where
+        assert not sc.get("capabilities", {}).get("add"), where
+    # Pod Security restricted allows only these volume types; hostPath never.
+    allowed = {"emptyDir", "secret", "configMap", "projected", "downwardAPI", "persistentVolumeClaim", "ephemeral", "csi"}
+    for volume in spec.get("volumes", []):
+        assert set(volume) - {"name"} <= allowed, f"volume {volume['name']}"
+
+
+@pytest.mark.parametrize("obj", workloads(), ids=obj_id)
+def test_pod_has_scratch_tmp_and_no_api_token(obj: dict) -> None:
+    spec = pod_template(obj)["spec"]
+    empty_dirs = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
+    for c in spec["containers"]:
+        tmp = [m for m in c.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+        assert tmp and tmp[0]["name"] in empty_dirs, f"container {c['name']}: /tmp must be an emptyDir"
+    for v in spec.get("volumes", []):
+        if "emptyDir" in v:
+            assert "sizeLimit" in v["emptyDir"], f"emptyDir {v['name']} without sizeLimit"
+    assert spec.get("serviceAccountName") == "lake-jobs"
+    assert spec.get("automountServiceAccountToken") is False
+    assert spec.get("enableServiceLinks") is False, "service links inject env names the binaries do not read"
+    assert spec.get("restartPolicy") in ("Never", "OnFailure")
+
+
+@pytest.mark.parametrize("obj", workloads(), ids=obj_id)
+def test_pod_runs_the_project_image_and_a_known_binary(obj: dict) -> None:
+    template = pod_template(obj)
+    for c in template["spec"]["containers"]:
+        assert IMAGE_PATTERN.match(c["image"]), f"{c['image']}: pin <registry>/deep-storage:<x.y.z>"
+        assert c.get("command", [None])[0] in BINARIES, c.get("command")
+    # The NetworkPolicies for PostgreSQL and S3 select pods by this label.
+    key, value = LAKE_POD_LABEL
+    assert template["metadata"]["labels"].get(key) == value
+
+
+@pytest.mark.parametrize("obj", [w for w in workloads() if w["kind"] in ("Job", "CronJob")], ids=obj_id)
+def test_job_limits_its_runtime_and_cleans_up(obj: dict) -> None:
+    job_spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+    for field in ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"):
+        assert isinstance(job_spec.get(field), int), f"{field} missing"
+    if obj["kind"] == "CronJob":
+        spec = obj["spec"]
+        assert spec.get("concurrencyPolicy") == "Forbid"
+        assert isinstance(spec.get("startingDeadlineSeconds"), int)
+        minute, hour, *_ = spec["schedule"].split()
+        period = 3600 if hour == "*" else 86400
+        # With Forbid, a hung run would block every following run.
+        assert job_spec["activeDeadlineSeconds"] < period, "activeDeadlineSeconds must end a run before the next"
+
+
+def test_schedules_bronze_hourly_silver_daily() -> None:
+    schedules = {c["metadata"]["name"]: c["spec"]["schedule"].split() for c in objects("CronJob")}
+    minute, hour, dom, month, dow = schedules["bronze-ingest"]
+    assert minute.isdigit() and (hour, dom, month, dow) == ("*", "*", "*", "*")
+    minute, hour, dom, month, dow = schedules["silver-transform"]
+    assert minute.isdigit() and hour.isdigit() and (dom, month, dow) == ("*", "*", "*")
+
+
+# --------------------------------------------------------------------------- resources
+
+
+def limit_range(namespace: str) -> dict:
+    ranges = [o for o in objects("LimitRange") if o["metadata"]["namespace"] == namespace]
+    assert len(ranges) == 1, f"namespace {namespace}: expected one LimitRange, found {len(ranges)}"
+    return next(lim for lim in ranges[0]["spec"]["limits"] if lim["type"] == "Container")
+
+
+@pytest.mark.parametrize("obj", workloads(), ids=obj_id)
+def test_requests_and_limits_inside_the_limit_range(obj: dict) -> None:
+    bounds = limit_range(obj["metadata"]["namespace"])
+    for c in containers(pod_template(obj)["spec"]):
+        res = c.get("resources", {})
+        for resource in ("cpu", "memory"):
+            where = f"container {c['name']} {resource}"
+            assert resource in res.get("requests", {}), f"{where}: no request"
+            assert resource in res.get("limits", {}), f"{where}: no limit"
+            request = quantity(res["requests"][resource])
+            limit = quantity(res["limits"][resource])
+            assert request <= limit, where
+            if resource in bounds.get("min", {}):
+                assert request >= quantity(bounds["min"][resource]), f"{where}: below the LimitRange min"
+            if resource in bounds.get("max", {}):
+                assert limit <= quantity(bounds["max"][resource]), f"{where}: above the LimitRange max"
+            if resource in bounds.get("maxLimitRequestRatio", {}):
+                ratio = quantity(bounds["maxLimitRequestRatio"][resource])
+                assert limit <= request * ratio, f"{where}: limit/request above the LimitRange ratio"
+
+
+def test_limit_range_defaults_are_inside_its_own_bounds() -> None:
+    for lr in objects("LimitRange"):
+        for lim in lr["spec"]["limits"]:
+            for resource in ("cpu", "memory"):
+                low = quantity(lim["min"][resource])
+                high = quantity(lim["max"][resource])
+                request = quantity(lim["defaultRequest"][resource])
+                limit = quantity(lim["default"][resource])
+                assert low <= request <= limit <= high, f"{obj_id(lr)} {resource}"
+                ratio = lim.get("maxLimitRequestRatio", {}).get(resource)
+                if ratio is not None:
+                    assert limit <= request * quantity(ratio), f"{obj_id(lr)} {resource} ratio"
+
+
+def test_all_concurrently_possible_pods_fit_the_resource_quota() -> None:
+    namespaces = {o["metadata"]["name"] for o in objects("Namespace")}
+    for namespace in namespaces:
+        quotas = [q for q in objects("ResourceQuota") if q["metadata"]["namespace"] == namespace]
+        assert len(quotas) == 1, f"namespace {namespace}: expected one ResourceQuota"
+        hard = quotas[0]["spec"]["hard"]
+        totals = {"pods": Fraction(0)}
+        for obj in (w for w in workloads() if w["metadata"]["namespace"] == namespace):
+            pods = max_concurrent_pods(obj)
+            totals["pods"] += pods
+            for c in pod_template(obj)["spec"]["containers"]:
+                for kind in ("requests", "limits"):
+                    for resource, value in c["resources"][kind].items():
+                        key = f"{kind}.{resource}"
+                        totals[key] = totals.get(key, Fraction(0)) + pods * quantity(value)
+        for key in ("pods", "requests.cpu", "limits.cpu", "requests.memory", "limits.memory"):
+            assert key in hard, f"ResourceQuota of {namespace} does not bound {key}"
+            assert totals.get(key, 0) <= quantity(hard[key]), (
+                f"{namespace}: {key} of all concurrent pods is {float(totals[key]):g}, quota {hard[key]}"
+            )
+
+
+# --------------------------------------------------------------------------- namespaces and policies
+
+
+def lake_namespaces() -> list[str]:
+    return sorted({o["metadata"]["name"] for o in objects("Namespace")})
+
+
+def test_namespaces_exist_for_everything_and_enforce_restricted() -> None:
+    assert set(lake_namespaces()) == {"analytics-jobs", "datalake-system"}
+    for ns in objects("Namespace"):
+        labels = ns["metadata"]["labels"]
+        for mode in PSS_MODES:
+            assert labels.get(f"pod-security.kubernetes.io/{mode}") == "restricted", mode
+            major_minor = ".".join(KUBERNETES_VERSION.split(".")[:2])
+            assert labels.get(f"pod-security.kubernetes.io/{mode}-version") in ("latest", f"v{major_minor}")
+    used = {o["metadata"].get("namespace") for o in applied_objects() if o["kind"] != "Namespace"}
+    assert used <= set(lake_namespaces()), f"objects in namespaces this deployment does not create: {used}"
+
+
+def policies(namespace: str) -> list[dict]:
+    return [p for p in objects("NetworkPolicy") if p["metadata"]["namespace"] == namespace]
+
+
+def is_default_deny(policy: dict) -> bool:
+    spec = policy["spec"]
+    return (
+        spec.get("podSelector") == {}
+        and set(spec.get("policyTypes", [])) == {"Ingress", "Egress"}
+        and not spec.get("ingress")
+        and not spec.get("egress")
+    )
+
+
+@pytest.mark.parametrize("namespace", lake_namespaces())
+def test_default_deny_in_every_namespace(namespace: str) -> None:
+    assert any(is_default_deny(p) for p in policies(namespace)), f"no default-deny policy in {namespace}"
+
+
+def test_policies_only_allow() -> None:
+    """A policy without rules denies; only the default-deny may be one. No "block" policies."""
+    for policy in objects("NetworkPolicy"):
+        if is_default_deny(policy):
+            continue
+        spec = policy["spec"]
+        assert spec.get("ingress") or spec.get("egress"), f"{obj_id(policy)} allows nothing (a 'block' policy?)"
+        assert "Ingress" not in spec.get("policyTypes", []) or spec.get("ingress"), obj_id(policy)
+
+
+def egress_rules(namespace: str, port: int) -> list[tuple[dict, dict]]:
+    """(policy, rule) pairs of the namespace's egress rules that open `port`."""
+    found = []
+    for policy in policies(namespace):
+        for rule in policy["spec"].get("egress", []):
+            if any(p.get("port") == port for p in rule.get("ports", [])):
+                found.append((policy, rule))
+    return found
+
+
+@pytest.mark.parametrize("namespace", lake_namespaces())
+def test_dns_egress_to_kube_dns_by_metadata_name(namespace: str) -> None:
+    rules = egress_rules(namespace, 53)
+    assert rules, f"no DNS egress in {namespace}: every lookup would hang"
+    for policy, rule in rules:
+        assert {p.get("protocol", "TCP") for p in rule["ports"]} == {"UDP", "TCP"}, obj_id(policy)
+        assert policy["spec"]["podSelector"] == {}, f"{obj_id(policy)}: DNS for every pod"
+        for peer in rule["to"]:
+            assert peer.get("namespaceSelector") == {
+                "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+            }, f"{obj_id(policy)}: select kube-system by kubernetes.io/metadata.name"
+            assert peer.get("podSelector") == {"matchLabels": {"k8s-app": "kube-dns"}}, obj_id(policy)
+
+
+def test_no_namespace_selected_by_a_label_namespaces_do_not_carry() -> None:
+    for policy in objects("NetworkPolicy"):
+        for direction in ("ingress", "egress"):
+            for rule in policy["spec"].get(direction, []):
+                for peer in rule.get("to", []) + rule.get("from", []):
+                    selector = peer.get("namespaceSelector")
+                    if selector is not None:
+                        keys = set(selector.get("matchLabels", {}))
+                        keys |= {e["key"] for e in selector.get("matchExpressions", [])}
+                        assert keys == {"kubernetes.io/metadata.name"}, (
+                            f"{obj_id(policy)}: namespaces carry only kubernetes.io/metadata.name for sure"
+                        )
+
+
+@pytest.mark.parametrize("namespace", lake_namespaces())
+def test_s3_egress_is_an_ip_block_on_443(namespace: str) -> None:
+    rules = egress_rules(namespace, 443)
+    assert rules, f"no S3 egress in {namespace}"
+    for policy, rule in rules:
+        assert {p.get("protocol", "TCP") for p in rule["ports"]} == {"TCP"}
+        for peer in rule["to"]:
+            assert set(peer) == {"ipBlock"}, f"{obj_id(policy)}: an external endpoint only matches an ipBlock"
+            ipaddress.ip_network(peer["ipBlock"]["cidr"])
+            assert peer["ipBlock"]["cidr"] not in ("0.0.0.0/0", "::/0"), "S3 egress open to the internet"
+
+
+def test_postgres_egress_by_namespace_and_pod_selector() -> None:
+    rules = egress_rules("analytics-jobs", 5432)
+    assert rules, "no PostgreSQL egress for the jobs"
+    for policy, rule in rules:
+        for peer in rule["to"]:
+            # Both selectors in ONE peer: namespace AND pod. Separate peers would mean OR.
+            assert "namespaceSelector" in peer and "podSelector" in peer, obj_id(policy)
+            assert peer["podSelector"].get("matchLabels"), obj_id(policy)
+    assert not egress_rules("datalake-system", 5432), "datalake-system never talks to PostgreSQL"
+
+
+@pytest.mark.parametrize("obj", workloads(), ids=obj_id)
+def test_pod_is_selected_by_its_namespace_allow_policies(obj: dict) -> None:
+    labels = pod_template(obj)["metadata"].get("labels", {})
+    needed = {53, 443} | ({5432} if obj["metadata"]["namespace"] == "analytics-jobs" else set())
+    for port in needed:
+        selectors = [p["spec"]["podSelector"] for p, _ in egress_rules(obj["metadata"]["namespace"], port)]
+        assert any(
+            all(labels.get(k) == v for k, v in s.get("matchLabels", {}).items()) for s in selectors
+        ), f"no egress policy for port {port} selects this pod"
+
+
+# --------------------------------------------------------------------------- secrets, RBAC, env
+
+
+def test_no_secret_with_data_is_applied() -> None:
+    for obj in applied_objects():
+        if obj["kind"] == "Secret":
+            assert not obj.get("data") and not obj.get("stringData"), f"{obj_id(obj)} carries data"
+
+
+def test_secret_templates_hold_placeholders_only() -> None:
+    templates = sorted(SECRET_TEMPLATES.glob("*.template.yaml"))
+    assert templates, "no secret templates"
+    for path in templates:
+        for doc in load_docs(path):
+            assert doc["kind"] == "Secret" and "data" not in doc, rel(path)
+            assert doc["metadata"]["namespace"] == "analytics-jobs"
+            for key, value in doc["stringData"].items():
+                assert key in ALLOWED_ENV, f"{rel(path)}: {key} is not a variable the binaries read"
+                if SECRET_KEY_PATTERN.search(key):
+                    assert value == PLACEHOLDER, f"{rel(path)}: {key} must be {PLACEHOLDER}"
+
+
+def test_service_account_has_no_token_and_no_role() -> None:
+    accounts = objects("ServiceAccount")
+    assert {(a["metadata"]["namespace"], a["metadata"]["name"]) for a in accounts} >= {
+        ("analytics-jobs", "lake-jobs")
+    }
+    for account in accounts:
+        assert account.get("automountServiceAccountToken") is False, obj_id(account)
+    assert not [o for o in applied_objects() if o["kind"] in RBAC_KINDS], "the jobs never call the API"
+
+
+@pytest.mark.parametrize("obj", workloads(), ids=obj_id)
+def test_env_names_are_known_and_required_ones_set(obj: dict) -> None:
+    for c in containers(pod_template(obj)["spec"]):
+        names = container_env_names(c)
+        unknown = {n: src for n, src in names.items() if n not in ALLOWED_ENV}
+        assert not unknown, f"container {c['name']}: variables the binaries do not read: {unknown}"
+        missing = REQUIRED_ENV - set(names)
+        assert not missing, f"container {c['name']}: required variables not set: {sorted(missing)}"
+        assert LAKE_ROOT_ENV & set(names), f"container {c['name']}: neither S3_BUCKET nor LAKE_URL"
+        env = {v["name"]: v.get("value") for v in c.get("env", [])}
+        assert env.get("LOG_FORMAT") == "json", f"container {c['name']}: LOG_FORMAT=json"

@@ -1,0 +1,283 @@
+//! PostgreSQL connections: a deadpool pool with TLS through rustls.
+//!
+//! `DJANGO_DB_SSLMODE` keeps libpq's meaning so the cluster's existing secrets
+//! behave as they do for Django: `prefer`/`require` encrypt without checking the
+//! certificate, `verify-full` checks the chain (against `DJANGO_DB_SSLROOTCERT` or
+//! the system roots) *and* the host name. Every connection carries
+//! `application_name` (so a DBA sees which job holds a snapshot) and a statement
+//! timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::config::{PostgresConfig, SslMode};
+
+/// Errors of setting up PostgreSQL access.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PostgresError {
+    /// The CA file of `DJANGO_DB_SSLROOTCERT` is unusable.
+    #[error("DJANGO_DB_SSLROOTCERT {path}: {message}")]
+    RootCert {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No root certificate is available for `verify-full`.
+    #[error(
+        "DJANGO_DB_SSLMODE=verify-full but no CA certificate was found: set DJANGO_DB_SSLROOTCERT to the CA's PEM file"
+    )]
+    NoRoots,
+    /// TLS set-up failed.
+    #[error("TLS set-up failed: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The pool could not be built.
+    #[error("cannot build the connection pool: {0}")]
+    Pool(#[from] deadpool_postgres::BuildError),
+}
+
+/// A pool of connections to the source database.
+pub type PgPool = Pool;
+
+/// Builds the `tokio_postgres` configuration (no I/O).
+pub fn pg_config(config: &PostgresConfig, application_name: &str) -> tokio_postgres::Config {
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&config.host)
+        .port(config.port)
+        .dbname(&config.dbname)
+        .user(&config.user)
+        .password(config.password.expose())
+        .application_name(application_name)
+        .connect_timeout(Duration::from_secs(10))
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(60))
+        .options(format!(
+            "-c statement_timeout={} -c idle_in_transaction_session_timeout={}",
+            config.statement_timeout.as_millis(),
+            config.statement_timeout.as_millis()
+        ))
+        .ssl_mode(match config.sslmode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+            SslMode::Require | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
+        });
+    pg
+}
+
+/// The rustls connector for the configured sslmode.
+pub fn tls_connector(config: &PostgresConfig) -> Result<MakeRustlsConnect, PostgresError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let tls = match config.sslmode {
+        SslMode::VerifyFull => builder
+            .with_root_certificates(root_store(config)?)
+            .with_no_client_auth(),
+        // libpq's prefer/require encrypt but do not authenticate the server.
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+            .with_no_client_auth(),
+    };
+    Ok(MakeRustlsConnect::new(tls))
+}
+
+fn root_store(config: &PostgresConfig) -> Result<RootCertStore, PostgresError> {
+    let mut roots = RootCertStore::empty();
+    if let Some(path) = &config.sslrootcert {
+        let err = |message: String| PostgresError::RootCert {
+            path: path.display().to_string(),
+            message,
+        };
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| err(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err(e.to_string()))?;
+        let (added, _) = roots.add_parsable_certificates(certs);
+        if added == 0 {
+            return Err(err("holds no usable PEM certificate".into()));
+        }
+    } else {
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+    }
+    if roots.is_empty() {
+        return Err(PostgresError::NoRoots);
+    }
+    Ok(roots)
+}
+
+/// Builds a small pool: the jobs need one connection for the snapshot and
+/// occasionally one for the advisory lock.
+pub fn pool(config: &PostgresConfig, application_name: &str) -> Result<PgPool, PostgresError> {
+    let manager = Manager::from_config(
+        pg_config(config, application_name),
+        tls_connector(config)?,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Ok(Pool::builder(manager)
+        .max_size(4)
+        .wait_timeout(Some(Duration::from_secs(30)))
+        .create_timeout(Some(Duration::from_secs(15)))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()?)
+}
+
+/// Accepts any server certificate (libpq `sslmode=require` semantics) while still
+/// checking that the handshake signatures are valid.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Explains a connection failure in one actionable line (no secrets: tokio-postgres
+/// errors never contain the password).
+pub fn explain_connect_error(
+    config: &PostgresConfig,
+    err: &(dyn std::error::Error + 'static),
+) -> String {
+    let text = error_chain(err);
+    let hint = if text.contains("password authentication failed") || text.contains("no password") {
+        "check DJANGO_DB_USER and DJANGO_DB_PASSWORD"
+    } else if text.contains("does not exist") && text.contains("database") {
+        "check DJANGO_DB_NAME"
+    } else if text.contains("role") && text.contains("does not exist") {
+        "check DJANGO_DB_USER"
+    } else if text.contains("refused") || text.contains("timed out") || text.contains("timeout") {
+        "check DJANGO_DB_HOST/DJANGO_DB_PORT and the NetworkPolicy egress to PostgreSQL"
+    } else if text.contains("failed to lookup")
+        || text.contains("resolve")
+        || text.contains("Name or service")
+    {
+        "check DJANGO_DB_HOST and cluster DNS"
+    } else if text.contains("certificate")
+        || text.contains("tls")
+        || text.contains("TLS")
+        || text.contains("ssl")
+    {
+        "check DJANGO_DB_SSLMODE and DJANGO_DB_SSLROOTCERT"
+    } else {
+        "check the DJANGO_DB_* settings"
+    };
+    format!("cannot connect to PostgreSQL at {config}: {text} ({hint})")
+}
+
+/// Flattens an error and its sources into one line.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![err.to_string()];
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+        cur = e.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn cfg(sslmode: SslMode) -> PostgresConfig {
+        PostgresConfig {
+            host: "db.internal".into(),
+            port: 5432,
+            dbname: "robson".into(),
+            user: "reader".into(),
+            password: Secret::new("pw-never-shown"),
+            sslmode,
+            sslrootcert: None,
+            statement_timeout: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn config_carries_name_timeout_and_mode() {
+        let pg = pg_config(&cfg(SslMode::VerifyFull), "bronze-ingest");
+        assert_eq!(pg.get_application_name(), Some("bronze-ingest"));
+        assert_eq!(pg.get_ssl_mode(), tokio_postgres::config::SslMode::Require);
+        assert!(
+            pg.get_options()
+                .unwrap()
+                .contains("statement_timeout=60000")
+        );
+        let pg = pg_config(&cfg(SslMode::Disable), "x");
+        assert_eq!(pg.get_ssl_mode(), tokio_postgres::config::SslMode::Disable);
+        // tokio_postgres::Config redacts the password in Debug.
+        assert!(!format!("{pg:?}").contains("pw-never-shown"));
+    }
+
+    #[test]
+    fn bad_root_cert_is_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ca.pem");
+        std::fs::write(&file, "not a certificate").unwrap();
+        let mut c = cfg(SslMode::VerifyFull);
+        c.sslrootcert = Some(file);
+        let e = tls_connector(&c).err().expect("must fail");
+        assert!(e.to_string().contains("DJANGO_DB_SSLROOTCERT"), "{e}");
+    }
+
+    #[test]
+    fn pools_build_for_every_mode() {
+        for m in [SslMode::Disable, SslMode::Prefer, SslMode::Require] {
+            pool(&cfg(m), "t").unwrap();
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! The data contracts: source columns, their Arrow/Parquet types, writer settings.
+//!
+//! Bronze's schema is *derived* from the source contract ([`SourceTable`]), so the
+//! PostgreSQL types the extractor checks and the Parquet logical types readers see
+//! cannot drift apart. Silver's schema is stated directly (SPEC §6). The Parquet
+//! writer properties (zstd, statistics, row-group size) live here once, so every
+//! file of the lake is written the same way.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterVersion};
+
+use crate::paths::Dataset;
+
+/// Rows per Parquet row group (SPEC §4: at most 128 Ki). Also the unit of memory:
+/// the extractor never holds more than about one row group of rows.
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// A data file is closed and the next one started past this many bytes (~128 MiB).
+pub const TARGET_FILE_BYTES: usize = 128 * 1024 * 1024;
+
+/// Name of the lineage column holding the batch number.
+pub const BATCH_COLUMN: &str = "_batch";
+/// Name of the lineage column holding the batch's snapshot time.
+pub const INGESTED_AT_COLUMN: &str = "_ingested_at";
+
+/// The PostgreSQL type a source column must have, and so the Arrow type it becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgType {
+    /// `uuid` → UTF8 (canonical lowercase hyphenated).
+    Uuid,
+    /// An id: `bigint`, or `integer` on older schemas → always INT64.
+    Id,
+    /// `bigint` → INT64.
+    Int8,
+    /// `integer` → INT32.
+    Int4,
+    /// `numeric(p,s)` → DECIMAL(p,s), exactly.
+    Numeric(u8, i8),
+    /// `timestamp with time zone` → TIMESTAMP(MICROS, UTC).
+    Timestamptz,
+    /// `jsonb` → UTF8 holding the JSON text.
+    Jsonb,
+    /// `varchar(n)` or `text` → UTF8.
+    Text,
+    /// `boolean` → BOOLEAN.
+    Bool,
+}
+
+impl PgType {
+    /// The Arrow type of the column in the lake.
+    pub fn arrow_type(self) -> DataType {
+        match self {
+            Self::Uuid | Self::Jsonb | Self::Text => DataType::Utf8,
+            Self::Id | Self::Int8 => DataType::Int64,
+            Self::Int4 => DataType::Int32,
+            Self::Numeric(p, s) => DataType::Decimal128(p, s),
+            Self::Timestamptz => utc_micros(),
+            Self::Bool => DataType::Boolean,
+        }
+    }
+
+    /// Whether `format_type()` output of a live column satisfies this contract type.
+    pub fn accepts(self, formatted: &str) -> bool {
+        match self {
+            Self::Uuid => formatted == "uuid",
+            Self::Id => matches!(formatted, "bigint" | "integer"),
+            Self::Int8 => formatted == "bigint",
+            Self::Int4 => formatted == "integer",
+            Self::Numeric(p, s) => formatted == format!("numeric({p},{s})"),
+            Self::Timestamptz => formatted == "timestamp with time zone",
+            Self::Jsonb => formatted == "jsonb",
+            Self::Text => formatted == "text" || formatted.starts_with("character varying"),
+            Self::Bool => formatted == "boolean",
+        }
+    }
+
+    /// The contract's type, as a person would write it in an error message.
+    pub fn describe(self) -> String {
+        match self {
+            Self::Uuid => "uuid".into(),
+            Self::Id => "bigint (or integer)".into(),
+            Self::Int8 => "bigint".into(),
+            Self::Int4 => "integer".into(),
+            Self::Numeric(p, s) => format!("numeric({p},{s})"),
+            Self::Timestamptz => "timestamp with time zone".into(),
+            Self::Jsonb => "jsonb".into(),
+            Self::Text => "varchar or text".into(),
+            Self::Bool => "boolean".into(),
+        }
+    }
+}
+
+/// One source column of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceColumn {
+    /// Column name, the same in PostgreSQL and in Parquet.
+    pub name: &'static str,
+    /// Required PostgreSQL type.
+    pub pg: PgType,
+    /// Whether NULL is allowed. A source column that allows NULL where the
+    /// contract does not is drift too: the Parquet column is declared required.
+    pub nullable: bool,
+}
+
+const fn col(name: &'static str, pg: PgType, nullable: bool) -> SourceColumn {
+    SourceColumn { name, pg, nullable }
+}
+
+/// A source table and the bronze dataset it feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceTable {
+    /// Table name in PostgreSQL.
+    pub table: &'static str,
+    /// The bronze dataset.
+    pub dataset: Dataset,
+    /// Contract columns, in source order.
+    pub columns: &'static [SourceColumn],
+    /// Primary key column (unique and non-null, checked on every run).
+    pub key: &'static str,
+    /// The timestamptz column whose UTC date partitions the dataset and that leads the sort order.
+    pub time_column: &'static str,
+    /// The decimal column `--verify` sums per day.
+    pub verify_sum_column: Option<&'static str>,
+}
+
+use PgType::*;
+
+/// `stop_events` → `bronze/events` (SPEC §2, §4).
+pub const STOP_EVENTS: SourceTable = SourceTable {
+    table: "stop_events",
+    dataset: Dataset::BronzeEvents,
+    columns: &[
+        col("event_id", Uuid, false),
+        col("event_seq", Int8, true),
+        col("occurred_at", Timestamptz, false),
+        col("operation_id", Id, false),
+        col("client_id", Id, false),
+        col("symbol", Text, false),
+        col("event_type", Text, false),
+        col("trigger_price", Numeric(20, 8), true),
+        col("stop_price", Numeric(20, 8), true),
+        col("quantity", Numeric(20, 8), true),
+        col("side", Text, true),
+        col("execution_token", Text, true),
+        col("payload_json", Jsonb, false),
+        col("request_payload_hash", Text, true),
+        col("exchange_order_id", Text, true),
+        col("fill_price", Numeric(20, 8), true),
+        col("slippage_pct", Numeric(10, 4), true),
+        col("source", Text, false),
+        col("error_message", Text, true),
+        col("retry_count", Int4, false),
+    ],
+    key: "event_id",
+    time_column: "occurred_at",
+    verify_sum_column: Some("quantity"),
+};
+
+/// `outbox` → `bronze/outbox`. Outbox rows are updated in place, so bronze holds
+/// one row per captured row *version* (each update made by a newer transaction is
+/// exported again by the batch that covers that transaction).
+pub const OUTBOX: SourceTable = SourceTable {
+    table: "outbox",
+    dataset: Dataset::BronzeOutbox,
+    columns: &[
+        col("outbox_id", Uuid, false),
+        col("aggregate_type", Text, false),
+        col("aggregate_id", Id, false),
+        col("event_type", Text, false),
+        col("correlation_id", Text, false),
+        col("event_id", Uuid, true),
+        col("routing_key", Text, false),
+        col("exchange", Text, false),
+        col("payload", Jsonb, false),
+        col("published", Bool, false),
+        col("published_at", Timestamptz, true),
+        col("retry_count", Int4, false),
+        col("last_error", Text, true),
+        col("created_at", Timestamptz, false),
+    ],
+    key: "outbox_id",
+    time_column: "created_at",
+    verify_sum_column: None,
+};
+
+/// Both source tables, in export order.
+pub const SOURCE_TABLES: [SourceTable; 2] = [STOP_EVENTS, OUTBOX];
+
+impl SourceTable {
+    /// The bronze Arrow schema: source columns in order, then the lineage columns.
+    pub fn arrow_schema(&self) -> SchemaRef {
+        let mut fields: Vec<Field> = self
+            .columns
+            .iter()
+            .map(|c| Field::new(c.name, c.pg.arrow_type(), c.nullable))
+            .collect();
+        fields.push(Field::new(BATCH_COLUMN, DataType::Int64, false));
+        fields.push(Field::new(INGESTED_AT_COLUMN, utc_micros(), false));
+        Arc::new(Schema::new(fields))
+    }
+
+    /// The contract column named `name`.
+    pub fn column(&self, name: &str) -> Option<&SourceColumn> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// TIMESTAMP(MICROS, isAdjustedToUTC=true).
+pub fn utc_micros() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+static SILVER: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let ts = utc_micros;
+    Arc::new(Schema::new(vec![
+        Field::new("execution_id", DataType::Utf8, false),
+        Field::new("execution_key", DataType::Utf8, false),
+        Field::new("operation_id", DataType::Int64, false),
+        Field::new("symbol", DataType::Utf8, false),
+        Field::new("side", DataType::Utf8, true),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("triggered_at", ts(), true),
+        Field::new("submitted_at", ts(), true),
+        Field::new("executed_at", ts(), true),
+        Field::new("failed_at", ts(), true),
+        Field::new("blocked_at", ts(), true),
+        Field::new("stop_price", DataType::Decimal128(20, 8), true),
+        Field::new("trigger_price", DataType::Decimal128(20, 8), true),
+        Field::new("quantity", DataType::Decimal128(20, 8), true),
+        Field::new("exchange_order_id", DataType::Utf8, true),
+        Field::new("fill_price", DataType::Decimal128(20, 8), true),
+        Field::new("slippage_pct", DataType::Decimal128(10, 4), true),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("error_message", DataType::Utf8, true),
+        Field::new("retry_count", DataType::Int32, false),
+        Field::new("event_count", DataType::Int64, false),
+        Field::new("first_event_at", ts(), false),
+        Field::new("last_event_at", ts(), false),
+        Field::new("last_event_id", DataType::Utf8, false),
+    ]))
+});
+
+/// `silver.stop_executions` (SPEC §6) as stored in a partition file: the partition
+/// columns `client_id` and `date` live in the path, not in the file.
+pub fn silver_stop_executions() -> SchemaRef {
+    SILVER.clone()
+}
+
+/// The quarantine schema: the silver columns plus `client_id` (a violating row may
+/// have several) and the `violation` rule name.
+pub fn silver_quarantine() -> SchemaRef {
+    let mut fields: Vec<Field> = SILVER.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.insert(2, Field::new("client_id", DataType::Int64, false));
+    fields.push(Field::new("violation", DataType::Utf8, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// The writer settings of every lake file: zstd, page statistics, 128 Ki-row row
+/// groups. Identical settings are part of what makes a re-run byte-identical.
+pub fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_writer_version(WriterVersion::PARQUET_1_0)
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_created_by(concat!("robson-lake ", env!("CARGO_PKG_VERSION")).to_owned())
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{
+        ArrayRef, BooleanArray, Decimal128Array, Int32Array, Int64Array, RecordBatch, StringArray,
+        TimestampMicrosecondArray, new_null_array,
+    };
+    use bytes::Bytes;
+    use parquet::arrow::ArrowWriter;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::basic::{LogicalType, TimeUnit as PqTimeUnit};
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    /// One row of plausible values for any schema.
+    fn one_row(schema: &SchemaRef) -> RecordBatch {
+        let cols: Vec<ArrayRef> = schema
+            .fields()
+            .iter()
+            .map(|f| -> ArrayRef {
+                match f.data_type() {
+                    DataType::Utf8 => Arc::new(StringArray::from(vec!["x"])),
+                    DataType::Int64 => Arc::new(Int64Array::from(vec![1])),
+                    DataType::Int32 => Arc::new(Int32Array::from(vec![1])),
+                    DataType::Boolean => Arc::new(BooleanArray::from(vec![true])),
+                    DataType::Decimal128(p, s) => Arc::new(
+                        Decimal128Array::from(vec![12345678_i128])
+                            .with_precision_and_scale(*p, *s)
+                            .unwrap(),
+                    ),
+                    DataType::Timestamp(_, _) => Arc::new(
+                        TimestampMicrosecondArray::from(vec![1_700_000_000_000_000])
+                            .with_timezone("UTC"),
+                    ),
+                    other => new_null_array(other, 1),
+                }
+            })
+            .collect();
+        RecordBatch::try_new(schema.clone(), cols).unwrap()
+    }
+
+    /// Writes a batch with the lake's properties and returns the Parquet file bytes.
+    fn write(schema: &SchemaRef) -> Bytes {
+        let mut buf = Vec::new();
+        let mut w =
+            ArrowWriter::try_new(&mut buf, schema.clone(), Some(writer_properties())).unwrap();
+        w.write(&one_row(schema)).unwrap();
+        w.close().unwrap();
+        Bytes::from(buf)
+    }
+
+    /// The footer's logical type per leaf column.
+    fn logical_types(file: Bytes) -> Vec<(String, Option<LogicalType>, bool)> {
+        let reader = SerializedFileReader::new(file).unwrap();
+        let meta = reader.metadata();
+        let rg = meta.row_group(0);
+        assert!(matches!(rg.column(0).compression(), Compression::ZSTD(_)));
+        assert!(rg.column(0).statistics().is_some(), "statistics are on");
+        meta.file_metadata()
+            .schema_descr()
+            .columns()
+            .iter()
+            .map(|c| {
+                let required = c.self_type().get_basic_info().repetition()
+                    == parquet::basic::Repetition::REQUIRED;
+                (c.name().to_owned(), c.logical_type_ref().cloned(), required)
+            })
+            .collect()
+    }
+
+    fn lt<'a>(
+        types: &'a [(String, Option<LogicalType>, bool)],
+        name: &str,
+    ) -> &'a (String, Option<LogicalType>, bool) {
+        types
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .unwrap_or_else(|| panic!("no column {name}"))
+    }
+
+    /// The Parquet physical type the arrow writer picks for a column.
+    fn physical(schema: &SchemaRef, name: &str) -> parquet::basic::Type {
+        let descr = parquet::arrow::ArrowSchemaConverter::new()
+            .convert(schema)
+            .unwrap();
+        descr
+            .columns()
+            .iter()
+            .find(|c| c.name() == name)
+            .unwrap()
+            .physical_type()
+    }
+
+    fn ts_utc_micros() -> Option<LogicalType> {
+        Some(LogicalType::timestamp(true, PqTimeUnit::MICROS))
+    }
+
+    #[test]
+    fn bronze_events_parquet_types() {
+        let schema = STOP_EVENTS.arrow_schema();
+        let names: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names.first(), Some(&"event_id"));
+        assert_eq!(&names[names.len() - 2..], &["_batch", "_ingested_at"]);
+        let file = write(&schema);
+        let types = logical_types(file.clone());
+        assert_eq!(lt(&types, "event_id").1, Some(LogicalType::String));
+        assert_eq!(lt(&types, "payload_json").1, Some(LogicalType::String));
+        assert_eq!(lt(&types, "quantity").1, Some(LogicalType::decimal(8, 20)));
+        assert_eq!(
+            lt(&types, "slippage_pct").1,
+            Some(LogicalType::decimal(4, 10))
+        );
+        assert_eq!(lt(&types, "occurred_at").1, ts_utc_micros());
+        assert_eq!(lt(&types, "_ingested_at").1, ts_utc_micros());
+        assert_eq!(
+            physical(&schema, "operation_id"),
+            parquet::basic::Type::INT64
+        );
+        assert_eq!(
+            physical(&schema, "retry_count"),
+            parquet::basic::Type::INT32
+        );
+        assert!(lt(&types, "event_id").2, "event_id is required");
+        assert!(!lt(&types, "event_seq").2, "event_seq is optional");
+        // The Arrow schema round-trips through the file exactly.
+        let back = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        assert_eq!(back.schema().fields(), schema.fields());
+    }
+
+    #[test]
+    fn bronze_outbox_parquet_types() {
+        let schema = OUTBOX.arrow_schema();
+        let types = logical_types(write(&schema));
+        assert_eq!(lt(&types, "outbox_id").1, Some(LogicalType::String));
+        assert_eq!(lt(&types, "published").1, None, "plain BOOLEAN");
+        assert_eq!(lt(&types, "published_at").1, ts_utc_micros());
+        assert_eq!(
+            physical(&schema, "aggregate_id"),
+            parquet::basic::Type::INT64
+        );
+    }
+
+    #[test]
+    fn silver_parquet_types() {
+        let schema = silver_stop_executions();
+        assert!(
+            schema.field_with_name("client_id").is_err(),
+            "partition column not in file"
+        );
+        let types = logical_types(write(&schema));
+        assert_eq!(
+            lt(&types, "fill_price").1,
+            Some(LogicalType::decimal(8, 20))
+        );
+        assert_eq!(lt(&types, "executed_at").1, ts_utc_micros());
+        let q = silver_quarantine();
+        assert!(q.field_with_name("violation").is_ok() && q.field_with_name("client_id").is_ok());
+        logical_types(write(&q));
+    }
+
+    #[test]
+    fn contract_type_matching() {
+        assert!(Numeric(20, 8).accepts("numeric(20,8)"));
+        assert!(!Numeric(20, 8).accepts("numeric(30,10)"));
+        assert!(!Numeric(20, 8).accepts("double precision"));
+        assert!(Id.accepts("integer") && Id.accepts("bigint") && !Id.accepts("numeric"));
+        assert!(Text.accepts("character varying(20)") && Text.accepts("text"));
+        assert!(Timestamptz.accepts("timestamp with time zone"));
+        assert!(!Timestamptz.accepts("timestamp without time zone"));
+        assert_eq!(STOP_EVENTS.column("quantity").unwrap().pg, Numeric(20, 8));
+    }
+}

@@ -1,0 +1,156 @@
+//! Logging set-up and the exit-code contract shared by every binary.
+//!
+//! Logs go to stderr: human-readable on a terminal, JSON lines otherwise (what the
+//! cluster's log pipeline parses). `LOG_FORMAT=json|text` overrides the guess and
+//! `RUST_LOG` the level. Exit codes are SPEC §8's, decided in one place
+//! ([`exit_status_of`]) from the error chain, so every binary maps failures the same.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::FmtSpan;
+
+use crate::config::ConfigError;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Compact human-readable lines (with colours on a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// `LOG_FORMAT` if set to `json` or `text`, else text on a terminal and JSON otherwise.
+    pub fn from_env() -> Self {
+        match std::env::var("LOG_FORMAT").map(|v| v.to_ascii_lowercase()) {
+            Ok(v) if v == "json" => Self::Json,
+            Ok(v) if v == "text" => Self::Text,
+            _ if std::io::stderr().is_terminal() => Self::Text,
+            _ => Self::Json,
+        }
+    }
+}
+
+/// Installs the global subscriber. Safe to call twice (the second call is a no-op),
+/// so tests can call it freely.
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_span_events(FmtSpan::NONE);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => builder
+            .compact()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_target(false)
+            .try_init(),
+    };
+}
+
+/// The process exit statuses of SPEC §8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitStatus {
+    /// Success, including "nothing new".
+    Success = 0,
+    /// A runtime failure (unreachable service, I/O error, fail-closed safety stop).
+    Failure = 1,
+    /// Bad configuration or arguments, or a source schema that broke the contract.
+    Usage = 2,
+    /// A data-quality threshold was breached (the report was still written).
+    Quality = 3,
+    /// Another run holds the batch; this run wrote nothing.
+    Busy = 4,
+}
+
+impl From<ExitStatus> for ExitCode {
+    fn from(s: ExitStatus) -> Self {
+        ExitCode::from(s as u8)
+    }
+}
+
+/// An error that knows its exit status. Jobs wrap errors that are not
+/// [`Failure`](ExitStatus::Failure) in it; [`exit_status_of`] finds it anywhere
+/// in the chain, under any amount of `anyhow` context.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Classified {
+    /// The exit status this error maps to.
+    pub status: ExitStatus,
+    /// The one-line explanation.
+    pub message: String,
+}
+
+impl Classified {
+    /// A classified error.
+    pub fn new(status: ExitStatus, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+/// The exit status for an error: the first [`Classified`] or [`ConfigError`] in its
+/// chain decides; anything else is a runtime failure.
+pub fn exit_status_of(err: &(dyn std::error::Error + 'static)) -> ExitStatus {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(c) = e.downcast_ref::<Classified>() {
+            return c.status;
+        }
+        if e.downcast_ref::<ConfigError>().is_some() {
+            return ExitStatus::Usage;
+        }
+        cur = e.source();
+    }
+    ExitStatus::Failure
+}
+
+/// Ends a binary: logs the error chain on one line (`{:#}`) and returns the exit
+/// code of SPEC §8. The error is also printed to stderr plainly, so an operator
+/// reading `kubectl logs` sees it even with JSON logs.
+pub fn finish(result: Result<ExitStatus, anyhow::Error>) -> ExitCode {
+    match result {
+        Ok(status) => status.into(),
+        Err(err) => {
+            let status = exit_status_of(err.as_ref());
+            tracing::error!(exit_code = status as u8, "{err:#}");
+            if !tracing::enabled!(tracing::Level::ERROR) {
+                eprintln!("error: {err:#}");
+            }
+            status.into()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn statuses_are_found_under_context() {
+        let busy = anyhow::Error::new(Classified::new(ExitStatus::Busy, "held"))
+            .context("running batch 7");
+        assert_eq!(exit_status_of(busy.as_ref()), ExitStatus::Busy);
+        let cfg: anyhow::Result<()> = Err(crate::config::Config::from_vars(Vec::new())
+            .unwrap_err()
+            .into());
+        let cfg = cfg.context("loading configuration").unwrap_err();
+        assert_eq!(exit_status_of(cfg.as_ref()), ExitStatus::Usage);
+        let other = anyhow::anyhow!("disk on fire");
+        assert_eq!(exit_status_of(other.as_ref()), ExitStatus::Failure);
+        assert_eq!(ExitCode::from(ExitStatus::Quality), ExitCode::from(3));
+    }
+}

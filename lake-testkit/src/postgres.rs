@@ -1,0 +1,487 @@
+//! A throwaway PostgreSQL server per test.
+//!
+//! Bronze ingestion depends on real PostgreSQL behaviour (snapshots, `xmin`,
+//! `pg_current_snapshot()`, roles and scram authentication), so tests run against a
+//! real server rather than a mock. [`TestPostgres::start`] creates a fresh cluster
+//! in a temporary directory with the native server binaries, starts it on a free
+//! 127.0.0.1 port with durability switched off (fast, and nothing here needs to
+//! survive a crash), and creates the database `robson`. Dropping the value stops
+//! the server (immediate shutdown) and deletes the cluster.
+//!
+//! As root (CI), the server runs as the `postgres` account, because PostgreSQL
+//! refuses to run as root. Authentication is `trust` on the private unix socket and
+//! `scram-sha-256` over TCP, so tests connecting over TCP exercise passwords,
+//! including wrong ones.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use nix::sys::signal::Signal;
+use tempfile::TempDir;
+use tokio_postgres::NoTls;
+
+use crate::process::{self, RunAs};
+
+/// Name of the database created in every test cluster.
+const DATABASE: &str = "robson";
+/// Name of the superuser created by `initdb`.
+const SUPERUSER: &str = "postgres";
+/// How long the server may take to accept connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Start attempts, to survive another process grabbing the free port first.
+const PORT_ATTEMPTS: usize = 3;
+
+/// A PostgreSQL server of its own for one test, on a free 127.0.0.1 port.
+///
+/// The cluster has a database `robson` and a password-protected superuser. Drop
+/// stops the server and removes its data directory.
+#[derive(Debug)]
+pub struct TestPostgres {
+    child: Option<Child>,
+    /// Declared after `child`, but removed explicitly in `Drop` once the server is gone.
+    dir: Option<TempDir>,
+    data_dir: PathBuf,
+    log_file: PathBuf,
+    bin_dir: PathBuf,
+    host: String,
+    port: u16,
+    user: String,
+    password: String,
+    database: String,
+}
+
+impl TestPostgres {
+    /// Creates a fresh cluster, starts it on a free port and creates the database
+    /// `robson`.
+    ///
+    /// Fails with instructions if no PostgreSQL server binaries are installed, and
+    /// with the tail of the server log if the server does not come up within 20 s.
+    pub async fn start() -> Result<Self> {
+        let bin_dir = find_bin_dir()?;
+        let run_as = RunAs::for_root(&["postgres"])?;
+        let dir = tempfile::Builder::new()
+            .prefix("lake-testkit-pg-")
+            .tempdir()
+            .context("creating a temporary directory for the PostgreSQL cluster")?;
+        let mut pg = Self {
+            child: None,
+            data_dir: dir.path().join("data"),
+            log_file: dir.path().join("postgres.log"),
+            dir: Some(dir),
+            bin_dir,
+            host: "127.0.0.1".to_owned(),
+            port: 0,
+            user: SUPERUSER.to_owned(),
+            password: format!("pw-{:016x}", crate::random_u64()),
+            database: DATABASE.to_owned(),
+        };
+        // On any error below, `pg` is dropped, which stops what was started.
+        pg.init_cluster(run_as.as_ref()).await?;
+        pg.start_server(run_as.as_ref()).await?;
+        let admin = pg.connect_to("postgres", &pg.user, &pg.password).await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
+            .await
+            .context("creating database robson")?;
+        Ok(pg)
+    }
+
+    /// Host to connect to (always `127.0.0.1`).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// TCP port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Name of the test database (`robson`).
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// Superuser name (`postgres`).
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// Superuser password (random per server; required over TCP).
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// Data directory of the cluster (deleted on drop).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Server log file, useful when a test fails (deleted on drop).
+    pub fn log_file(&self) -> &Path {
+        &self.log_file
+    }
+
+    /// Directory of the server binaries in use (`psql`, `pg_dump`, ... live there too).
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
+    /// The `DJANGO_DB_*` variables of SPEC §8 pointing at this server as the
+    /// superuser, with `DJANGO_DB_SSLMODE=disable` (the test server has no TLS).
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.env_as(&self.user, &self.password)
+    }
+
+    /// Like [`env`](Self::env), but connecting as `user` (for example a role made
+    /// with [`create_role`](Self::create_role)).
+    pub fn env_as(&self, user: &str, password: &str) -> Vec<(String, String)> {
+        [
+            ("DJANGO_DB_HOST", self.host.clone()),
+            ("DJANGO_DB_PORT", self.port.to_string()),
+            ("DJANGO_DB_NAME", self.database.clone()),
+            ("DJANGO_DB_USER", user.to_owned()),
+            ("DJANGO_DB_PASSWORD", password.to_owned()),
+            ("DJANGO_DB_SSLMODE", "disable".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// A `tokio_postgres` configuration for the test database as the superuser.
+    pub fn config(&self) -> tokio_postgres::Config {
+        self.config_for(&self.database, &self.user, &self.password)
+    }
+
+    /// A superuser connection to the test database; its connection task is spawned
+    /// on the current tokio runtime.
+    pub async fn client(&self) -> Result<tokio_postgres::Client> {
+        self.connect_to(&self.database, &self.user, &self.password)
+            .await
+    }
+
+    /// A connection to the test database as `user` (over TCP, so the password is
+    /// checked).
+    pub async fn connect_as(&self, user: &str, password: &str) -> Result<tokio_postgres::Client> {
+        self.connect_to(&self.database, user, password).await
+    }
+
+    /// Creates a `LOGIN` role with `password`.
+    ///
+    /// With `readonly_on_source_tables`, the role gets `SELECT` on `stop_events` and
+    /// `outbox` (and `USAGE` on schema `public`) and nothing else, like the
+    /// production ingest role; the tables must exist, so call this after
+    /// [`demo::create_schema`](crate::demo::create_schema). Without it, the role has
+    /// no privileges at all (for permission-denied tests).
+    pub async fn create_role(
+        &self,
+        name: &str,
+        password: &str,
+        readonly_on_source_tables: bool,
+    ) -> Result<()> {
+        let client = self.client().await?;
+        // Let the server quote the identifier and the literal.
+        let create: String = client
+            .query_one(
+                "SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', $1::text, $2::text)",
+                &[&name, &password],
+            )
+            .await?
+            .get(0);
+        client
+            .batch_execute(&create)
+            .await
+            .with_context(|| format!("creating role {name}"))?;
+        if readonly_on_source_tables {
+            let grant: String = client
+                .query_one(
+                    "SELECT format('GRANT USAGE ON SCHEMA public TO %1$I; \
+                     GRANT SELECT ON TABLE public.stop_events, public.outbox TO %1$I', $1::text)",
+                    &[&name],
+                )
+                .await?
+                .get(0);
+            client.batch_execute(&grant).await.with_context(|| {
+                format!(
+                    "granting SELECT on stop_events and outbox to {name} (create the schema first)"
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    fn config_for(&self, database: &str, user: &str, password: &str) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&self.host)
+            .port(self.port)
+            .dbname(database)
+            .user(user)
+            .password(password)
+            .application_name("lake-testkit")
+            .connect_timeout(Duration::from_secs(5));
+        config
+    }
+
+    async fn connect_to(
+        &self,
+        database: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<tokio_postgres::Client> {
+        let (client, connection) = self
+            .config_for(database, user, password)
+            .connect(NoTls)
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to {}:{}/{database} as {user}",
+                    self.host, self.port
+                )
+            })?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%err, "Test PostgreSQL connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    /// Runs `initdb` (as `run_as` when root).
+    async fn init_cluster(&self, run_as: Option<&RunAs>) -> Result<()> {
+        let dir = self
+            .dir
+            .as_ref()
+            .map(TempDir::path)
+            .context("cluster directory already removed")?;
+        let pwfile = dir.join("pwfile");
+        std::fs::write(&pwfile, &self.password).context("writing the initdb password file")?;
+        if let Some(run_as) = run_as {
+            run_as.chown(dir)?;
+            run_as.chown(&pwfile)?;
+        }
+        let mut cmd = tokio::process::Command::new(self.bin_dir.join("initdb"));
+        cmd.arg("--pgdata")
+            .arg(&self.data_dir)
+            .arg("--username")
+            .arg(&self.user)
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .args([
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
+            .current_dir(dir)
+            .env_remove("PGDATA")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        if let Some(run_as) = run_as {
+            cmd.uid(run_as.uid).gid(run_as.gid);
+        }
+        let output = cmd.output().await.context("running initdb")?;
+        let _ = std::fs::remove_file(&pwfile);
+        if !output.status.success() {
+            bail!(
+                "initdb failed ({}):\n{}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts the server on a free port and waits until it accepts connections.
+    async fn start_server(&mut self, run_as: Option<&RunAs>) -> Result<()> {
+        let dir = self
+            .dir
+            .as_ref()
+            .map(|d| d.path().to_owned())
+            .context("cluster directory already removed")?;
+        let socket_dir = dir.join("socket");
+        std::fs::create_dir(&socket_dir).context("creating the socket directory")?;
+        if let Some(run_as) = run_as {
+            run_as.chown(&socket_dir)?;
+        }
+        for attempt in 1..=PORT_ATTEMPTS {
+            self.port = process::free_port()?;
+            let log = std::fs::File::create(&self.log_file).context("creating the server log")?;
+            let mut cmd = Command::new(self.bin_dir.join("postgres"));
+            cmd.arg("-D")
+                .arg(&self.data_dir)
+                .arg("-p")
+                .arg(self.port.to_string())
+                .arg("-k")
+                .arg(&socket_dir)
+                .args([
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "TimeZone=UTC",
+                    // Bulk demo loads should not trigger checkpoints.
+                    "-c",
+                    "max_wal_size=4GB",
+                    "-c",
+                    "checkpoint_timeout=1h",
+                ])
+                .current_dir(&dir)
+                .env_remove("PGDATA")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().context("duplicating the log handle")?)
+                .stderr(log);
+            if let Some(run_as) = run_as {
+                use std::os::unix::process::CommandExt;
+                cmd.uid(run_as.uid).gid(run_as.gid);
+            }
+            self.child = Some(cmd.spawn().context("spawning postgres")?);
+            match self.wait_ready().await {
+                Ok(()) => return Ok(()),
+                Err(StartError::PortInUse) if attempt < PORT_ATTEMPTS => {
+                    tracing::debug!(port = self.port, "Port taken, retrying PostgreSQL start");
+                    self.stop_child();
+                }
+                Err(StartError::PortInUse) => bail!(
+                    "PostgreSQL could not bind a free port in {PORT_ATTEMPTS} attempts; {}",
+                    process::with_log(&self.log_file)
+                ),
+                Err(StartError::Other(err)) => return Err(err),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), StartError> {
+        let started = Instant::now();
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                let log = process::log_tail(&self.log_file, 4096);
+                if process::looks_like_port_in_use(&log) {
+                    return Err(StartError::PortInUse);
+                }
+                return Err(StartError::Other(anyhow!(
+                    "postgres exited during start-up ({status}); {}",
+                    process::with_log(&self.log_file)
+                )));
+            }
+            let last_error = match self
+                .config_for("postgres", &self.user, &self.password)
+                .connect(NoTls)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(err) => err,
+            };
+            if started.elapsed() > READY_TIMEOUT {
+                return Err(StartError::Other(anyhow!(
+                    "PostgreSQL did not accept connections on 127.0.0.1:{} within {READY_TIMEOUT:?} \
+                     (last error: {last_error}); {}",
+                    self.port,
+                    process::with_log(&self.log_file)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn stop_child(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGQUIT is PostgreSQL's immediate shutdown: no checkpoint, children
+            // are told to exit at once.
+            process::stop_child(
+                &mut child,
+                Signal::SIGQUIT,
+                Duration::from_secs(10),
+                "postgres",
+            );
+        }
+    }
+}
+
+impl Drop for TestPostgres {
+    fn drop(&mut self) {
+        self.stop_child();
+        if let Some(dir) = self.dir.take() {
+            let path = dir.path().to_owned();
+            if let Err(err) = dir.close() {
+                tracing::warn!(path = %path.display(), %err, "Could not remove the test cluster");
+            }
+        }
+    }
+}
+
+enum StartError {
+    PortInUse,
+    Other(anyhow::Error),
+}
+
+/// Locates a directory holding `postgres` and `initdb`.
+///
+/// Order: `$PG_BINDIR`, `pg_config --bindir`, the highest
+/// `/usr/lib/postgresql/<version>/bin`, then `postgres` on `PATH`. Debian's
+/// `pg_config` may belong to the client package only, hence the check that the
+/// server binary is really there.
+fn find_bin_dir() -> Result<PathBuf> {
+    let has_server = |dir: &Path| {
+        process::is_executable(&dir.join("postgres")) && process::is_executable(&dir.join("initdb"))
+    };
+    let mut looked = Vec::new();
+
+    if let Some(dir) = std::env::var_os("PG_BINDIR").map(PathBuf::from) {
+        if has_server(&dir) {
+            return Ok(dir);
+        }
+        looked.push(format!("$PG_BINDIR={}", dir.display()));
+    }
+    if let Ok(output) = Command::new("pg_config")
+        .arg("--bindir")
+        .stderr(Stdio::null())
+        .output()
+        && output.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
+        if has_server(&dir) {
+            return Ok(dir);
+        }
+        looked.push(format!("`pg_config --bindir`={}", dir.display()));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let dir = entry.path().join("bin");
+            has_server(&dir).then_some((version, dir))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, dir)) = versions.pop() {
+        return Ok(dir);
+    }
+    looked.push("/usr/lib/postgresql/*/bin".to_owned());
+    if let Some(dir) =
+        process::find_on_path("postgres").and_then(|p| p.parent().map(Path::to_owned))
+        && has_server(&dir)
+    {
+        return Ok(dir);
+    }
+    looked.push("PATH".to_owned());
+    bail!(
+        "no PostgreSQL server binaries (postgres + initdb) found; looked in: {}. \
+         Install them (`apt-get install -y postgresql` on Debian/Ubuntu, `brew install postgresql@15` on macOS), \
+         point PG_BINDIR at their directory, or build with the `docker` feature and a running Docker engine",
+        looked.join(", ")
+    )
+}

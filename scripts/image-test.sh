@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Image test: build the runtime image from host-built static binaries and run it.
+#
+# CI has no Docker engine, so this uses Debian's buildah (build) and podman (run)
+# with the Dockerfile's `runtime-prebuilt` stage. That stage is FROM scratch and
+# copies only from the build context, so it needs no registry access.
+#
+#   1. installs what is missing (buildah, podman, runc, musl-tools, the musl target);
+#   2. builds the binaries as static musl executables on the host;
+#   3. stages target/image-rootfs/ (binaries, CA bundle, /tmp) and builds the image;
+#   4. checks the image: size, non-root user, OCI labels, no shell, files present;
+#   5. runs `bronze-ingest --version` (and the default CMD) in the container;
+#   6. when the caller provides a database and an S3 endpoint (DJANGO_DB_* and
+#      S3_BUCKET or LAKE_URL, usually with AWS_*), runs bronze-ingest,
+#      silver-transform and bronze-ingest again inside the container, on the host
+#      network, read-only root, all capabilities dropped, as in Kubernetes.
+#
+# Any step that cannot run (a package that cannot be installed, a podman that
+# cannot start a container) fails the script with the reason: never a silent pass.
+#
+# Environment (all optional):
+#   IMAGE             tag to build          (default localhost/robson/deep-storage:image-test)
+#   MAX_IMAGE_BYTES   size budget, bytes    (default 50000000, SPEC §10)
+#   BIN_DIR           where the binaries are (default target/x86_64-unknown-linux-musl/release)
+#   SKIP_CARGO_BUILD  1 = use the binaries already in BIN_DIR
+#   KEEP_IMAGE        1 = do not remove the image at the end
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+TARGET=x86_64-unknown-linux-musl
+BINS=(bronze-ingest silver-transform smoke-test)
+IMAGE=${IMAGE:-localhost/robson/deep-storage:image-test}
+MAX_IMAGE_BYTES=${MAX_IMAGE_BYTES:-50000000}
+BIN_DIR=${BIN_DIR:-target/$TARGET/release}
+ROOTFS=target/image-rootfs
+# Every name the binaries read (SPEC §8 + job tuning); passed through when set.
+ENV_NAMES=(
+  DJANGO_DB_HOST DJANGO_DB_PORT DJANGO_DB_NAME DJANGO_DB_USER DJANGO_DB_PASSWORD
+  DJANGO_DB_SSLMODE DJANGO_DB_SSLROOTCERT DJANGO_DB_STATEMENT_TIMEOUT
+  AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_ENDPOINT AWS_REGION S3_BUCKET LAKE_URL
+  S3_CONDITIONAL_WRITES S3_MAX_RETRIES S3_TIMEOUT_SECS RUST_LOG
+  BRONZE_LEASE_SECS BRONZE_LOOKBACK SILVER_MAX_VIOLATION_RATIO SILVER_SHARD_COUNT
+)
+
+step() { printf '\n==> %s\n' "$*"; }
+die() { printf '\nimage-test: FAIL: %s\n' "$*" >&2; exit 1; }
+
+# --- 1. tools -----------------------------------------------------------------
+apt_install() {
+  command -v apt-get >/dev/null || die "apt-get not found: install $* by hand (this script targets Debian)"
+  [ "$(id -u)" = 0 ] || die "need root to apt-get install $* (or install them first)"
+  if [ -z "${APT_UPDATED:-}" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -q || die "apt-get update failed"
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" \
+    || die "apt-get install $* failed (see above); buildah/podman are required for the image test"
+}
+
+step "Checking tools"
+missing=()
+command -v buildah >/dev/null || missing+=(buildah)
+command -v podman >/dev/null || missing+=(podman)
+command -v runc >/dev/null || missing+=(runc)
+[ -f /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+if [ "${SKIP_CARGO_BUILD:-0}" != 1 ]; then
+  command -v musl-gcc >/dev/null || missing+=(musl-tools)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  apt_install "${missing[@]}"
+fi
+for tool in buildah podman runc; do
+  command -v "$tool" >/dev/null || die "$tool is still missing after apt-get install"
+done
+
+# podman/buildah on a machine without systemd or journald (CI VMs, containers):
+# cgroupfs and a file event log work everywhere.
+PODMAN=(podman --cgroup-manager=cgroupfs --events-backend=file)
+BUILDAH=(buildah)
+info_log=$(mktemp)
+"${BUILDAH[@]}" info >"$info_log" 2>&1 || die "buildah cannot run: $(tail -n 5 "$info_log")"
+"${PODMAN[@]}" info >"$info_log" 2>&1 || die "podman cannot run: $(tail -n 5 "$info_log")"
+rm -f "$info_log"
+echo "buildah $(buildah --version | awk '{print $3}'), $(podman --version), runc $(runc --version | awk 'NR==1{print $3}')"
+
+# Ulimits no higher than this machine's hard limits (podman refuses otherwise).
+clamp() { local want=$1 hard=$2; if [ "$hard" = unlimited ] || [ "$hard" -ge "$want" ]; then echo "$want"; else echo "$hard"; fi; }
+NOFILE=$(clamp 1024 "$(ulimit -Hn)")
+NPROC=$(clamp 1024 "$(ulimit -Hu)")
+RUN=("${PODMAN[@]}" run --rm --runtime runc --network host
+     --ulimit "nofile=$NOFILE:$NOFILE" --ulimit "nproc=$NPROC:$NPROC")
+
+# --- 2. static binaries -------------------------------------------------------
+if [ "${SKIP_CARGO_BUILD:-0}" != 1 ]; then
+  step "Building static binaries ($TARGET)"
+  command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
+  if ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
+    rustup target add "$TARGET" || die "rustup target add $TARGET failed"
+  fi
+  pkgs=()
+  for b in "${BINS[@]}"; do pkgs+=(-p "$b"); done
+  cargo build --locked --release --target "$TARGET" "${pkgs[@]}" \
+    || die "cargo build --release --target $TARGET failed"
+else
+  step "Using prebuilt binaries from $BIN_DIR"
+fi
+for b in "${BINS[@]}"; do
+  [ -x "$BIN_DIR/$b" ] || die "$BIN_DIR/$b is missing or not executable"
+done
+
+# --- 3. image -----------------------------------------------------------------
+step "Staging $ROOTFS"
+rm -rf "$ROOTFS"
+mkdir -p "$ROOTFS/usr/local/bin" "$ROOTFS/etc/ssl/certs" "$ROOTFS/tmp"
+chmod 1777 "$ROOTFS/tmp"
+for b in "${BINS[@]}"; do install -m 0755 "$BIN_DIR/$b" "$ROOTFS/usr/local/bin/$b"; done
+install -m 0644 /etc/ssl/certs/ca-certificates.crt "$ROOTFS/etc/ssl/certs/ca-certificates.crt"
+
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+REVISION=$(git rev-parse --verify -q HEAD 2>/dev/null || echo unknown)
+CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+
+step "Building $IMAGE (target runtime-prebuilt)"
+"${BUILDAH[@]}" build --target runtime-prebuilt -f Dockerfile -t "$IMAGE" \
+  --build-arg "VERSION=$VERSION" --build-arg "REVISION=$REVISION" --build-arg "CREATED=$CREATED" \
+  . || die "buildah build failed"
+cleanup() {
+  if [ "${KEEP_IMAGE:-0}" != 1 ]; then "${PODMAN[@]}" rmi -f "$IMAGE" >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
+
+# --- 4. image checks ----------------------------------------------------------
+step "Checking the image"
+size=$("${PODMAN[@]}" image inspect --format '{{.Size}}' "$IMAGE")
+printf 'size: %s bytes (%s MB), budget %s bytes\n' "$size" "$(awk -v s="$size" 'BEGIN{printf "%.1f", s/1e6}')" "$MAX_IMAGE_BYTES"
+[ "$size" -lt "$MAX_IMAGE_BYTES" ] || die "image is $size bytes, budget is $MAX_IMAGE_BYTES"
+
+user=$("${PODMAN[@]}" image inspect --format '{{.Config.User}}' "$IMAGE")
+[ "$user" = "65532:65532" ] || die "image user is '$user', expected 65532:65532"
+for label in org.opencontainers.image.title org.opencontainers.image.version \
+             org.opencontainers.image.source org.opencontainers.image.licenses; do
+  value=$("${PODMAN[@]}" image inspect --format "{{index .Config.Labels \"$label\"}}" "$IMAGE")
+  [ -n "$value" ] && [ "$value" != "<no value>" ] || die "label $label missing"
+  echo "$label=$value"
+done
+
+ctr=$("${PODMAN[@]}" create --runtime runc "$IMAGE")
+files=$("${PODMAN[@]}" export "$ctr" | tar -t)
+"${PODMAN[@]}" rm -f "$ctr" >/dev/null
+for f in etc/ssl/certs/ca-certificates.crt usr/local/bin/bronze-ingest \
+         usr/local/bin/silver-transform usr/local/bin/smoke-test; do
+  grep -qx "$f" <<<"$files" || die "$f missing from the image"
+done
+if grep -qE '^(bin|usr/bin)/(sh|bash|busybox)$' <<<"$files"; then
+  die "the image contains a shell"
+fi
+echo "files: $(wc -l <<<"$files") entries, no shell"
+
+# --- 5. run -------------------------------------------------------------------
+step "podman run $IMAGE bronze-ingest --version"
+out=$("${RUN[@]}" "$IMAGE" bronze-ingest --version 2>&1) \
+  || die "bronze-ingest --version failed in the container: $out"
+echo "$out"
+for b in silver-transform smoke-test; do
+  out=$("${RUN[@]}" "$IMAGE" "$b" --version 2>&1) || die "$b --version failed in the container: $out"
+  echo "$out"
+done
+"${RUN[@]}" "$IMAGE" >/dev/null 2>&1 || die "the default CMD (bronze-ingest --help) failed"
+if "${RUN[@]}" "$IMAGE" sh -c true >/dev/null 2>&1; then die "a shell ran inside the image"; fi
+echo "default CMD ok; no shell"
+
+# --- 6. real runs against the caller's PostgreSQL and S3 -----------------------
+if [ -z "${DJANGO_DB_HOST:-}" ] || { [ -z "${S3_BUCKET:-}" ] && [ -z "${LAKE_URL:-}" ]; }; then
+  step "SKIPPED the real run: DJANGO_DB_HOST and S3_BUCKET (or LAKE_URL) are not set"
+  echo "image-test: image checks passed; no database/S3 given, so no job ran in the container"
+  exit 0
+fi
+
+env_args=(-e LOG_FORMAT=json)
+for name in "${ENV_NAMES[@]}"; do
+  if [ -n "${!name+x}" ]; then env_args+=(-e "$name"); fi
+done
+# As in Kubernetes: read-only root, scratch on /tmp, no capabilities, no privilege gain.
+JOB_RUN=("${RUN[@]}" --read-only --tmpfs /tmp:rw,size=256m --cap-drop ALL
+         --security-opt no-new-privileges "${env_args[@]}" "$IMAGE")
+for cmd in bronze-ingest silver-transform bronze-ingest; do
+  step "podman run … $cmd (DB ${DJANGO_DB_HOST}:${DJANGO_DB_PORT:-5432}, lake ${S3_BUCKET:-$LAKE_URL})"
+  rc=0
+  "${JOB_RUN[@]}" "$cmd" || rc=$?
+  [ "$rc" = 0 ] || die "$cmd exited $rc inside the container"
+done
+echo
+echo "image-test: PASS ($IMAGE, $size bytes; bronze-ingest and silver-transform ran in the container)"
