@@ -191,7 +191,7 @@ impl fmt::Display for PostgresConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LakeLocation {
     /// An S3 bucket (path-style), from `S3_BUCKET` or an `s3://` `LAKE_URL`.
-    S3(S3Config),
+    S3(Box<S3Config>),
     /// A local directory (`file://` `LAKE_URL` or a plain path): the embedded default
     /// for local runs.
     Local(PathBuf),
@@ -518,7 +518,12 @@ fn lake_from_raw(c: &mut Checker, raw: &RawEnv) -> LakeConfig {
         }
         (Some(bucket), None) => {
             check_bucket_name(c, "S3_BUCKET", bucket);
-            LakeLocation::S3(s3_from_raw(c, raw, bucket.to_owned(), String::new()))
+            LakeLocation::S3(Box::new(s3_from_raw(
+                c,
+                raw,
+                bucket.to_owned(),
+                String::new(),
+            )))
         }
         (None, Some(url)) => location_from_url(c, raw, url),
     };
@@ -545,7 +550,7 @@ fn location_from_url(c: &mut Checker, raw: &RawEnv, url: &str) -> LakeLocation {
             let bucket = parsed.host_str().unwrap_or_default().to_owned();
             check_bucket_name(c, "LAKE_URL", &bucket);
             let prefix = parsed.path().trim_matches('/').to_owned();
-            LakeLocation::S3(s3_from_raw(c, raw, bucket, prefix))
+            LakeLocation::S3(Box::new(s3_from_raw(c, raw, bucket, prefix)))
         }
         "file" => match parsed.to_file_path() {
             Ok(p) => LakeLocation::Local(p),

@@ -6,8 +6,11 @@
 //! [`postgres`]), and how a run ends ([`telemetry`]).
 
 pub mod config;
+pub mod manifest;
+pub mod parquet_io;
 pub mod paths;
 pub mod postgres;
+pub mod report;
 pub mod schema;
 pub mod store;
 pub mod telemetry;

@@ -1,0 +1,358 @@
+//! Bronze batch manifests: the commit log of a bronze dataset.
+//!
+//! A batch is *pinned* by creating `_manifests/<batch>.json` in state `pending`
+//! (create-if-absent, so exactly one run owns a batch number) and *committed* by
+//! rewriting it with the list of its files. Readers that honour manifests see the
+//! union of the committed batches' files minus the files a later committed batch
+//! superseded (a backfill); they never see a pending batch's files. Silver reads
+//! bronze through [`live_files`] for the same reason.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use serde::{Deserialize, Serialize};
+
+use crate::paths::Dataset;
+use crate::store::Lake;
+
+/// Version of the manifest format, bumped on incompatible change.
+pub const MANIFEST_FORMAT: u32 = 1;
+
+/// Lifecycle of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchState {
+    /// Pinned: the range is fixed, files may be partly written, nothing is visible.
+    Pending,
+    /// Committed: `files` are the batch's visible output.
+    Committed,
+}
+
+/// One data file of a committed batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataFile {
+    /// Path relative to the lake root.
+    pub path: String,
+    /// The UTC date partition.
+    pub date: NaiveDate,
+    /// Rows in the file.
+    pub rows: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Hex SHA-256 of the file's bytes.
+    pub sha256: String,
+}
+
+/// The manifest of one bronze batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchManifest {
+    /// Format version ([`MANIFEST_FORMAT`]).
+    pub format: u32,
+    /// The dataset (`bronze/events`, …).
+    pub dataset: String,
+    /// Batch number; batches are numbered 1, 2, … without gaps.
+    pub batch: u64,
+    /// Pending or committed.
+    pub state: BatchState,
+    /// Lower transaction-id horizon (inclusive); `None` for the first batch.
+    pub h_prev: Option<u64>,
+    /// Upper transaction-id horizon (exclusive): `pg_snapshot_xmin` of the snapshot.
+    pub h: u64,
+    /// `pg_snapshot_xmax` of the snapshot: rows of `[h, xmax)` wait for the next batch.
+    pub xmax: u64,
+    /// Snapshot time (`now()` of the run that pinned the batch); also `_ingested_at`.
+    pub snapshot_time: DateTime<Utc>,
+    /// Lower bound on the time column used for the scan (snapshot time of the
+    /// previous batch minus the lookback); `None` scans everything.
+    pub scan_from: Option<DateTime<Utc>>,
+    /// `system_identifier` of the PostgreSQL cluster.
+    pub system_identifier: String,
+    /// Days re-exported whole by a backfill (they supersede earlier files of those days).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backfill_days: Vec<NaiveDate>,
+    /// Run that owns the pending batch.
+    pub owner: String,
+    /// While pending: the owner's lease; another run may take over after it.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// When the batch was committed.
+    pub committed_at: Option<DateTime<Utc>>,
+    /// The batch's files (committed only).
+    #[serde(default)]
+    pub files: Vec<DataFile>,
+    /// Files of earlier batches this batch replaces (backfill).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supersedes: Vec<String>,
+    /// Rows read from PostgreSQL (committed only); equals the sum of `files[].rows`.
+    #[serde(default)]
+    pub rows: u64,
+}
+
+impl BatchManifest {
+    /// Total rows per date of this batch's files.
+    pub fn rows_per_date(&self) -> BTreeMap<NaiveDate, u64> {
+        let mut m = BTreeMap::new();
+        for f in &self.files {
+            *m.entry(f.date).or_default() += f.rows;
+        }
+        m
+    }
+
+    /// Serialises for storage (pretty: operators read these).
+    pub fn to_bytes(&self) -> Bytes {
+        // Serialising a struct of plain fields cannot fail.
+        Bytes::from(serde_json::to_vec_pretty(self).unwrap_or_default())
+    }
+}
+
+/// Errors of reading or writing manifests.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    /// The store failed.
+    #[error("object store error on {path}: {source}")]
+    Store {
+        /// The manifest path.
+        path: String,
+        /// The store's error.
+        source: object_store::Error,
+    },
+    /// A manifest does not parse: the lake was written by something else.
+    #[error("manifest {path} is not a valid batch manifest: {source}")]
+    Parse {
+        /// The manifest path.
+        path: String,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+    /// Someone else changed the manifest since we read it.
+    #[error("manifest {path} was changed by another run")]
+    Conflict {
+        /// The manifest path.
+        path: String,
+    },
+}
+
+fn store_err(path: &Path) -> impl FnOnce(object_store::Error) -> ManifestError + '_ {
+    move |source| ManifestError::Store {
+        path: path.to_string(),
+        source,
+    }
+}
+
+/// A manifest as read, with the version needed for a conditional update.
+#[derive(Debug, Clone)]
+pub struct Versioned {
+    /// The manifest.
+    pub manifest: BatchManifest,
+    /// ETag / version of the object as read.
+    pub version: UpdateVersion,
+}
+
+/// Batch numbers that have a manifest, ascending.
+pub async fn list_batches(lake: &Lake, dataset: Dataset) -> Result<Vec<u64>, ManifestError> {
+    let dir = dataset.manifests_dir();
+    let mut numbers: Vec<u64> = lake
+        .store()
+        .list(Some(&dir))
+        .map_err(|source| ManifestError::Store {
+            path: dir.to_string(),
+            source,
+        })
+        .try_filter_map(|meta| async move { Ok(Dataset::manifest_number(&meta.location)) })
+        .try_collect()
+        .await?;
+    numbers.sort_unstable();
+    Ok(numbers)
+}
+
+/// Reads one manifest with its version.
+pub async fn read(lake: &Lake, dataset: Dataset, batch: u64) -> Result<Versioned, ManifestError> {
+    let path = dataset.manifest(batch);
+    let got = lake.store().get(&path).await.map_err(store_err(&path))?;
+    let version = UpdateVersion {
+        e_tag: got.meta.e_tag.clone(),
+        version: got.meta.version.clone(),
+    };
+    let bytes = got.bytes().await.map_err(store_err(&path))?;
+    let manifest = serde_json::from_slice(&bytes).map_err(|source| ManifestError::Parse {
+        path: path.to_string(),
+        source,
+    })?;
+    Ok(Versioned { manifest, version })
+}
+
+/// Reads every manifest of `dataset`, ascending by batch (16 requests in flight).
+pub async fn read_all(lake: &Lake, dataset: Dataset) -> Result<Vec<BatchManifest>, ManifestError> {
+    let batches = list_batches(lake, dataset).await?;
+    futures::stream::iter(batches)
+        .map(|b| async move { read(lake, dataset, b).await.map(|v| v.manifest) })
+        .buffered(16)
+        .try_collect()
+        .await
+}
+
+/// Creates the manifest if no manifest of that batch exists. `Ok(None)`: another
+/// run pinned the batch first.
+pub async fn create(
+    lake: &Lake,
+    manifest: &BatchManifest,
+) -> Result<Option<UpdateVersion>, ManifestError> {
+    let dataset = dataset_of(manifest);
+    let path = dataset.manifest(manifest.batch);
+    let put = lake
+        .create_if_absent(&path, manifest.to_bytes())
+        .await
+        .map_err(store_err(&path))?;
+    Ok(put.map(|r| UpdateVersion {
+        e_tag: r.e_tag,
+        version: r.version,
+    }))
+}
+
+/// Replaces a manifest. With `expected` the write is a compare-and-swap on the
+/// version read earlier (refused with [`ManifestError::Conflict`] if another run
+/// wrote since); without it the write is unconditional (only where the caller
+/// holds the advisory lock because the store cannot compare-and-swap).
+pub async fn replace(
+    lake: &Lake,
+    manifest: &BatchManifest,
+    expected: Option<UpdateVersion>,
+) -> Result<UpdateVersion, ManifestError> {
+    let path = dataset_of(manifest).manifest(manifest.batch);
+    let mode = match expected {
+        Some(v) => PutMode::Update(v),
+        None => PutMode::Overwrite,
+    };
+    let opts = PutOptions {
+        mode,
+        ..Default::default()
+    };
+    match lake
+        .store()
+        .put_opts(&path, PutPayload::from(manifest.to_bytes()), opts)
+        .await
+    {
+        Ok(r) => Ok(UpdateVersion {
+            e_tag: r.e_tag,
+            version: r.version,
+        }),
+        Err(object_store::Error::Precondition { .. })
+        | Err(object_store::Error::AlreadyExists { .. }) => Err(ManifestError::Conflict {
+            path: path.to_string(),
+        }),
+        Err(source) => Err(ManifestError::Store {
+            path: path.to_string(),
+            source,
+        }),
+    }
+}
+
+fn dataset_of(manifest: &BatchManifest) -> Dataset {
+    [Dataset::BronzeEvents, Dataset::BronzeOutbox]
+        .into_iter()
+        .find(|d| d.dir() == manifest.dataset)
+        .unwrap_or(Dataset::BronzeEvents)
+}
+
+/// The files a manifest-honouring reader sees: every committed batch's files minus
+/// those superseded by a later committed batch, in batch order.
+pub fn live_files(manifests: &[BatchManifest]) -> Vec<DataFile> {
+    let committed = manifests
+        .iter()
+        .filter(|m| m.state == BatchState::Committed);
+    let superseded: BTreeSet<&str> = committed
+        .clone()
+        .flat_map(|m| m.supersedes.iter().map(String::as_str))
+        .collect();
+    committed
+        .flat_map(|m| m.files.iter())
+        .filter(|f| !superseded.contains(f.path.as_str()))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(
+        batch: u64,
+        state: BatchState,
+        files: &[&str],
+        supersedes: &[&str],
+    ) -> BatchManifest {
+        BatchManifest {
+            format: MANIFEST_FORMAT,
+            dataset: "bronze/events".into(),
+            batch,
+            state,
+            h_prev: None,
+            h: 100,
+            xmax: 105,
+            snapshot_time: Utc::now(),
+            scan_from: None,
+            system_identifier: "7".into(),
+            backfill_days: vec![],
+            owner: "run".into(),
+            lease_expires_at: None,
+            committed_at: None,
+            files: files
+                .iter()
+                .map(|p| DataFile {
+                    path: p.to_string(),
+                    date: NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+                    rows: 1,
+                    bytes: 1,
+                    sha256: String::new(),
+                })
+                .collect(),
+            supersedes: supersedes.iter().map(|s| s.to_string()).collect(),
+            rows: files.len() as u64,
+        }
+    }
+
+    #[test]
+    fn live_files_skip_pending_and_superseded() {
+        let ms = vec![
+            manifest(1, BatchState::Committed, &["a", "b"], &[]),
+            manifest(2, BatchState::Committed, &["c"], &["a"]),
+            manifest(3, BatchState::Pending, &["d"], &["b"]),
+        ];
+        let live: Vec<_> = live_files(&ms).into_iter().map(|f| f.path).collect();
+        assert_eq!(live, vec!["b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn create_once_then_compare_and_swap() {
+        let lake = Lake::in_memory();
+        let m = manifest(1, BatchState::Pending, &[], &[]);
+        let v1 = create(&lake, &m).await.unwrap().expect("first create wins");
+        assert!(
+            create(&lake, &m).await.unwrap().is_none(),
+            "second create loses"
+        );
+        let mut committed = m.clone();
+        committed.state = BatchState::Committed;
+        let v2 = replace(&lake, &committed, Some(v1.clone())).await.unwrap();
+        // A writer holding the stale version is refused.
+        assert!(matches!(
+            replace(&lake, &m, Some(v1)).await,
+            Err(ManifestError::Conflict { .. })
+        ));
+        let back = read(&lake, Dataset::BronzeEvents, 1).await.unwrap();
+        assert_eq!(back.manifest, committed);
+        assert_eq!(back.version.e_tag, v2.e_tag);
+        assert_eq!(
+            list_batches(&lake, Dataset::BronzeEvents).await.unwrap(),
+            vec![1]
+        );
+        assert_eq!(
+            read_all(&lake, Dataset::BronzeEvents).await.unwrap(),
+            vec![committed]
+        );
+    }
+}
