@@ -163,9 +163,11 @@ step "podman run $IMAGE bronze-ingest --version"
 out=$("${RUN[@]}" "$IMAGE" bronze-ingest --version 2>&1) \
   || die "bronze-ingest --version failed in the container: $out"
 echo "$out"
+grep -q "$VERSION" <<<"$out" || die "bronze-ingest --version does not print the version $VERSION: '$out'"
 for b in silver-transform smoke-test; do
   out=$("${RUN[@]}" "$IMAGE" "$b" --version 2>&1) || die "$b --version failed in the container: $out"
   echo "$out"
+  grep -q "$VERSION" <<<"$out" || die "$b --version does not print the version $VERSION: '$out'"
 done
 "${RUN[@]}" "$IMAGE" >/dev/null 2>&1 || die "the default CMD (bronze-ingest --help) failed"
 if "${RUN[@]}" "$IMAGE" sh -c true >/dev/null 2>&1; then die "a shell ran inside the image"; fi

@@ -637,3 +637,34 @@ def test_env_names_are_known_and_required_ones_set(obj: dict) -> None:
         assert LAKE_ROOT_ENV & set(names), f"container {c['name']}: neither S3_BUCKET nor LAKE_URL"
         env = {v["name"]: v.get("value") for v in c.get("env", [])}
         assert env.get("LOG_FORMAT") == "json", f"container {c['name']}: LOG_FORMAT=json"
+
+
+# --------------------------------------------------------------------------- docs and recipes
+
+
+def test_runbook_states_the_validated_kubernetes_version() -> None:
+    major_minor = ".".join(KUBERNETES_VERSION.split(".")[:2])
+    runbook = (ROOT / "docs" / "deploy.md").read_text()
+    assert f"**{major_minor}**" in runbook, f"docs/deploy.md must state Kubernetes {major_minor}"
+
+
+def test_just_deploy_dry_run_renders_in_order_without_a_cluster() -> None:
+    just = shutil.which("just") or str(Path(sys.executable).parent / "just")
+    if not Path(just).exists():
+        pytest.skip("just not installed (pip install rust-just)")
+    result = subprocess.run(
+        [just, "-f", str(DEPLOY / "deploy.just"), "deploy", "--dry-run"],
+        capture_output=True,
+        text=True,
+        check=False,
+        # No kubeconfig: proves the dry run never contacts a cluster.
+        env={"PATH": f"{Path(kubectl()).parent}:/usr/bin:/bin", "KUBECONFIG": "/nonexistent"},
+    )
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    order = ["Namespace", "NetworkPolicy", "ServiceAccount", "Job", "CronJob"]
+    ranks = [order.index(d["kind"]) for d in docs if d["kind"] in order]
+    assert ranks == sorted(ranks), "just deploy must apply namespaces, policies, RBAC, smoke test, CronJobs in order"
+    rendered = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    expected = {(d["kind"], d["metadata"]["name"]) for d in kustomize_build(DEPLOY)[1]}
+    assert rendered == expected | {("Job", "smoke-test")}

@@ -6,6 +6,7 @@
 //! [`postgres`]), and how a run ends ([`telemetry`]).
 
 pub mod config;
+pub mod contract;
 pub mod manifest;
 pub mod parquet_io;
 pub mod paths;

@@ -12,6 +12,7 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 
 use crate::config::ConfigError;
+use crate::contract::ContractError;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +102,8 @@ impl Classified {
     }
 }
 
-/// The exit status for an error: the first [`Classified`] or [`ConfigError`] in its
+/// The exit status for an error: the first [`Classified`], [`ConfigError`] or
+/// [`ContractError`] (schema drift) in its
 /// chain decides; anything else is a runtime failure.
 pub fn exit_status_of(err: &(dyn std::error::Error + 'static)) -> ExitStatus {
     let mut cur = Some(err);
@@ -109,7 +111,8 @@ pub fn exit_status_of(err: &(dyn std::error::Error + 'static)) -> ExitStatus {
         if let Some(c) = e.downcast_ref::<Classified>() {
             return c.status;
         }
-        if e.downcast_ref::<ConfigError>().is_some() {
+        if e.downcast_ref::<ConfigError>().is_some() || e.downcast_ref::<ContractError>().is_some()
+        {
             return ExitStatus::Usage;
         }
         cur = e.source();

@@ -7,17 +7,19 @@
 //!
 //! # How the data is generated
 //!
-//! Everything happens server-side in one `INSERT … SELECT` over `generate_series`
-//! (no per-row round trips; a million rows load in seconds). Every value is a pure
-//! function of the seed and the row index `i`, built from
-//! `hashint8extended(key, seed)`, so:
+//! Rows are computed in the test process and streamed with
+//! `COPY … FROM STDIN (FORMAT binary)`: no per-row round trips, and generating
+//! (client core) overlaps with storing (server core). Every value is a pure
+//! function of the seed and the row index `i` (see `rows.rs`), so:
 //!
-//! * the same seed gives byte-identical tables in any database;
+//! * the same seed gives identical tables in any database;
 //! * [`generate`] can be called again to append: it continues at the next row index
 //!   (kept in `lake_testkit.demo_state`), and with the same seed, `generate(n)` then
 //!   `generate(m)` yields exactly the rows of `generate(n + m)`, so an execution cut
 //!   at the boundary is completed by the second call (late events of an execution,
-//!   as bronze and silver see them in production).
+//!   as bronze and silver see them in production). With another seed, or when
+//!   hand-inserted rows hold a higher `event_seq`, it starts at the next block of
+//!   12 past everything, so keys never collide.
 //!
 //! Row indexes come in blocks of 12; a hash of the block picks how it is cut into
 //! executions of 1–4 consecutive indexes. Attributes shared by an execution are
@@ -51,55 +53,48 @@
 //!   on retried submissions.
 //! * Outbox rows for about 92 % of events (the rest "cleaned up"); 97 % published.
 
-use std::fmt::Write as _;
+mod encode;
+mod rows;
+
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
+use tokio_postgres::Client;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+
+use encode::{Id, JsonText, Micros};
+use rows::{BLOCK, Generator};
 
 /// The Django tables of SPEC §2 (`stop_events`, `outbox`) with their primary and
 /// unique keys, the outbox foreign key and the indexes. Idempotent
 /// (`IF NOT EXISTS`).
 pub const SCHEMA_SQL: &str = include_str!("demo/schema.sql");
 
-/// The generator statement; see the module docs. Placeholders are filled by
-/// [`generator_sql`].
-const GENERATE_SQL: &str = include_str!("demo/generate.sql");
-
-/// How blocks of 12 row indexes are cut into executions (sizes 1–4, 1 = alert).
-const PATTERNS: [&[i32]; 12] = [
-    &[3, 3, 3, 3],
-    &[3, 3, 2, 4],
-    &[4, 3, 3, 2],
-    &[2, 3, 3, 3, 1],
-    &[3, 4, 3, 2],
-    &[3, 3, 3, 2, 1],
-    &[4, 4, 3, 1],
-    &[3, 2, 3, 4],
-    &[2, 2, 3, 3, 2],
-    &[3, 3, 4, 2],
-    &[1, 3, 3, 3, 2],
-    &[3, 4, 4, 1],
-];
-/// Rows per block; every pattern sums to this.
-const BLOCK: u64 = 12;
-
-/// Serialises concurrent `generate` calls on one database.
-const ADVISORY_LOCK_KEY: i64 = 0x6c61_6b65_6465_6d6f; // "lakedemo"
-
-/// End of the default time window: 2025-06-30T00:00:00Z.
+/// End of the default time window, in seconds since the epoch:
+/// 2025-06-30T00:00:00Z.
 pub const DEFAULT_WINDOW_END_UNIX: u64 = 1_751_241_600;
 /// Length of the default time window: 30 days.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// Serialises concurrent `generate` calls on one database.
+const ADVISORY_LOCK_KEY: i64 = 0x6c61_6b65_6465_6d6f; // "lakedemo"
+
+const EVENT_COLUMNS: &str = "event_id, event_seq, occurred_at, operation_id, client_id, symbol, event_type, \
+     trigger_price, stop_price, quantity, side, execution_token, payload_json, request_payload_hash, \
+     exchange_order_id, fill_price, slippage_pct, source, error_message, retry_count";
+const OUTBOX_COLUMNS: &str = "outbox_id, aggregate_type, aggregate_id, event_type, correlation_id, event_id, \
+     routing_key, exchange, payload, published, published_at, retry_count, last_error, created_at";
+
 /// Creates the source tables and indexes ([`SCHEMA_SQL`]) if they do not exist.
-pub async fn create_schema(client: &tokio_postgres::Client) -> Result<()> {
+pub async fn create_schema(client: &Client) -> Result<()> {
     client
         .batch_execute(SCHEMA_SQL)
         .await
         .context("creating the demo schema (stop_events, outbox)")
 }
 
-/// What to generate; [`GenerateOptions::new`] fills in the default time window.
+/// What to generate; [`GenerateOptions::new`] uses the default time window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GenerateOptions {
@@ -107,7 +102,7 @@ pub struct GenerateOptions {
     pub rows: u64,
     /// Seed; the same seed gives the same rows.
     pub seed: u64,
-    /// End of the `occurred_at` window (exclusive, minus a 2-minute margin).
+    /// End of the `occurred_at` window (events stay 2 minutes clear of both ends).
     pub window_end: SystemTime,
     /// Length of the `occurred_at` window; must be longer than 5 minutes.
     pub window: Duration,
@@ -125,9 +120,9 @@ impl GenerateOptions {
         }
     }
 
-    /// Moves the window to end at `end` (for example `SystemTime::now()`, when a
-    /// test needs events inside a job's look-back period). Rows then depend on
-    /// `end` as well as on the seed.
+    /// Moves the window to end at `end`, for example `SystemTime::now()` when a
+    /// test needs events inside a job's look-back period (the default window lies
+    /// in the past). Rows then depend on `end` as well as on the seed.
     pub fn window_end(mut self, end: SystemTime) -> Self {
         self.window_end = end;
         self
@@ -148,7 +143,8 @@ pub struct GenerateReport {
     pub events: u64,
     /// `outbox` rows inserted.
     pub outbox: u64,
-    /// Row index of the first inserted event (0 on an empty table).
+    /// Row index of the first inserted event (0 on an empty table); its
+    /// `event_seq`, when not NULL, is `first_row + 1`.
     pub first_row: u64,
     /// Seed used.
     pub seed: u64,
@@ -159,21 +155,14 @@ pub struct GenerateReport {
 /// Appends `rows` `stop_events` rows (and outbox rows for most of them), generated
 /// deterministically from `seed` over the default 30-day window.
 ///
-/// The schema must exist ([`create_schema`]). Runs in its own transaction (do not
-/// call it inside one). See the module docs for the shape of the data.
-pub async fn generate(
-    client: &tokio_postgres::Client,
-    rows: u64,
-    seed: u64,
-) -> Result<GenerateReport> {
+/// The schema must exist ([`create_schema`]). Runs in a transaction of its own, so
+/// do not call it inside one. See the module docs for the shape of the data.
+pub async fn generate(client: &Client, rows: u64, seed: u64) -> Result<GenerateReport> {
     generate_with(client, &GenerateOptions::new(rows, seed)).await
 }
 
 /// [`generate`] with explicit options.
-pub async fn generate_with(
-    client: &tokio_postgres::Client,
-    options: &GenerateOptions,
-) -> Result<GenerateReport> {
+pub async fn generate_with(client: &Client, options: &GenerateOptions) -> Result<GenerateReport> {
     let started = Instant::now();
     anyhow::ensure!(
         options.window > Duration::from_secs(300),
@@ -196,7 +185,7 @@ pub async fn generate_with(
                 outbox = report.outbox,
                 first_row = report.first_row,
                 seed = report.seed,
-                elapsed_ms = report.elapsed.as_millis() as u64,
+                elapsed_ms = u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
                 "Generated demo data"
             );
             Ok(report)
@@ -209,28 +198,22 @@ pub async fn generate_with(
 }
 
 async fn generate_in_transaction(
-    client: &tokio_postgres::Client,
+    client: &Client,
     options: &GenerateOptions,
 ) -> Result<GenerateReport> {
-    // The seed and row indexes travel as bigint; wrapping keeps all u64 seeds usable.
+    // Seeds travel as bigint; wrapping keeps every u64 seed usable.
     let seed = options.seed as i64;
     client
         .batch_execute(&format!(
             "SELECT pg_advisory_xact_lock({ADVISORY_LOCK_KEY});
-             SET LOCAL work_mem = '64MB';
              CREATE SCHEMA IF NOT EXISTS lake_testkit;
              CREATE TABLE IF NOT EXISTS lake_testkit.demo_state (
                  singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
                  seed bigint NOT NULL,
-                 next_row bigint NOT NULL);
-             CREATE OR REPLACE FUNCTION pg_temp.demo_u(k bigint, salt bigint, seed bigint)
-                 RETURNS float8 LANGUAGE sql IMMUTABLE PARALLEL SAFE
-                 AS $$ SELECT (hashint8extended(k, seed # salt) & 4503599627370495)::float8
-                              / 4503599627370496::float8 $$;"
+                 next_row bigint NOT NULL);"
         ))
         .await
-        .context("preparing the generator (is the schema created?)")?;
-
+        .context("preparing the generator state")?;
     let state = client
         .query_opt("SELECT seed, next_row FROM lake_testkit.demo_state", &[])
         .await?
@@ -241,49 +224,42 @@ async fn generate_in_transaction(
         .context("reading max(event_seq) (is the schema created?)")?
         .get(0);
     let first_row = first_row(state, max_seq, seed);
-
+    let mut report = GenerateReport {
+        events: 0,
+        outbox: 0,
+        first_row,
+        seed: options.seed,
+        elapsed: Duration::ZERO,
+    };
     if options.rows == 0 {
-        return Ok(GenerateReport {
-            events: 0,
-            outbox: 0,
-            first_row,
-            seed: options.seed,
-            elapsed: Duration::ZERO,
-        });
+        return Ok(report);
     }
-    let first = i64::try_from(first_row).context("row index overflows bigint")?;
-    let rows = i64::try_from(options.rows).context("row count overflows bigint")?;
-    let last = first
-        .checked_add(rows - 1)
+    let end = first_row
+        .checked_add(options.rows)
+        .filter(|&end| i64::try_from(end).is_ok())
         .context("row index overflows bigint")?;
-    let outbox = client
-        .execute(
-            &generator_sql(),
-            &[
-                &first,
-                &last,
-                &seed,
-                &options.window_end,
-                &options.window.as_secs_f64(),
-            ],
-        )
-        .await
-        .context("generating demo rows")?;
+
+    let window_end_us = options
+        .window_end
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .context("window end before 1970")?
+        .as_micros();
+    let generator = Generator::new(
+        options.seed,
+        i64::try_from(window_end_us).context("window end too far in the future")?,
+        i64::try_from(options.window.as_micros()).context("window too long")?,
+    );
+    report.events = copy_events(client, &generator, first_row..end).await?;
+    report.outbox = copy_outbox(client, &generator, first_row..end).await?;
     client
         .execute(
             "INSERT INTO lake_testkit.demo_state (seed, next_row) VALUES ($1, $2)
              ON CONFLICT (singleton) DO UPDATE SET seed = EXCLUDED.seed, next_row = EXCLUDED.next_row",
-            &[&seed, &(last + 1)],
+            &[&seed, &(end as i64)],
         )
         .await
         .context("recording the generator position")?;
-    Ok(GenerateReport {
-        events: options.rows,
-        outbox,
-        first_row,
-        seed: options.seed,
-        elapsed: Duration::ZERO,
-    })
+    Ok(report)
 }
 
 /// Where the next call starts: right after the previous one when it used the same
@@ -293,58 +269,117 @@ async fn generate_in_transaction(
 fn first_row(state: Option<(i64, i64)>, max_seq: i64, seed: i64) -> u64 {
     let max_seq = u64::try_from(max_seq).unwrap_or(0);
     match state {
-        Some((prev_seed, next))
-            if prev_seed == seed && u64::try_from(next).unwrap_or(0) >= max_seq =>
-        {
-            u64::try_from(next).unwrap_or(0)
+        Some((prev_seed, next)) => {
+            let next = u64::try_from(next).unwrap_or(0);
+            if prev_seed == seed && next >= max_seq {
+                next
+            } else {
+                next.max(max_seq).next_multiple_of(BLOCK)
+            }
         }
-        Some((_, next)) => u64::try_from(next)
-            .unwrap_or(0)
-            .max(max_seq)
-            .next_multiple_of(BLOCK),
         None => max_seq.next_multiple_of(BLOCK),
     }
 }
 
-/// [`GENERATE_SQL`] with the block patterns spelled out as SQL arrays.
-fn generator_sql() -> String {
-    let mut pos = String::from("ARRAY[");
-    let mut size = String::from("ARRAY[");
-    for (n, pattern) in PATTERNS.iter().enumerate() {
-        debug_assert_eq!(pattern.iter().sum::<i32>() as u64, BLOCK);
-        let sep = if n == 0 { "" } else { "," };
-        let (mut p, mut s) = (Vec::new(), Vec::new());
-        for &len in *pattern {
-            for k in 0..len {
-                p.push(k.to_string());
-                s.push(len.to_string());
-            }
-        }
-        let _ = write!(pos, "{sep}[{}]", p.join(","));
-        let _ = write!(size, "{sep}[{}]", s.join(","));
+/// Opens a binary COPY into `table`, with the column types the table really has
+/// (ids may be int4 on older schemas).
+async fn copy_writer(client: &Client, table: &str, columns: &str) -> Result<BinaryCopyInWriter> {
+    let probe = client
+        .prepare(&format!("SELECT {columns} FROM {table} LIMIT 0"))
+        .await
+        .with_context(|| format!("reading the columns of {table} (is the schema created?)"))?;
+    let types: Vec<Type> = probe.columns().iter().map(|c| c.type_().clone()).collect();
+    let sink = client
+        .copy_in(&format!(
+            "COPY {table} ({columns}) FROM STDIN (FORMAT binary)"
+        ))
+        .await
+        .with_context(|| format!("starting COPY into {table}"))?;
+    Ok(BinaryCopyInWriter::new(sink, &types))
+}
+
+async fn copy_events(
+    client: &Client,
+    generator: &Generator,
+    range: std::ops::Range<u64>,
+) -> Result<u64> {
+    let writer = copy_writer(client, "stop_events", EVENT_COLUMNS).await?;
+    let mut writer = std::pin::pin!(writer);
+    for index in range {
+        let e = generator.event(index);
+        let values: [&(dyn ToSql + Sync); 20] = [
+            &e.event_id,
+            &e.event_seq,
+            &Micros(e.occurred_at_us),
+            &Id(e.operation_id),
+            &Id(e.client_id),
+            &e.symbol,
+            &e.event_type.as_str(),
+            &e.trigger_price,
+            &e.stop_price,
+            &e.quantity,
+            &e.side,
+            &e.execution_token,
+            &JsonText(&e.payload_json),
+            &e.request_payload_hash,
+            &e.exchange_order_id,
+            &e.fill_price,
+            &e.slippage_pct,
+            &e.source,
+            &e.error_message,
+            &e.retry_count,
+        ];
+        writer
+            .as_mut()
+            .write(&values)
+            .await
+            .context("streaming stop_events rows")?;
     }
-    pos.push(']');
-    size.push(']');
-    GENERATE_SQL
-        .replace("__NCOMP__", &PATTERNS.len().to_string())
-        .replace("__POS__", &pos)
-        .replace("__SIZE__", &size)
+    writer
+        .finish()
+        .await
+        .context("finishing COPY into stop_events")
+}
+
+async fn copy_outbox(
+    client: &Client,
+    generator: &Generator,
+    range: std::ops::Range<u64>,
+) -> Result<u64> {
+    let writer = copy_writer(client, "outbox", OUTBOX_COLUMNS).await?;
+    let mut writer = std::pin::pin!(writer);
+    for index in range {
+        let Some(o) = generator.outbox(&generator.event(index)) else {
+            continue;
+        };
+        let values: [&(dyn ToSql + Sync); 14] = [
+            &o.outbox_id,
+            &o.aggregate_type,
+            &Id(o.aggregate_id),
+            &o.event_type,
+            &o.correlation_id,
+            &o.event_id,
+            &o.routing_key,
+            &o.exchange,
+            &JsonText(&o.payload),
+            &o.published,
+            &o.published_at_us.map(Micros),
+            &o.retry_count,
+            &o.last_error,
+            &Micros(o.created_at_us),
+        ];
+        writer
+            .as_mut()
+            .write(&values)
+            .await
+            .context("streaming outbox rows")?;
+    }
+    writer.finish().await.context("finishing COPY into outbox")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn patterns_fill_blocks() {
-        for pattern in PATTERNS {
-            assert_eq!(pattern.iter().sum::<i32>(), 12);
-            assert!(pattern.iter().all(|&n| (1..=4).contains(&n)));
-        }
-        let sql = generator_sql();
-        assert!(!sql.contains("__"));
-        assert!(sql.contains("ARRAY[[0,1,2,0,1,2,0,1,2,0,1,2],"));
-    }
 
     #[test]
     fn appends_continue_or_realign() {

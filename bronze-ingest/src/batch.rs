@@ -1,0 +1,513 @@
+//! One dataset's batch: plan, pin, extract, write, commit, clean up (SPEC §5).
+//!
+//! The batch is the unit of exactly-once: its manifest is created (pinned) before
+//! any data is written and rewritten as committed only after every file is
+//! complete. Readers honour committed manifests only, so a crash at any point
+//! leaves either the previous committed state or the new one, never a mix. A
+//! pinned batch that lost its owner is re-executed with the same range, snapshot
+//! time and file names, so the files it rewrites are byte-identical.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{NaiveDate, Utc};
+use futures::TryStreamExt;
+use lake_common::manifest::{
+    self, BatchManifest, BatchState, DataFile, MANIFEST_FORMAT, ManifestError,
+};
+use lake_common::schema::SourceTable;
+use lake_common::{Classified, ExitStatus, Lake, Partition};
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, UpdateVersion};
+use serde::Serialize;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_postgres::Client;
+
+use crate::extract::{self, Findings, Selection};
+use crate::horizon::{self, Snapshot};
+use crate::write;
+
+/// Settings of a run that every dataset shares.
+#[derive(Debug, Clone)]
+pub struct BatchSettings {
+    /// Read and report, write nothing.
+    pub dry_run: bool,
+    /// Days to re-export whole (backfill).
+    pub backfill_days: Vec<NaiveDate>,
+    /// How far before the previous snapshot the incremental scan starts.
+    pub lookback: Duration,
+    /// Lease of a pending batch.
+    pub lease: Duration,
+    /// True when a PostgreSQL advisory lock serialises runs (stores without
+    /// compare-and-swap): leases are then moot and manifest writes unconditional.
+    pub locked: bool,
+    /// This run's id (owner of pending manifests).
+    pub run_id: String,
+}
+
+/// How a dataset's batch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// A batch was committed.
+    Committed,
+    /// No transaction finished since the last batch.
+    NothingNew,
+    /// Dry run: read and counted, nothing written.
+    DryRun,
+}
+
+/// What one dataset's batch did (part of the run report).
+#[derive(Debug, Clone, Serialize)]
+pub struct DatasetReport {
+    /// `bronze/events` or `bronze/outbox`.
+    pub dataset: String,
+    /// Source table.
+    pub table: String,
+    /// Outcome.
+    pub outcome: Outcome,
+    /// Batch number (if one was pinned or would be).
+    pub batch: Option<u64>,
+    /// True if the batch was a pending one taken over and re-executed.
+    pub resumed: bool,
+    /// Lower horizon.
+    pub h_prev: Option<u64>,
+    /// Upper horizon.
+    pub h: Option<u64>,
+    /// Rows read (= rows written).
+    pub rows: u64,
+    /// Files written.
+    pub files: usize,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Rows per UTC day.
+    pub rows_per_day: std::collections::BTreeMap<NaiveDate, u64>,
+    /// Earlier files replaced by a backfill.
+    pub superseded_files: usize,
+    /// Data-quality findings.
+    pub findings: Findings,
+    /// Wall time of this dataset.
+    pub seconds: f64,
+}
+
+/// Test-only fail points: with `BRONZE_FAILPOINT=<name>` the process announces the
+/// point on stderr and stops there, so a test can SIGKILL it at an exact phase.
+fn failpoint(name: &str) {
+    if std::env::var("BRONZE_FAILPOINT").is_ok_and(|v| v == name) {
+        eprintln!("FAILPOINT {name} reached");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
+fn busy(msg: String) -> anyhow::Error {
+    Classified::new(ExitStatus::Busy, msg).into()
+}
+
+/// Runs the next batch of `table`: resumes a pending batch whose lease expired,
+/// or pins and runs a new one.
+pub async fn run_dataset(
+    lake: &Lake,
+    client: &Client,
+    table: &'static SourceTable,
+    snapshot: &Snapshot,
+    settings: &BatchSettings,
+    progress: &(dyn Fn(u64) + Sync),
+) -> anyhow::Result<DatasetReport> {
+    let started = Instant::now();
+    let dataset = table.dataset;
+    let latest = manifest::list_batches(lake, dataset).await?.last().copied();
+    let previous = match latest {
+        Some(n) => Some(manifest::read(lake, dataset, n).await?),
+        None => None,
+    };
+    if let Some(prev) = &previous
+        && prev.manifest.system_identifier != snapshot.system_identifier
+    {
+        anyhow::bail!(
+            "{dataset}: the database is another cluster (system_identifier {} , batch {} came from {}): \
+             refusing to mix two databases in one lake; point the job at the right database or at a new lake",
+            snapshot.system_identifier,
+            prev.manifest.batch,
+            prev.manifest.system_identifier
+        );
+    }
+
+    let mut report = DatasetReport {
+        dataset: dataset.to_string(),
+        table: table.table.into(),
+        outcome: Outcome::NothingNew,
+        batch: None,
+        resumed: false,
+        h_prev: None,
+        h: None,
+        rows: 0,
+        files: 0,
+        bytes: 0,
+        rows_per_day: Default::default(),
+        superseded_files: 0,
+        findings: Findings::default(),
+        seconds: 0.0,
+    };
+
+    let (plan, version) = match previous {
+        Some(prev) if prev.manifest.state == BatchState::Pending => {
+            let m = prev.manifest;
+            let lease_live = m.lease_expires_at.is_some_and(|t| t > Utc::now());
+            if lease_live && !settings.locked {
+                return Err(busy(format!(
+                    "{dataset}: batch {} is being written by run {} (lease until {}); exiting without writing",
+                    m.batch,
+                    m.owner,
+                    m.lease_expires_at
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_default()
+                )));
+            }
+            if snapshot.xmin < m.h {
+                return Err(horizon::HorizonError::Backwards {
+                    h_prev: m.h,
+                    h: snapshot.xmin,
+                }
+                .into());
+            }
+            tracing::warn!(dataset = %dataset, batch = m.batch, previous_owner = %m.owner, "Resuming a pending batch whose run stopped");
+            report.resumed = true;
+            if settings.dry_run {
+                (m, None)
+            } else {
+                let mut taken = m.clone();
+                taken.owner = settings.run_id.clone();
+                taken.lease_expires_at = Some(Utc::now() + settings.lease);
+                let expected = (!settings.locked).then_some(prev.version);
+                match manifest::replace(lake, &taken, expected).await {
+                    Ok(v) => (taken, Some(v)),
+                    Err(ManifestError::Conflict { .. }) => {
+                        return Err(busy(format!(
+                            "{dataset}: another run took over pending batch {} first; exiting without writing",
+                            m.batch
+                        )));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        prev => {
+            let prev = prev.map(|p| p.manifest);
+            if let Some(p) = &prev {
+                // Idempotent: finishes the clean-up of a run that died after committing.
+                if !settings.dry_run {
+                    cleanup(lake, p).await?;
+                }
+                if snapshot.xmin < p.h {
+                    return Err(horizon::HorizonError::Backwards {
+                        h_prev: p.h,
+                        h: snapshot.xmin,
+                    }
+                    .into());
+                }
+                if snapshot.xmin == p.h && settings.backfill_days.is_empty() {
+                    report.h_prev = Some(p.h);
+                    report.h = Some(p.h);
+                    report.seconds = started.elapsed().as_secs_f64();
+                    return Ok(report);
+                }
+            }
+            let batch = prev.as_ref().map_or(1, |p| p.batch + 1);
+            let m = BatchManifest {
+                format: MANIFEST_FORMAT,
+                dataset: dataset.to_string(),
+                batch,
+                state: BatchState::Pending,
+                h_prev: prev.as_ref().map(|p| p.h),
+                h: snapshot.xmin,
+                xmax: snapshot.xmax,
+                snapshot_time: snapshot.time,
+                scan_from: prev.as_ref().map(|p| {
+                    p.snapshot_time
+                        - chrono::Duration::from_std(settings.lookback).unwrap_or_default()
+                }),
+                system_identifier: snapshot.system_identifier.clone(),
+                backfill_days: settings.backfill_days.clone(),
+                owner: settings.run_id.clone(),
+                lease_expires_at: Some(Utc::now() + settings.lease),
+                committed_at: None,
+                files: vec![],
+                supersedes: vec![],
+                rows: 0,
+            };
+            if settings.dry_run {
+                (m, None)
+            } else {
+                match manifest::create(lake, &m).await? {
+                    Some(v) => (m, Some(v)),
+                    None => {
+                        return Err(busy(format!(
+                            "{dataset}: another run pinned batch {batch} first; exiting without writing"
+                        )));
+                    }
+                }
+            }
+        }
+    };
+    report.batch = Some(plan.batch);
+    report.h_prev = plan.h_prev;
+    report.h = Some(plan.h);
+    failpoint("after-pin");
+
+    let lease = version.map(|v| Lease::start(lake.clone(), plan.clone(), v, settings));
+    let result = execute(lake, client, table, &plan, settings, progress).await;
+    let lease_state = match lease {
+        Some(l) => Some(l.stop().await),
+        None => None,
+    };
+    let (written, rows, findings, supersedes) = result?;
+    report.rows = rows;
+    report.findings = findings;
+    report.rows_per_day = written.rows_per_date.clone();
+    report.files = written.files.len();
+    report.bytes = written.files.iter().map(|f| f.bytes).sum();
+    report.superseded_files = supersedes.len();
+
+    if settings.dry_run {
+        report.outcome = Outcome::DryRun;
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    let (version, lost) = lease_state.unwrap_or((None, false));
+    if lost {
+        return Err(busy(format!(
+            "{dataset}: batch {} was taken over by another run while this run wrote it (lease expired); \
+             the other run commits it. Raise BRONZE_LEASE_SECS if runs are slow",
+            plan.batch
+        )));
+    }
+    failpoint("before-commit");
+    let committed = BatchManifest {
+        state: BatchState::Committed,
+        lease_expires_at: None,
+        committed_at: Some(Utc::now()),
+        files: written.files,
+        supersedes,
+        rows,
+        ..plan
+    };
+    match manifest::replace(
+        lake,
+        &committed,
+        if settings.locked { None } else { version },
+    )
+    .await
+    {
+        Ok(_) => {}
+        Err(ManifestError::Conflict { .. }) => {
+            return Err(busy(format!(
+                "{dataset}: batch {} was taken over by another run before it could commit",
+                committed.batch
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    failpoint("after-commit");
+    cleanup(lake, &committed).await?;
+    report.outcome = Outcome::Committed;
+    report.seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        dataset = %dataset, batch = committed.batch, rows, files = report.files, bytes = report.bytes,
+        "Committed batch"
+    );
+    Ok(report)
+}
+
+type Executed = (write::Written, u64, Findings, Vec<String>);
+
+async fn execute(
+    lake: &Lake,
+    client: &Client,
+    table: &'static SourceTable,
+    plan: &BatchManifest,
+    settings: &BatchSettings,
+    progress: &(dyn Fn(u64) + Sync),
+) -> anyhow::Result<Executed> {
+    // Files of the backfilled days written by earlier batches: listed before any
+    // file of this batch exists, so the list is exactly what the batch replaces.
+    let mut supersedes = Vec::new();
+    for day in &plan.backfill_days {
+        let dir = table.dataset.partition(&Partition::date(*day));
+        let files: Vec<_> = lake.store().list(Some(&dir)).try_collect().await?;
+        for f in files {
+            if batch_of(&f.location).is_some_and(|b| b < plan.batch) {
+                supersedes.push(f.location.to_string());
+            }
+        }
+    }
+    supersedes.sort();
+
+    let sel = Selection {
+        range: horizon::predicate(plan.h_prev, plan.h, plan.xmax)?,
+        scan_from: plan.scan_from,
+        backfill: (!plan.backfill_days.is_empty()).then(|| {
+            (
+                plan.backfill_days.clone(),
+                horizon::not_pending(plan.h, plan.xmax),
+            )
+        }),
+    };
+    let (tx, rx) = mpsc::channel(4);
+    let writer = tokio::spawn({
+        let lake = lake.clone();
+        let (batch, dry_run) = (plan.batch, settings.dry_run);
+        async move { write::write_partitions(&lake, table, batch, dry_run, rx, &after_file).await }
+    });
+    let extracted = extract::extract(
+        client,
+        table,
+        &sel,
+        plan.batch,
+        plan.snapshot_time,
+        tx,
+        progress,
+    )
+    .await;
+    let written = writer.await??;
+    let (rows, findings) = extracted?;
+    let written_rows: u64 = written.rows_per_date.values().sum();
+    anyhow::ensure!(
+        written_rows == rows,
+        "{}: read {rows} rows but wrote {written_rows}; nothing was committed",
+        table.dataset
+    );
+    Ok((written, rows, findings, supersedes))
+}
+
+fn after_file(_: &DataFile) {
+    failpoint("after-file");
+}
+
+/// The batch number in a bronze file name (`part-<batch>-<n>.parquet`).
+pub fn batch_of(path: &Path) -> Option<u64> {
+    let name = path.filename()?;
+    let rest = name.strip_prefix("part-")?;
+    rest.get(..10)?.parse().ok()
+}
+
+/// Deletes what a committed batch made obsolete: the files it supersedes and any
+/// file bearing its number that it does not list (left by a crashed earlier
+/// attempt). Idempotent, so it is re-run at the start of the next run.
+async fn cleanup(lake: &Lake, committed: &BatchManifest) -> anyhow::Result<()> {
+    let dataset = [
+        lake_common::Dataset::BronzeEvents,
+        lake_common::Dataset::BronzeOutbox,
+    ]
+    .into_iter()
+    .find(|d| d.dir() == committed.dataset)
+    .ok_or_else(|| anyhow::anyhow!("unknown dataset {}", committed.dataset))?;
+    let listed: std::collections::HashSet<&str> =
+        committed.files.iter().map(|f| f.path.as_str()).collect();
+    let mut doomed: Vec<Path> = committed
+        .supersedes
+        .iter()
+        .map(|p| Path::from(p.as_str()))
+        .collect();
+    let all: Vec<_> = lake
+        .store()
+        .list(Some(&dataset.root()))
+        .try_collect()
+        .await?;
+    doomed.extend(
+        all.into_iter()
+            .map(|m| m.location)
+            .filter(|p| batch_of(p) == Some(committed.batch) && !listed.contains(p.as_ref())),
+    );
+    for path in doomed {
+        match lake.store().delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                tracing::debug!(path = %path, "Deleted obsolete file");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Keeps a pending batch's lease alive while the run works.
+struct Lease {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    version: Arc<Mutex<Option<UpdateVersion>>>,
+    lost: Arc<AtomicBool>,
+}
+
+impl Lease {
+    fn start(
+        lake: Lake,
+        mut pending: BatchManifest,
+        version: UpdateVersion,
+        settings: &BatchSettings,
+    ) -> Self {
+        let (stop, mut stopped) = oneshot::channel();
+        let version = Arc::new(Mutex::new(Some(version)));
+        let lost = Arc::new(AtomicBool::new(false));
+        let (lease, locked) = (settings.lease, settings.locked);
+        let task = tokio::spawn({
+            let (version, lost) = (version.clone(), lost.clone());
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => return,
+                        _ = tokio::time::sleep(lease / 3) => {}
+                    }
+                    pending.lease_expires_at = Some(Utc::now() + lease);
+                    let mut v = version.lock().await;
+                    let expected = if locked { None } else { v.clone() };
+                    match manifest::replace(&lake, &pending, expected).await {
+                        Ok(new) => *v = Some(new),
+                        Err(ManifestError::Conflict { .. }) => {
+                            lost.store(true, Ordering::SeqCst);
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Could not renew the batch lease; retrying")
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            stop,
+            task,
+            version,
+            lost,
+        }
+    }
+
+    /// Stops renewing (waiting for an in-flight renewal) and returns the
+    /// manifest's current version and whether the lease was lost.
+    async fn stop(self) -> (Option<UpdateVersion>, bool) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+        let v = self.version.lock().await.clone();
+        (v, self.lost.load(Ordering::SeqCst))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_numbers_from_file_names() {
+        assert_eq!(
+            batch_of(&Path::from(
+                "bronze/events/date=2026-01-01/part-0000000042-0001.parquet"
+            )),
+            Some(42)
+        );
+        assert_eq!(
+            batch_of(&Path::from("bronze/events/_manifests/0000000042.json")),
+            None
+        );
+    }
+}

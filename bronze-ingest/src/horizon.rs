@@ -1,0 +1,165 @@
+//! Transaction-id horizons (SPEC §5): which rows belong to which batch.
+//!
+//! A timestamp or sequence cursor loses rows whose transaction commits after a
+//! later row was read. Instead, a batch is the half-open range `[h_prev, h)` of
+//! *inserting transaction ids*, where `h = pg_snapshot_xmin` of the run's snapshot:
+//! every transaction below `h` has finished, so the range's content can never
+//! change again (for append-only tables) and a re-run exports exactly the same rows.
+//!
+//! Row `xmin` is a 32-bit xid that wraps; the horizons are 64-bit `xid8`. Rows
+//! are matched modulo 2^32, which is exact while a range spans fewer than 2^31
+//! transactions (refused otherwise).
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Client;
+
+/// The snapshot a run reads everything from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// `pg_snapshot_xmin`: all transactions below it have finished.
+    pub xmin: u64,
+    /// `pg_snapshot_xmax`: transactions at or above it had not started.
+    pub xmax: u64,
+    /// `now()` of the transaction.
+    pub time: DateTime<Utc>,
+    /// The cluster's `system_identifier` (a restore or another cluster changes it).
+    pub system_identifier: String,
+}
+
+/// Opens the run's `REPEATABLE READ READ ONLY` transaction and reads its snapshot.
+/// The snapshot query is the transaction's first statement, so it *is* the
+/// snapshot every later statement of the run sees.
+pub async fn begin(client: &Client) -> Result<Snapshot, tokio_postgres::Error> {
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL TIME ZONE 'UTC'")
+        .await?;
+    let row = client
+        .query_one(
+            "SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text, now(), \
+                    (SELECT system_identifier::text FROM pg_control_system()) \
+             FROM pg_current_snapshot() AS s",
+            &[],
+        )
+        .await?;
+    let parse = |s: String| s.parse::<u64>().unwrap_or_default();
+    Ok(Snapshot {
+        xmin: parse(row.get(0)),
+        xmax: parse(row.get(1)),
+        time: row.get(2),
+        system_identifier: row.get(3),
+    })
+}
+
+/// Why a range of transaction ids cannot be exported safely.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HorizonError {
+    /// The horizon moved backwards: a restore or a failover to a lagging replica.
+    #[error(
+        "the transaction horizon went backwards (previous batch ended at xid {h_prev}, the database is now at {h}): \
+         the database was restored or failed over to a lagging replica; refusing to export to avoid duplicates or gaps. \
+         Investigate, then re-point the lake (a new lake prefix) or repair the manifests by hand"
+    )]
+    Backwards {
+        /// End of the previous batch.
+        h_prev: u64,
+        /// Current horizon.
+        h: u64,
+    },
+    /// The range is too wide to compare 32-bit xids unambiguously.
+    #[error(
+        "{span} transactions passed since the last batch, more than the 2^31 that 32-bit xids can tell apart: \
+         re-export with a backfill of the affected days"
+    )]
+    TooWide {
+        /// Width of the range.
+        span: u64,
+    },
+}
+
+const WRAP: u64 = 1 << 32;
+
+/// The SQL predicate selecting rows whose xmin lies in `[lo, lo + span)` modulo 2^32.
+fn xmin_in(lo: u64, span: u64) -> String {
+    format!(
+        "((xmin::text::bigint - {} + {WRAP}) % {WRAP}) < {span}",
+        lo % WRAP
+    )
+}
+
+/// The predicate on `xmin` of the batch `[h_prev, h)`; for the first batch
+/// (`h_prev = None`) every visible row except those of `[h, xmax)`, which belong
+/// to the next batch. Frozen/bootstrap xids (< 3) only appear in the first batch.
+pub fn predicate(h_prev: Option<u64>, h: u64, xmax: u64) -> Result<String, HorizonError> {
+    match h_prev {
+        Some(h_prev) => {
+            if h < h_prev {
+                return Err(HorizonError::Backwards { h_prev, h });
+            }
+            let span = h - h_prev;
+            if span >= 1 << 31 {
+                return Err(HorizonError::TooWide { span });
+            }
+            Ok(format!(
+                "{} AND xmin::text::bigint >= 3",
+                xmin_in(h_prev, span)
+            ))
+        }
+        None => Ok(not_pending(h, xmax)),
+    }
+}
+
+/// Rows visible in the snapshot minus those of `[h, xmax)`: everything finished
+/// below the horizon. Used by the first batch and by backfilled days.
+pub fn not_pending(h: u64, xmax: u64) -> String {
+    let span = xmax.saturating_sub(h);
+    if span == 0 {
+        "TRUE".into()
+    } else {
+        format!("NOT ({})", xmin_in(h, span))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Evaluates the modular range test the way the SQL does.
+    fn in_range(xmin32: u64, lo: u64, span: u64) -> bool {
+        ((xmin32 + WRAP - lo % WRAP) % WRAP) < span
+    }
+
+    #[test]
+    fn ranges_wrap_around_the_32_bit_boundary() {
+        let lo = (5 << 32) + WRAP - 10; // 10 below an epoch boundary
+        let span = 20;
+        assert!(in_range(WRAP - 10, lo, span));
+        assert!(in_range(5, lo, span), "after the wrap");
+        assert!(!in_range(10, lo, span), "past the end");
+        assert!(!in_range(WRAP - 11, lo, span), "before the start");
+    }
+
+    #[test]
+    fn predicates() {
+        assert_eq!(
+            predicate(Some(100), 150, 160).unwrap(),
+            "((xmin::text::bigint - 100 + 4294967296) % 4294967296) < 50 AND xmin::text::bigint >= 3"
+        );
+        assert_eq!(predicate(None, 150, 150).unwrap(), "TRUE");
+        assert_eq!(
+            predicate(None, 150, 155).unwrap(),
+            "NOT (((xmin::text::bigint - 150 + 4294967296) % 4294967296) < 5)"
+        );
+        assert_eq!(
+            predicate(Some(200), 150, 150),
+            Err(HorizonError::Backwards {
+                h_prev: 200,
+                h: 150
+            })
+        );
+        assert!(matches!(
+            predicate(Some(0), 1 << 31, 1 << 31),
+            Err(HorizonError::TooWide { .. })
+        ));
+        assert!(predicate(Some(0), (1 << 31) - 1, 1 << 31).is_ok());
+    }
+}

@@ -1,0 +1,180 @@
+//! `--verify`: an audit of the lake against PostgreSQL, per day and dataset.
+//!
+//! The incremental scan may be bounded in time (`BRONZE_LOOKBACK`); the audit is
+//! not. It compares, per UTC day, what PostgreSQL holds below the last committed
+//! horizon with what the committed bronze files hold: row count and
+//! `sum(quantity)` for events; distinct `outbox_id` for the outbox, whose bronze
+//! rows are row *versions* (a row updated twice is there three times).
+
+use std::collections::{BTreeMap, HashSet};
+
+use arrow::array::{Array, Decimal128Array, StringArray};
+use chrono::NaiveDate;
+use futures::TryStreamExt;
+use lake_common::manifest::{self, BatchState};
+use lake_common::schema::SourceTable;
+use lake_common::{Lake, parquet_io};
+use object_store::path::Path;
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::horizon::{self, Snapshot};
+
+/// One day's numbers on both sides.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DayCheck {
+    /// Rows (events) or distinct ids (outbox) in PostgreSQL.
+    pub postgres_rows: u64,
+    /// The same in the lake.
+    pub lake_rows: u64,
+    /// `sum(quantity)` in PostgreSQL, as an exact decimal string (events only).
+    pub postgres_sum: Option<String>,
+    /// `sum(quantity)` in the lake.
+    pub lake_sum: Option<String>,
+}
+
+/// A day whose numbers differ.
+#[derive(Debug, Clone, Serialize)]
+pub struct Mismatch {
+    /// Dataset.
+    pub dataset: String,
+    /// Day.
+    pub date: NaiveDate,
+    /// The numbers.
+    #[serde(flatten)]
+    pub check: DayCheck,
+}
+
+/// Audits one dataset; returns the days that differ.
+pub async fn verify_dataset(
+    lake: &Lake,
+    client: &Client,
+    table: &SourceTable,
+    snapshot: &Snapshot,
+) -> anyhow::Result<(usize, Vec<Mismatch>)> {
+    let manifests = manifest::read_all(lake, table.dataset).await?;
+    let Some(last) = manifests
+        .iter()
+        .rev()
+        .find(|m| m.state == BatchState::Committed)
+    else {
+        tracing::info!(dataset = %table.dataset, "Nothing committed yet; nothing to verify");
+        return Ok((0, vec![]));
+    };
+    let mut days: BTreeMap<NaiveDate, DayCheck> = BTreeMap::new();
+
+    // PostgreSQL: everything finished below the last committed horizon.
+    let time = table.time_column;
+    let finished = horizon::not_pending(last.h, snapshot.xmax);
+    let is_outbox = table.verify_sum_column.is_none();
+    let measure = match table.verify_sum_column {
+        Some(col) => format!("count(*), sum({col})::text"),
+        None => format!("count(DISTINCT {}), NULL::text", table.key),
+    };
+    let sql = format!(
+        "SELECT ({time} AT TIME ZONE 'UTC')::date, {measure} FROM {} WHERE {finished} GROUP BY 1",
+        table.table
+    );
+    for row in client.query(sql.as_str(), &[]).await? {
+        let date: NaiveDate = row.get(0);
+        let d = days.entry(date).or_default();
+        d.postgres_rows = row.get::<_, i64>(1) as u64;
+        d.postgres_sum = row
+            .get::<_, Option<String>>(2)
+            .map(|s| normalise_decimal(&s));
+    }
+
+    // Lake: the committed, non-superseded files.
+    let scale = table
+        .verify_sum_column
+        .and_then(|c| table.column(c))
+        .map(|c| match c.pg {
+            lake_common::schema::PgType::Numeric(_, s) => s,
+            _ => 0,
+        })
+        .unwrap_or(0);
+    let mut sums: BTreeMap<NaiveDate, (i128, bool)> = BTreeMap::new();
+    let mut ids: BTreeMap<NaiveDate, HashSet<String>> = BTreeMap::new();
+    for file in manifest::live_files(&manifests) {
+        let mut stream = parquet_io::read_stream(lake, &Path::from(file.path.as_str())).await?;
+        while let Some(batch) = stream.try_next().await? {
+            let d = days.entry(file.date).or_default();
+            if is_outbox {
+                let col = batch
+                    .column_by_name(table.key)
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned());
+                let set = ids.entry(file.date).or_default();
+                if let Some(col) = col {
+                    set.extend(col.iter().flatten().map(str::to_owned));
+                }
+            } else {
+                d.lake_rows += batch.num_rows() as u64;
+                if let Some(col) = table
+                    .verify_sum_column
+                    .and_then(|c| batch.column_by_name(c))
+                    .and_then(|c| c.as_any().downcast_ref::<Decimal128Array>().cloned())
+                {
+                    let e = sums.entry(file.date).or_default();
+                    e.0 += col.iter().flatten().sum::<i128>();
+                    e.1 |= col.null_count() < col.len();
+                }
+            }
+        }
+    }
+    for (date, set) in ids {
+        days.entry(date).or_default().lake_rows = set.len() as u64;
+    }
+    for (date, (sum, any)) in sums {
+        if any {
+            days.entry(date).or_default().lake_sum = Some(format_decimal(sum, scale));
+        }
+    }
+    let checked = days.len();
+    let mismatches = days
+        .into_iter()
+        .filter(|(_, c)| c.postgres_rows != c.lake_rows || c.postgres_sum != c.lake_sum)
+        .map(|(date, check)| Mismatch {
+            dataset: table.dataset.to_string(),
+            date,
+            check,
+        })
+        .collect();
+    Ok((checked, mismatches))
+}
+
+/// Renders a scaled integer as a decimal string without trailing zeros.
+pub fn format_decimal(v: i128, scale: i8) -> String {
+    let neg = v < 0;
+    let digits = v.unsigned_abs().to_string();
+    let scale = scale.max(0) as usize;
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (int, frac) = padded.split_at(padded.len() - scale);
+    normalise_decimal(&format!("{}{int}.{frac}", if neg { "-" } else { "" }))
+}
+
+/// Strips trailing fractional zeros (`12.50000000` → `12.5`, `3.000` → `3`).
+pub fn normalise_decimal(s: &str) -> String {
+    if !s.contains('.') {
+        return s.to_owned();
+    }
+    let t = s.trim_end_matches('0').trim_end_matches('.');
+    if t == "-0" { "0".into() } else { t.to_owned() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_render_exactly() {
+        assert_eq!(format_decimal(150_000_000, 8), "1.5");
+        assert_eq!(format_decimal(-1, 8), "-0.00000001");
+        assert_eq!(
+            format_decimal(99_999_999_999_999_999_999, 8),
+            "999999999999.99999999"
+        );
+        assert_eq!(format_decimal(0, 8), "0");
+        assert_eq!(normalise_decimal("12.50000000"), "12.5");
+        assert_eq!(normalise_decimal("300"), "300");
+    }
+}

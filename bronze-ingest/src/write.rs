@@ -1,0 +1,126 @@
+//! Writing a batch's chunks into date-partitioned Parquet files.
+//!
+//! Chunks arrive sorted by time, so partitions arrive one after another: one open
+//! file at a time, rolled at ~128 MiB. File names carry the batch number and a
+//! per-partition sequence (`part-<batch>-<n>`), which depend only on the data, so
+//! re-running a pinned batch overwrites exactly the same names with the same bytes.
+
+use chrono::NaiveDate;
+use lake_common::manifest::DataFile;
+use lake_common::parquet_io::FileWriter;
+use lake_common::schema::{SourceTable, TARGET_FILE_BYTES};
+use lake_common::{Lake, Partition};
+use tokio::sync::mpsc;
+
+use crate::extract::Chunk;
+
+/// Writing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// Parquet encoding or the upload failed.
+    #[error("writing {path} failed: {source}")]
+    Parquet {
+        /// The file.
+        path: String,
+        /// The error.
+        source: parquet::errors::ParquetError,
+    },
+    /// Rows came out of order (would break determinism).
+    #[error("rows of {0} arrived after a later date: the export is not sorted")]
+    Unsorted(NaiveDate),
+}
+
+/// Rows seen per date in a dry run, files in a real one.
+#[derive(Debug, Default)]
+pub struct Written {
+    /// Files written (empty in a dry run).
+    pub files: Vec<DataFile>,
+    /// Rows per date (both modes).
+    pub rows_per_date: std::collections::BTreeMap<NaiveDate, u64>,
+}
+
+/// Called after each finished file (test fail-points hook in here).
+pub type AfterFile<'a> = &'a (dyn Fn(&DataFile) + Sync);
+
+/// Consumes chunks until the channel closes and writes them.
+pub async fn write_partitions(
+    lake: &Lake,
+    table: &SourceTable,
+    batch_no: u64,
+    dry_run: bool,
+    mut rx: mpsc::Receiver<Chunk>,
+    after_file: AfterFile<'_>,
+) -> Result<Written, WriteError> {
+    let mut out = Written::default();
+    let mut open: Option<(NaiveDate, u32, FileWriter)> = None;
+    while let Some(chunk) = rx.recv().await {
+        *out.rows_per_date.entry(chunk.date).or_default() += chunk.batch.num_rows() as u64;
+        if dry_run {
+            continue;
+        }
+        let next_n = match &open {
+            Some((date, n, w)) if *date == chunk.date => {
+                if w.approximate_size() < TARGET_FILE_BYTES {
+                    None
+                } else {
+                    Some(n + 1)
+                }
+            }
+            Some((date, _, _)) if *date > chunk.date => {
+                return Err(WriteError::Unsorted(chunk.date));
+            }
+            _ => Some(0),
+        };
+        if let Some(n) = next_n {
+            if let Some((date, _, w)) = open.take() {
+                finish(&mut out, date, w, after_file).await?;
+            }
+            let path = table
+                .dataset
+                .batch_file(&Partition::date(chunk.date), batch_no, n);
+            let w =
+                FileWriter::create(lake, path.clone(), table.arrow_schema()).map_err(|source| {
+                    WriteError::Parquet {
+                        path: path.to_string(),
+                        source,
+                    }
+                })?;
+            open = Some((chunk.date, n, w));
+        }
+        if let Some((_, _, w)) = open.as_mut() {
+            w.write(&chunk.batch)
+                .await
+                .map_err(|source| WriteError::Parquet {
+                    path: "current file".into(),
+                    source,
+                })?;
+        }
+    }
+    if let Some((date, _, w)) = open.take() {
+        finish(&mut out, date, w, after_file).await?;
+    }
+    Ok(out)
+}
+
+async fn finish(
+    out: &mut Written,
+    date: NaiveDate,
+    w: FileWriter,
+    after_file: AfterFile<'_>,
+) -> Result<(), WriteError> {
+    let f = w.finish().await.map_err(|source| WriteError::Parquet {
+        path: format!("a file of date={date}"),
+        source,
+    })?;
+    let file = DataFile {
+        path: f.path.to_string(),
+        date,
+        rows: f.rows,
+        bytes: f.bytes,
+        sha256: f.sha256,
+    };
+    tracing::debug!(path = %file.path, rows = file.rows, bytes = file.bytes, "Wrote file");
+    after_file(&file);
+    out.files.push(file);
+    Ok(())
+}

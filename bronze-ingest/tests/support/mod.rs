@@ -1,0 +1,205 @@
+//! Shared set-up of the bronze-ingest integration tests: a real PostgreSQL, a real
+//! S3 endpoint (moto over HTTP), the binary run as a child process, and readers of
+//! what the lake committed.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output, Stdio};
+
+use arrow::array::{Array, StringArray};
+use lake_common::manifest::{self, BatchManifest, BatchState};
+use lake_common::{Dataset, Lake, LakeConfig, parquet_io};
+use lake_testkit::{TestPostgres, TestS3, demo};
+use object_store::path::Path;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_bronze-ingest");
+
+pub struct Harness {
+    pub pg: TestPostgres,
+    pub s3: TestS3,
+    pub bucket: String,
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl Harness {
+    /// PostgreSQL with the demo schema (no rows) and an empty bucket.
+    pub async fn new() -> Self {
+        let (pg, s3) = tokio::join!(TestPostgres::start(), TestS3::start());
+        let (pg, s3) = (pg.expect("postgres"), s3.expect("moto"));
+        let client = pg.client().await.unwrap();
+        demo::create_schema(&client).await.unwrap();
+        pg.create_role("lake_reader", "reader-pw", true)
+            .await
+            .unwrap();
+        let bucket = s3.new_bucket().await.unwrap();
+        Self {
+            pg,
+            s3,
+            bucket,
+            extra_env: vec![],
+        }
+    }
+
+    /// The job's environment: the read-only role and the bucket.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut env = self.pg.env_as("lake_reader", "reader-pw");
+        env.extend(self.s3.env(&self.bucket));
+        env.push(("LOG_FORMAT".into(), "json".into()));
+        env.push(("RUST_LOG".into(), "info".into()));
+        env.extend(self.extra_env.iter().cloned());
+        env
+    }
+
+    pub fn lake(&self) -> Lake {
+        Lake::open(&LakeConfig::from_vars(self.s3.env(&self.bucket)).unwrap()).unwrap()
+    }
+
+    /// The binary with a clean environment plus `env`.
+    pub fn command_with(&self, env: &[(String, String)], args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.env_clear().envs(env.iter().cloned()).args(args);
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        self.command_with(&self.env(), args)
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let out = self.command(args).output().expect("spawn bronze-ingest");
+        eprintln!(
+            "bronze-ingest {args:?} -> {:?}\nstdout:\n{}\nstderr:\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub fn run_ok(&self, args: &[&str]) -> Output {
+        let out = self.run(args);
+        assert_eq!(out.status.code(), Some(0), "bronze-ingest {args:?} failed");
+        out
+    }
+
+    pub async fn manifests(&self, dataset: Dataset) -> Vec<BatchManifest> {
+        manifest::read_all(&self.lake(), dataset).await.unwrap()
+    }
+
+    /// Every key column value in the committed (non-superseded) files, in file order.
+    pub async fn committed_keys(&self, dataset: Dataset, key: &str) -> Vec<String> {
+        let lake = self.lake();
+        let ms = self.manifests(dataset).await;
+        let mut keys = Vec::new();
+        for f in manifest::live_files(&ms) {
+            for b in parquet_io::read_all(&lake, &Path::from(f.path.as_str()))
+                .await
+                .unwrap()
+            {
+                let col = b
+                    .column_by_name(key)
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .unwrap()
+                    .clone();
+                keys.extend(col.iter().flatten().map(str::to_owned));
+            }
+        }
+        keys
+    }
+
+    /// Data files present in the bucket (manifests and reports excluded).
+    pub async fn data_files(&self, dataset: Dataset) -> Vec<String> {
+        use futures::TryStreamExt;
+        let lake = self.lake();
+        let mut v: Vec<String> = lake
+            .store()
+            .list(Some(&dataset.root()))
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap();
+        v.retain(|p| p.ends_with(".parquet"));
+        v.sort();
+        v
+    }
+
+    pub async fn pg_count(&self, sql: &str) -> i64 {
+        self.pg
+            .client()
+            .await
+            .unwrap()
+            .query_one(sql, &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// Asserts the committed lake equals PostgreSQL: same event ids, no duplicates,
+    /// no data file outside the manifests.
+    pub async fn assert_lake_equals_postgres(&self) {
+        let client = self.pg.client().await.unwrap();
+        let pg_ids: Vec<String> = client
+            .query("SELECT event_id::text FROM stop_events ORDER BY 1", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut lake_ids = self.committed_keys(Dataset::BronzeEvents, "event_id").await;
+        let n = lake_ids.len();
+        lake_ids.sort();
+        lake_ids.dedup();
+        assert_eq!(n, lake_ids.len(), "duplicates in the committed lake");
+        assert_eq!(lake_ids, pg_ids, "lake and PostgreSQL differ");
+        for ds in [Dataset::BronzeEvents, Dataset::BronzeOutbox] {
+            let ms = self.manifests(ds).await;
+            assert!(
+                ms.iter().all(|m| m.state == BatchState::Committed),
+                "a batch is still pending"
+            );
+            let live: Vec<String> = manifest::live_files(&ms)
+                .into_iter()
+                .map(|f| f.path)
+                .collect();
+            let mut live_sorted = live.clone();
+            live_sorted.sort();
+            assert_eq!(
+                self.data_files(ds).await,
+                live_sorted,
+                "files outside the manifests in {ds}"
+            );
+        }
+    }
+
+    /// sha256 per data file currently in the bucket.
+    pub async fn checksums(&self, dataset: Dataset) -> BTreeMap<String, String> {
+        let lake = self.lake();
+        let mut out = BTreeMap::new();
+        for p in self.data_files(dataset).await {
+            let bytes = lake.get_bytes(&Path::from(p.as_str())).await.unwrap();
+            out.insert(p, parquet_io::sha256_hex(&bytes));
+        }
+        out
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Inserts `n` realistic events timestamped around now (so they fall inside the
+/// incremental look-back window).
+pub async fn generate_recent(pg: &TestPostgres, n: u64, seed: u64) {
+    let client = pg.client().await.unwrap();
+    let opts = demo::GenerateOptions::new(n, seed)
+        .window_end(std::time::SystemTime::now())
+        .window(std::time::Duration::from_secs(6 * 3600));
+    demo::generate_with(&client, &opts).await.unwrap();
+}

@@ -1,0 +1,127 @@
+//! `smoke-test`: proves, from where the jobs run, that they will work.
+//!
+//! Existence checks ("the bucket has objects") pass on deployments that cannot
+//! ingest a single row. This binary instead does what the jobs do, on a small
+//! scale and with the jobs' own code paths: it loads the configuration with the
+//! jobs' loader, connects to PostgreSQL with the configured sslmode, checks the
+//! source tables against the bronze contract, opens a REPEATABLE READ snapshot,
+//! writes, reads, multipart-uploads and conditionally creates objects in the lake,
+//! and reads the manifests. Every finding is one line with a fix.
+//!
+//! With `--cluster` it checks the Kubernetes side instead, from a workstation with
+//! a kubeconfig: namespaces, quotas, default-deny policies, Secrets (by name), and
+//! the analytics node.
+//!
+//! Every check runs under its own timeout, so a black-holed endpoint is a `FAIL`
+//! line, never a hang.
+
+pub mod checks;
+pub mod report;
+
+use std::time::Duration;
+
+use clap::Parser;
+
+pub use report::{CheckResult, Report, Status};
+
+/// Command-line arguments.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "smoke-test",
+    version,
+    about = "Checks that the lake jobs can reach and use PostgreSQL and S3 from here; prints a fix for every failure",
+    after_help = "Checks: config, dns.*, postgres.*, s3.*, lake.* (or cluster.* with --cluster).\n\
+                  Each prints PASS, WARN, FAIL or SKIP (not run because a check it needs failed).\n\
+                  Exit codes: 0 no failure (warnings allowed), 1 a check failed, 2 bad configuration or arguments.\n\
+                  Configuration: the environment of the jobs (DJANGO_DB_*, AWS_*, S3_BUCKET or LAKE_URL; see the README)."
+)]
+pub struct Args {
+    /// Print a JSON array with one {name, status, detail, fix} object per check
+    /// instead of the table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Check the Kubernetes side with kubectl instead (namespaces, ResourceQuotas,
+    /// default-deny NetworkPolicies, Secrets by name, the analytics node); meant for
+    /// a workstation with a kubeconfig, needs no DJANGO_DB_* or S3 settings.
+    #[arg(long)]
+    pub cluster: bool,
+
+    /// Only check the configuration and DNS; open no connection and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Seconds each check may take before it fails as timed out.
+    #[arg(long, value_name = "SECS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub timeout: u64,
+}
+
+impl Args {
+    /// The per-check time limit.
+    pub fn check_timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
+}
+
+/// Runs the checks selected by `args` against the configuration in `vars` (the
+/// process environment in production) and returns their results.
+pub async fn run(args: &Args, vars: Vec<(String, String)>) -> Report {
+    let mut report = Report::default();
+    let limit = args.check_timeout();
+    if args.cluster {
+        checks::cluster::run(limit, args.dry_run, &mut report).await;
+        return report;
+    }
+
+    let (result, config) = checks::config::check(vars);
+    report.push(result);
+    let Some(config) = config else {
+        let why = format!("not run: {} failed", checks::config::NAME);
+        report.skip_all(checks::dns::NAMES, &why);
+        report.skip_all(checks::postgres::NAMES, &why);
+        report.skip_all(checks::s3::NAMES, &why);
+        report.skip_all(checks::lake::NAMES, &why);
+        return report;
+    };
+
+    checks::dns::run(&config, limit, &mut report).await;
+    if args.dry_run {
+        let why = "not run: --dry-run";
+        report.skip_all(checks::postgres::NAMES, why);
+        report.skip_all(checks::s3::NAMES, why);
+        report.skip_all(checks::lake::NAMES, why);
+        return report;
+    }
+
+    // PostgreSQL and the lake are independent: check them side by side so a
+    // black-holed endpoint costs one timeout, not two.
+    let mut pg_report = Report::default();
+    let mut lake_report = Report::default();
+    let dns_pg = report.usable(checks::dns::POSTGRES);
+    let dns_s3 = report.usable(checks::dns::S3);
+    tokio::join!(
+        async {
+            if dns_pg {
+                checks::postgres::run(&config.postgres, limit, &mut pg_report).await;
+            } else {
+                let why = format!("not run: {} failed", checks::dns::POSTGRES);
+                pg_report.skip_all(checks::postgres::NAMES, &why);
+            }
+        },
+        async {
+            if dns_s3 {
+                let lake = checks::s3::run(&config.lake, limit, &mut lake_report).await;
+                checks::lake::run(lake.as_ref(), limit, &mut lake_report).await;
+            } else {
+                let why = format!("not run: {} failed", checks::dns::S3);
+                lake_report.skip_all(checks::s3::NAMES, &why);
+                lake_report.skip_all(checks::lake::NAMES, &why);
+            }
+        }
+    );
+    for r in pg_report.results().iter().chain(lake_report.results()) {
+        report.push(r.clone());
+    }
+    report
+}
