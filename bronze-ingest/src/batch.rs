@@ -346,14 +346,10 @@ async fn execute(
     supersedes.sort();
 
     let sel = Selection {
-        range: horizon::predicate(plan.h_prev, plan.h, plan.xmax)?,
+        range: horizon::predicate(plan.h_prev, plan.h)?,
         scan_from: plan.scan_from,
-        backfill: (!plan.backfill_days.is_empty()).then(|| {
-            (
-                plan.backfill_days.clone(),
-                horizon::not_pending(plan.h, plan.xmax),
-            )
-        }),
+        backfill: (!plan.backfill_days.is_empty())
+            .then(|| (plan.backfill_days.clone(), horizon::finished_before(plan.h))),
     };
     let (tx, rx) = mpsc::channel(4);
     let writer = tokio::spawn({

@@ -87,9 +87,8 @@ fn xmin_in(lo: u64, span: u64) -> String {
 }
 
 /// The predicate on `xmin` of the batch `[h_prev, h)`; for the first batch
-/// (`h_prev = None`) every visible row except those of `[h, xmax)`, which belong
-/// to the next batch. Frozen/bootstrap xids (< 3) only appear in the first batch.
-pub fn predicate(h_prev: Option<u64>, h: u64, xmax: u64) -> Result<String, HorizonError> {
+/// (`h_prev = None`) every row finished below `h` ([`finished_before`]).
+pub fn predicate(h_prev: Option<u64>, h: u64) -> Result<String, HorizonError> {
     match h_prev {
         Some(h_prev) => {
             if h < h_prev {
@@ -104,19 +103,18 @@ pub fn predicate(h_prev: Option<u64>, h: u64, xmax: u64) -> Result<String, Horiz
                 xmin_in(h_prev, span)
             ))
         }
-        None => Ok(not_pending(h, xmax)),
+        None => Ok(finished_before(h)),
     }
 }
 
-/// Rows visible in the snapshot minus those of `[h, xmax)`: everything finished
-/// below the horizon. Used by the first batch and by backfilled days.
-pub fn not_pending(h: u64, xmax: u64) -> String {
-    let span = xmax.saturating_sub(h);
-    if span == 0 {
-        "TRUE".into()
-    } else {
-        format!("NOT ({})", xmin_in(h, span))
-    }
+/// Rows inserted by transactions before `h`: frozen rows (PostgreSQL reports
+/// their xmin as 2) and every xid in the 2^31 below `h`, which is where all
+/// unfrozen xids live (wraparound protection guarantees it). This needs no lower
+/// bound, so the first batch loses no old row; and it excludes not only the
+/// snapshot's `[h, xmax)` but every later xid too, so re-executing a pinned
+/// first batch (or a backfilled day) in a later snapshot selects the same rows.
+pub fn finished_before(h: u64) -> String {
+    format!("(xmin::text::bigint < 3 OR NOT ({}))", xmin_in(h, 1 << 31))
 }
 
 #[cfg(test)]
@@ -139,27 +137,40 @@ mod tests {
     }
 
     #[test]
+    fn finished_before_is_the_past_half_of_the_xid_circle() {
+        let h = (3 << 32) + 1000;
+        let past = |x: u64| x < 3 || !in_range(x, h, 1 << 31);
+        assert!(
+            past(999) && past(2) && past(WRAP - 5),
+            "older xids, frozen, and wrapped-around older xids"
+        );
+        assert!(
+            !past(1000) && !past(1001) && !past(1000 + (1 << 30)),
+            "the horizon and everything after it"
+        );
+    }
+
+    #[test]
     fn predicates() {
         assert_eq!(
-            predicate(Some(100), 150, 160).unwrap(),
+            predicate(Some(100), 150).unwrap(),
             "((xmin::text::bigint - 100 + 4294967296) % 4294967296) < 50 AND xmin::text::bigint >= 3"
         );
-        assert_eq!(predicate(None, 150, 150).unwrap(), "TRUE");
         assert_eq!(
-            predicate(None, 150, 155).unwrap(),
-            "NOT (((xmin::text::bigint - 150 + 4294967296) % 4294967296) < 5)"
+            predicate(None, 150).unwrap(),
+            "(xmin::text::bigint < 3 OR NOT (((xmin::text::bigint - 150 + 4294967296) % 4294967296) < 2147483648))"
         );
         assert_eq!(
-            predicate(Some(200), 150, 150),
+            predicate(Some(200), 150),
             Err(HorizonError::Backwards {
                 h_prev: 200,
                 h: 150
             })
         );
         assert!(matches!(
-            predicate(Some(0), 1 << 31, 1 << 31),
+            predicate(Some(0), 1 << 31),
             Err(HorizonError::TooWide { .. })
         ));
-        assert!(predicate(Some(0), (1 << 31) - 1, 1 << 31).is_ok());
+        assert!(predicate(Some(0), (1 << 31) - 1).is_ok());
     }
 }

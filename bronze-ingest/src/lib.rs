@@ -160,8 +160,7 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<ExitStatus> 
     let status = if opts.verify {
         let mut all = Vec::new();
         for table in opts.datasets.tables() {
-            let (checked, mismatches) =
-                verify::verify_dataset(&lake, &client, table, &snapshot).await?;
+            let (checked, mismatches) = verify::verify_dataset(&lake, &client, table).await?;
             println!(
                 "verify {}: {checked} days checked, {} mismatched",
                 table.dataset,

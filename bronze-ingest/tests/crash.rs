@@ -1,0 +1,157 @@
+//! Crashes, concurrent runs and byte-identical re-execution of a pinned batch.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use lake_common::Dataset;
+use lake_common::manifest::BatchState;
+use support::*;
+
+const LEASE: u64 = 3;
+
+/// Starts the binary stopped at `point` and waits until it says it got there.
+fn run_to_failpoint(h: &Harness, point: &str) -> Child {
+    let mut env = h.env();
+    env.push(("BRONZE_FAILPOINT".into(), point.into()));
+    env.push(("BRONZE_LEASE_SECS".into(), LEASE.to_string()));
+    let mut child = h
+        .command_with(&env, &[])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for line in BufReader::new(stderr).lines() {
+        let line = line.unwrap();
+        if line.contains(&format!("FAILPOINT {point} reached")) {
+            return child;
+        }
+        assert!(Instant::now() < deadline, "fail point {point} not reached");
+    }
+    panic!(
+        "bronze-ingest exited before fail point {point}: {:?}",
+        child.wait()
+    );
+}
+
+fn sigkill(mut child: Child) {
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_every_phase_then_rerun_converges() {
+    let h = Harness::new().await;
+    let client = h.pg.client().await.unwrap();
+    lake_testkit::demo::generate(&client, 5_000, 1)
+        .await
+        .unwrap();
+    for (i, point) in ["after-pin", "after-file", "before-commit", "after-commit"]
+        .into_iter()
+        .enumerate()
+    {
+        sigkill(run_to_failpoint(&h, point));
+        if point != "after-commit" {
+            let last = h.manifests(Dataset::BronzeEvents).await.pop().unwrap();
+            assert_eq!(
+                last.state,
+                BatchState::Pending,
+                "{point}: the killed batch stays pending"
+            );
+            // The lease is live: another run must not take the batch yet.
+            let out = h.run(&[]);
+            assert_eq!(out.status.code(), Some(4), "{point}: live lease → exit 4");
+            std::thread::sleep(Duration::from_secs(LEASE + 1));
+        }
+        h.run_ok(&[]);
+        h.assert_lake_equals_postgres().await;
+        generate_recent(&h.pg, 500, 100 + i as u64).await;
+    }
+    h.run_ok(&[]);
+    h.assert_lake_equals_postgres().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_runs_started_together_commit_once() {
+    let h = Harness::new().await;
+    let client = h.pg.client().await.unwrap();
+    lake_testkit::demo::generate(&client, 30_000, 2)
+        .await
+        .unwrap();
+    let a = h
+        .command(&[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = h
+        .command(&[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let mut codes = vec![a.status.code(), b.status.code()];
+    codes.sort();
+    assert_eq!(
+        codes,
+        vec![Some(0), Some(4)],
+        "a: {}\nb: {}",
+        stderr(&a),
+        stderr(&b)
+    );
+    let loser = if a.status.code() == Some(4) { &a } else { &b };
+    assert!(
+        stderr(loser).contains("exiting without writing"),
+        "{}",
+        stderr(loser)
+    );
+    for ds in [Dataset::BronzeEvents, Dataset::BronzeOutbox] {
+        assert_eq!(h.manifests(ds).await.len(), 1, "{ds}: one batch");
+    }
+    h.assert_lake_equals_postgres().await;
+    // Only the winner wrote a run report.
+    use futures::TryStreamExt;
+    let reports: Vec<_> = h
+        .lake()
+        .store()
+        .list(Some(&lake_common::paths::run_reports_dir("bronze-ingest")))
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(reports.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pinned_batch_reruns_byte_identical() {
+    let h = Harness::new().await;
+    let client = h.pg.client().await.unwrap();
+    lake_testkit::demo::generate(&client, 20_000, 3)
+        .await
+        .unwrap();
+    sigkill(run_to_failpoint(&h, "before-commit"));
+    let before = h.checksums(Dataset::BronzeEvents).await;
+    assert!(before.len() > 20);
+    // New rows in the meantime must not leak into the pinned batch.
+    generate_recent(&h.pg, 300, 4).await;
+    std::thread::sleep(Duration::from_secs(LEASE + 1));
+    let out = h.run_ok(&["--dataset", "events"]);
+    assert!(
+        stdout(&out).contains("resumed a pending batch"),
+        "{}",
+        stdout(&out)
+    );
+    let m = h.manifests(Dataset::BronzeEvents).await;
+    assert_eq!(m[0].state, BatchState::Committed);
+    let committed: std::collections::BTreeMap<String, String> = m[0]
+        .files
+        .iter()
+        .map(|f| (f.path.clone(), f.sha256.clone()))
+        .collect();
+    assert_eq!(committed, before, "same names, same bytes");
+    assert_eq!(m[0].rows, 20_000);
+}
