@@ -1,0 +1,183 @@
+//! Fail closed: unsafe situations stop the run with a clear message and no writes.
+
+mod support;
+
+use lake_common::Dataset;
+use lake_common::manifest;
+use support::*;
+
+async fn committed_once(h: &Harness) {
+    let client = h.pg.client().await.unwrap();
+    lake_testkit::demo::generate(&client, 2_000, 5)
+        .await
+        .unwrap();
+    h.run_ok(&[]);
+}
+
+/// Everything in the bucket, to prove a failed run wrote nothing.
+async fn bucket_listing(h: &Harness) -> Vec<String> {
+    use futures::TryStreamExt;
+    let mut v: Vec<String> = h
+        .lake()
+        .store()
+        .list(None)
+        .map_ok(|m| format!("{} {:?}", m.location, m.e_tag))
+        .try_collect()
+        .await
+        .unwrap();
+    v.sort();
+    v
+}
+
+async fn tamper(h: &Harness, f: impl FnOnce(&mut manifest::BatchManifest)) {
+    let lake = h.lake();
+    let mut m = manifest::read(&lake, Dataset::BronzeEvents, 1)
+        .await
+        .unwrap()
+        .manifest;
+    f(&mut m);
+    manifest::replace(&lake, &m, None).await.unwrap();
+    generate_recent(&h.pg, 10, 99).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn horizon_backwards_or_another_cluster_stop_the_run() {
+    let h = Harness::new().await;
+    committed_once(&h).await;
+
+    tamper(&h, |m| m.h += 1_000_000).await;
+    let before = bucket_listing(&h).await;
+    let out = h.run(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("transaction horizon went backwards"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(bucket_listing(&h).await, before, "nothing written");
+
+    tamper(&h, |m| {
+        m.h -= 1_000_000;
+        m.system_identifier = "6999999999999999999".into();
+    })
+    .await;
+    let before = bucket_listing(&h).await;
+    let out = h.run(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("the database is another cluster"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(bucket_listing(&h).await, before, "nothing written");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schema_drift_exits_2_naming_the_column() {
+    let h = Harness::new().await;
+    committed_once(&h).await;
+    let client = h.pg.client().await.unwrap();
+    for (ddl, dataset, expect) in [
+        (
+            "ALTER TABLE stop_events DROP COLUMN side",
+            "events",
+            "column side is missing",
+        ),
+        (
+            "ALTER TABLE stop_events ALTER COLUMN quantity TYPE double precision",
+            "events",
+            "column quantity is double precision, the contract needs numeric(20,8)",
+        ),
+        (
+            "ALTER TABLE outbox ALTER COLUMN published DROP NOT NULL",
+            "outbox",
+            "column published allows NULL",
+        ),
+    ] {
+        client.batch_execute(ddl).await.unwrap();
+        generate_recent(&h.pg, 0, 1).await;
+        let before = bucket_listing(&h).await;
+        let out = h.run(&["--dataset", dataset]);
+        assert_eq!(out.status.code(), Some(2), "{ddl}");
+        assert!(stderr(&out).contains(expect), "{ddl}: {}", stderr(&out));
+        assert_eq!(bucket_listing(&h).await, before, "nothing written");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_configuration_and_unreachable_services() {
+    let h = Harness::new().await;
+    let client = h.pg.client().await.unwrap();
+    lake_testkit::demo::generate(&client, 100, 5).await.unwrap();
+    let with = |key: &str, value: Option<&str>| {
+        let mut env: Vec<(String, String)> =
+            h.env().into_iter().filter(|(k, _)| k != key).collect();
+        if let Some(v) = value {
+            env.push((key.into(), v.into()));
+        }
+        env
+    };
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+        .to_string();
+    let cases: Vec<(Vec<(String, String)>, i32, &str)> = vec![
+        (
+            with("DJANGO_DB_HOST", None),
+            2,
+            "DJANGO_DB_HOST: is missing",
+        ),
+        (
+            with("DJANGO_DB_PORT", Some("54x")),
+            2,
+            "is not a port number",
+        ),
+        (
+            with("DJANGO_DB_SSLMODE", Some("sometimes")),
+            2,
+            "unknown sslmode",
+        ),
+        (
+            with("DJANGO_DB_PORT", Some(&closed_port)),
+            1,
+            "cannot connect to PostgreSQL",
+        ),
+        (
+            with("DJANGO_DB_PASSWORD", Some("wrong")),
+            1,
+            "check DJANGO_DB_USER and DJANGO_DB_PASSWORD",
+        ),
+        (
+            with(
+                "AWS_ENDPOINT",
+                Some(&format!("http://127.0.0.1:{closed_port}")),
+            ),
+            1,
+            "127.0.0.1",
+        ),
+    ];
+    for (env, code, expect) in cases {
+        let out = h.command_with(&env, &[]).output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{expect}: {err}");
+        assert!(err.contains(expect), "expected {expect:?} in: {err}");
+        assert!(
+            !err.contains("reader-pw") && !err.contains("testing"),
+            "a secret leaked: {err}"
+        );
+        // One error line (JSON logs: the last line is the error event).
+        let last = err.lines().last().unwrap_or_default();
+        assert!(last.contains("\"level\":\"ERROR\""), "{last}");
+    }
+    assert!(bucket_listing(&h).await.is_empty(), "nothing written");
+    // Bad arguments are usage errors too.
+    let out = h
+        .command(&["--from", "2026-01-05", "--to", "2026-01-01"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let out = h.command(&["--dataset", "nope"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
