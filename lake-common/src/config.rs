@@ -954,3 +954,71 @@ mod tests {
         assert_eq!(c.postgres.password.expose(), "hunter2-very-secret");
     }
 }
+
+#[cfg(test)]
+mod documentation {
+    /// The README's configuration table lists exactly [`super::ENV_VARS`], in order:
+    /// it is the operators' reference, and the deploy tests check manifests against it.
+    #[test]
+    fn readme_configuration_table_matches_env_vars() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split("## Configuration")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README has a Configuration section");
+        let names: Vec<&str> = section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .collect();
+        assert_eq!(names, super::ENV_VARS);
+    }
+
+    /// A log line carrying the whole configuration shows no secret.
+    #[test]
+    fn secrets_never_reach_a_log_line() {
+        use std::io::Write;
+        use std::sync::{Arc, Mutex};
+
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        let env: Vec<(String, String)> = [
+            ("DJANGO_DB_HOST", "db"),
+            ("DJANGO_DB_NAME", "robson"),
+            ("DJANGO_DB_USER", "reader"),
+            ("DJANGO_DB_PASSWORD", "pg-secret-123"),
+            ("AWS_ACCESS_KEY_ID", "AK"),
+            ("AWS_SECRET_ACCESS_KEY", "s3-secret-456"),
+            ("S3_BUCKET", "lake"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let config = super::Config::from_vars(env).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(config = ?config, shown = %config, password = %config.postgres.password, "Loaded");
+        });
+        let logged = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(logged.contains("Loaded"), "{logged}");
+        assert!(
+            !logged.contains("pg-secret-123") && !logged.contains("s3-secret-456"),
+            "{logged}"
+        );
+    }
+}

@@ -1,0 +1,41 @@
+# The task menu. On a fresh machine use `./dev <recipe>` (it installs just and
+# the test tools first); afterwards `just <recipe>` works the same.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+import 'deploy/deploy.just'
+
+export PATH := justfile_directory() / ".venv/bin" + ":" + env_var("PATH")
+
+# List the recipes.
+default:
+    @just --list
+
+# Install PostgreSQL and the Python tools (moto, DuckDB, pyarrow, pytest) if missing.
+setup:
+    bash scripts/setup.sh
+
+# The main job end to end on embedded defaults: throwaway PostgreSQL with demo data → bronze → silver → ./lake.
+demo rows=env_var_or_default("DEMO_ROWS", "200000"): setup
+    cargo build -q -p bronze-ingest -p silver-transform -p lake-testkit --bin lake-demo
+    target/debug/lake-demo --rows {{rows}} --lake lake
+
+# Everything CI checks: formatting, lints, all tests (Rust and deployment).
+test: setup lint test-rust test-deploy
+
+# cargo fmt --check and clippy with warnings as errors.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# All Rust tests (real PostgreSQL and a real S3 endpoint, started by lake-testkit).
+test-rust:
+    cargo nextest run --workspace --no-fail-fast
+
+# Benchmark bronze-ingest against PostgreSQL's own binary COPY (writes docs/benchmarks.md).
+bench-bronze rows="1000000": setup
+    cargo build -q --release -p bronze-ingest -p lake-testkit --bin lake-bench
+    target/release/lake-bench bronze --rows {{rows}} --report docs/benchmarks.md
+
+# All benchmarks.
+bench: bench-bronze
