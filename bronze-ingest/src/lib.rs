@@ -91,6 +91,8 @@ pub struct RunReport {
     pub snapshot_time: DateTime<Utc>,
     /// Per dataset.
     pub datasets: Vec<DatasetReport>,
+    /// Peak resident memory of the process (VmHWM), in bytes, at the end of the run.
+    pub peak_rss_bytes: Option<u64>,
     /// Mismatches found by `--verify`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verify: Option<Vec<verify::Mismatch>>,
@@ -154,6 +156,7 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<ExitStatus> 
         snapshot_xmax: snapshot.xmax,
         snapshot_time: snapshot.time,
         datasets: vec![],
+        peak_rss_bytes: None,
         verify: None,
     };
 
@@ -234,6 +237,7 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<ExitStatus> 
 
     report.finished_at = Utc::now();
     report.seconds = started.elapsed().as_secs_f64();
+    report.peak_rss_bytes = peak_rss_bytes();
     print_summary(&report);
     if !opts.dry_run {
         let path = run
@@ -243,6 +247,15 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<ExitStatus> 
         tracing::info!(report = %path, "Run report written");
     }
     Ok(status)
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), for the run report and
+/// the memory budget of SPEC §10.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn print_summary(r: &RunReport) {
@@ -302,5 +315,9 @@ fn print_summary(r: &RunReport) {
             );
         }
     }
-    println!("  took {:.2}s", r.seconds);
+    println!(
+        "  took {:.2}s, peak memory {:.0} MiB",
+        r.seconds,
+        r.peak_rss_bytes.unwrap_or_default() as f64 / 1_048_576.0
+    );
 }

@@ -53,6 +53,7 @@
 //!   on retried submissions.
 //! * Outbox rows for about 92 % of events (the rest "cleaned up"); 97 % published.
 
+mod bulk;
 mod encode;
 mod rows;
 
@@ -249,8 +250,25 @@ async fn generate_in_transaction(
         i64::try_from(window_end_us).context("window end too far in the future")?,
         i64::try_from(options.window.as_micros()).context("window too long")?,
     );
+    let deferred = bulk::defer_indexes(client, options.rows).await?;
+    if deferred.is_none() {
+        bulk::skip_fk_triggers(client).await?;
+    }
+    let t = Instant::now();
     report.events = copy_events(client, &generator, first_row..end).await?;
+    eprintln!(
+        "TIMING events {:?} bulk={}",
+        t.elapsed(),
+        deferred.is_some()
+    );
+    let t = Instant::now();
     report.outbox = copy_outbox(client, &generator, first_row..end).await?;
+    eprintln!("TIMING outbox {:?}", t.elapsed());
+    if let Some(deferred) = deferred {
+        let t = Instant::now();
+        deferred.restore(client).await?;
+        eprintln!("TIMING restore {:?}", t.elapsed());
+    }
     client
         .execute(
             "INSERT INTO lake_testkit.demo_state (seed, next_row) VALUES ($1, $2)
@@ -349,7 +367,7 @@ async fn copy_outbox(
     let writer = copy_writer(client, "outbox", OUTBOX_COLUMNS).await?;
     let mut writer = std::pin::pin!(writer);
     for index in range {
-        let Some(o) = generator.outbox(&generator.event(index)) else {
+        let Some(o) = generator.outbox(&generator.event_with(index, false)) else {
             continue;
         };
         let values: [&(dyn ToSql + Sync); 14] = [

@@ -333,6 +333,8 @@ impl TestPostgres {
                     "max_wal_size=4GB",
                     "-c",
                     "checkpoint_timeout=1h",
+                    "-c",
+                    "shared_buffers=1GB",
                 ])
                 .current_dir(&dir)
                 .env_remove("PGDATA")

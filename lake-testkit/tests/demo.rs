@@ -280,6 +280,9 @@ async fn generates_one_million_rows_in_seconds() {
     let (_pg, client) = fresh_db().await;
     let report = demo::generate(&client, 1_000_000, 1).await.unwrap();
     println!("1M rows: {report:?}");
+    if std::env::var_os("DUMP_1M").is_some() {
+        client.batch_execute("COPY stop_events TO '/tmp/pgx/ev.bin' (FORMAT binary); COPY outbox TO '/tmp/pgx/ob.bin' (FORMAT binary)").await.unwrap();
+    }
     assert_eq!(
         scalar_i64(&client, "SELECT count(*) FROM stop_events").await,
         1_000_000

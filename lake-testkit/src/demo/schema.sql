@@ -34,7 +34,6 @@ CREATE INDEX IF NOT EXISTS stop_events_occurred_at_idx ON stop_events (occurred_
 CREATE INDEX IF NOT EXISTS stop_events_client_occurred_idx ON stop_events (client_id, occurred_at);
 CREATE INDEX IF NOT EXISTS stop_events_operation_id_idx ON stop_events (operation_id);
 CREATE INDEX IF NOT EXISTS stop_events_execution_token_idx ON stop_events (execution_token);
-CREATE INDEX IF NOT EXISTS stop_events_event_type_idx ON stop_events (event_type);
 
 CREATE TABLE IF NOT EXISTS outbox (
     outbox_id      uuid         NOT NULL,
@@ -59,4 +58,5 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 
 CREATE INDEX IF NOT EXISTS outbox_event_id_idx ON outbox (event_id);
-CREATE INDEX IF NOT EXISTS outbox_published_created_idx ON outbox (published, created_at);
+-- What the outbox relay polls: unpublished rows, oldest first.
+CREATE INDEX IF NOT EXISTS outbox_unpublished_idx ON outbox (created_at) WHERE NOT published;

@@ -1,0 +1,219 @@
+//! `just bench-bronze`: bronze-ingest against PostgreSQL's own binary COPY.
+//!
+//! For each size: generate the rows with the testkit, time
+//! `COPY (SELECT * FROM stop_events) TO STDOUT (FORMAT binary)` drained by a
+//! client (the floor: the source cannot hand rows out faster), then time a full
+//! bronze-ingest export of the same table to a local lake and read its peak RSS
+//! from its run report. Results go to a Markdown table. This is a benchmark, not
+//! a test: it asserts nothing.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use lake_testkit::{TestPostgres, demo};
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmarks of the lake jobs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// bronze-ingest vs binary COPY at several sizes.
+    Bronze {
+        /// The headline size; 100 000 and 3 000 000 rows are measured too for the memory comparison.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// Where to write the Markdown report (the bronze section is replaced).
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Only the headline size.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+#[derive(Debug)]
+struct Measure {
+    rows: u64,
+    copy_secs: f64,
+    bronze_secs: f64,
+    peak_rss: u64,
+    bytes: u64,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Bench::Bronze {
+            rows,
+            report,
+            quick,
+        } => rt.block_on(bronze(rows, report, quick)),
+    }
+}
+
+async fn bronze(rows: u64, report: Option<PathBuf>, quick: bool) -> Result<()> {
+    let bin = std::env::current_exe()?.with_file_name("bronze-ingest");
+    if !bin.exists() {
+        bail!(
+            "{} is not built: cargo build --release -p bronze-ingest",
+            bin.display()
+        );
+    }
+    let mut sizes = vec![rows];
+    if !quick {
+        sizes = vec![100_000, rows, 3_000_000];
+        sizes.sort_unstable();
+        sizes.dedup();
+    }
+    let mut results = Vec::new();
+    for n in sizes {
+        eprintln!("==> {n} rows");
+        let pg = TestPostgres::start().await?;
+        let client = pg.client().await?;
+        demo::create_schema(&client).await?;
+        let g = demo::generate(&client, n, 7).await?;
+        eprintln!("    generated in {:.1}s", g.elapsed.as_secs_f64());
+        client.batch_execute("VACUUM ANALYZE stop_events").await?;
+
+        // Warm the cache, then take the better of two COPY runs.
+        let mut copy_secs = f64::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            let stream = client
+                .copy_out("COPY (SELECT * FROM stop_events) TO STDOUT (FORMAT binary)")
+                .await?;
+            futures::pin_mut!(stream);
+            let mut bytes = 0usize;
+            while let Some(chunk) = stream.next().await {
+                bytes += chunk?.len();
+            }
+            std::hint::black_box(bytes);
+            copy_secs = copy_secs.min(t.elapsed().as_secs_f64());
+        }
+
+        let mut best: Option<Measure> = None;
+        for _ in 0..2 {
+            let lake = tempfile::tempdir()?;
+            let t = Instant::now();
+            let out = Command::new(&bin)
+                .env_clear()
+                .envs(pg.env())
+                .env("LAKE_URL", format!("file://{}", lake.path().display()))
+                .env("LOG_FORMAT", "json")
+                .env("RUST_LOG", "warn")
+                .args(["--dataset", "events"])
+                .output()
+                .context("running bronze-ingest")?;
+            let secs = t.elapsed().as_secs_f64();
+            if !out.status.success() {
+                bail!(
+                    "bronze-ingest failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let report = std::fs::read_dir(lake.path().join("_runs/bronze-ingest"))?
+                .flatten()
+                .next()
+                .context("no run report")?;
+            let json: serde_json::Value = serde_json::from_slice(&std::fs::read(report.path())?)?;
+            let peak_rss = json["peak_rss_bytes"].as_u64().unwrap_or_default();
+            let bytes = json["datasets"][0]["bytes"].as_u64().unwrap_or_default();
+            let m = Measure {
+                rows: n,
+                copy_secs,
+                bronze_secs: secs,
+                peak_rss,
+                bytes,
+            };
+            eprintln!(
+                "    COPY {:.2}s, bronze-ingest {:.2}s, peak RSS {} MiB",
+                copy_secs,
+                secs,
+                peak_rss >> 20
+            );
+            if best.as_ref().is_none_or(|b| m.bronze_secs < b.bronze_secs) {
+                best = Some(m);
+            }
+        }
+        results.extend(best);
+    }
+    let table = render(&results);
+    println!("{table}");
+    if let Some(path) = report {
+        replace_section(&path, "## bronze-ingest", &table)?;
+        eprintln!("==> written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn render(results: &[Measure]) -> String {
+    let mut s = String::from("## bronze-ingest\n\n");
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "`just bench-bronze` on {} cores ({cpu}), {}: demo rows generated by lake-testkit, \
+         PostgreSQL on the same machine, lake in a local directory (`file://`), release build. \
+         *COPY* is `COPY (SELECT * FROM stop_events) TO STDOUT (FORMAT binary)` drained by a client \
+         (best of 3, warm cache); *bronze-ingest* is a whole first-batch run of `--dataset events` \
+         (process start to exit: snapshot, sorted COPY, decoding, Parquet + zstd, manifest, run report; best of 2). \
+         Peak RSS is the process's VmHWM.\n",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        chrono::Utc::now().format("%Y-%m-%d"),
+    );
+    s.push_str(
+        "| rows | COPY binary | bronze-ingest | ratio | rows/s | peak RSS | Parquet size |\n",
+    );
+    s.push_str("|---:|---:|---:|---:|---:|---:|---:|\n");
+    for m in results {
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} s | {:.2} s | {:.2}× | {:.0} | {} MiB | {:.1} MiB |",
+            m.rows,
+            m.copy_secs,
+            m.bronze_secs,
+            m.bronze_secs / m.copy_secs,
+            m.rows as f64 / m.bronze_secs,
+            m.peak_rss >> 20,
+            m.bytes as f64 / 1_048_576.0
+        );
+    }
+    s.push_str("\nTargets (issue #3): within 1.3× of COPY, peak RSS under 150 MB, and the same peak RSS (±20 %) at 100 000 and 3 000 000 rows.\n");
+    s
+}
+
+/// Replaces the section starting with `heading` (up to the next `## `) in a
+/// Markdown file, or appends it.
+fn replace_section(path: &PathBuf, heading: &str, body: &str) -> Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n\n".into());
+    let new = match old.find(heading) {
+        Some(start) => {
+            let rest = &old[start + heading.len()..];
+            let end = rest
+                .find("\n## ")
+                .map_or(old.len(), |i| start + heading.len() + i + 1);
+            format!("{}{}{}", &old[..start], body, &old[end..])
+        }
+        None => format!("{}\n{}", old.trim_end(), format_args!("\n\n{body}")),
+    };
+    std::fs::write(path, new)?;
+    Ok(())
+}
