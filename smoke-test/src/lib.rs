@@ -98,8 +98,9 @@ pub async fn run(args: &Args, vars: Vec<(String, String)>) -> Report {
     // black-holed endpoint costs one timeout, not two.
     let mut pg_report = Report::default();
     let mut lake_report = Report::default();
-    let dns_pg = report.usable(checks::dns::POSTGRES);
-    let dns_s3 = report.usable(checks::dns::S3);
+    // dns.s3 is skipped for a local lake, which still gets the store checks.
+    let dns_pg = !report.failed(checks::dns::POSTGRES);
+    let dns_s3 = !report.failed(checks::dns::S3);
     tokio::join!(
         async {
             if dns_pg {
@@ -124,4 +125,47 @@ pub async fn run(args: &Args, vars: Vec<(String, String)>) -> Report {
         report.push(r.clone());
     }
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        Args::parse_from(std::iter::once("smoke-test").chain(extra.iter().copied()))
+    }
+
+    /// A local lake has no endpoint to resolve, and every store and lake check
+    /// still runs against it; PostgreSQL failing does not stop them.
+    #[tokio::test]
+    async fn local_lake_runs_the_store_checks_without_dns() {
+        let dir = tempfile::tempdir().unwrap();
+        let vars: Vec<(String, String)> = [
+            ("DJANGO_DB_HOST", "127.0.0.1"),
+            ("DJANGO_DB_PORT", "1"),
+            ("DJANGO_DB_NAME", "robson"),
+            ("DJANGO_DB_USER", "reader"),
+            ("DJANGO_DB_PASSWORD", "pw"),
+            ("DJANGO_DB_SSLMODE", "disable"),
+            ("LAKE_URL", &format!("file://{}", dir.path().display())),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let report = run(&args(&["--timeout", "5"]), vars).await;
+        let status = |n: &str| report.get(n).map(|r| r.status);
+        assert_eq!(status("dns.s3"), Some(Status::Skip));
+        assert_eq!(status("postgres.connect"), Some(Status::Fail));
+        for name in checks::s3::NAMES {
+            assert_eq!(
+                status(name),
+                Some(Status::Pass),
+                "{name}: {:?}",
+                report.get(name)
+            );
+        }
+        assert_eq!(status("lake.manifests"), Some(Status::Pass));
+        assert_eq!(status("lake.bronze_freshness"), Some(Status::Warn));
+        assert_eq!(report.exit_status(), lake_common::ExitStatus::Failure);
+    }
 }

@@ -125,6 +125,11 @@ impl Report {
             .is_some_and(|r| matches!(r.status, Status::Pass | Status::Warn))
     }
 
+    /// True if check `name` ran and failed (a skipped check has not failed).
+    pub fn failed(&self, name: &str) -> bool {
+        self.get(name).is_some_and(|r| r.status == Status::Fail)
+    }
+
     /// Number of results with `status`.
     pub fn count(&self, status: Status) -> usize {
         self.results.iter().filter(|r| r.status == status).count()
@@ -149,12 +154,7 @@ impl Report {
     /// The human table: one line per check, `STATUS  name  detail; fix: …`,
     /// then a summary line.
     pub fn to_table(&self) -> String {
-        let width = self
-            .results
-            .iter()
-            .map(|r| r.name.len())
-            .max()
-            .unwrap_or(0);
+        let width = self.results.iter().map(|r| r.name.len()).max().unwrap_or(0);
         let mut out = String::new();
         for r in &self.results {
             let _ = write!(
@@ -204,7 +204,11 @@ mod tests {
             "last batch\n3 h ago",
             "check the CronJob",
         ));
-        r.push(CheckResult::fail("s3.bucket", "no such bucket", "create it"));
+        r.push(CheckResult::fail(
+            "s3.bucket",
+            "no such bucket",
+            "create it",
+        ));
         r.push(CheckResult::skip("s3.objects", "not run: s3.bucket failed"));
         r
     }
@@ -249,7 +253,11 @@ mod tests {
         ok.push(CheckResult::warn("lake.silver_freshness", "old", "run it"));
         assert_eq!(ok.exit_status(), ExitStatus::Success);
         let mut cfg = Report::default();
-        cfg.push(CheckResult::fail("config", "DJANGO_DB_HOST missing", "set it"));
+        cfg.push(CheckResult::fail(
+            "config",
+            "DJANGO_DB_HOST missing",
+            "set it",
+        ));
         cfg.push(CheckResult::skip("dns.postgres", "not run"));
         assert_eq!(cfg.exit_status(), ExitStatus::Usage);
     }

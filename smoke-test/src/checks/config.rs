@@ -82,7 +82,11 @@ mod tests {
         assert!(c.is_some());
         assert_eq!(r.status, Status::Pass);
         assert!(r.detail.contains("s3://robson-lake"), "{}", r.detail);
-        assert!(r.detail.contains("conditional writes disabled"), "{}", r.detail);
+        assert!(
+            r.detail.contains("conditional writes disabled"),
+            "{}",
+            r.detail
+        );
         assert!(!r.detail.contains("secret"), "{}", r.detail);
     }
 }

@@ -43,11 +43,7 @@ pub async fn run(config: &Config, limit: Duration, report: &mut Report) {
                         url.port_or_known_default().unwrap_or(443),
                         "AWS_ENDPOINT",
                     ),
-                    None => (
-                        format!("s3.{}.amazonaws.com", s3.region),
-                        443,
-                        "AWS_REGION",
-                    ),
+                    None => (format!("s3.{}.amazonaws.com", s3.region), 443, "AWS_REGION"),
                 };
                 timed(S3, limit, TIMEOUT_FIX, resolve(S3, variable, &host, port)).await
             }
@@ -75,7 +71,10 @@ async fn resolve(name: &'static str, variable: &str, host: &str, port: u16) -> C
         return CheckResult::pass(name, format!("{host} is an IP address ({variable})"));
     }
     if host.starts_with('/') {
-        return CheckResult::pass(name, format!("{host} is a unix socket directory ({variable})"));
+        return CheckResult::pass(
+            name,
+            format!("{host} is a unix socket directory ({variable})"),
+        );
     }
     match tokio::net::lookup_host((host, port)).await {
         Ok(addrs) => {
@@ -115,12 +114,20 @@ mod tests {
 
     #[tokio::test]
     async fn literals_and_localhost_pass_and_nonsense_fails() {
-        assert_eq!(resolve(POSTGRES, "X", "127.0.0.1", 5432).await.status, Status::Pass);
+        assert_eq!(
+            resolve(POSTGRES, "X", "127.0.0.1", 5432).await.status,
+            Status::Pass
+        );
         assert_eq!(resolve(S3, "X", "[::1]", 443).await.status, Status::Pass);
         let local = resolve(POSTGRES, "X", "localhost", 5432).await;
         assert_eq!(local.status, Status::Pass, "{local:?}");
         let bad = resolve(POSTGRES, "DJANGO_DB_HOST", "no-such-host.invalid", 5432).await;
         assert_eq!(bad.status, Status::Fail);
-        assert!(bad.detail.contains("no-such-host.invalid (DJANGO_DB_HOST) does not resolve"), "{}", bad.detail);
+        assert!(
+            bad.detail
+                .contains("no-such-host.invalid (DJANGO_DB_HOST) does not resolve"),
+            "{}",
+            bad.detail
+        );
     }
 }

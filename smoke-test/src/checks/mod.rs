@@ -17,7 +17,12 @@ use crate::report::CheckResult;
 
 /// Runs `check` under `limit`. On timeout the result is a `FAIL` of `name` that
 /// says so, with `fix` (which should name what can black-hole this check).
-pub(crate) async fn timed<F>(name: &'static str, limit: Duration, fix: &str, check: F) -> CheckResult
+pub(crate) async fn timed<F>(
+    name: &'static str,
+    limit: Duration,
+    fix: &str,
+    check: F,
+) -> CheckResult
 where
     F: Future<Output = CheckResult>,
 {
@@ -64,8 +69,14 @@ mod tests {
     fn durations_read_well() {
         assert_eq!(human_duration(Duration::from_secs(5)), "5s");
         assert_eq!(human_duration(Duration::from_secs(125)), "2m");
-        assert_eq!(human_duration(Duration::from_secs(3 * 3600 + 5 * 60)), "3h 05m");
-        assert_eq!(human_duration(Duration::from_secs(2 * 86400 + 4 * 3600)), "2d 4h");
+        assert_eq!(
+            human_duration(Duration::from_secs(3 * 3600 + 5 * 60)),
+            "3h 05m"
+        );
+        assert_eq!(
+            human_duration(Duration::from_secs(2 * 86400 + 4 * 3600)),
+            "2d 4h"
+        );
     }
 
     #[test]

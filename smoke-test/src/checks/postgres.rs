@@ -73,8 +73,24 @@ pub async fn run(config: &PostgresConfig, limit: Duration, report: &mut Report) 
     report.push(timed(VERSION, limit, QUERY_TIMEOUT_FIX, version(&client)).await);
     report.push(timed(SELECT, limit, QUERY_TIMEOUT_FIX, select(&client, config)).await);
     report.push(timed(CONTRACT, limit, QUERY_TIMEOUT_FIX, contract_check(&client)).await);
-    report.push(timed(SNAPSHOT, limit, QUERY_TIMEOUT_FIX, snapshot(&client, config)).await);
-    report.push(timed(PRIVILEGES, limit, QUERY_TIMEOUT_FIX, privileges(&client, config)).await);
+    report.push(
+        timed(
+            SNAPSHOT,
+            limit,
+            QUERY_TIMEOUT_FIX,
+            snapshot(&client, config),
+        )
+        .await,
+    );
+    report.push(
+        timed(
+            PRIVILEGES,
+            limit,
+            QUERY_TIMEOUT_FIX,
+            privileges(&client, config),
+        )
+        .await,
+    );
 }
 
 /// Connects like the jobs do; the error is the `postgres.connect` result.
@@ -107,7 +123,11 @@ async fn connect(config: &PostgresConfig) -> Result<Client, Box<CheckResult>> {
 fn explain_connect(config: &PostgresConfig, err: &tokio_postgres::Error) -> (String, String) {
     let at = format!("{}:{}", config.host, config.port);
     if let Some(db) = err.as_db_error() {
-        let detail = format!("{at} refused the login: {} ({})", db.message(), db.code().code());
+        let detail = format!(
+            "{at} refused the login: {} ({})",
+            db.message(),
+            db.code().code()
+        );
         let fix = match db.code() {
             c if *c == SqlState::INVALID_PASSWORD => format!(
                 "check DJANGO_DB_PASSWORD: it must be the password of role {} (and DJANGO_DB_USER the role)",
@@ -141,7 +161,8 @@ fn explain_connect(config: &PostgresConfig, err: &tokio_postgres::Error) -> (Str
         "the server offers no TLS: enable ssl on the server, or (only on a trusted network) set \
          DJANGO_DB_SSLMODE=prefer"
             .to_owned()
-    } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+    } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
+    {
         format!(
             "the TLS handshake failed with sslmode={}: check DJANGO_DB_SSLROOTCERT (the CA of the server's \
              certificate) and that DJANGO_DB_HOST is a name on the certificate",
@@ -153,7 +174,10 @@ fn explain_connect(config: &PostgresConfig, err: &tokio_postgres::Error) -> (Str
         || lower.contains("unreachable")
     {
         NETWORK_FIX.to_owned()
-    } else if lower.contains("lookup") || lower.contains("resolve") || lower.contains("name or service") {
+    } else if lower.contains("lookup")
+        || lower.contains("resolve")
+        || lower.contains("name or service")
+    {
         "check DJANGO_DB_HOST and cluster DNS".to_owned()
     } else {
         "check the DJANGO_DB_* settings and the network path to the database".to_owned()
@@ -180,12 +204,17 @@ async fn session(client: &Client, config: &PostgresConfig) -> CheckResult {
             };
             CheckResult::pass(
                 CONNECT,
-                format!("{who}, TLS on ({}, {verified})", version.unwrap_or_default()),
+                format!(
+                    "{who}, TLS on ({}, {verified})",
+                    version.unwrap_or_default()
+                ),
             )
         }
         Ok(None) if config.sslmode == SslMode::Prefer => CheckResult::warn(
             CONNECT,
-            format!("{who}, but without TLS: the server offers none and sslmode=prefer fell back to plain text"),
+            format!(
+                "{who}, but without TLS: the server offers none and sslmode=prefer fell back to plain text"
+            ),
             "enable TLS on the server and set DJANGO_DB_SSLMODE=require (or verify-full)",
         ),
         Ok(None) => CheckResult::pass(CONNECT, format!("{who}, TLS off")),
@@ -250,7 +279,9 @@ async fn select(client: &Client, config: &PostgresConfig) -> CheckResult {
             }
             Err(err) => match err.code() {
                 Some(c) if *c == SqlState::UNDEFINED_TABLE => missing.push(table.table.to_owned()),
-                Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => denied.push(table.table.to_owned()),
+                Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => {
+                    denied.push(table.table.to_owned())
+                }
                 _ => other.push(format!("{}: {}", table.table, error_chain(&err))),
             },
         }
@@ -316,7 +347,11 @@ async fn contract_check(client: &Client) -> CheckResult {
             Err(err) => {
                 return CheckResult::fail(
                     CONTRACT,
-                    format!("cannot read the catalog of {}: {}", table.table, error_chain(&err)),
+                    format!(
+                        "cannot read the catalog of {}: {}",
+                        table.table,
+                        error_chain(&err)
+                    ),
                     "check the server log",
                 );
             }
@@ -330,7 +365,10 @@ async fn contract_check(client: &Client) -> CheckResult {
     } else {
         CheckResult::fail(
             CONTRACT,
-            format!("source schema breaks the bronze contract: {}", problems.join("; ")),
+            format!(
+                "source schema breaks the bronze contract: {}",
+                problems.join("; ")
+            ),
             "bronze-ingest stops on this schema (exit 2, nothing written): restore the columns with a Django \
              migration, or change the contract in lake-common/src/schema.rs in a new release",
         )
@@ -375,7 +413,8 @@ async fn snapshot(client: &Client, config: &PostgresConfig) -> CheckResult {
         Err(err) => {
             let fix = match err.code() {
                 Some(c) if *c == SqlState::UNDEFINED_FUNCTION => {
-                    "pg_current_snapshot() needs PostgreSQL 13 or later: upgrade the database".to_owned()
+                    "pg_current_snapshot() needs PostgreSQL 13 or later: upgrade the database"
+                        .to_owned()
                 }
                 Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => format!(
                     "as a superuser: GRANT EXECUTE ON FUNCTION pg_control_system() TO {} (the ingest checks \
@@ -433,7 +472,10 @@ async fn privileges(client: &Client, config: &PostgresConfig) -> CheckResult {
     for row in &rows {
         let table: String = row.get(0);
         let mut any = false;
-        for (i, verb) in ["INSERT", "UPDATE", "DELETE", "TRUNCATE"].iter().enumerate() {
+        for (i, verb) in ["INSERT", "UPDATE", "DELETE", "TRUNCATE"]
+            .iter()
+            .enumerate()
+        {
             if row.get::<_, bool>(i + 1) {
                 any = true;
                 if !verbs.contains(verb) {
@@ -449,7 +491,10 @@ async fn privileges(client: &Client, config: &PostgresConfig) -> CheckResult {
     if superuser {
         return CheckResult::warn(
             PRIVILEGES,
-            format!("role {} is a superuser: it can change or drop Django's tables", config.user),
+            format!(
+                "role {} is a superuser: it can change or drop Django's tables",
+                config.user
+            ),
             format!(
                 "give the jobs a read-only role: CREATE ROLE lake_reader LOGIN PASSWORD '...'; GRANT USAGE ON \
                  SCHEMA public TO lake_reader; GRANT SELECT ON {} TO lake_reader; then set DJANGO_DB_USER and \
