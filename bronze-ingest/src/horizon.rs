@@ -29,7 +29,7 @@ pub struct Snapshot {
 /// Opens the run's `REPEATABLE READ READ ONLY` transaction and reads its snapshot.
 /// The snapshot query is the transaction's first statement, so it *is* the
 /// snapshot every later statement of the run sees.
-pub async fn begin(client: &Client) -> Result<Snapshot, tokio_postgres::Error> {
+pub async fn begin(client: &Client) -> anyhow::Result<Snapshot> {
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL TIME ZONE 'UTC'")
         .await?;
@@ -41,10 +41,14 @@ pub async fn begin(client: &Client) -> Result<Snapshot, tokio_postgres::Error> {
             &[],
         )
         .await?;
-    let parse = |s: String| s.parse::<u64>().unwrap_or_default();
+    let parse = |i: usize| -> anyhow::Result<u64> {
+        let text: String = row.get(i);
+        text.parse()
+            .map_err(|_| anyhow::anyhow!("PostgreSQL returned a non-numeric xid8 {text:?}"))
+    };
     Ok(Snapshot {
-        xmin: parse(row.get(0)),
-        xmax: parse(row.get(1)),
+        xmin: parse(0)?,
+        xmax: parse(1)?,
         time: row.get(2),
         system_identifier: row.get(3),
     })

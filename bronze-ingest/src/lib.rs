@@ -224,10 +224,12 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<ExitStatus> 
             run_id: run.id.clone(),
         };
         for table in opts.datasets.tables() {
-            let progress = |rows: u64| tracing::debug!(table = table.table, rows, "Progress");
+            let bar = lake_common::telemetry::progress_bar(table.table);
+            let progress = |rows: u64| bar.set_position(rows);
             let r = batch::run_dataset(&lake, &client, table, &snapshot, &settings, &progress)
                 .await
                 .with_context(|| format!("exporting {}", table.table))?;
+            bar.finish_and_clear();
             report.datasets.push(r);
         }
         drop(lock_client);

@@ -1,5 +1,6 @@
 //! Backfill replaces a day's files without ever committing a row twice, and
 //! `--verify` finds what differs.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 mod support;
 

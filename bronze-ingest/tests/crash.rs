@@ -1,4 +1,5 @@
 //! Crashes, concurrent runs and byte-identical re-execution of a pinned batch.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 mod support;
 

@@ -1,4 +1,5 @@
 //! Fail closed: unsafe situations stop the run with a clear message and no writes.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 mod support;
 
@@ -123,7 +124,8 @@ async fn bad_configuration_and_unreachable_services() {
         .unwrap()
         .port()
         .to_string();
-    let cases: Vec<(Vec<(String, String)>, i32, &str)> = vec![
+    type Env = Vec<(String, String)>;
+    let cases: Vec<(Env, i32, &str)> = vec![
         (
             with("DJANGO_DB_HOST", None),
             2,

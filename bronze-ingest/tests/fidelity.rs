@@ -1,5 +1,6 @@
 //! Type fidelity (values read back from Parquet equal PostgreSQL's exactly) and
 //! interoperability with an independent reader (DuckDB).
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 mod support;
 

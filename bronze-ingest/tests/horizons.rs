@@ -1,4 +1,5 @@
 //! Transaction-id horizons: late commits, aborted transactions and savepoints.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 mod support;
 

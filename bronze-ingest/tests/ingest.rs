@@ -1,4 +1,5 @@
 //! End-to-end behaviour of bronze-ingest against real PostgreSQL and S3.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 mod support;
 

@@ -58,6 +58,23 @@ pub fn init(format: LogFormat) {
     };
 }
 
+/// A progress bar for long runs: rows and rows/s on a terminal with text logs,
+/// hidden otherwise (JSON logs go to a log pipeline, where a bar is noise).
+pub fn progress_bar(label: &str) -> indicatif::ProgressBar {
+    if LogFormat::from_env() != LogFormat::Text || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} {msg}: {human_pos} rows ({per_sec}, {elapsed})",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_message(label.to_owned());
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}
+
 /// The process exit statuses of SPEC §8.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]

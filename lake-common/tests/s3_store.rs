@@ -1,5 +1,6 @@
 //! lake-common's store against a real S3 endpoint (moto over HTTP): Parquet
 //! written and read back, a multipart upload over 10 MB, conditional writes.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! Shared set-up of the bronze-ingest integration tests: a real PostgreSQL, a real
 //! S3 endpoint (moto over HTTP), the binary run as a child process, and readers of
 //! what the lake committed.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::process::{Command, Output, Stdio};

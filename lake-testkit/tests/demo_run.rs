@@ -1,0 +1,59 @@
+//! `just demo` end to end: the demo's printed summary matches what PostgreSQL and
+//! the lake hold. Runs the real `lake-demo` binary, which runs the real jobs.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::process::Command;
+
+#[test]
+fn demo_summary_matches_postgres_and_the_lake() {
+    let bin = env!("CARGO_BIN_EXE_lake-demo");
+    let bronze = std::path::Path::new(bin).with_file_name("bronze-ingest");
+    assert!(
+        bronze.exists(),
+        "build the jobs first: cargo build --workspace (nextest --workspace does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let out = Command::new(bin)
+        .args(["--rows", "20000", "--lake"])
+        .arg(&lake)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("DEMO-SUMMARY "))
+        .expect("summary line");
+    let s: serde_json::Value = serde_json::from_str(line).unwrap();
+
+    // 20 000 events, then 10 % more for the incremental run.
+    assert_eq!(s["postgres_events"], 22_000);
+    assert_eq!(s["bronze_events_rows"], s["postgres_events"], "{s}");
+    assert_eq!(s["bronze_outbox_rows"], s["postgres_outbox"], "{s}");
+    assert!(
+        stdout.contains("bronze-ingest (run 2)") && stdout.contains("Committed batch 2"),
+        "{stdout}"
+    );
+
+    // The lake on disk agrees with the summary: count the bronze rows with DuckDB.
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python");
+    let script = format!(
+        "import duckdb\nprint(duckdb.sql(\"SELECT count(*) FROM read_parquet('{}/bronze/events/*/*.parquet', hive_partitioning=true)\").fetchall()[0][0])",
+        lake.display()
+    );
+    let q = Command::new(python).args(["-c", &script]).output().unwrap();
+    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&q.stdout).trim(),
+        s["bronze_events_rows"].to_string()
+    );
+    assert!(stdout.contains(&format!(
+        "lake written to {}",
+        lake.canonicalize().unwrap().display()
+    )));
+}
