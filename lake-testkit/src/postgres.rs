@@ -36,8 +36,8 @@ const PORT_ATTEMPTS: usize = 3;
 /// A PostgreSQL server of its own for one test, on a free 127.0.0.1 port.
 ///
 /// The cluster has a database `robson` and a password-protected superuser. Drop
-/// stops the server and removes its data directory.
-#[derive(Debug)]
+/// stops the server and removes its data directory. `Debug` leaves the password
+/// out.
 pub struct TestPostgres {
     child: Option<Child>,
     /// Declared after `child`, but removed explicitly in `Drop` once the server is gone.
@@ -328,13 +328,13 @@ impl TestPostgres {
                     "synchronous_commit=off",
                     "-c",
                     "TimeZone=UTC",
-                    // Bulk demo loads should not trigger checkpoints.
+                    // Few checkpoints during bulk demo loads, bounded disk use.
                     "-c",
-                    "max_wal_size=4GB",
+                    "max_wal_size=1GB",
                     "-c",
                     "checkpoint_timeout=1h",
                     "-c",
-                    "shared_buffers=1GB",
+                    "shared_buffers=512MB",
                 ])
                 .current_dir(&dir)
                 .env_remove("PGDATA")
@@ -348,18 +348,21 @@ impl TestPostgres {
             self.child = Some(cmd.spawn().context("spawning postgres")?);
             match self.wait_ready().await {
                 Ok(()) => return Ok(()),
-                Err(StartError::PortInUse) if attempt < PORT_ATTEMPTS => {
-                    tracing::debug!(port = self.port, "Port taken, retrying PostgreSQL start");
+                Err(StartError::PortInUse) => {
+                    tracing::debug!(
+                        port = self.port,
+                        attempt,
+                        "Port taken, retrying PostgreSQL start"
+                    );
                     self.stop_child();
                 }
-                Err(StartError::PortInUse) => bail!(
-                    "PostgreSQL could not bind a free port in {PORT_ATTEMPTS} attempts; {}",
-                    process::with_log(&self.log_file)
-                ),
                 Err(StartError::Other(err)) => return Err(err),
             }
         }
-        unreachable!("the last attempt returns")
+        bail!(
+            "PostgreSQL could not bind a free port in {PORT_ATTEMPTS} attempts; {}",
+            process::with_log(&self.log_file)
+        )
     }
 
     async fn wait_ready(&mut self) -> Result<(), StartError> {
@@ -408,6 +411,20 @@ impl TestPostgres {
                 "postgres",
             );
         }
+    }
+}
+
+impl std::fmt::Debug for TestPostgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestPostgres")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("data_dir", &self.data_dir)
+            .field("pid", &self.child.as_ref().map(Child::id))
+            .finish_non_exhaustive()
     }
 }
 
@@ -482,8 +499,8 @@ fn find_bin_dir() -> Result<PathBuf> {
     looked.push("PATH".to_owned());
     bail!(
         "no PostgreSQL server binaries (postgres + initdb) found; looked in: {}. \
-         Install them (`apt-get install -y postgresql` on Debian/Ubuntu, `brew install postgresql@15` on macOS), \
-         point PG_BINDIR at their directory, or build with the `docker` feature and a running Docker engine",
+         Install them with `just setup` (Debian/Ubuntu: `apt-get install -y postgresql`; macOS: \
+         `brew install postgresql@15`) or point PG_BINDIR at their directory",
         looked.join(", ")
     )
 }

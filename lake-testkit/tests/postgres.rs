@@ -109,6 +109,10 @@ async fn roles_passwords_and_read_only_grants() {
         .and_then(|e| e.code());
     assert_eq!(code, Some(&SqlState::INVALID_PASSWORD), "{wrong:#}");
 
+    assert!(
+        !format!("{pg:?}").contains(pg.password()),
+        "Debug shows the password"
+    );
     let env = pg.env();
     let get = |k: &str| {
         env.iter()

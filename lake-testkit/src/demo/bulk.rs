@@ -1,6 +1,6 @@
 //! Fast paths for loading many demo rows.
 //!
-//! Inserting a million rows into tables with seven and four B-tree indexes on
+//! Inserting a million rows into tables with six and four B-tree indexes on
 //! random keys (UUIDs, tokens, timestamps) costs PostgreSQL a few microseconds per
 //! index entry, and the outbox foreign key another per-row check at commit; that
 //! is most of the load time. Two remedies, both invisible in the result:
@@ -10,8 +10,8 @@
 //!   `stop_events` and `outbox` are dropped, the rows are copied, and the same
 //!   definitions (from `pg_get_constraintdef` / `pg_get_indexdef`, same names) are
 //!   re-created: sorting builds the indexes far faster, and the foreign key is
-//!   validated by one join. This takes `ACCESS EXCLUSIVE` locks, so it is skipped
-//!   (not waited for) when another session uses the tables.
+//!   validated by one join. This takes `ACCESS EXCLUSIVE` locks, so when another
+//!   session uses the tables it is skipped after waiting at most a second.
 //! * **No per-row foreign-key triggers** otherwise, when the connection is a
 //!   superuser (`session_replication_role = replica` for the transaction): every
 //!   generated outbox row points at an event generated in the same transaction.
@@ -22,7 +22,7 @@ use tokio_postgres::error::SqlState;
 
 /// Loads smaller than this keep the indexes (their maintenance is cheap enough,
 /// and the exclusive locks are not worth taking).
-const MIN_ROWS: u64 = 20_000;
+const MIN_ROWS: u64 = 10_000;
 
 /// Drop and re-create statements of the deferred constraints and indexes:
 /// (step, drop, create). Steps: 1 foreign keys, 2 primary/unique keys, 3 indexes.

@@ -17,7 +17,7 @@ use super::rows::Decimal;
 /// digit per 4 decimals, as PostgreSQL stores them).
 impl ToSql for Decimal {
     fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
-        if self.scale % 4 != 0 {
+        if !self.scale.is_multiple_of(4) {
             return Err(format!("scale {} is not a multiple of 4", self.scale).into());
         }
         let frac_groups = usize::from(self.scale / 4);
