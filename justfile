@@ -39,3 +39,7 @@ bench-bronze rows="1000000": setup
 
 # All benchmarks.
 bench: bench-bronze
+
+# Run the smoke test against the configured environment (add --cluster for the cluster checks, --json for JSON).
+smoke *ARGS:
+    cargo run -q -p smoke-test -- {{ARGS}}
