@@ -11,9 +11,10 @@
 #   4. checks the image: size, non-root user, OCI labels, no shell, files present;
 #   5. runs `bronze-ingest --version` (and the default CMD) in the container;
 #   6. when the caller provides a database and an S3 endpoint (DJANGO_DB_* and
-#      S3_BUCKET or LAKE_URL, usually with AWS_*), runs bronze-ingest,
-#      silver-transform and bronze-ingest again inside the container, on the host
-#      network, read-only root, all capabilities dropped, as in Kubernetes.
+#      S3_BUCKET or LAKE_URL, usually with AWS_*; the database needs the source
+#      tables, the bucket must exist), runs bronze-ingest, silver-transform,
+#      bronze-ingest again ("nothing new") and smoke-test inside the container, on
+#      the host network, read-only root, all capabilities dropped, as in Kubernetes.
 #
 # Any step that cannot run (a package that cannot be installed, a podman that
 # cannot start a container) fails the script with the reason: never a silent pass.
@@ -187,11 +188,11 @@ done
 # As in Kubernetes: read-only root, scratch on /tmp, no capabilities, no privilege gain.
 JOB_RUN=("${RUN[@]}" --read-only --tmpfs /tmp:rw,size=256m --cap-drop ALL
          --security-opt no-new-privileges "${env_args[@]}" "$IMAGE")
-for cmd in bronze-ingest silver-transform bronze-ingest; do
+for cmd in bronze-ingest silver-transform bronze-ingest smoke-test; do
   step "podman run … $cmd (DB ${DJANGO_DB_HOST}:${DJANGO_DB_PORT:-5432}, lake ${S3_BUCKET:-$LAKE_URL})"
   rc=0
   "${JOB_RUN[@]}" "$cmd" || rc=$?
   [ "$rc" = 0 ] || die "$cmd exited $rc inside the container"
 done
 echo
-echo "image-test: PASS ($IMAGE, $size bytes; bronze-ingest and silver-transform ran in the container)"
+echo "image-test: PASS ($IMAGE, $size bytes; bronze-ingest, silver-transform and smoke-test ran in the container)"

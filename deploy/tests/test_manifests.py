@@ -49,9 +49,9 @@ KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization
 KUBECTL_EXTENSIONS = (".yaml", ".yml", ".json")
 
 # Environment variables the binaries read: SPEC §8 plus the jobs' tuning knobs.
-# TODO(issue 7): read this list from the configuration table in README.md once it
-# exists, so the manifests cannot drift from the documentation; until then keep
-# it in sync by hand.
+# Kept as a constant for now; test_allowed_env_matches_the_readme checks it
+# against the configuration table in README.md, which is meant to become the
+# single source.
 ALLOWED_ENV = frozenset(
     {
         "DJANGO_DB_HOST",
@@ -462,15 +462,26 @@ def test_all_concurrently_possible_pods_fit_the_resource_quota() -> None:
         for obj in (w for w in workloads() if w["metadata"]["namespace"] == namespace):
             pods = max_concurrent_pods(obj)
             totals["pods"] += pods
-            for c in pod_template(obj)["spec"]["containers"]:
-                for kind in ("requests", "limits"):
-                    for resource, value in c["resources"][kind].items():
-                        key = f"{kind}.{resource}"
-                        totals[key] = totals.get(key, Fraction(0)) + pods * quantity(value)
+            spec = pod_template(obj)["spec"]
+            for kind in ("requests", "limits"):
+                for resource in ("cpu", "memory"):
+                    # What the quota charges a pod: its containers' sum, or its
+                    # largest init container if that is more.
+                    def amount(c: dict) -> Fraction:
+                        return quantity(c["resources"][kind][resource])
+
+                    per_pod = max(
+                        [sum((amount(c) for c in spec["containers"]), Fraction(0))]
+                        + [amount(c) for c in spec.get("initContainers", [])]
+                    )
+                    key = f"{kind}.{resource}"
+                    totals[key] = totals.get(key, Fraction(0)) + pods * per_pod
         for key in ("pods", "requests.cpu", "limits.cpu", "requests.memory", "limits.memory"):
             assert key in hard, f"ResourceQuota of {namespace} does not bound {key}"
-            assert totals.get(key, 0) <= quantity(hard[key]), (
-                f"{namespace}: {key} of all concurrent pods is {float(totals[key]):g}, quota {hard[key]}"
+            total = totals.get(key, Fraction(0))
+            shown = f"{float(total) / 2**20:g}Mi" if key.endswith("memory") else f"{float(total):g}"
+            assert total <= quantity(hard[key]), (
+                f"{namespace}: {key} of all concurrent pods is {shown}, quota {hard[key]}"
             )
 
 
@@ -634,12 +645,26 @@ def test_env_names_are_known_and_required_ones_set(obj: dict) -> None:
         assert not unknown, f"container {c['name']}: variables the binaries do not read: {unknown}"
         missing = REQUIRED_ENV - set(names)
         assert not missing, f"container {c['name']}: required variables not set: {sorted(missing)}"
-        assert LAKE_ROOT_ENV & set(names), f"container {c['name']}: neither S3_BUCKET nor LAKE_URL"
+        roots = LAKE_ROOT_ENV & set(names)
+        assert len(roots) == 1, f"container {c['name']}: exactly one of S3_BUCKET and LAKE_URL, got {roots}"
         env = {v["name"]: v.get("value") for v in c.get("env", [])}
         assert env.get("LOG_FORMAT") == "json", f"container {c['name']}: LOG_FORMAT=json"
 
 
 # --------------------------------------------------------------------------- docs and recipes
+
+
+def test_allowed_env_matches_the_readme() -> None:
+    readme = ROOT / "README.md"
+    if not readme.exists():
+        pytest.skip("README.md not written yet")
+    section = readme.read_text().split("## Configuration", 1)
+    assert len(section) == 2, "README.md has no '## Configuration' section"
+    table = section[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)` \|", table, flags=re.MULTILINE))
+    assert documented == ALLOWED_ENV, (
+        f"README only: {sorted(documented - ALLOWED_ENV)}; test only: {sorted(ALLOWED_ENV - documented)}"
+    )
 
 
 def test_runbook_states_the_validated_kubernetes_version() -> None:
