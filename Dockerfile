@@ -60,11 +60,12 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     rustup target add "${TARGET}" \
  && cargo build --locked --release --target "${TARGET}" \
-      -p bronze-ingest -p silver-transform -p smoke-test \
+      -p robson-lake \
  && mkdir -p /rootfs/usr/local/bin /rootfs/etc/ssl/certs /rootfs/tmp \
  && chmod 1777 /rootfs/tmp \
+ && install -m 0755 "target/${TARGET}/release/robson-lake" /rootfs/usr/local/bin/robson-lake \
  && for bin in bronze-ingest silver-transform smoke-test; do \
-      install -m 0755 "target/${TARGET}/release/${bin}" "/rootfs/usr/local/bin/${bin}"; \
+      ln -s robson-lake "/rootfs/usr/local/bin/${bin}"; \
     done \
  && install -m 0644 /etc/ssl/certs/ca-certificates.crt /rootfs/etc/ssl/certs/ca-certificates.crt
 

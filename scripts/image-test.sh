@@ -100,23 +100,21 @@ if [ "${SKIP_CARGO_BUILD:-0}" != 1 ]; then
   if ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
     rustup target add "$TARGET" || die "rustup target add $TARGET failed"
   fi
-  pkgs=()
-  for b in "${BINS[@]}"; do pkgs+=(-p "$b"); done
-  cargo build --locked --release --target "$TARGET" "${pkgs[@]}" \
+  cargo build --locked --release --target "$TARGET" -p robson-lake \
     || die "cargo build --release --target $TARGET failed"
 else
-  step "Using prebuilt binaries from $BIN_DIR"
+  step "Using the prebuilt binary from $BIN_DIR"
 fi
-for b in "${BINS[@]}"; do
-  [ -x "$BIN_DIR/$b" ] || die "$BIN_DIR/$b is missing or not executable"
-done
+[ -x "$BIN_DIR/robson-lake" ] || die "$BIN_DIR/robson-lake is missing or not executable"
 
 # --- 3. image -----------------------------------------------------------------
 step "Staging $ROOTFS"
 rm -rf "$ROOTFS"
 mkdir -p "$ROOTFS/usr/local/bin" "$ROOTFS/etc/ssl/certs" "$ROOTFS/tmp"
 chmod 1777 "$ROOTFS/tmp"
-for b in "${BINS[@]}"; do install -m 0755 "$BIN_DIR/$b" "$ROOTFS/usr/local/bin/$b"; done
+# One multi-call executable; the jobs are links to it (robson-lake/src/main.rs).
+install -m 0755 "$BIN_DIR/robson-lake" "$ROOTFS/usr/local/bin/robson-lake"
+for b in "${BINS[@]}"; do ln -s robson-lake "$ROOTFS/usr/local/bin/$b"; done
 install -m 0644 /etc/ssl/certs/ca-certificates.crt "$ROOTFS/etc/ssl/certs/ca-certificates.crt"
 
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)

@@ -7,6 +7,7 @@
 //! `--verify` audits the lake against PostgreSQL instead ([`verify`]).
 
 pub mod batch;
+pub mod cli;
 pub mod decode;
 pub mod extract;
 pub mod horizon;

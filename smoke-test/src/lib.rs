@@ -16,6 +16,7 @@
 //! line, never a hang.
 
 pub mod checks;
+pub mod cli;
 pub mod report;
 
 use std::time::Duration;

@@ -105,8 +105,15 @@ async fn bronze(rows: u64, report: Option<PathBuf>, quick: bool) -> Result<()> {
         for _ in 0..2 {
             let lake = tempfile::tempdir()?;
             let t = Instant::now();
-            let out = Command::new(&bin)
-                .env_clear()
+            let mut cmd = Command::new(&bin);
+            cmd.env_clear();
+            // Allocator knobs pass through, so their effect can be measured.
+            for var in ["MALLOC_ARENA_MAX", "MALLOC_TRIM_THRESHOLD_"] {
+                if let Ok(v) = std::env::var(var) {
+                    cmd.env(var, v);
+                }
+            }
+            let out = cmd
                 .envs(pg.env())
                 .env("LAKE_URL", format!("file://{}", lake.path().display()))
                 .env("LOG_FORMAT", "json")

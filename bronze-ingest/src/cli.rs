@@ -1,0 +1,78 @@
+//! The command line: parse arguments, set up logging, load the configuration,
+//! run, map the outcome to SPEC §8's exit codes. Shared by the `bronze-ingest`
+//! binary and the `robson-lake` multi-call binary of the container image.
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::{Datasets, Options};
+use chrono::NaiveDate;
+use clap::{Parser, ValueEnum};
+use lake_common::telemetry::{self, LogFormat};
+
+/// Export the Django event tables to bronze Parquet, exactly once.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Which dataset to export.
+    #[arg(long, value_enum, default_value_t = DatasetArg::All)]
+    dataset: DatasetArg,
+    /// Read and report, but write nothing to the lake.
+    #[arg(long)]
+    dry_run: bool,
+    /// Re-export one whole UTC day (backfill); supersedes the day's earlier files.
+    #[arg(long, conflicts_with_all = ["from", "to", "verify"])]
+    date: Option<NaiveDate>,
+    /// First day of a backfill range (with --to).
+    #[arg(long, requires = "to", conflicts_with = "verify")]
+    from: Option<NaiveDate>,
+    /// Last day of a backfill range (inclusive).
+    #[arg(long, requires = "from")]
+    to: Option<NaiveDate>,
+    /// Compare per-day counts and sums between PostgreSQL and the lake; exit 3 on a mismatch.
+    #[arg(long)]
+    verify: bool,
+    /// The incremental scan starts this long before the previous batch's snapshot.
+    #[arg(long, env = "BRONZE_LOOKBACK", default_value = "24h", value_parser = humantime::parse_duration)]
+    lookback: Duration,
+    /// Lease of a pending batch, in seconds (renewed every third of it).
+    #[arg(long, env = "BRONZE_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..))]
+    lease_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DatasetArg {
+    Events,
+    Outbox,
+    All,
+}
+
+/// Runs the command line with these arguments (the first is the program name).
+pub fn main_from<I, T>(args: I) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
+    telemetry::init(LogFormat::from_env());
+    let result = (|| {
+        let days = crate::days(cli.date, cli.from, cli.to)?;
+        let config = lake_common::Config::from_env()?;
+        let opts = Options {
+            datasets: match cli.dataset {
+                DatasetArg::Events => Datasets::Events,
+                DatasetArg::Outbox => Datasets::Outbox,
+                DatasetArg::All => Datasets::All,
+            },
+            dry_run: cli.dry_run,
+            backfill_days: days,
+            verify: cli.verify,
+            lookback: cli.lookback,
+            lease: Duration::from_secs(cli.lease_secs),
+        };
+        let rt = tokio::runtime::Runtime::new()?;
+        rt.block_on(crate::run(&config, &opts))
+    })();
+    telemetry::finish(result)
+}

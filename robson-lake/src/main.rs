@@ -1,0 +1,45 @@
+//! `robson-lake`: the three jobs in one static executable.
+//!
+//! Three static binaries repeat the same ~20 MB of dependencies (arrow, parquet,
+//! object_store, rustls); one multi-call binary keeps the image well under the
+//! 50 MB budget (SPEC §10). The image links `bronze-ingest`, `silver-transform`
+//! and `smoke-test` to it; it runs the job named by `argv[0]`, or by its first
+//! argument (`robson-lake bronze-ingest --dry-run`).
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::ExitCode;
+
+const JOBS: [&str; 3] = ["bronze-ingest", "silver-transform", "smoke-test"];
+
+fn main() -> ExitCode {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    let called_as = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if JOBS.contains(&called_as.as_str()) {
+        args[0] = called_as.into();
+    } else if !args.is_empty() {
+        // `robson-lake <job> …`: the job name becomes the program name.
+        args.remove(0);
+    }
+    let job = args
+        .first()
+        .map(|a| a.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match job.as_str() {
+        "bronze-ingest" => bronze_ingest::cli::main_from(args),
+        "silver-transform" => silver_transform::cli::main_from(args),
+        "smoke-test" => smoke_test::cli::main_from(args),
+        _ => {
+            eprintln!(
+                "robson-lake {}: run one of {} (or call this binary by one of those names)",
+                env!("CARGO_PKG_VERSION"),
+                JOBS.join(", ")
+            );
+            ExitCode::from(2)
+        }
+    }
+}
