@@ -1,0 +1,578 @@
+//! Benchmark (not a test): silver-transform against DuckDB on the same bronze.
+//!
+//! ```text
+//! cargo bench -p silver-transform --bench silver
+//! ```
+//!
+//! 1. Generates `SILVER_BENCH_EVENTS` (default 1 000 000) `stop_events` rows shaped
+//!    like the demo data (executions of 1–4 events, ~3 % NULL tokens, ~3.5 %
+//!    alerts, 10 % NULL `event_seq`, 20 clients, 25 symbols, 30 days) and writes
+//!    them as one committed bronze batch into a local lake, exactly as
+//!    bronze-ingest lays it out.
+//! 2. Runs `silver-transform --full-refresh` and DuckDB executing the shipped
+//!    equivalent SQL (`benches/silver_duckdb.sql`) on the same files, each as a
+//!    child process, and records wall time and peak RSS (`getrusage` of the child).
+//! 3. Checks that both produced the same rows (`EXCEPT ALL` both ways, in DuckDB).
+//! 4. Adds a batch of 1 % new events (half of them late events of existing
+//!    executions) and times an incremental run.
+//!
+//! Environment: `SILVER_BENCH_DIR` (work directory, kept; default a temporary
+//! one), `LAKE_TEST_PYTHON` (a Python with `duckdb`; default `.venv/bin/python`),
+//! `SILVER_BENCH_REPORT` (also write the Markdown table to this file).
+// Benchmark driver: a failed unwrap aborts the benchmark with its location.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{
+    ArrayRef, Decimal128Builder, Int32Array, Int64Array, Int64Builder, RecordBatch, StringBuilder,
+    TimestampMicrosecondArray,
+};
+use chrono::{DateTime, NaiveDate, Utc};
+use lake_common::manifest::{self, BatchManifest, BatchState, DataFile, MANIFEST_FORMAT};
+use lake_common::parquet_io::FileWriter;
+use lake_common::schema::STOP_EVENTS;
+use lake_common::{Dataset, Lake, LakeConfig, Partition};
+
+const BIN: &str = env!("CARGO_BIN_EXE_silver-transform");
+const SQL: &str = include_str!("silver_duckdb.sql");
+const WINDOW_END: i64 = 1_751_241_600_000_000; // 2025-06-30T00:00:00Z
+const WINDOW: i64 = 30 * 86_400_000_000;
+const SYMBOLS: [&str; 25] = [
+    "BTCUSDC",
+    "ETHUSDC",
+    "SOLUSDC",
+    "BNBUSDC",
+    "XRPUSDC",
+    "ADAUSDC",
+    "DOGEUSDC",
+    "AVAXUSDC",
+    "DOTUSDC",
+    "LINKUSDC",
+    "MATICUSDC",
+    "LTCUSDC",
+    "TRXUSDC",
+    "ATOMUSDC",
+    "NEARUSDC",
+    "APTUSDC",
+    "ARBUSDC",
+    "OPUSDC",
+    "SUIUSDC",
+    "INJUSDC",
+    "TIAUSDC",
+    "SEIUSDC",
+    "FILUSDC",
+    "PEPEUSDC",
+    "SHIBUSDC",
+];
+const LIFECYCLES: [&[&str]; 6] = [
+    &["STOP_TRIGGERED", "BLOCKED"],
+    &["STOP_TRIGGERED", "FAILED"],
+    &["STOP_TRIGGERED", "EXECUTION_SUBMITTED", "EXECUTED"],
+    &["STOP_TRIGGERED", "EXECUTION_SUBMITTED", "FAILED"],
+    &[
+        "STOP_TRIGGERED",
+        "EXECUTION_SUBMITTED",
+        "EXECUTION_SUBMITTED",
+        "EXECUTED",
+    ],
+    &[
+        "STOP_TRIGGERED",
+        "EXECUTION_SUBMITTED",
+        "EXECUTED",
+        "SLIPPAGE_BREACH",
+    ],
+];
+const ALERTS: [&str; 4] = [
+    "STALE_PRICE",
+    "SLIPPAGE_BREACH",
+    "CIRCUIT_BREAKER",
+    "KILL_SWITCH",
+];
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// One generated event (only what varies; the rest is derived when writing).
+#[derive(Clone)]
+struct Ev {
+    id: u128,
+    seq: Option<i64>,
+    at: i64,
+    op: i64,
+    client: i64,
+    symbol: u8,
+    ty: &'static str,
+    token: Option<u64>,
+    side: bool,
+    price: i128,
+    slip: i128,
+    retry: i32,
+}
+
+fn generate(rng: &mut Rng, events: usize, first_op: i64) -> Vec<Ev> {
+    let mut out = Vec::with_capacity(events + 4);
+    let mut op = first_op;
+    while out.len() < events {
+        op += 1;
+        let client = {
+            let r = rng.below(400);
+            1 + (r * r / 8000) as i64 // skewed towards low ids, 1..=20
+        };
+        let symbol = (rng.below(25).min(rng.below(25))) as u8;
+        let mut at = WINDOW_END - WINDOW + rng.below(WINDOW as u64 - 120_000_000) as i64;
+        let base = 1_000_000_000 + rng.below(9_000_000_000_000) as i128;
+        let side = rng.below(2) == 0;
+        if rng.below(1000) < 35 {
+            let alert = ALERTS[rng.below(4) as usize];
+            out.push(event(rng, at, op, client, symbol, alert, None, side, base));
+            continue;
+        }
+        let token = (rng.below(100) >= 3).then(|| rng.next());
+        for (k, ty) in LIFECYCLES[rng.below(6) as usize].iter().enumerate() {
+            if k > 0 {
+                at += 500_000 + rng.below(2_000_000) as i64;
+            }
+            out.push(event(rng, at, op, client, symbol, ty, token, side, base));
+        }
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+fn event(
+    rng: &mut Rng,
+    at: i64,
+    op: i64,
+    client: i64,
+    symbol: u8,
+    ty: &'static str,
+    token: Option<u64>,
+    side: bool,
+    price: i128,
+) -> Ev {
+    let id = (u128::from(rng.next()) << 64 | u128::from(rng.next())) & !(0xf000u128 << 64)
+        | (0x4000u128 << 64);
+    let slip = if rng.below(100) == 0 { 54_000 } else { 18_000 };
+    Ev {
+        id,
+        seq: (rng.below(10) != 0).then(|| rng.next() as i64 & 0x7fff_ffff_ffff),
+        at,
+        op,
+        client,
+        symbol,
+        ty,
+        token,
+        side,
+        price,
+        slip: rng.below(2 * slip) as i128 - slip as i128,
+        retry: i32::from(ty == "EXECUTION_SUBMITTED" && rng.below(4) == 0),
+    }
+}
+
+fn uuid(id: u128) -> String {
+    let h = format!("{id:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+fn bronze_batch(evs: &[Ev], batch: u64) -> RecordBatch {
+    let schema = STOP_EVENTS.arrow_schema();
+    let n = evs.len();
+    let text = |f: &dyn Fn(&Ev) -> Option<String>| -> ArrayRef {
+        let mut b = StringBuilder::new();
+        for e in evs {
+            b.append_option(f(e));
+        }
+        Arc::new(b.finish())
+    };
+    let dec = |f: &dyn Fn(&Ev) -> Option<i128>, p: u8, s: i8| -> ArrayRef {
+        let mut b = Decimal128Builder::with_capacity(n);
+        for e in evs {
+            b.append_option(f(e));
+        }
+        Arc::new(b.finish().with_precision_and_scale(p, s).unwrap())
+    };
+    let executed = |e: &Ev| e.ty == "EXECUTED" || e.ty == "SLIPPAGE_BREACH";
+    let cols: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| -> ArrayRef {
+            match f.name().as_str() {
+                "event_id" => text(&|e| Some(uuid(e.id))),
+                "event_seq" => {
+                    let mut b = Int64Builder::with_capacity(n);
+                    evs.iter().for_each(|e| b.append_option(e.seq));
+                    Arc::new(b.finish())
+                }
+                "occurred_at" => Arc::new(
+                    TimestampMicrosecondArray::from_iter_values(evs.iter().map(|e| e.at))
+                        .with_timezone("UTC"),
+                ),
+                "operation_id" => Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.op))),
+                "client_id" => Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.client))),
+                "symbol" => text(&|e| Some(SYMBOLS[e.symbol as usize].to_owned())),
+                "event_type" => text(&|e| Some(e.ty.to_owned())),
+                "trigger_price" => dec(&|e| Some(e.price), 20, 8),
+                "stop_price" => dec(&|e| Some(e.price - e.price / 100), 20, 8),
+                "quantity" => dec(&|e| Some(e.price / 1000 + 1), 20, 8),
+                "side" => text(&|e| Some(if e.side { "BUY" } else { "SELL" }.to_owned())),
+                "execution_token" => text(&|e| e.token.map(|t| format!("{t:032x}"))),
+                "payload_json" => text(&|e| {
+                    Some(format!(
+                        "{{\"event\":\"{}\",\"operation\":{},\"client\":{},\"meta\":{{\"strategy\":\"trailing\",\"levels\":[1,2,3],\"note\":\"generated for the silver benchmark\"}}}}",
+                        e.ty, e.op, e.client
+                    ))
+                }),
+                "request_payload_hash" => text(&|e| (e.ty == "EXECUTION_SUBMITTED").then(|| format!("{:064x}", e.id))),
+                "exchange_order_id" => text(&|e| executed(e).then(|| format!("ord-{}", e.op))),
+                "fill_price" => dec(&|e| executed(e).then_some(e.price + e.price * e.slip / 1_000_000), 20, 8),
+                "slippage_pct" => dec(&|e| executed(e).then_some(e.slip), 10, 4),
+                "source" => text(&|e| Some(["ws", "cron", "manual"][(e.op % 3) as usize].to_owned())),
+                "error_message" => text(&|e| {
+                    matches!(e.ty, "FAILED" | "BLOCKED" | "CIRCUIT_BREAKER" | "KILL_SWITCH")
+                        .then(|| format!("{} on operation {}", e.ty.to_lowercase(), e.op))
+                }),
+                "retry_count" => Arc::new(Int32Array::from_iter_values(evs.iter().map(|e| e.retry))),
+                "_batch" => Arc::new(Int64Array::from_iter_values(std::iter::repeat_n(batch as i64, n))),
+                "_ingested_at" => Arc::new(
+                    TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(WINDOW_END, n))
+                        .with_timezone("UTC"),
+                ),
+                other => panic!("unknown column {other}"),
+            }
+        })
+        .collect();
+    RecordBatch::try_new(schema, cols).unwrap()
+}
+
+async fn write_batch(lake: &Lake, batch: u64, mut evs: Vec<Ev>) {
+    evs.sort_by_key(|e| (e.at, e.id));
+    let mut by_day: BTreeMap<i64, Vec<Ev>> = BTreeMap::new();
+    for e in evs {
+        by_day
+            .entry(e.at.div_euclid(86_400_000_000))
+            .or_default()
+            .push(e);
+    }
+    let mut files = Vec::new();
+    for (day, evs) in by_day {
+        let date = NaiveDate::from_num_days_from_ce_opt(day as i32 + 719_163).unwrap();
+        let path = Dataset::BronzeEvents.batch_file(&Partition::date(date), batch, 0);
+        let mut w = FileWriter::create(lake, path, STOP_EVENTS.arrow_schema()).unwrap();
+        for chunk in evs.chunks(64 * 1024) {
+            w.write(&bronze_batch(chunk, batch)).await.unwrap();
+        }
+        let f = w.finish().await.unwrap();
+        files.push(DataFile {
+            path: f.path.to_string(),
+            date,
+            rows: f.rows,
+            bytes: f.bytes,
+            sha256: f.sha256,
+        });
+    }
+    let m = BatchManifest {
+        format: MANIFEST_FORMAT,
+        dataset: Dataset::BronzeEvents.dir().into(),
+        batch,
+        state: BatchState::Committed,
+        h_prev: None,
+        h: 1000 * batch,
+        xmax: 1000 * batch,
+        snapshot_time: DateTime::<Utc>::from_timestamp_micros(WINDOW_END).unwrap(),
+        scan_from: None,
+        system_identifier: "bench".into(),
+        backfill_days: vec![],
+        owner: "bench".into(),
+        lease_expires_at: None,
+        committed_at: Some(Utc::now()),
+        rows: files.iter().map(|f| f.rows).sum(),
+        files,
+        supersedes: vec![],
+    };
+    manifest::create(lake, &m).await.unwrap();
+}
+
+/// A measured child process.
+struct Measured {
+    wall: Duration,
+    max_rss_mib: f64,
+}
+
+/// Runs `cmd` under this binary in `--measure` mode, so `getrusage(CHILDREN)`
+/// sees that one process only.
+fn measure(label: &str, cmd: &[&str], env: &[(&str, String)]) -> Measured {
+    let me = std::env::current_exe().unwrap();
+    let started = Instant::now();
+    let out = Command::new(me)
+        .arg("--measure")
+        .args(cmd)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    let wall = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{label} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rss_kib: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss_kib "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    Measured {
+        wall,
+        max_rss_mib: rss_kib / 1024.0,
+    }
+}
+
+fn measure_mode(args: &[String]) -> ! {
+    let status = Command::new(&args[0]).args(&args[1..]).status().unwrap();
+    let usage =
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN).unwrap();
+    println!("maxrss_kib {}", usage.max_rss());
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("LAKE_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"))
+}
+
+const RUN_SQL: &str = r#"
+import sys, duckdb
+sql, bronze, out = sys.argv[1], sys.argv[2], sys.argv[3]
+con = duckdb.connect()
+con.execute(open(sql).read().replace("{bronze}", bronze).replace("{out}", out))
+"#;
+
+const COMPARE: &str = r#"
+import sys, duckdb
+lake, out = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+con.execute("SET TimeZone = 'UTC'")
+a = f"(SELECT * FROM read_parquet('{lake}/silver/stop_executions/*/*/*.parquet', hive_partitioning = true))"
+b = f"(SELECT * FROM read_parquet('{out}/silver/*/*/*.parquet', hive_partitioning = true))"
+cols = "execution_id, execution_key, operation_id, symbol, side, status, triggered_at, submitted_at, executed_at, failed_at, blocked_at, stop_price, trigger_price, quantity, exchange_order_id, fill_price, slippage_pct, source, error_message, retry_count, event_count, first_event_at, last_event_at, last_event_id, client_id, CAST(date AS DATE)"
+n = con.sql(f"SELECT count(*) FROM {a}").fetchone()[0]
+d1 = con.sql(f"SELECT count(*) FROM (SELECT {cols} FROM {a} EXCEPT ALL SELECT {cols} FROM {b})").fetchone()[0]
+d2 = con.sql(f"SELECT count(*) FROM (SELECT {cols} FROM {b} EXCEPT ALL SELECT {cols} FROM {a})").fetchone()[0]
+qa = con.sql(f"SELECT count(*) FROM read_parquet('{lake}/silver/_quarantine/stop_executions/*/*.parquet')").fetchone()[0]
+print(n, d1, d2, qa)
+"#;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--measure") {
+        measure_mode(&args[2..]);
+    }
+    let events: usize = std::env::var("SILVER_BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let keep = std::env::var_os("SILVER_BENCH_DIR").map(PathBuf::from);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = keep.clone().unwrap_or_else(|| tmp.path().to_owned());
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let lake_dir = dir.join("lake");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let lake = Lake::open(&LakeConfig::local(&lake_dir)).unwrap();
+
+    let t = Instant::now();
+    let mut rng = Rng(42);
+    let evs = generate(&mut rng, events, 0);
+    let n = evs.len();
+    rt.block_on(write_batch(&lake, 1, evs.clone()));
+    let bronze_bytes = dir_size(&lake_dir.join("bronze/events"));
+    eprintln!(
+        "bronze: {n} events, {:.1} MiB, generated in {:.1} s",
+        bronze_bytes as f64 / 1048576.0,
+        t.elapsed().as_secs_f64()
+    );
+
+    let env = vec![
+        ("LAKE_URL", format!("file://{}", lake_dir.display())),
+        ("LOG_FORMAT", "json".to_owned()),
+        ("RUST_LOG", "warn".to_owned()),
+    ];
+    let silver = measure("silver-transform", &[BIN, "--full-refresh"], &env);
+    eprintln!(
+        "silver full refresh: {:.2} s, {:.0} MiB",
+        silver.wall.as_secs_f64(),
+        silver.max_rss_mib
+    );
+
+    let py = python();
+    let duck_out = dir.join("duckdb");
+    let sql_file = dir.join("silver_duckdb.sql");
+    std::fs::write(&sql_file, SQL).unwrap();
+    let duck = Command::new(&py)
+        .args(["-c", "import duckdb; print(duckdb.__version__)"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let duck_result = duck.as_ref().map(|version| {
+        let m = measure(
+            "duckdb",
+            &[
+                py.to_str().unwrap(),
+                "-c",
+                RUN_SQL,
+                sql_file.to_str().unwrap(),
+                lake_dir.join("bronze/events").to_str().unwrap(),
+                duck_out.to_str().unwrap(),
+            ],
+            &[],
+        );
+        eprintln!(
+            "duckdb {version}: {:.2} s, {:.0} MiB",
+            m.wall.as_secs_f64(),
+            m.max_rss_mib
+        );
+        let cmp = Command::new(&py)
+            .args([
+                "-c",
+                COMPARE,
+                lake_dir.to_str().unwrap(),
+                duck_out.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap();
+        let line = String::from_utf8_lossy(&cmp.stdout).trim().to_owned();
+        assert!(
+            cmp.status.success(),
+            "{}",
+            String::from_utf8_lossy(&cmp.stderr)
+        );
+        let v: Vec<u64> = line.split(' ').map(|x| x.parse().unwrap()).collect();
+        assert_eq!((v[1], v[2]), (0, 0), "silver and DuckDB differ: {line}");
+        eprintln!(
+            "equal: {} silver rows, {} quarantine rows in both",
+            v[0], v[3]
+        );
+        (version.clone(), m, v[0])
+    });
+    if duck_result.is_none() {
+        eprintln!(
+            "!!!!!!!! duckdb is not importable by {}: DuckDB side skipped (pip install duckdb)",
+            py.display()
+        );
+    }
+
+    // Incremental: 1 % more events, half of them late events of existing executions.
+    let mut late: Vec<Ev> = Vec::new();
+    let mut i = 0;
+    while late.len() < n / 200 {
+        let e = &evs[(rng.below(n as u64)) as usize];
+        if e.token.is_some() {
+            let mut x = event(
+                &mut rng,
+                e.at + 3_000_000,
+                e.op,
+                e.client,
+                e.symbol,
+                "FAILED",
+                e.token,
+                e.side,
+                e.price,
+            );
+            x.at += i;
+            late.push(x);
+            i += 1;
+        }
+    }
+    late.extend(generate(&mut rng, n / 200, 10_000_000));
+    let added = late.len();
+    rt.block_on(write_batch(&lake, 2, late));
+    let inc = measure("silver-transform incremental", &[BIN], &env);
+    eprintln!(
+        "silver incremental (+{added} events): {:.2} s, {:.0} MiB",
+        inc.wall.as_secs_f64(),
+        inc.max_rss_mib
+    );
+
+    let mut md = String::new();
+    md.push_str(&format!(
+        "Input: {n} bronze events ({:.1} MiB of Parquet, one batch, 30 days, 20 clients), local disk, {} CPUs.\n\n",
+        bronze_bytes as f64 / 1048576.0,
+        std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1)
+    ));
+    md.push_str("| run | wall time | peak RSS |\n|---|---:|---:|\n");
+    md.push_str(&format!(
+        "| silver-transform `--full-refresh` | {:.2} s | {:.0} MiB |\n",
+        silver.wall.as_secs_f64(),
+        silver.max_rss_mib
+    ));
+    if let Some((version, m, rows)) = &duck_result {
+        md.push_str(&format!(
+            "| DuckDB {version}, `benches/silver_duckdb.sql` | {:.2} s | {:.0} MiB |\n",
+            m.wall.as_secs_f64(),
+            m.max_rss_mib
+        ));
+        md.push_str(&format!(
+            "| silver-transform incremental, +{added} events | {:.2} s | {:.0} MiB |\n\nBoth produced the same {rows} silver rows (EXCEPT ALL both ways is empty).\n",
+            inc.wall.as_secs_f64(),
+            inc.max_rss_mib
+        ));
+    } else {
+        md.push_str(&format!(
+            "| silver-transform incremental, +{added} events | {:.2} s | {:.0} MiB |\n\nDuckDB was not available.\n",
+            inc.wall.as_secs_f64(),
+            inc.max_rss_mib
+        ));
+    }
+    println!("\n{md}");
+    if let Some(path) = std::env::var_os("SILVER_BENCH_REPORT") {
+        std::fs::write(&path, &md).unwrap();
+        eprintln!("wrote {}", Path::new(&path).display());
+    }
+    if keep.is_some() {
+        eprintln!("kept {}", dir.display());
+    }
+}
+
+fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    let m = e.metadata().unwrap();
+                    if m.is_dir() {
+                        dir_size(&e.path())
+                    } else {
+                        m.len()
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}

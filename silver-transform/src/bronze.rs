@@ -1,0 +1,504 @@
+//! Reading bronze the way silver must: through the manifests, column-projected.
+//!
+//! Silver never lists bronze directories: it sees exactly the files a
+//! manifest-honouring reader sees ([`BronzeView`]: committed batches, minus files a
+//! later backfill superseded), so a pending batch's half-written files or a
+//! superseded day can never leak into silver. Each file is read with a projection
+//! of the columns the fold needs ([`Projection`]): `payload_json`, the largest
+//! column, is never fetched nor decoded.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, AsArray, Decimal128Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Decimal128Type, Int32Type, Int64Type, TimeUnit};
+use futures::TryStreamExt;
+use lake_common::manifest::{self, BatchManifest, BatchState, DataFile};
+use lake_common::{Dataset, Lake, Partition};
+use object_store::path::Path;
+// Deprecated in parquet 60 in favour of a hand-written AsyncFileReader; it does
+// exactly what is needed here (ranged GETs of the projected column chunks only).
+#[allow(deprecated)]
+use parquet::arrow::async_reader::ParquetObjectReader;
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+
+use crate::key::{EventId, EventType, ExecutionKey, OrderKey, day_of_date, parse_event_id};
+
+/// Rows per decoded record batch.
+const READ_BATCH_ROWS: usize = 32 * 1024;
+
+/// Errors of reading bronze.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BronzeError {
+    /// The bronze manifests could not be read.
+    #[error("cannot read the bronze manifests: {0}")]
+    Manifests(#[from] manifest::ManifestError),
+    /// A bronze file could not be read or decoded.
+    #[error("cannot read bronze file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: parquet::errors::ParquetError,
+    },
+    /// A bronze file does not match the bronze contract (SPEC §4).
+    #[error("bronze file {path} breaks the bronze contract: {problem}")]
+    Contract {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// A live bronze file and the batch that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BronzeFile {
+    /// Batch number.
+    pub batch: u64,
+    /// The file as the manifest lists it.
+    pub file: DataFile,
+}
+
+impl BronzeFile {
+    /// UTC day (days since the epoch) of the file's partition.
+    pub fn day(&self) -> i32 {
+        day_of_date(self.file.date)
+    }
+}
+
+/// Bronze `events` as the manifests define it at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct BronzeView {
+    committed: BTreeSet<u64>,
+    live: Vec<BronzeFile>,
+    /// Per committed batch: the days of the files it superseded.
+    superseded_days: BTreeMap<u64, BTreeSet<i32>>,
+}
+
+impl BronzeView {
+    /// Reads every manifest of `bronze/events`.
+    pub async fn load(lake: &Lake) -> Result<Self, BronzeError> {
+        let manifests = manifest::read_all(lake, Dataset::BronzeEvents).await?;
+        Ok(Self::from_manifests(&manifests))
+    }
+
+    /// The view of a set of manifests: committed batches only, superseded files removed.
+    pub fn from_manifests(manifests: &[BatchManifest]) -> Self {
+        let committed: Vec<&BatchManifest> = manifests
+            .iter()
+            .filter(|m| m.state == BatchState::Committed)
+            .collect();
+        let superseded: BTreeSet<&str> = committed
+            .iter()
+            .flat_map(|m| m.supersedes.iter().map(String::as_str))
+            .collect();
+        let live = committed
+            .iter()
+            .flat_map(|m| {
+                m.files.iter().map(|f| BronzeFile {
+                    batch: m.batch,
+                    file: f.clone(),
+                })
+            })
+            .filter(|f| !superseded.contains(f.file.path.as_str()))
+            .collect();
+        let superseded_days = committed
+            .iter()
+            .filter(|m| !m.supersedes.is_empty())
+            .map(|m| {
+                let days = m
+                    .supersedes
+                    .iter()
+                    .filter_map(|p| {
+                        Partition::parse(Dataset::BronzeEvents, &Path::from(p.as_str()))
+                    })
+                    .map(|p| day_of_date(p.date))
+                    .chain(m.backfill_days.iter().map(|d| day_of_date(*d)))
+                    .collect();
+                (m.batch, days)
+            })
+            .collect();
+        Self {
+            committed: committed.iter().map(|m| m.batch).collect(),
+            live,
+            superseded_days,
+        }
+    }
+
+    /// Committed batch numbers.
+    pub fn committed(&self) -> &BTreeSet<u64> {
+        &self.committed
+    }
+
+    /// Committed batches not in `consumed`.
+    pub fn new_batches(&self, consumed: &BTreeSet<u64>) -> BTreeSet<u64> {
+        self.committed.difference(consumed).copied().collect()
+    }
+
+    /// Live files written by `batches`.
+    pub fn files_of(&self, batches: &BTreeSet<u64>) -> Vec<BronzeFile> {
+        self.live
+            .iter()
+            .filter(|f| batches.contains(&f.batch))
+            .cloned()
+            .collect()
+    }
+
+    /// Every live file.
+    pub fn live(&self) -> &[BronzeFile] {
+        &self.live
+    }
+
+    /// Days whose earlier files `batches` superseded (backfills).
+    pub fn superseded_days(&self, batches: &BTreeSet<u64>) -> BTreeSet<i32> {
+        batches
+            .iter()
+            .filter_map(|b| self.superseded_days.get(b))
+            .flatten()
+            .copied()
+            .collect()
+    }
+
+    /// Live files per day, for the given days.
+    pub fn files_by_day(&self, days: &BTreeSet<i32>) -> BTreeMap<i32, Vec<BronzeFile>> {
+        let mut out: BTreeMap<i32, Vec<BronzeFile>> = BTreeMap::new();
+        for f in &self.live {
+            let day = f.day();
+            if days.contains(&day) {
+                out.entry(day).or_default().push(f.clone());
+            }
+        }
+        out
+    }
+
+    /// Every day that has a live file.
+    pub fn days(&self) -> BTreeSet<i32> {
+        self.live.iter().map(BronzeFile::day).collect()
+    }
+}
+
+/// Which columns to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Projection {
+    /// Only what identifies and orders events (for planning).
+    Keys,
+    /// Everything the fold needs.
+    Full,
+}
+
+const KEY_COLUMNS: [&str; 7] = [
+    "event_id",
+    "event_seq",
+    "occurred_at",
+    "operation_id",
+    "client_id",
+    "event_type",
+    "execution_token",
+];
+const FOLD_COLUMNS: [&str; 12] = [
+    "symbol",
+    "trigger_price",
+    "stop_price",
+    "quantity",
+    "side",
+    "exchange_order_id",
+    "fill_price",
+    "slippage_pct",
+    "source",
+    "error_message",
+    "retry_count",
+    lake_common::schema::BATCH_COLUMN,
+];
+
+/// Reads the projected columns of one live bronze file.
+pub async fn read_file(
+    lake: &Lake,
+    file: &BronzeFile,
+    projection: Projection,
+) -> Result<Vec<EventColumns>, BronzeError> {
+    let path = Path::from(file.file.path.as_str());
+    let read_err = |source| BronzeError::Read {
+        path: file.file.path.clone(),
+        source,
+    };
+    #[allow(deprecated)]
+    let reader =
+        ParquetObjectReader::new(Arc::clone(lake.store()), path).with_file_size(file.file.bytes);
+    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(read_err)?;
+    let wanted: Vec<&str> = match projection {
+        Projection::Keys => KEY_COLUMNS.to_vec(),
+        Projection::Full => KEY_COLUMNS
+            .iter()
+            .chain(FOLD_COLUMNS.iter())
+            .copied()
+            .collect(),
+    };
+    let schema = builder.schema().clone();
+    let mut roots = Vec::with_capacity(wanted.len());
+    for name in &wanted {
+        let idx = schema.index_of(name).map_err(|_| BronzeError::Contract {
+            path: file.file.path.clone(),
+            problem: format!("column {name} is missing"),
+        })?;
+        roots.push(idx);
+    }
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let stream = builder
+        .with_projection(mask)
+        .with_batch_size(READ_BATCH_ROWS)
+        .build()
+        .map_err(read_err)?;
+    let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(read_err)?;
+    batches
+        .iter()
+        .map(|b| {
+            EventColumns::from_batch(b, projection).map_err(|problem| BronzeError::Contract {
+                path: file.file.path.clone(),
+                problem,
+            })
+        })
+        .collect()
+}
+
+/// The decoded columns of one record batch of bronze events. The fold columns are
+/// present with [`Projection::Full`] only.
+#[derive(Debug, Clone)]
+pub struct EventColumns {
+    event_id: StringArray,
+    event_seq: Int64Array,
+    occurred_at: TimestampMicrosecondArray,
+    operation_id: Int64Array,
+    client_id: Int64Array,
+    event_type: StringArray,
+    execution_token: StringArray,
+    fold: Option<FoldColumns>,
+}
+
+#[derive(Debug, Clone)]
+struct FoldColumns {
+    symbol: StringArray,
+    trigger_price: Decimal128Array,
+    stop_price: Decimal128Array,
+    quantity: Decimal128Array,
+    side: StringArray,
+    exchange_order_id: StringArray,
+    fill_price: Decimal128Array,
+    slippage_pct: Decimal128Array,
+    source: StringArray,
+    error_message: StringArray,
+    retry_count: Int32Array,
+    batch: Int64Array,
+}
+
+fn column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a dyn Array, String> {
+    batch
+        .column_by_name(name)
+        .map(|c| c.as_ref())
+        .ok_or_else(|| format!("column {name} is missing"))
+}
+
+fn utf8(batch: &RecordBatch, name: &str, nullable: bool) -> Result<StringArray, String> {
+    let c = column(batch, name)?;
+    let a = c
+        .as_string_opt::<i32>()
+        .ok_or_else(|| format!("column {name} is {}, expected Utf8", c.data_type()))?;
+    not_null(a, name, nullable)?;
+    Ok(a.clone())
+}
+
+fn int64(batch: &RecordBatch, name: &str, nullable: bool) -> Result<Int64Array, String> {
+    let c = column(batch, name)?;
+    let a = c
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| format!("column {name} is {}, expected Int64", c.data_type()))?;
+    not_null(a, name, nullable)?;
+    Ok(a.clone())
+}
+
+fn int32(batch: &RecordBatch, name: &str) -> Result<Int32Array, String> {
+    let c = column(batch, name)?;
+    let a = c
+        .as_primitive_opt::<Int32Type>()
+        .ok_or_else(|| format!("column {name} is {}, expected Int32", c.data_type()))?;
+    not_null(a, name, false)?;
+    Ok(a.clone())
+}
+
+fn decimal(batch: &RecordBatch, name: &str, p: u8, s: i8) -> Result<Decimal128Array, String> {
+    let c = column(batch, name)?;
+    if c.data_type() != &DataType::Decimal128(p, s) {
+        return Err(format!(
+            "column {name} is {}, expected Decimal128({p}, {s})",
+            c.data_type()
+        ));
+    }
+    Ok(c.as_primitive::<Decimal128Type>().clone())
+}
+
+fn not_null(a: &dyn Array, name: &str, nullable: bool) -> Result<(), String> {
+    if !nullable && a.null_count() > 0 {
+        return Err(format!("column {name} holds NULLs"));
+    }
+    Ok(())
+}
+
+impl EventColumns {
+    /// Takes the columns of a bronze record batch (extra columns are ignored),
+    /// checking their types against the contract.
+    pub fn from_batch(batch: &RecordBatch, projection: Projection) -> Result<Self, String> {
+        let ts = column(batch, "occurred_at")?;
+        let occurred_at = match ts.data_type() {
+            DataType::Timestamp(TimeUnit::Microsecond, Some(tz)) if tz.as_ref() == "UTC" => ts
+                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                .clone(),
+            other => {
+                return Err(format!(
+                    "column occurred_at is {other}, expected Timestamp(µs, UTC)"
+                ));
+            }
+        };
+        not_null(&occurred_at, "occurred_at", false)?;
+        let fold = match projection {
+            Projection::Keys => None,
+            Projection::Full => Some(FoldColumns {
+                symbol: utf8(batch, "symbol", false)?,
+                trigger_price: decimal(batch, "trigger_price", 20, 8)?,
+                stop_price: decimal(batch, "stop_price", 20, 8)?,
+                quantity: decimal(batch, "quantity", 20, 8)?,
+                side: utf8(batch, "side", true)?,
+                exchange_order_id: utf8(batch, "exchange_order_id", true)?,
+                fill_price: decimal(batch, "fill_price", 20, 8)?,
+                slippage_pct: decimal(batch, "slippage_pct", 10, 4)?,
+                source: utf8(batch, "source", false)?,
+                error_message: utf8(batch, "error_message", true)?,
+                retry_count: int32(batch, "retry_count")?,
+                batch: int64(batch, lake_common::schema::BATCH_COLUMN, false)?,
+            }),
+        };
+        Ok(Self {
+            event_id: utf8(batch, "event_id", false)?,
+            event_seq: int64(batch, "event_seq", true)?,
+            occurred_at,
+            operation_id: int64(batch, "operation_id", false)?,
+            client_id: int64(batch, "client_id", false)?,
+            event_type: utf8(batch, "event_type", false)?,
+            execution_token: utf8(batch, "execution_token", true)?,
+            fold,
+        })
+    }
+
+    /// Rows in the batch.
+    pub fn len(&self) -> usize {
+        self.event_id.len()
+    }
+
+    /// Whether the batch has no rows.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The execution event type of row `i`; `None` for event types silver ignores.
+    pub fn event_type(&self, i: usize) -> Option<EventType> {
+        EventType::parse(self.event_type.value(i))
+    }
+
+    /// The execution key of row `i`.
+    pub fn key(&self, i: usize) -> ExecutionKey<'_> {
+        if self.execution_token.is_null(i) {
+            ExecutionKey::Operation(self.operation_id.value(i))
+        } else {
+            ExecutionKey::Token(self.execution_token.value(i))
+        }
+    }
+
+    /// The order key of row `i`; an error if its event id is not canonical.
+    pub fn order(&self, i: usize) -> Result<OrderKey, String> {
+        Ok(OrderKey {
+            at: self.occurred_at.value(i),
+            seq: (!self.event_seq.is_null(i)).then(|| self.event_seq.value(i)),
+            id: self.event_id(i)?,
+        })
+    }
+
+    fn event_id(&self, i: usize) -> Result<EventId, String> {
+        let s = self.event_id.value(i);
+        parse_event_id(s).ok_or_else(|| format!("event_id {s:?} is not a canonical lowercase UUID"))
+    }
+
+    /// `client_id` of row `i`.
+    pub fn client_id(&self, i: usize) -> i64 {
+        self.client_id.value(i)
+    }
+
+    /// The whole event at row `i`, with its order key already computed.
+    /// Requires [`Projection::Full`].
+    pub fn event(&self, i: usize, order: OrderKey, ty: EventType) -> Option<Event<'_>> {
+        let f = self.fold.as_ref()?;
+        fn opt_str(a: &StringArray, i: usize) -> Option<&str> {
+            (!a.is_null(i)).then(|| a.value(i))
+        }
+        let opt_dec = |a: &Decimal128Array| (!a.is_null(i)).then(|| a.value(i));
+        Some(Event {
+            order,
+            ty,
+            operation_id: self.operation_id.value(i),
+            client_id: self.client_id.value(i),
+            symbol: f.symbol.value(i),
+            side: opt_str(&f.side, i),
+            trigger_price: opt_dec(&f.trigger_price),
+            stop_price: opt_dec(&f.stop_price),
+            quantity: opt_dec(&f.quantity),
+            exchange_order_id: opt_str(&f.exchange_order_id, i),
+            fill_price: opt_dec(&f.fill_price),
+            slippage_pct: opt_dec(&f.slippage_pct),
+            source: f.source.value(i),
+            error_message: opt_str(&f.error_message, i),
+            retry_count: f.retry_count.value(i),
+            batch: f.batch.value(i) as u64,
+        })
+    }
+}
+
+/// One execution event, borrowed from its record batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Event<'a> {
+    /// Position in the execution's event order.
+    pub order: OrderKey,
+    /// Event type.
+    pub ty: EventType,
+    /// `operation_id`.
+    pub operation_id: i64,
+    /// `client_id`.
+    pub client_id: i64,
+    /// `symbol`.
+    pub symbol: &'a str,
+    /// `side`.
+    pub side: Option<&'a str>,
+    /// `trigger_price`, DECIMAL(20,8) as an integer at scale 8.
+    pub trigger_price: Option<i128>,
+    /// `stop_price`, scale 8.
+    pub stop_price: Option<i128>,
+    /// `quantity`, scale 8.
+    pub quantity: Option<i128>,
+    /// `exchange_order_id`.
+    pub exchange_order_id: Option<&'a str>,
+    /// `fill_price`, scale 8.
+    pub fill_price: Option<i128>,
+    /// `slippage_pct`, DECIMAL(10,4) at scale 4.
+    pub slippage_pct: Option<i128>,
+    /// `source`.
+    pub source: &'a str,
+    /// `error_message`.
+    pub error_message: Option<&'a str>,
+    /// `retry_count`.
+    pub retry_count: i32,
+    /// `_batch`: the bronze batch that exported the event.
+    pub batch: u64,
+}

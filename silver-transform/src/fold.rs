@@ -1,0 +1,429 @@
+//! Events → executions, exactly as SPEC §6 says.
+//!
+//! An [`Acc`] folds the events of one execution *in event order*
+//! (`occurred_at, event_seq NULLS LAST, event_id`), so "first", "latest" and
+//! "latest non-null" are plain assignments and need no per-field order keys; that
+//! keeps an execution at about 300 bytes of memory.
+//!
+//! Order is established per UTC day: all live bronze files of one day are read, the
+//! day's execution events are sorted by [`OrderKey`] and folded ([`fold_day`]).
+//! Every event of day *d* precedes every event of day *d + 1*, so the per-day
+//! results of one execution combine with [`Acc::absorb_later`] in day order. Days
+//! are therefore independent units of work (they fold in parallel) and memory is
+//! bounded by one day of bronze plus the executions being recomputed.
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::bronze::{Event, EventColumns};
+use crate::key::{EventId, EventType, KeyHash, OrderKey, PartitionKey, day_of};
+
+/// Which executions to fold.
+#[derive(Debug, Clone)]
+pub enum KeyFilter {
+    /// Every execution.
+    All,
+    /// Only these execution keys.
+    Keys(FxHashSet<KeyHash>),
+}
+
+impl KeyFilter {
+    fn is_all(&self) -> bool {
+        matches!(self, Self::All)
+    }
+}
+
+/// Index of a decimal in [`Acc`]'s decimal array.
+#[derive(Debug, Clone, Copy)]
+#[repr(usize)]
+pub enum Dec {
+    /// `stop_price`: latest non-null.
+    StopPrice = 0,
+    /// `trigger_price`: latest non-null.
+    TriggerPrice = 1,
+    /// `quantity`: latest non-null.
+    Quantity = 2,
+    /// `fill_price`: latest non-null of EXECUTED events.
+    FillPrice = 3,
+    /// `slippage_pct`: latest non-null of EXECUTED events.
+    SlippagePct = 4,
+}
+
+/// The bronze batches an execution's events came from (usually one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Batches {
+    /// All events came from this batch.
+    One(u64),
+    /// Several batches, ascending, without duplicates.
+    Many(Vec<u64>),
+}
+
+impl Batches {
+    fn add(&mut self, b: u64) {
+        match self {
+            Self::One(a) if *a == b => {}
+            Self::One(a) => {
+                let mut v = vec![*a, b];
+                v.sort_unstable();
+                *self = Self::Many(v);
+            }
+            Self::Many(v) => {
+                if let Err(pos) = v.binary_search(&b) {
+                    v.insert(pos, b);
+                }
+            }
+        }
+    }
+
+    fn merge(&mut self, other: &Batches) {
+        match other {
+            Self::One(b) => self.add(*b),
+            Self::Many(bs) => bs.iter().for_each(|b| self.add(*b)),
+        }
+    }
+
+    /// The batches, ascending.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        let (one, many) = match self {
+            Self::One(b) => (Some(*b), &[][..]),
+            Self::Many(v) => (None, v.as_slice()),
+        };
+        one.into_iter().chain(many.iter().copied())
+    }
+}
+
+/// Sentinel of an unset "first event of type" timestamp (outside PostgreSQL's range).
+const UNSET: i64 = i64::MIN;
+
+/// The running fold of one execution; its fields are the silver row (SPEC §6).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Acc {
+    /// Order key of the first event: `execution_id`, `first_event_at`.
+    pub first: OrderKey,
+    /// `operation_id` of the first event.
+    pub operation_id: i64,
+    /// `client_id` of the first event (the partition's client).
+    pub client_id: i64,
+    /// Whether the events carry more than one `client_id` (a quality violation).
+    pub multi_client: bool,
+    /// `symbol` of the first event.
+    pub symbol: Box<str>,
+    /// `side` of the first event.
+    pub side: Option<Box<str>>,
+    /// `occurred_at` of the latest event.
+    pub last_at: i64,
+    /// `event_id` of the latest event.
+    pub last_id: EventId,
+    /// Type of the latest event (the status).
+    pub last_type: EventType,
+    /// `source` of the latest event.
+    pub source: Box<str>,
+    /// `occurred_at` of the first event of each type ([`UNSET`] if none).
+    type_first_at: [i64; 5],
+    /// Latest non-null decimals, indexed by [`Dec`]; `decimals_set` bit *i* says
+    /// whether `decimals[i]` holds a value.
+    decimals: [i128; 5],
+    decimals_set: u8,
+    /// Latest non-null `exchange_order_id` of EXECUTED events.
+    pub exchange_order_id: Option<Box<str>>,
+    /// Latest non-null `error_message`.
+    pub error_message: Option<Box<str>>,
+    /// Max `retry_count`.
+    pub retry_count: i32,
+    /// Number of events.
+    pub event_count: u64,
+    /// Bronze batches of the events (lineage).
+    pub batches: Batches,
+}
+
+impl Acc {
+    /// Starts an execution with its first event.
+    pub fn start(ev: &Event<'_>) -> Self {
+        let mut acc = Self {
+            first: ev.order,
+            operation_id: ev.operation_id,
+            client_id: ev.client_id,
+            multi_client: false,
+            symbol: ev.symbol.into(),
+            side: ev.side.map(Into::into),
+            last_at: ev.order.at,
+            last_id: ev.order.id,
+            last_type: ev.ty,
+            source: ev.source.into(),
+            type_first_at: [UNSET; 5],
+            decimals: [0; 5],
+            decimals_set: 0,
+            exchange_order_id: None,
+            error_message: None,
+            retry_count: ev.retry_count,
+            event_count: 0,
+            batches: Batches::One(ev.batch),
+        };
+        acc.absorb(ev);
+        acc
+    }
+
+    /// Adds the next event; it must come after every event absorbed so far.
+    pub fn absorb(&mut self, ev: &Event<'_>) {
+        debug_assert!(self.event_count == 0 || ev.order > self.first);
+        self.last_at = ev.order.at;
+        self.last_id = ev.order.id;
+        self.last_type = ev.ty;
+        if *self.source != *ev.source {
+            self.source = ev.source.into();
+        }
+        let t = ev.ty as usize;
+        if self.type_first_at[t] == UNSET {
+            self.type_first_at[t] = ev.order.at;
+        }
+        self.set_dec(Dec::StopPrice, ev.stop_price);
+        self.set_dec(Dec::TriggerPrice, ev.trigger_price);
+        self.set_dec(Dec::Quantity, ev.quantity);
+        if ev.ty == EventType::Executed {
+            self.set_dec(Dec::FillPrice, ev.fill_price);
+            self.set_dec(Dec::SlippagePct, ev.slippage_pct);
+            if let Some(id) = ev.exchange_order_id {
+                self.exchange_order_id = Some(id.into());
+            }
+        }
+        if let Some(msg) = ev.error_message {
+            self.error_message = Some(msg.into());
+        }
+        self.retry_count = self.retry_count.max(ev.retry_count);
+        self.event_count += 1;
+        self.multi_client |= ev.client_id != self.client_id;
+        self.batches.add(ev.batch);
+    }
+
+    /// Merges the fold of the same execution's *later* events (all of `later`'s
+    /// events come after all of `self`'s, e.g. the next UTC day's).
+    pub fn absorb_later(&mut self, later: Acc) {
+        debug_assert!(later.first > self.first);
+        self.last_at = later.last_at;
+        self.last_id = later.last_id;
+        self.last_type = later.last_type;
+        self.source = later.source;
+        for (mine, theirs) in self.type_first_at.iter_mut().zip(later.type_first_at) {
+            if *mine == UNSET {
+                *mine = theirs;
+            }
+        }
+        for i in 0..5 {
+            if later.decimals_set & (1 << i) != 0 {
+                self.decimals[i] = later.decimals[i];
+                self.decimals_set |= 1 << i;
+            }
+        }
+        if later.exchange_order_id.is_some() {
+            self.exchange_order_id = later.exchange_order_id;
+        }
+        if later.error_message.is_some() {
+            self.error_message = later.error_message;
+        }
+        self.retry_count = self.retry_count.max(later.retry_count);
+        self.event_count += later.event_count;
+        self.multi_client |= later.multi_client || later.client_id != self.client_id;
+        self.batches.merge(&later.batches);
+    }
+
+    fn set_dec(&mut self, d: Dec, v: Option<i128>) {
+        if let Some(v) = v {
+            self.decimals[d as usize] = v;
+            self.decimals_set |= 1 << d as usize;
+        }
+    }
+
+    /// A decimal field as an integer at its scale (8, or 4 for `slippage_pct`).
+    pub fn dec(&self, d: Dec) -> Option<i128> {
+        (self.decimals_set & (1 << d as usize) != 0).then(|| self.decimals[d as usize])
+    }
+
+    /// `occurred_at` of the first event of type `t`.
+    pub fn first_at(&self, t: EventType) -> Option<i64> {
+        let v = self.type_first_at[t as usize];
+        (v != UNSET).then_some(v)
+    }
+
+    /// `status`, from the latest event.
+    pub fn status(&self) -> &'static str {
+        self.last_type.status()
+    }
+
+    /// The execution's silver partition.
+    pub fn partition(&self) -> PartitionKey {
+        PartitionKey::of(self.client_id, self.first.at)
+    }
+
+    /// UTC day of the latest event.
+    pub fn last_day(&self) -> i32 {
+        day_of(self.last_at)
+    }
+}
+
+/// Executions by key text. Boxed: the table then holds 24-byte entries, so
+/// growing it to hundreds of thousands of executions never copies (and never
+/// holds twice) the ~350-byte folds.
+pub type Folded = FxHashMap<Box<str>, Box<Acc>>;
+
+/// Errors of folding.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FoldError {
+    /// A bronze value breaks the contract (e.g. a non-canonical event id).
+    #[error("{0}")]
+    Contract(String),
+    /// The batch was read without the fold columns.
+    #[error("bronze events were read without the columns the fold needs")]
+    Projection,
+}
+
+/// Folds all execution events of one UTC day (all live files of the day, in any
+/// order) that pass `filter`. Returns the day's partial executions and the number
+/// of events folded.
+pub fn fold_day(columns: &[EventColumns], filter: &KeyFilter) -> Result<(Folded, u64), FoldError> {
+    let mut rows: Vec<(OrderKey, u32, u32, EventType)> = Vec::new();
+    for (b, cols) in columns.iter().enumerate() {
+        for i in 0..cols.len() {
+            let Some(ty) = cols.event_type(i) else {
+                continue;
+            };
+            if let KeyFilter::Keys(keys) = filter
+                && !keys.contains(&cols.key(i).hash())
+            {
+                continue;
+            }
+            let order = cols.order(i).map_err(FoldError::Contract)?;
+            rows.push((order, b as u32, i as u32, ty));
+        }
+    }
+    rows.sort_unstable_by_key(|a| a.0);
+    let mut out = Folded::default();
+    let mut op_key = String::new();
+    for &(order, b, i, ty) in &rows {
+        let cols = &columns[b as usize];
+        let i = i as usize;
+        let ev = cols.event(i, order, ty).ok_or(FoldError::Projection)?;
+        let key = cols.key(i).as_text(&mut op_key);
+        match out.get_mut(key) {
+            Some(acc) => acc.absorb(&ev),
+            None => {
+                out.insert(key.into(), Box::new(Acc::start(&ev)));
+            }
+        }
+    }
+    debug_assert!(filter.is_all() || out.len() <= rows.len());
+    Ok((out, rows.len() as u64))
+}
+
+/// Adds one day's partial executions to the running result; `day` must be later
+/// than every day already in `total`.
+pub fn combine(total: &mut Folded, day: Folded) {
+    if total.is_empty() {
+        *total = day;
+        return;
+    }
+    total.reserve(day.len());
+    for (key, acc) in day {
+        match total.get_mut(&key) {
+            Some(earlier) => earlier.absorb_later(*acc),
+            None => {
+                total.insert(key, acc);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::parse_event_id;
+
+    fn id(n: u8) -> EventId {
+        parse_event_id(&format!("00000000-0000-4000-8000-0000000000{n:02x}")).unwrap()
+    }
+
+    fn ev(at: i64, seq: Option<i64>, n: u8, ty: EventType) -> Event<'static> {
+        Event {
+            order: OrderKey { at, seq, id: id(n) },
+            ty,
+            operation_id: 7,
+            client_id: 1,
+            symbol: "BTCUSDC",
+            side: Some("SELL"),
+            trigger_price: None,
+            stop_price: None,
+            quantity: None,
+            exchange_order_id: None,
+            fill_price: None,
+            slippage_pct: None,
+            source: "ws",
+            error_message: None,
+            retry_count: 0,
+            batch: 1,
+        }
+    }
+
+    fn fold_in_order(events: &[Event<'_>]) -> Acc {
+        let mut acc = Acc::start(&events[0]);
+        events[1..].iter().for_each(|e| acc.absorb(e));
+        acc
+    }
+
+    #[test]
+    fn latest_values_and_first_timestamps() {
+        let mut e1 = ev(10, None, 1, EventType::StopTriggered);
+        e1.stop_price = Some(100);
+        e1.quantity = Some(5);
+        e1.error_message = Some("first");
+        let mut e2 = ev(20, None, 2, EventType::Failed);
+        e2.fill_price = Some(1); // not EXECUTED: ignored
+        e2.error_message = Some("boom");
+        e2.retry_count = 3;
+        e2.source = "cron";
+        let mut e3 = ev(30, None, 3, EventType::Executed);
+        e3.fill_price = Some(99);
+        e3.slippage_pct = Some(-12);
+        e3.exchange_order_id = Some("X1");
+        e3.stop_price = Some(101);
+        e3.batch = 4;
+        e3.client_id = 2;
+        let acc = fold_in_order(&[e1, e2, e3]);
+        assert_eq!(acc.status(), "EXECUTED");
+        assert_eq!(acc.first_at(EventType::StopTriggered), Some(10));
+        assert_eq!(acc.first_at(EventType::Failed), Some(20));
+        assert_eq!(acc.first_at(EventType::Executed), Some(30));
+        assert_eq!(acc.first_at(EventType::Blocked), None);
+        assert_eq!(acc.dec(Dec::StopPrice), Some(101));
+        assert_eq!(acc.dec(Dec::Quantity), Some(5));
+        assert_eq!(acc.dec(Dec::TriggerPrice), None);
+        assert_eq!(acc.dec(Dec::FillPrice), Some(99));
+        assert_eq!(acc.dec(Dec::SlippagePct), Some(-12));
+        assert_eq!(acc.error_message.as_deref(), Some("boom"));
+        assert_eq!(acc.source.as_ref(), "ws");
+        assert_eq!(acc.retry_count, 3);
+        assert_eq!(acc.event_count, 3);
+        assert!(acc.multi_client);
+        assert_eq!(acc.client_id, 1);
+        assert_eq!(acc.batches, Batches::Many(vec![1, 4]));
+    }
+
+    #[test]
+    fn split_folds_combine_like_one_fold() {
+        let mut events = vec![
+            ev(10, Some(1), 1, EventType::StopTriggered),
+            ev(20, None, 2, EventType::ExecutionSubmitted),
+            ev(30, None, 3, EventType::Failed),
+            ev(40, None, 4, EventType::Executed),
+        ];
+        events[1].trigger_price = Some(3);
+        events[2].error_message = Some("late");
+        events[3].fill_price = Some(8);
+        events[3].source = "manual";
+        events[3].batch = 2;
+        let whole = fold_in_order(&events);
+        for cut in 1..events.len() {
+            let mut left = fold_in_order(&events[..cut]);
+            left.absorb_later(fold_in_order(&events[cut..]));
+            assert_eq!(left, whole, "cut at {cut}");
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! Which partitions a run recomputes, and recomputing them from bronze.
+//!
+//! The incremental rule: a partition is recomputed **whole, from the live bronze
+//! files**, whenever anything about one of its executions may have changed. Given
+//! the previous committed state (consumed batches, key index) and the bronze
+//! batches committed since:
+//!
+//! 1. the new batches' files are scanned for their execution keys only (narrow
+//!    projection); each key's index entry is merged with what the scan saw, which
+//!    gives its new first event (so its new partition) and its day span;
+//! 2. the *affected* keys are those of the new files plus, when a backfill
+//!    superseded earlier files, every indexed key whose day span touches a
+//!    superseded day;
+//! 3. the partitions to recompute are the old and the new partition of every
+//!    affected key (an earlier late event can move an execution to another day,
+//!    and a key can change client), plus any forced ones (`--date`, partitions a
+//!    crashed run had planned, everything on `--full-refresh`);
+//! 4. every execution of those partitions is folded from bronze: the index gives
+//!    each one's day span, so exactly the days holding their events are read, and
+//!    only their events are folded;
+//! 5. if a folded execution lands in a partition not yet in the set (only possible
+//!    when bronze lost events, e.g. a backfill that re-exported less), that
+//!    partition joins the set and its executions are folded too, until stable.
+//!
+//! Executions nobody touched keep their partition and their rows, so the result
+//! equals a full recompute row for row (the property test checks exactly that).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use lake_common::Lake;
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::Serialize;
+
+use crate::bronze::{BronzeError, BronzeFile, BronzeView, Projection, read_file};
+use crate::fold::{FoldError, Folded, KeyFilter, combine, fold_day};
+use crate::index::{KeyIndex, KeyInfo};
+use crate::key::{KeyHash, PartitionKey, Shard};
+
+/// Files scanned for keys concurrently.
+const SCAN_CONCURRENCY: usize = 8;
+
+/// Errors of recomputing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecomputeError {
+    /// Reading bronze failed.
+    #[error(transparent)]
+    Bronze(#[from] BronzeError),
+    /// Folding failed.
+    #[error(transparent)]
+    Fold(#[from] FoldError),
+    /// A worker task panicked or was cancelled.
+    #[error("a fold task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// What the shard knew before this run.
+#[derive(Debug, Clone, Default)]
+pub struct Prior {
+    /// The key index of the latest committed version (empty on a full refresh).
+    pub index: KeyIndex,
+    /// Bronze batches already consumed (empty on a full refresh).
+    pub consumed: BTreeSet<u64>,
+    /// The shard's existing partitions.
+    pub partitions: BTreeSet<PartitionKey>,
+}
+
+/// What to recompute besides the effects of new bronze batches.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The shard.
+    pub shard: Shard,
+    /// Recompute everything from all of bronze.
+    pub full_refresh: bool,
+    /// Recompute every partition of these days (`--date`, `--from/--to`), inclusive.
+    pub days: Option<(i32, i32)>,
+    /// Recompute these partitions too (a crashed run's plan; existing partitions on a full refresh).
+    pub forced: BTreeSet<PartitionKey>,
+    /// Days folded concurrently.
+    pub parallel_days: usize,
+}
+
+/// Counters of the work done.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct WorkStats {
+    /// New live bronze files (scanned for keys).
+    pub new_files: u64,
+    /// Keys found in the new files.
+    pub keys_scanned: u64,
+    /// Keys affected by new batches or superseded days.
+    pub keys_affected: u64,
+    /// Fold rounds (1 normally; more only when executions moved unexpectedly).
+    pub fold_rounds: u64,
+    /// Bronze days read for the fold.
+    pub days_read: u64,
+    /// Bronze files read for the fold.
+    pub files_read: u64,
+    /// Events folded.
+    pub events_folded: u64,
+}
+
+/// The result of [`recompute`].
+#[derive(Debug, Default)]
+pub struct Recomputed {
+    /// The partitions (owned by the shard) to publish; every execution belonging
+    /// to them is in `executions`.
+    pub partitions: BTreeSet<PartitionKey>,
+    /// Folded executions by key text (may include executions of other shards).
+    pub executions: Folded,
+    /// The key index after this run.
+    pub index: KeyIndex,
+    /// All batches consumed after this run.
+    pub consumed: BTreeSet<u64>,
+    /// Batches consumed for the first time.
+    pub new_batches: BTreeSet<u64>,
+    /// Days whose earlier bronze files new batches superseded.
+    pub superseded_days: BTreeSet<i32>,
+    /// Counters.
+    pub stats: WorkStats,
+}
+
+/// Plans and folds a run (see the module docs).
+pub async fn recompute(
+    lake: &Lake,
+    view: &BronzeView,
+    prior: Prior,
+    req: &Request,
+) -> Result<Recomputed, RecomputeError> {
+    let shard = req.shard;
+    let owned = |p: &PartitionKey| shard.owns(p.client_id);
+    let new_batches = view.new_batches(&prior.consumed);
+    let mut out = Recomputed {
+        consumed: view.committed().clone(),
+        superseded_days: if req.full_refresh {
+            BTreeSet::new()
+        } else {
+            view.superseded_days(&new_batches)
+        },
+        new_batches,
+        ..Default::default()
+    };
+    let old = prior.index;
+    let mut partitions: BTreeSet<PartitionKey> = req.forced.iter().copied().filter(owned).collect();
+
+    if req.full_refresh && shard.count == 1 {
+        // Everything, once: no key scan, no filter.
+        let (folded, stats) = fold_days(lake, view, view.days(), KeyFilter::All, req).await?;
+        out.stats = stats;
+        out.stats.fold_rounds = 1;
+        let mut index = KeyIndex::with_capacity(folded.len());
+        for (key, acc) in &folded {
+            index.insert(KeyHash::of(key), info_of(acc));
+            partitions.insert(acc.partition());
+        }
+        out.partitions = partitions;
+        out.executions = folded;
+        out.index = index;
+        return Ok(out);
+    }
+
+    // 1. Keys of the new files.
+    let new_files = view.files_of(&out.new_batches);
+    out.stats.new_files = new_files.len() as u64;
+    let scanned = scan_keys(lake, &new_files).await?;
+    out.stats.keys_scanned = scanned.len() as u64;
+
+    // 2. Affected keys, with their merged (old + new) info.
+    let mut affected: FxHashMap<KeyHash, KeyInfo> = FxHashMap::default();
+    for (k, info) in scanned {
+        let mut merged = info;
+        if let Some(o) = old.get(&k) {
+            merged.merge(o);
+        }
+        affected.insert(k, merged);
+    }
+    if !out.superseded_days.is_empty() {
+        for (k, o) in old.iter() {
+            if o.days().any(|d| out.superseded_days.contains(&d)) {
+                affected.entry(*k).or_insert(*o);
+            }
+        }
+    }
+    out.stats.keys_affected = affected.len() as u64;
+
+    // 3. Partitions to recompute.
+    for (k, merged) in &affected {
+        if let Some(o) = old.get(k) {
+            partitions.insert(o.partition());
+        }
+        partitions.insert(merged.partition());
+    }
+    if let Some((from, to)) = req.days {
+        let in_range = |p: &PartitionKey| (from..=to).contains(&p.day);
+        partitions.extend(old.iter().map(|(_, o)| o.partition()).filter(in_range));
+        partitions.extend(prior.partitions.iter().copied().filter(in_range));
+    }
+    partitions.retain(owned);
+
+    // 4. and 5. Fold every execution of those partitions, until the set is stable.
+    let mut attempted: FxHashSet<KeyHash> = FxHashSet::default();
+    let mut folded = Folded::default();
+    loop {
+        let mut todo: FxHashMap<KeyHash, KeyInfo> = FxHashMap::default();
+        for (k, m) in &affected {
+            let touches = partitions.contains(&m.partition())
+                || old.get(k).is_some_and(|o| partitions.contains(&o.partition()))
+                // An execution with several clients may belong to any shard: every
+                // shard folds it to find out.
+                || m.multi_client;
+            if touches && !attempted.contains(k) {
+                todo.insert(*k, *m);
+            }
+        }
+        for (k, o) in old.iter() {
+            if partitions.contains(&o.partition()) && !attempted.contains(k) {
+                todo.entry(*k).or_insert(*o);
+            }
+        }
+        if todo.is_empty() {
+            break;
+        }
+        let days: BTreeSet<i32> = todo.values().flat_map(KeyInfo::days).collect();
+        attempted.extend(todo.keys().copied());
+        let filter = KeyFilter::Keys(todo.into_keys().collect());
+        let (round, stats) = fold_days(lake, view, days, filter, req).await?;
+        out.stats.fold_rounds += 1;
+        out.stats.days_read += stats.days_read;
+        out.stats.files_read += stats.files_read;
+        out.stats.events_folded += stats.events_folded;
+        let before = partitions.len();
+        partitions.extend(round.values().map(|a| a.partition()).filter(owned));
+        folded.extend(round);
+        if partitions.len() == before {
+            break;
+        }
+        tracing::warn!(
+            partitions = partitions.len() - before,
+            "Executions moved to partitions outside the plan (bronze lost events?); folding those too"
+        );
+    }
+
+    // The new index: merged info for every affected key, exact info for every
+    // folded one, and no entry for keys whose events are all gone.
+    let mut index = old;
+    for (k, m) in affected {
+        index.insert(k, m);
+    }
+    let mut seen: FxHashSet<KeyHash> = FxHashSet::default();
+    for (key, acc) in &folded {
+        let h = KeyHash::of(key);
+        index.insert(h, info_of(acc));
+        seen.insert(h);
+    }
+    for k in attempted.difference(&seen) {
+        index.remove(k);
+    }
+    out.partitions = partitions;
+    out.executions = folded;
+    out.index = index;
+    Ok(out)
+}
+
+fn info_of(acc: &crate::fold::Acc) -> KeyInfo {
+    KeyInfo {
+        first: acc.first,
+        client_id: acc.client_id,
+        multi_client: acc.multi_client,
+        last_day: acc.last_day(),
+    }
+}
+
+/// Reads the key columns of `files` and merges what they say per key.
+pub async fn scan_keys(
+    lake: &Lake,
+    files: &[BronzeFile],
+) -> Result<FxHashMap<KeyHash, KeyInfo>, RecomputeError> {
+    let per_file: Vec<FxHashMap<KeyHash, KeyInfo>> = futures::stream::iter(files.iter().cloned())
+        .map(|f| {
+            let lake = lake.clone();
+            tokio::spawn(async move {
+                let cols = read_file(&lake, &f, Projection::Keys).await?;
+                let mut by_text: FxHashMap<Box<str>, KeyInfo> = FxHashMap::default();
+                let mut buf = String::new();
+                for c in &cols {
+                    for i in 0..c.len() {
+                        if c.event_type(i).is_none() {
+                            continue;
+                        }
+                        let info = KeyInfo::event(
+                            c.order(i).map_err(FoldError::Contract)?,
+                            c.client_id(i),
+                        );
+                        let key = c.key(i).as_text(&mut buf);
+                        match by_text.get_mut(key) {
+                            Some(e) => e.merge(&info),
+                            None => {
+                                by_text.insert(key.into(), info);
+                            }
+                        }
+                    }
+                }
+                Ok::<_, RecomputeError>(
+                    by_text
+                        .into_iter()
+                        .map(|(k, v)| (KeyHash::of(&k), v))
+                        .collect(),
+                )
+            })
+        })
+        .buffer_unordered(SCAN_CONCURRENCY)
+        .map(|r| r.map_err(RecomputeError::from).and_then(|x| x))
+        .try_collect()
+        .await?;
+    let mut out: FxHashMap<KeyHash, KeyInfo> = FxHashMap::default();
+    for m in per_file {
+        for (k, v) in m {
+            out.entry(k).and_modify(|e| e.merge(&v)).or_insert(v);
+        }
+    }
+    Ok(out)
+}
+
+/// Folds the executions passing `filter` from all live bronze files of `days`,
+/// several days at a time, combining the days in order.
+async fn fold_days(
+    lake: &Lake,
+    view: &BronzeView,
+    days: BTreeSet<i32>,
+    filter: KeyFilter,
+    req: &Request,
+) -> Result<(Folded, WorkStats), RecomputeError> {
+    let by_day = view.files_by_day(&days);
+    let filter = Arc::new(filter);
+    let mut stats = WorkStats {
+        days_read: by_day.len() as u64,
+        files_read: by_day.values().map(|f| f.len() as u64).sum(),
+        ..Default::default()
+    };
+    let mut results = futures::stream::iter(by_day.into_values())
+        .map(|files| {
+            let lake = lake.clone();
+            let filter = Arc::clone(&filter);
+            tokio::spawn(async move {
+                let reads = files.iter().map(|f| read_file(&lake, f, Projection::Full));
+                let columns: Vec<_> = futures::future::try_join_all(reads)
+                    .await?
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                Ok::<_, RecomputeError>(fold_day(&columns, &filter)?)
+            })
+        })
+        .buffered(req.parallel_days.max(1));
+    let mut total = Folded::default();
+    while let Some(day) = results.next().await {
+        let (folded, events) = day??;
+        stats.events_folded += events;
+        combine(&mut total, folded);
+    }
+    Ok((total, stats))
+}

@@ -1,0 +1,277 @@
+//! The key index: for every execution key bronze holds, where its execution lives.
+//!
+//! Incremental runs must find the *old* partition of an execution that receives a
+//! late event, and the bronze days that hold all of its events, without reading
+//! all of bronze. The index answers both from a few dozen bytes per execution:
+//! the order key and client of its first event (so the partition, and whether a
+//! new earlier event moves it) and the day of its last event (so its day span).
+//!
+//! Entries merge commutatively ([`KeyInfo::merge`]), so the index after a batch is
+//! the index before it merged with what the batch holds. Each shard keeps an
+//! index of *all* keys (an execution whose events carry several clients can move
+//! between shards), persisted as one Parquet file per silver manifest version.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Date32Array, FixedSizeBinaryBuilder, Int64Array,
+    RecordBatch, TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Date32Type, Field, Int64Type, Schema, SchemaRef};
+use bytes::Bytes;
+use lake_common::schema::utc_micros;
+use rustc_hash::FxHashMap;
+
+use crate::key::{KeyHash, OrderKey, PartitionKey, day_of};
+
+/// What the index knows about one execution key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// Order key of the execution's first event.
+    pub first: OrderKey,
+    /// `client_id` of the first event.
+    pub client_id: i64,
+    /// Whether the events carry more than one `client_id`.
+    pub multi_client: bool,
+    /// UTC day of the latest event.
+    pub last_day: i32,
+}
+
+impl KeyInfo {
+    /// The info of a single event.
+    pub fn event(order: OrderKey, client_id: i64) -> Self {
+        Self {
+            first: order,
+            client_id,
+            multi_client: false,
+            last_day: day_of(order.at),
+        }
+    }
+
+    /// Adds what `other` knows about the same key (commutative and associative).
+    pub fn merge(&mut self, other: &KeyInfo) {
+        self.multi_client |= other.multi_client || other.client_id != self.client_id;
+        if other.first < self.first {
+            self.first = other.first;
+            self.client_id = other.client_id;
+        }
+        self.last_day = self.last_day.max(other.last_day);
+    }
+
+    /// The execution's partition.
+    pub fn partition(&self) -> PartitionKey {
+        PartitionKey::of(self.client_id, self.first.at)
+    }
+
+    /// The UTC days holding the execution's events: `first ..= last`.
+    pub fn days(&self) -> std::ops::RangeInclusive<i32> {
+        day_of(self.first.at)..=self.last_day
+    }
+}
+
+/// Errors of reading a stored index.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IndexError {
+    /// The Parquet could not be decoded.
+    #[error("cannot decode the key index: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    /// The file is not a key index.
+    #[error("the key index has an unexpected layout: {0}")]
+    Layout(String),
+}
+
+/// Every execution key of bronze and what is known about it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyIndex {
+    entries: FxHashMap<KeyHash, KeyInfo>,
+}
+
+static SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("key_hash", DataType::FixedSizeBinary(16), false),
+        Field::new("first_at", utc_micros(), false),
+        Field::new("first_seq", DataType::Int64, true),
+        Field::new("first_event_id", DataType::FixedSizeBinary(16), false),
+        Field::new("client_id", DataType::Int64, false),
+        Field::new("multi_client", DataType::Boolean, false),
+        Field::new("last_date", DataType::Date32, false),
+    ]))
+});
+
+impl KeyIndex {
+    /// An empty index with room for `n` keys.
+    pub fn with_capacity(n: usize) -> Self {
+        let mut entries = FxHashMap::default();
+        entries.reserve(n);
+        Self { entries }
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entry of a key.
+    pub fn get(&self, key: &KeyHash) -> Option<&KeyInfo> {
+        self.entries.get(key)
+    }
+
+    /// Sets the entry of a key.
+    pub fn insert(&mut self, key: KeyHash, info: KeyInfo) {
+        self.entries.insert(key, info);
+    }
+
+    /// Removes a key (its events are gone from bronze).
+    pub fn remove(&mut self, key: &KeyHash) {
+        self.entries.remove(key);
+    }
+
+    /// All entries, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&KeyHash, &KeyInfo)> {
+        self.entries.iter()
+    }
+
+    /// The Arrow schema of the stored index.
+    pub fn schema() -> SchemaRef {
+        SCHEMA.clone()
+    }
+
+    /// The index as one record batch, sorted by key hash (deterministic bytes).
+    pub fn to_batch(&self) -> Result<RecordBatch, arrow::error::ArrowError> {
+        let mut rows: Vec<(&KeyHash, &KeyInfo)> = self.entries.iter().collect();
+        rows.sort_unstable_by_key(|(k, _)| **k);
+        let fixed =
+            |it: &mut dyn Iterator<Item = [u8; 16]>| -> Result<ArrayRef, arrow::error::ArrowError> {
+                let mut b = FixedSizeBinaryBuilder::with_capacity(rows.len(), 16);
+                for v in it {
+                    b.append_value(v)?;
+                }
+                Ok(Arc::new(b.finish()))
+            };
+        let cols: Vec<ArrayRef> = vec![
+            fixed(&mut rows.iter().map(|(k, _)| k.0))?,
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values(rows.iter().map(|(_, i)| i.first.at))
+                    .with_timezone("UTC"),
+            ),
+            Arc::new(Int64Array::from_iter(rows.iter().map(|(_, i)| i.first.seq))),
+            fixed(&mut rows.iter().map(|(_, i)| i.first.id))?,
+            Arc::new(Int64Array::from_iter_values(
+                rows.iter().map(|(_, i)| i.client_id),
+            )),
+            Arc::new(BooleanArray::from_iter(
+                rows.iter().map(|(_, i)| Some(i.multi_client)),
+            )),
+            Arc::new(Date32Array::from_iter_values(
+                rows.iter().map(|(_, i)| i.last_day),
+            )),
+        ];
+        RecordBatch::try_new(Self::schema(), cols)
+    }
+
+    /// Reads a stored index (the bytes of its Parquet file).
+    pub fn from_parquet(bytes: Bytes) -> Result<Self, IndexError> {
+        let mut entries = FxHashMap::default();
+        for batch in lake_common::parquet_io::read_bytes(bytes)? {
+            if batch.schema().fields() != Self::schema().fields() {
+                return Err(IndexError::Layout(format!("{:?}", batch.schema())));
+            }
+            let fixed = |i: usize| batch.column(i).as_fixed_size_binary();
+            let (keys, ids) = (fixed(0), fixed(3));
+            let at = batch
+                .column(1)
+                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+            let seq = batch.column(2).as_primitive::<Int64Type>();
+            let client = batch.column(4).as_primitive::<Int64Type>();
+            let multi = batch.column(5).as_boolean();
+            let last = batch.column(6).as_primitive::<Date32Type>();
+            entries.reserve(batch.num_rows());
+            for r in 0..batch.num_rows() {
+                let mut k = [0u8; 16];
+                k.copy_from_slice(keys.value(r));
+                let mut id = [0u8; 16];
+                id.copy_from_slice(ids.value(r));
+                entries.insert(
+                    KeyHash(k),
+                    KeyInfo {
+                        first: OrderKey {
+                            at: at.value(r),
+                            seq: (!seq.is_null(r)).then(|| seq.value(r)),
+                            id,
+                        },
+                        client_id: client.value(r),
+                        multi_client: multi.value(r),
+                        last_day: last.value(r),
+                    },
+                );
+            }
+        }
+        Ok(Self { entries })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::MICROS_PER_DAY;
+
+    fn order(at: i64, n: u8) -> OrderKey {
+        let mut id = [0u8; 16];
+        id[15] = n;
+        OrderKey { at, seq: None, id }
+    }
+
+    #[test]
+    fn merge_is_order_independent() {
+        let a = KeyInfo::event(order(5 * MICROS_PER_DAY, 1), 1);
+        let b = KeyInfo::event(order(3 * MICROS_PER_DAY, 2), 2);
+        let c = KeyInfo::event(order(9 * MICROS_PER_DAY, 3), 1);
+        let mut x = a;
+        x.merge(&b);
+        x.merge(&c);
+        let mut y = c;
+        y.merge(&a);
+        y.merge(&b);
+        assert_eq!(x, y);
+        assert_eq!(x.client_id, 2);
+        assert!(x.multi_client);
+        assert_eq!(x.days(), 3..=9);
+        let mut single = a;
+        single.merge(&c);
+        assert!(!single.multi_client);
+    }
+
+    #[test]
+    fn empty_index_round_trips() {
+        let batch = KeyIndex::default().to_batch().unwrap();
+        assert_eq!(batch.num_rows(), 0);
+    }
+
+    #[test]
+    fn parquet_round_trip() {
+        let mut index = KeyIndex::default();
+        for n in 0..50u8 {
+            let mut info = KeyInfo::event(order(i64::from(n) * 1000 - 7, n), i64::from(n % 3));
+            info.first.seq = (n % 2 == 0).then_some(i64::from(n));
+            info.multi_client = n % 5 == 0;
+            index.insert(KeyHash::of(&n.to_string()), info);
+        }
+        let batch = index.to_batch().unwrap();
+        let mut buf = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(
+            &mut buf,
+            KeyIndex::schema(),
+            Some(lake_common::schema::writer_properties()),
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        assert_eq!(KeyIndex::from_parquet(Bytes::from(buf)).unwrap(), index);
+    }
+}

@@ -1,0 +1,532 @@
+//! silver-transform: bronze.events → silver.stop_executions (SPEC §6, §7, §8).
+//!
+//! One run of one shard:
+//!
+//! 1. read the shard's latest committed silver manifest ([`manifest`]) and the
+//!    bronze manifests ([`bronze`]); another run holding the shard → exit 4;
+//! 2. pin the next silver version (pending, with a lease);
+//! 3. plan and fold ([`incremental`]): the partitions affected by the bronze
+//!    batches committed since the last run, each recomputed whole from the live
+//!    bronze files ([`fold`], with the [`index`] of execution keys to find them);
+//! 4. check every execution ([`quality`]), route violators to quarantine,
+//!    summarise the rest ([`summary`]);
+//! 5. publish each partition atomically ([`publish`]), write the key index,
+//!    commit the version;
+//! 6. write the run report ([`report`]); exit 3 if the violation ratio is above
+//!    the threshold.
+//!
+//! A crash anywhere leaves the previous committed version as the state; the next
+//! run recomputes what the crashed one had planned, so nothing is lost or doubled.
+
+pub mod bronze;
+pub mod cli;
+pub mod fold;
+pub mod incremental;
+pub mod index;
+pub mod key;
+pub mod manifest;
+pub mod publish;
+pub mod quality;
+pub mod report;
+pub mod summary;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{NaiveDate, Utc};
+use futures::{StreamExt, TryStreamExt};
+use lake_common::parquet_io::FileWriter;
+use lake_common::report::Run;
+use lake_common::telemetry::exit_status_of;
+use lake_common::{Classified, Dataset, ExitStatus, Lake, LakeConfig, Partition};
+use object_store::path::Path;
+
+use crate::bronze::BronzeView;
+use crate::incremental::{Prior, Request, recompute};
+use crate::index::KeyIndex;
+use crate::key::{PartitionKey, Shard, date_of_day, day_of_date};
+use crate::manifest::{Lease, PartitionRecord, SilverManifest, from_ranges, to_ranges};
+use crate::publish::{FileRecord, PartitionRows, Published, publish};
+use crate::report::{Outcome, RunReport, ShardReport};
+use crate::summary::SummaryBuilder;
+
+/// The job name: binary, run-report folder, manifest owner prefix.
+pub const JOB: &str = "silver-transform";
+
+/// Partitions published concurrently.
+const PUBLISH_CONCURRENCY: usize = 8;
+
+/// What a run recomputes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The partitions affected by bronze batches committed since the last run.
+    Incremental,
+    /// As incremental, plus every partition of these UTC days (inclusive).
+    Days {
+        /// First day.
+        from: NaiveDate,
+        /// Last day.
+        to: NaiveDate,
+    },
+    /// Everything, from all of bronze, ignoring silver's state.
+    FullRefresh,
+}
+
+impl Mode {
+    /// The name used in manifests and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Incremental => "incremental",
+            Self::Days { .. } => "dates",
+            Self::FullRefresh => "full_refresh",
+        }
+    }
+}
+
+/// Options of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// What to recompute.
+    pub mode: Mode,
+    /// Compute and report, write nothing.
+    pub dry_run: bool,
+    /// Share of violating executions above which the run exits 3.
+    pub max_violation_ratio: f64,
+    /// The shard this run owns.
+    pub shard: Shard,
+    /// Lease of the pending version.
+    pub lease: Duration,
+    /// Days folded concurrently.
+    pub parallel_days: usize,
+    /// Test only: pause after each published partition.
+    pub pause_after_publish: Option<Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Incremental,
+            dry_run: false,
+            max_violation_ratio: 0.01,
+            shard: Shard::ALL,
+            lease: Duration::from_secs(30),
+            parallel_days: 2,
+            pause_after_publish: None,
+        }
+    }
+}
+
+/// Opens the lake, runs, and maps the outcome to the exit status of SPEC §8.
+pub async fn run_cli(config: LakeConfig, options: Options) -> anyhow::Result<ExitStatus> {
+    let lake = Lake::open(&config).context("opening the lake")?;
+    let report = run(&lake, &options).await?;
+    exit_status(&report)
+}
+
+/// The exit status of a finished run: a quality breach is an error (exit 3).
+pub fn exit_status(report: &RunReport) -> anyhow::Result<ExitStatus> {
+    if report.quality.breached {
+        return Err(anyhow::Error::new(Classified::new(
+            ExitStatus::Quality,
+            format!(
+                "{} of {} executions ({:.3} %) broke a quality rule, above the threshold of {:.3} %; they are in {}",
+                report.quality.violating_executions,
+                report.quality.executions,
+                report.quality.violation_ratio * 100.0,
+                report.quality.max_violation_ratio * 100.0,
+                Dataset::QuarantineStopExecutions,
+            ),
+        )));
+    }
+    Ok(ExitStatus::Success)
+}
+
+/// Runs once and returns the report (already written to `_runs/` unless dry-run).
+/// Errors carry their exit status ([`lake_common::telemetry::exit_status_of`]).
+pub async fn run(lake: &Lake, options: &Options) -> anyhow::Result<RunReport> {
+    let run = Run::start(JOB);
+    let mut report = RunReport {
+        job: JOB,
+        version: env!("CARGO_PKG_VERSION"),
+        run_id: run.id.clone(),
+        started_at: run.started_at,
+        finished_at: None,
+        lake: lake.description().to_owned(),
+        mode: options.mode.name().to_owned(),
+        days: match options.mode {
+            Mode::Days { from, to } => Some((from, to)),
+            _ => None,
+        },
+        dry_run: options.dry_run,
+        shard: ShardReport {
+            index: options.shard.index,
+            count: options.shard.count,
+        },
+        outcome: Outcome::Running,
+        error: None,
+        base_version: None,
+        committed_version: None,
+        bronze_committed_batches: 0,
+        new_batches: vec![],
+        superseded_days: vec![],
+        recovered_partitions: 0,
+        work: Default::default(),
+        partitions: Default::default(),
+        rows: Default::default(),
+        quality: quality::QualityReport::new(options.max_violation_ratio),
+        summary: Default::default(),
+        timings_ms: BTreeMap::new(),
+    };
+    let started = Instant::now();
+    let result = execute(lake, options, &run, &mut report).await;
+    report.finished_at = Some(Utc::now());
+    report
+        .timings_ms
+        .insert("total", started.elapsed().as_millis() as u64);
+    match result {
+        Ok(()) => {
+            log_outcome(&report);
+            if !options.dry_run {
+                let path = run.write_report(lake, &report).await?;
+                tracing::info!(report = %path, "Wrote run report");
+            }
+            Ok(report)
+        }
+        Err(err) => {
+            let status = exit_status_of(err.as_ref());
+            if status != ExitStatus::Busy && !options.dry_run {
+                report.outcome = Outcome::Failed;
+                report.error = Some(format!("{err:#}"));
+                if let Err(e) = run.write_report(lake, &report).await {
+                    tracing::warn!(error = %e, "Could not write the run report of the failed run");
+                }
+            }
+            Err(err)
+        }
+    }
+}
+
+async fn execute(
+    lake: &Lake,
+    options: &Options,
+    run: &Run,
+    report: &mut RunReport,
+) -> anyhow::Result<()> {
+    let shard = options.shard;
+    let t = Instant::now();
+    let found = manifest::find(lake, shard)
+        .await
+        .context("reading silver's manifests")?;
+    if let Some(b) = &found.busy {
+        return Err(anyhow::Error::new(Classified::new(
+            ExitStatus::Busy,
+            format!(
+                "run {} holds version {} of {shard} until {}; this run wrote nothing",
+                b.owner,
+                b.version,
+                b.lease_expires_at
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default()
+            ),
+        )));
+    }
+    let view = BronzeView::load(lake).await?;
+    let full = options.mode == Mode::FullRefresh;
+    let committed = found.committed.as_ref();
+    report.base_version = committed.map(|m| m.version);
+    report.bronze_committed_batches = view.committed().len() as u64;
+
+    let mut table: BTreeMap<PartitionKey, PartitionRecord> = committed
+        .map(|m| m.partitions.iter().map(|p| (p.key(), p.clone())).collect())
+        .unwrap_or_default();
+    let mut prior = Prior {
+        partitions: table.keys().copied().collect(),
+        ..Default::default()
+    };
+    if !full && let Some(m) = committed {
+        prior.consumed = from_ranges(&m.consumed_batches);
+        if let Some(ix) = &m.index {
+            prior.index = manifest::read_index(lake, ix).await?;
+        }
+    }
+    let mut forced: BTreeSet<PartitionKey> = found
+        .abandoned
+        .iter()
+        .flat_map(|m| m.planned.iter().map(|p| PartitionKey::from(*p)))
+        .collect();
+    report.recovered_partitions = forced.len() as u64;
+    if !found.abandoned.is_empty() {
+        tracing::warn!(
+            versions = ?found.abandoned.iter().map(|m| m.version).collect::<Vec<_>>(),
+            partitions = forced.len(),
+            "Found versions of crashed runs; recomputing the partitions they planned"
+        );
+    }
+    if full {
+        forced.extend(prior.partitions.iter().copied());
+        forced.extend(list_existing(lake, shard).await?);
+    }
+    report
+        .timings_ms
+        .insert("load_state", t.elapsed().as_millis() as u64);
+
+    let new_batches = view.new_batches(&prior.consumed);
+    if options.mode == Mode::Incremental && new_batches.is_empty() && forced.is_empty() {
+        report.outcome = Outcome::NothingNew;
+        report.partitions.total = table.len() as u64;
+        report.rows.index_keys = prior.index.len() as u64;
+        tracing::info!(%shard, base_version = ?report.base_version, "No new bronze batch: nothing to do");
+        return Ok(());
+    }
+
+    let lease = if options.dry_run {
+        None
+    } else {
+        let mut m = SilverManifest::pending(
+            shard,
+            found.max_version + 1,
+            &run.id,
+            options.lease,
+            options.mode.name(),
+        );
+        m.base_version = report.base_version;
+        Some(Lease::pin(lake, m, options.lease).await?)
+    };
+
+    let t = Instant::now();
+    let req = Request {
+        shard,
+        full_refresh: full,
+        days: match options.mode {
+            Mode::Days { from, to } => Some((day_of_date(from), day_of_date(to))),
+            _ => None,
+        },
+        forced,
+        parallel_days: options.parallel_days,
+    };
+    let rec = match recompute(lake, &view, prior, &req).await {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(lease) = lease {
+                // Nothing was published: give the version back at once.
+                let _ = lease.release().await;
+            }
+            return Err(e.into());
+        }
+    };
+    report
+        .timings_ms
+        .insert("recompute", t.elapsed().as_millis() as u64);
+    report.new_batches = to_ranges(&rec.new_batches);
+    report.superseded_days = rec
+        .superseded_days
+        .iter()
+        .map(|d| date_of_day(*d))
+        .collect();
+    report.work = rec.stats.clone();
+
+    // Quality, quarantine routing and summary.
+    let t = Instant::now();
+    let mut rows: BTreeMap<PartitionKey, PartitionRows<'_>> = rec
+        .partitions
+        .iter()
+        .map(|p| (*p, PartitionRows::default()))
+        .collect();
+    let mut batches: BTreeMap<PartitionKey, BTreeSet<u64>> = BTreeMap::new();
+    let mut summary = SummaryBuilder::default();
+    for (key, acc) in &rec.executions {
+        let acc: &fold::Acc = acc;
+        let p = acc.partition();
+        let Some(part) = rows.get_mut(&p) else {
+            continue;
+        };
+        batches.entry(p).or_default().extend(acc.batches.iter());
+        let broken = quality::check(acc);
+        report.quality.record(&broken);
+        if broken.is_empty() {
+            summary.add(acc);
+            part.silver.push((key, acc));
+        } else {
+            part.quarantine
+                .extend(broken.into_iter().map(|r| ((&**key, acc), r)));
+        }
+    }
+    report.quality.finish();
+    for part in rows.values_mut() {
+        part.sort();
+    }
+    report.summary = summary.finish();
+    report.rows.silver = rows.values().map(|r| r.silver.len() as u64).sum();
+    report.rows.quarantine_rows = rows.values().map(|r| r.quarantine.len() as u64).sum();
+    report.rows.index_keys = rec.index.len() as u64;
+    report.partitions.recomputed = rows.len() as u64;
+    report
+        .timings_ms
+        .insert("quality", t.elapsed().as_millis() as u64);
+
+    let Some(lease) = lease else {
+        report.outcome = outcome_of(report);
+        report.partitions.total = table.len() as u64;
+        return Ok(());
+    };
+
+    // Publish.
+    let t = Instant::now();
+    let version = lease.version().await;
+    lease
+        .update(|m| m.planned = rows.keys().map(|p| (*p).into()).collect())
+        .await?;
+    let pause = options.pause_after_publish;
+    let lease_ref = &lease;
+    let published: Vec<(PartitionKey, Published)> = futures::stream::iter(rows.iter())
+        .map(|(p, r)| async move {
+            lease_ref.check()?;
+            let out = publish(lake, *p, r).await?;
+            tracing::debug!(partition = %p, silver = r.silver.len(), quarantine = r.quarantine.len(), "Published partition");
+            if let Some(d) = pause {
+                tokio::time::sleep(d).await;
+            }
+            Ok::<_, anyhow::Error>((*p, out))
+        })
+        .buffer_unordered(PUBLISH_CONCURRENCY)
+        .try_collect()
+        .await?;
+    report
+        .timings_ms
+        .insert("publish", t.elapsed().as_millis() as u64);
+
+    // Commit.
+    let t = Instant::now();
+    let index_file = write_index(lake, manifest::index_path(shard, version), &rec.index).await?;
+    for (p, out) in published {
+        report.partitions.silver_files_written += u64::from(out.silver.is_some());
+        report.partitions.quarantine_files_written += u64::from(out.quarantine.is_some());
+        if out.silver.is_none() && out.quarantine.is_none() {
+            report.partitions.deleted += 1;
+            table.remove(&p);
+            continue;
+        }
+        table.insert(
+            p,
+            PartitionRecord {
+                client_id: p.client_id,
+                date: p.date(),
+                version,
+                silver: out.silver,
+                quarantine: out.quarantine,
+                batches: to_ranges(&batches.remove(&p).unwrap_or_default()),
+            },
+        );
+    }
+    report.partitions.total = table.len() as u64;
+    let mut m =
+        SilverManifest::pending(shard, version, &run.id, options.lease, options.mode.name());
+    m.base_version = report.base_version;
+    m.consumed_batches = to_ranges(&rec.consumed);
+    m.new_batches = to_ranges(&rec.new_batches);
+    m.rewritten = rows.keys().map(|p| (*p).into()).collect();
+    m.index = Some(index_file);
+    m.index_keys = rec.index.len() as u64;
+    m.partitions = table.into_values().collect();
+    lease.commit(m).await?;
+    report.committed_version = Some(version);
+    match manifest::prune(lake, shard, version).await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(objects = n, "Pruned old silver manifest versions"),
+        Err(e) => tracing::warn!(error = %e, "Could not prune old silver manifest versions"),
+    }
+    report
+        .timings_ms
+        .insert("commit", t.elapsed().as_millis() as u64);
+    report.outcome = outcome_of(report);
+    Ok(())
+}
+
+fn outcome_of(report: &RunReport) -> Outcome {
+    if report.quality.breached {
+        Outcome::QualityBreach
+    } else {
+        Outcome::Success
+    }
+}
+
+async fn write_index(lake: &Lake, path: Path, index: &KeyIndex) -> anyhow::Result<FileRecord> {
+    let batch = index.to_batch()?;
+    let mut w = FileWriter::create(lake, path.clone(), KeyIndex::schema())?;
+    w.write(&batch).await?;
+    let f = w
+        .finish()
+        .await
+        .with_context(|| format!("writing the key index {path}"))?;
+    Ok(FileRecord {
+        path: f.path.to_string(),
+        rows: f.rows,
+        bytes: f.bytes,
+        sha256: f.sha256,
+    })
+}
+
+/// Partitions (owned by `shard`) that have a silver or quarantine object in the
+/// lake, whatever the manifests say: a full refresh replaces or deletes them all.
+async fn list_existing(lake: &Lake, shard: Shard) -> anyhow::Result<BTreeSet<PartitionKey>> {
+    let mut out = BTreeSet::new();
+    for dataset in [
+        Dataset::SilverStopExecutions,
+        Dataset::QuarantineStopExecutions,
+    ] {
+        let objects: Vec<Path> = lake
+            .store()
+            .list(Some(&dataset.root()))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .with_context(|| format!("listing {dataset}"))?;
+        for path in objects {
+            let Some(rel) = path.as_ref().strip_prefix(dataset.dir()) else {
+                continue;
+            };
+            if rel.split('/').any(|s| s.starts_with('_')) {
+                continue;
+            }
+            let Some(Partition { client_id, date }) = Partition::parse(dataset, &path) else {
+                continue;
+            };
+            let client = client_id.or_else(|| {
+                path.filename()?
+                    .strip_prefix("client-")?
+                    .strip_suffix(".parquet")?
+                    .parse()
+                    .ok()
+            });
+            if let Some(c) = client.filter(|c| shard.owns(*c)) {
+                out.insert(PartitionKey::from_date(c, date));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn log_outcome(r: &RunReport) {
+    let s = &r.summary;
+    tracing::info!(
+        outcome = ?r.outcome,
+        shard = %format!("{}/{}", r.shard.index, r.shard.count),
+        mode = %r.mode,
+        dry_run = r.dry_run,
+        version = ?r.committed_version,
+        new_batches = ?r.new_batches,
+        partitions_recomputed = r.partitions.recomputed,
+        partitions_deleted = r.partitions.deleted,
+        silver_rows = r.rows.silver,
+        quarantine_rows = r.rows.quarantine_rows,
+        events_folded = r.work.events_folded,
+        violation_ratio = r.quality.violation_ratio,
+        violations = %serde_json::to_string(&r.quality.violations_per_rule).unwrap_or_default(),
+        statuses = %serde_json::to_string(&s.status_distribution).unwrap_or_default(),
+        slippage = %serde_json::to_string(&s.slippage_pct).unwrap_or_default(),
+        top_symbols = %serde_json::to_string(&s.top_symbols).unwrap_or_default(),
+        clients = s.executions_per_client.len(),
+        "Silver run finished"
+    );
+}

@@ -1,0 +1,651 @@
+//! Silver's own manifests: what each version of each shard consumed and published.
+//!
+//! Layout, per shard (shards never write each other's files):
+//!
+//! ```text
+//! silver/stop_executions/_manifests/shard-<i>-of-<n>/<version:010>.json
+//! silver/stop_executions/_manifests/shard-<i>-of-<n>/<version:010>.index   (Parquet key index)
+//! ```
+//!
+//! A run **pins** version `v = max + 1` by creating its manifest in state `pending`
+//! (create-if-absent: of two racing runs exactly one wins, the other exits 4), with
+//! an owner and a lease it renews while it works. Before it publishes anything it
+//! records the partitions it is about to rewrite (`planned`). It then publishes,
+//! writes the key index, and rewrites its manifest as `committed` with the full
+//! partition table and the set of bronze batches consumed.
+//!
+//! The latest committed version is the state. A pending version whose lease has
+//! expired was abandoned by a crashed run: the next run starts again from the
+//! latest committed version and also recomputes the abandoned run's `planned`
+//! partitions, so whatever the crashed run had already published is replaced by
+//! the correct version. A pending version with a live lease means another run is
+//! working: exit 4 without writing.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::TryStreamExt;
+use lake_common::{Classified, Dataset, ExitStatus, Lake};
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, Notify};
+use tokio::task::JoinHandle;
+
+use crate::key::{PartitionKey, Shard};
+use crate::publish::FileRecord;
+
+/// Version of the manifest format, bumped on incompatible change.
+pub const FORMAT: u32 = 1;
+/// Committed versions kept (older manifests and indexes are deleted).
+pub const KEEP_VERSIONS: usize = 5;
+
+/// Errors of the silver manifests.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    /// The store failed.
+    #[error("object store error on {path}: {source}")]
+    Store {
+        /// The path.
+        path: String,
+        /// Why.
+        source: object_store::Error,
+    },
+    /// A manifest does not parse.
+    #[error("silver manifest {path} is not valid: {source}")]
+    Parse {
+        /// The path.
+        path: String,
+        /// Why.
+        source: serde_json::Error,
+    },
+}
+
+fn store_err(path: &Path) -> impl FnOnce(object_store::Error) -> ManifestError + '_ {
+    move |source| ManifestError::Store {
+        path: path.to_string(),
+        source,
+    }
+}
+
+/// Lifecycle of a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Pinned by a running (or crashed) run.
+    Pending,
+    /// Complete: this is the shard's state.
+    Committed,
+}
+
+/// A partition named in a manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PartitionRef {
+    /// `client_id`.
+    pub client_id: i64,
+    /// `date`.
+    pub date: NaiveDate,
+}
+
+impl From<PartitionKey> for PartitionRef {
+    fn from(p: PartitionKey) -> Self {
+        Self {
+            client_id: p.client_id,
+            date: p.date(),
+        }
+    }
+}
+
+impl From<PartitionRef> for PartitionKey {
+    fn from(p: PartitionRef) -> Self {
+        PartitionKey::from_date(p.client_id, p.date)
+    }
+}
+
+/// The current version of one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRecord {
+    /// `client_id`.
+    pub client_id: i64,
+    /// `date`.
+    pub date: NaiveDate,
+    /// The manifest version that wrote this partition version.
+    pub version: u64,
+    /// The silver file (`None`: only quarantined executions).
+    pub silver: Option<FileRecord>,
+    /// The quarantine file (`None`: no violations).
+    pub quarantine: Option<FileRecord>,
+    /// Bronze batches whose events this partition version was computed from.
+    pub batches: Vec<[u64; 2]>,
+}
+
+impl PartitionRecord {
+    /// The partition.
+    pub fn key(&self) -> PartitionKey {
+        PartitionKey::from_date(self.client_id, self.date)
+    }
+}
+
+/// One version of one shard's silver state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SilverManifest {
+    /// [`FORMAT`].
+    pub format: u32,
+    /// `silver/stop_executions`.
+    pub dataset: String,
+    /// Shard index.
+    pub shard_index: u32,
+    /// Shard count.
+    pub shard_count: u32,
+    /// Version number (1, 2, …; abandoned versions leave gaps).
+    pub version: u64,
+    /// Pending or committed.
+    pub state: State,
+    /// The run that owns (or owned) the version.
+    pub owner: String,
+    /// While pending: when the owner's lease ends.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// When the version was pinned.
+    pub created_at: DateTime<Utc>,
+    /// When it was committed.
+    pub committed_at: Option<DateTime<Utc>>,
+    /// `incremental`, `dates` or `full_refresh`.
+    pub mode: String,
+    /// The committed version this one was computed from.
+    pub base_version: Option<u64>,
+    /// While pending: the partitions the run is rewriting.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub planned: Vec<PartitionRef>,
+    /// Every bronze batch consumed so far (inclusive ranges).
+    #[serde(default)]
+    pub consumed_batches: Vec<[u64; 2]>,
+    /// The batches this version consumed for the first time.
+    #[serde(default)]
+    pub new_batches: Vec<[u64; 2]>,
+    /// Partitions this version rewrote (including deleted ones).
+    #[serde(default)]
+    pub rewritten: Vec<PartitionRef>,
+    /// The key index file.
+    pub index: Option<FileRecord>,
+    /// Executions in the key index.
+    #[serde(default)]
+    pub index_keys: u64,
+    /// The shard's partitions after this version.
+    #[serde(default)]
+    pub partitions: Vec<PartitionRecord>,
+}
+
+impl SilverManifest {
+    /// A fresh pending manifest.
+    pub fn pending(shard: Shard, version: u64, owner: &str, lease: Duration, mode: &str) -> Self {
+        let now = Utc::now();
+        Self {
+            format: FORMAT,
+            dataset: Dataset::SilverStopExecutions.dir().to_owned(),
+            shard_index: shard.index,
+            shard_count: shard.count,
+            version,
+            state: State::Pending,
+            owner: owner.to_owned(),
+            lease_expires_at: Some(now + lease),
+            created_at: now,
+            committed_at: None,
+            mode: mode.to_owned(),
+            base_version: None,
+            planned: vec![],
+            consumed_batches: vec![],
+            new_batches: vec![],
+            rewritten: vec![],
+            index: None,
+            index_keys: 0,
+            partitions: vec![],
+        }
+    }
+
+    fn to_bytes(&self) -> Bytes {
+        // Serialising plain fields cannot fail.
+        Bytes::from(serde_json::to_vec_pretty(self).unwrap_or_default())
+    }
+
+    /// Whether a pending version's lease is still running at `now`.
+    pub fn lease_live(&self, now: DateTime<Utc>) -> bool {
+        self.state == State::Pending && self.lease_expires_at.is_some_and(|t| t > now)
+    }
+}
+
+/// The directory of a shard's manifests.
+pub fn shard_dir(shard: Shard) -> Path {
+    Dataset::SilverStopExecutions
+        .manifests_dir()
+        .join(shard.to_string())
+}
+
+/// The manifest of a version.
+pub fn manifest_path(shard: Shard, version: u64) -> Path {
+    shard_dir(shard).join(format!("{version:010}.json"))
+}
+
+/// The key index of a version.
+pub fn index_path(shard: Shard, version: u64) -> Path {
+    shard_dir(shard).join(format!("{version:010}.index"))
+}
+
+fn version_of(path: &Path) -> Option<(u64, bool)> {
+    let name = path.filename()?;
+    let (digits, is_manifest) = if let Some(d) = name.strip_suffix(".json") {
+        (d, true)
+    } else {
+        (name.strip_suffix(".index")?, false)
+    };
+    (digits.len() == 10 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok().map(|v| (v, is_manifest)))
+        .flatten()
+}
+
+/// Versions with a manifest, ascending, and every object of the shard directory.
+async fn list(lake: &Lake, shard: Shard) -> Result<(Vec<u64>, Vec<Path>), ManifestError> {
+    let dir = shard_dir(shard);
+    let objects: Vec<Path> = lake
+        .store()
+        .list(Some(&dir))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+        .map_err(store_err(&dir))?;
+    let mut versions: Vec<u64> = objects
+        .iter()
+        .filter_map(version_of)
+        .filter(|(_, m)| *m)
+        .map(|(v, _)| v)
+        .collect();
+    versions.sort_unstable();
+    Ok((versions, objects))
+}
+
+/// Reads one version's manifest.
+pub async fn read(
+    lake: &Lake,
+    shard: Shard,
+    version: u64,
+) -> Result<SilverManifest, ManifestError> {
+    let path = manifest_path(shard, version);
+    let bytes = lake.get_bytes(&path).await.map_err(store_err(&path))?;
+    serde_json::from_slice(&bytes).map_err(|source| ManifestError::Parse {
+        path: path.to_string(),
+        source,
+    })
+}
+
+/// The state of a shard as found at the start of a run.
+#[derive(Debug, Clone, Default)]
+pub struct Found {
+    /// The latest committed version.
+    pub committed: Option<SilverManifest>,
+    /// The highest version number in use.
+    pub max_version: u64,
+    /// A pending version whose owner still holds its lease.
+    pub busy: Option<SilverManifest>,
+    /// Pending versions newer than `committed` whose lease expired (crashed runs).
+    pub abandoned: Vec<SilverManifest>,
+}
+
+/// Reads a shard's state: newest versions first, down to the latest committed one.
+pub async fn find(lake: &Lake, shard: Shard) -> Result<Found, ManifestError> {
+    let (versions, _) = list(lake, shard).await?;
+    let now = Utc::now();
+    let mut found = Found {
+        max_version: versions.last().copied().unwrap_or(0),
+        ..Default::default()
+    };
+    for &v in versions.iter().rev() {
+        let m = read(lake, shard, v).await?;
+        match m.state {
+            State::Committed => {
+                found.committed = Some(m);
+                break;
+            }
+            State::Pending if m.lease_live(now) => {
+                found.busy.get_or_insert(m);
+            }
+            State::Pending => found.abandoned.push(m),
+        }
+    }
+    Ok(found)
+}
+
+/// Reads a stored key index.
+pub async fn read_index(lake: &Lake, file: &FileRecord) -> anyhow::Result<crate::index::KeyIndex> {
+    let path = Path::from(file.path.as_str());
+    let bytes = lake.get_bytes(&path).await?;
+    if bytes.len() as u64 != file.bytes
+        || lake_common::parquet_io::sha256_hex(&bytes) != file.sha256
+    {
+        anyhow::bail!(
+            "key index {path} does not match its manifest (size or checksum); run with --full-refresh to rebuild it"
+        );
+    }
+    Ok(crate::index::KeyIndex::from_parquet(bytes)?)
+}
+
+/// A pinned version and its lease, renewed in the background until committed.
+///
+/// The lease is only as good as the last renewal that reached the store: the
+/// expiry written by the last *successful* PUT is kept in memory, and
+/// [`Lease::check`] refuses to go on once it is near, whatever the reason (a
+/// failing store, a process that was frozen). So a run that may have been taken
+/// over stops at its next check instead of overwriting the new owner's work.
+#[derive(Debug)]
+pub struct Lease {
+    lake: Lake,
+    shard: Shard,
+    manifest: Arc<Mutex<SilverManifest>>,
+    duration: Duration,
+    /// Lease expiry confirmed by the store, microseconds since the epoch.
+    expires: Arc<AtomicI64>,
+    stop: Arc<Notify>,
+    task: Option<JoinHandle<()>>,
+}
+
+fn busy(message: String) -> anyhow::Error {
+    anyhow::Error::new(Classified::new(ExitStatus::Busy, message))
+}
+
+fn micros(t: Option<DateTime<Utc>>) -> i64 {
+    t.map_or(0, |t| t.timestamp_micros())
+}
+
+impl Lease {
+    /// Pins `manifest.version` (create-if-absent). Exit 4 if another run pinned it.
+    pub async fn pin(
+        lake: &Lake,
+        manifest: SilverManifest,
+        duration: Duration,
+    ) -> anyhow::Result<Self> {
+        let shard = Shard {
+            index: manifest.shard_index,
+            count: manifest.shard_count,
+        };
+        let path = manifest_path(shard, manifest.version);
+        let created = lake
+            .create_if_absent(&path, manifest.to_bytes())
+            .await
+            .map_err(store_err(&path))?;
+        if created.is_none() {
+            return Err(busy(format!(
+                "another silver-transform run pinned {path} first; this run wrote nothing"
+            )));
+        }
+        let expires = Arc::new(AtomicI64::new(micros(manifest.lease_expires_at)));
+        let manifest = Arc::new(Mutex::new(manifest));
+        let stop = Arc::new(Notify::new());
+        let task = tokio::spawn(renew(
+            lake.clone(),
+            path,
+            Arc::clone(&manifest),
+            duration,
+            Arc::clone(&expires),
+            Arc::clone(&stop),
+        ));
+        Ok(Self {
+            lake: lake.clone(),
+            shard,
+            manifest,
+            duration,
+            expires,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// The pinned version.
+    pub async fn version(&self) -> u64 {
+        self.manifest.lock().await.version
+    }
+
+    /// Changes the pending manifest and writes it at once (with a fresh lease).
+    pub async fn update(&self, f: impl FnOnce(&mut SilverManifest)) -> anyhow::Result<()> {
+        self.check()?;
+        let mut m = self.manifest.lock().await;
+        f(&mut m);
+        let until = Utc::now() + self.duration;
+        m.lease_expires_at = Some(until);
+        let path = manifest_path(self.shard, m.version);
+        self.lake
+            .put(&path, m.to_bytes())
+            .await
+            .map_err(store_err(&path))?;
+        self.expires
+            .fetch_max(until.timestamp_micros(), Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Fails (exit 4) unless the confirmed lease has at least a tenth of its
+    /// duration left: past that, another run may take the version over, and this
+    /// one must not write any more.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let margin = i64::try_from((self.duration / 10).as_micros()).unwrap_or(i64::MAX);
+        let left = self.expires.load(Ordering::SeqCst) - Utc::now().timestamp_micros();
+        if left < margin {
+            return Err(busy(
+                "the lease on the pending silver version ran out (renewals failed or the process \
+                 was paused); stopping before writing more"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn stop_renewing(&mut self) {
+        self.stop.notify_one();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Commits `manifest` (state committed) if no newer version appeared and the
+    /// lease held; otherwise exit 4 and the version stays pending (abandoned).
+    pub async fn commit(mut self, mut manifest: SilverManifest) -> anyhow::Result<SilverManifest> {
+        self.stop_renewing().await;
+        self.check()?;
+        let (versions, _) = list(&self.lake, self.shard).await?;
+        if let Some(newer) = versions.iter().find(|v| **v > manifest.version) {
+            return Err(busy(format!(
+                "version {newer} of {} appeared while this run worked; not committing version {}",
+                self.shard, manifest.version
+            )));
+        }
+        manifest.state = State::Committed;
+        manifest.lease_expires_at = None;
+        manifest.planned.clear();
+        manifest.committed_at = Some(Utc::now());
+        let path = manifest_path(self.shard, manifest.version);
+        self.lake
+            .put(&path, manifest.to_bytes())
+            .await
+            .map_err(store_err(&path))?;
+        Ok(manifest)
+    }
+
+    /// Gives the version up (nothing was published): deletes the pending manifest.
+    pub async fn release(mut self) -> anyhow::Result<()> {
+        self.stop_renewing().await;
+        let path = manifest_path(self.shard, self.version().await);
+        self.lake
+            .store()
+            .delete(&path)
+            .await
+            .map_err(store_err(&path))?;
+        Ok(())
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.stop.notify_one();
+    }
+}
+
+async fn renew(
+    lake: Lake,
+    path: Path,
+    manifest: Arc<Mutex<SilverManifest>>,
+    duration: Duration,
+    expires: Arc<AtomicI64>,
+    stop: Arc<Notify>,
+) {
+    let every = duration / 3;
+    loop {
+        tokio::select! {
+            _ = stop.notified() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let mut m = manifest.lock().await;
+        let now = Utc::now();
+        if expires.load(Ordering::SeqCst) <= now.timestamp_micros() {
+            // Too late: another run may own the version now. Never extend it.
+            tracing::error!(%path, "Lease expired before it could be renewed");
+            return;
+        }
+        let until = now + duration;
+        m.lease_expires_at = Some(until);
+        match lake.put(&path, m.to_bytes()).await {
+            Ok(_) => {
+                expires.fetch_max(until.timestamp_micros(), Ordering::SeqCst);
+            }
+            Err(e) => tracing::warn!(%path, error = %e, "Lease renewal failed"),
+        }
+    }
+}
+
+/// Deletes the manifests and indexes older than the [`KEEP_VERSIONS`] newest
+/// committed versions (abandoned pending versions among them too).
+pub async fn prune(lake: &Lake, shard: Shard, committed_now: u64) -> Result<usize, ManifestError> {
+    let (versions, objects) = list(lake, shard).await?;
+    let mut committed = Vec::new();
+    for &v in versions.iter().rev() {
+        if v > committed_now {
+            continue;
+        }
+        if v == committed_now || read(lake, shard, v).await?.state == State::Committed {
+            committed.push(v);
+            if committed.len() == KEEP_VERSIONS {
+                break;
+            }
+        }
+    }
+    let Some(&oldest_kept) = committed
+        .last()
+        .filter(|_| committed.len() == KEEP_VERSIONS)
+    else {
+        return Ok(0);
+    };
+    let mut deleted = 0;
+    for p in objects {
+        if version_of(&p).is_some_and(|(v, _)| v < oldest_kept) {
+            match lake.store().delete(&p).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                Err(source) => {
+                    return Err(ManifestError::Store {
+                        path: p.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// A set of batch numbers as inclusive ranges.
+pub fn to_ranges(set: &BTreeSet<u64>) -> Vec<[u64; 2]> {
+    let mut out: Vec<[u64; 2]> = Vec::new();
+    for &b in set {
+        match out.last_mut() {
+            Some(r) if r[1] + 1 == b => r[1] = b,
+            _ => out.push([b, b]),
+        }
+    }
+    out
+}
+
+/// Inclusive ranges back into a set.
+pub fn from_ranges(ranges: &[[u64; 2]]) -> BTreeSet<u64> {
+    ranges.iter().flat_map(|r| r[0]..=r[1]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_round_trip() {
+        let set: BTreeSet<u64> = [1, 2, 3, 5, 7, 8].into();
+        assert_eq!(to_ranges(&set), vec![[1, 3], [5, 5], [7, 8]]);
+        assert_eq!(from_ranges(&to_ranges(&set)), set);
+        assert!(to_ranges(&BTreeSet::new()).is_empty());
+    }
+
+    #[test]
+    fn paths() {
+        let s = Shard { index: 1, count: 4 };
+        assert_eq!(
+            manifest_path(s, 12).as_ref(),
+            "silver/stop_executions/_manifests/shard-1-of-4/0000000012.json"
+        );
+        assert_eq!(version_of(&index_path(s, 12)), Some((12, false)));
+        assert_eq!(version_of(&manifest_path(s, 12)), Some((12, true)));
+        assert_eq!(version_of(&Path::from("a/12.json")), None);
+    }
+
+    #[tokio::test]
+    async fn an_expired_lease_stops_the_run_and_is_never_extended() {
+        let lake = Lake::in_memory();
+        let lease = Duration::from_millis(300);
+        let mut m = SilverManifest::pending(Shard::ALL, 1, "a", lease, "incremental");
+        m.lease_expires_at = Some(Utc::now() - chrono::Duration::seconds(1));
+        let l = Lease::pin(&lake, m.clone(), lease).await.unwrap();
+        assert!(l.check().is_err());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let stored = read(&lake, Shard::ALL, 1).await.unwrap();
+        assert_eq!(stored.lease_expires_at, m.lease_expires_at, "not renewed");
+        assert!(l.update(|m| m.planned.clear()).await.is_err());
+        assert!(l.commit(m).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn pin_is_exclusive_and_commit_refuses_when_overtaken() {
+        let lake = Lake::in_memory();
+        let shard = Shard::ALL;
+        let lease = Duration::from_secs(30);
+        let m1 = SilverManifest::pending(shard, 1, "a", lease, "incremental");
+        let l1 = Lease::pin(&lake, m1.clone(), lease).await.unwrap();
+        let err = Lease::pin(&lake, m1.clone(), lease).await.unwrap_err();
+        assert_eq!(
+            lake_common::telemetry::exit_status_of(err.as_ref()),
+            ExitStatus::Busy
+        );
+        let found = find(&lake, shard).await.unwrap();
+        assert_eq!(found.busy.map(|m| m.version), Some(1));
+        // A newer version appears (a takeover): the old owner may not commit.
+        let l2 = Lease::pin(
+            &lake,
+            SilverManifest::pending(shard, 2, "b", lease, "incremental"),
+            lease,
+        )
+        .await
+        .unwrap();
+        assert!(l1.commit(m1).await.is_err());
+        let committed = l2
+            .commit(SilverManifest::pending(shard, 2, "b", lease, "incremental"))
+            .await
+            .unwrap();
+        let found = find(&lake, shard).await.unwrap();
+        assert_eq!(found.committed, Some(committed));
+        assert!(found.busy.is_none() && found.abandoned.is_empty());
+    }
+}

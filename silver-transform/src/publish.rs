@@ -1,0 +1,267 @@
+//! Atomic publication of silver partitions.
+//!
+//! A partition is exactly one object, `client_id=<c>/date=<d>/part-0000.parquet`,
+//! replaced in one step: a single PUT, or a multipart upload whose completion is
+//! atomic, on S3; a write to a temporary file and a rename on a local lake.
+//! A reader that lists the Hive directories (Spark, DuckDB, pyarrow) therefore
+//! sees the old file or the new one, never a mix, never two, and never nothing
+//! while a partition is rewritten. A partition left without executions is
+//! deleted, which is its new version. The quarantine rows of the same partition
+//! key go to one object too,
+//! `silver/_quarantine/stop_executions/date=<d>/client-<c>.parquet`, so shards
+//! (which own disjoint clients) never write the same object.
+//!
+//! Rows are sorted by `(first_event_at, execution_id)` and written with the lake's
+//! fixed writer properties, so the same executions always give the same bytes.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, Decimal128Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow::datatypes::SchemaRef;
+use lake_common::parquet_io::FileWriter;
+use lake_common::schema::{silver_quarantine, silver_stop_executions};
+use lake_common::{Dataset, Lake, Partition};
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+use serde::{Deserialize, Serialize};
+
+use crate::fold::{Acc, Dec};
+use crate::key::{EventType, PartitionKey, format_event_id};
+use crate::quality::Rule;
+
+/// Errors of publishing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// Building the record batch failed (a schema mismatch: a bug).
+    #[error("cannot build the rows of {path}: {source}")]
+    Arrow {
+        /// Target file.
+        path: String,
+        /// Why.
+        source: arrow::error::ArrowError,
+    },
+    /// Writing the file failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// Target file.
+        path: String,
+        /// Why.
+        source: parquet::errors::ParquetError,
+    },
+    /// Deleting an emptied partition failed.
+    #[error("cannot delete {path}: {source}")]
+    Delete {
+        /// Target file.
+        path: String,
+        /// Why.
+        source: object_store::Error,
+    },
+    /// The lake's schema has a column silver does not know how to fill.
+    #[error("silver does not know how to fill column {0}")]
+    UnknownColumn(String),
+}
+
+/// A file as recorded in the silver manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// Path relative to the lake root.
+    pub path: String,
+    /// Rows.
+    pub rows: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Hex SHA-256 of the bytes.
+    pub sha256: String,
+}
+
+/// The silver data file of a partition.
+pub fn silver_path(p: PartitionKey) -> Path {
+    Dataset::SilverStopExecutions.part_file(&p.partition(), 0)
+}
+
+/// The quarantine file of a partition key.
+pub fn quarantine_path(p: PartitionKey) -> Path {
+    Dataset::QuarantineStopExecutions
+        .partition(&Partition::date(p.date()))
+        .join(format!("client-{}.parquet", p.client_id))
+}
+
+/// One execution to write: its key text and its fold.
+pub type Row<'a> = (&'a str, &'a Acc);
+
+/// The silver and quarantine rows of one partition.
+#[derive(Debug, Default)]
+pub struct PartitionRows<'a> {
+    /// Executions that passed every rule.
+    pub silver: Vec<Row<'a>>,
+    /// Executions that broke rules, one entry per broken rule.
+    pub quarantine: Vec<(Row<'a>, Rule)>,
+}
+
+impl PartitionRows<'_> {
+    /// Sorts both lists into file order: `(first_event_at, execution_id)`, then rule.
+    pub fn sort(&mut self) {
+        self.silver
+            .sort_unstable_by_key(|(_, a)| (a.first.at, a.first.id));
+        self.quarantine
+            .sort_unstable_by_key(|((_, a), r)| (a.first.at, a.first.id, *r));
+    }
+}
+
+/// What publishing a partition left in the lake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The silver file, `None` if the partition is now empty (deleted).
+    pub silver: Option<FileRecord>,
+    /// The quarantine file, `None` if there are no violations (deleted).
+    pub quarantine: Option<FileRecord>,
+}
+
+/// Writes (or deletes) the silver and quarantine objects of one partition.
+/// Quarantine goes first: while an execution moves into quarantine, a reader may
+/// briefly find it in both places, never in neither.
+pub async fn publish(
+    lake: &Lake,
+    partition: PartitionKey,
+    rows: &PartitionRows<'_>,
+) -> Result<Published, PublishError> {
+    let quarantine_rows: Vec<(Row<'_>, Option<Rule>)> = rows
+        .quarantine
+        .iter()
+        .map(|(r, rule)| (*r, Some(*rule)))
+        .collect();
+    let quarantine = replace(
+        lake,
+        quarantine_path(partition),
+        silver_quarantine(),
+        &quarantine_rows,
+    )
+    .await?;
+    let silver_rows: Vec<(Row<'_>, Option<Rule>)> =
+        rows.silver.iter().map(|r| (*r, None)).collect();
+    let silver = replace(
+        lake,
+        silver_path(partition),
+        silver_stop_executions(),
+        &silver_rows,
+    )
+    .await?;
+    Ok(Published { silver, quarantine })
+}
+
+async fn replace(
+    lake: &Lake,
+    path: Path,
+    schema: SchemaRef,
+    rows: &[(Row<'_>, Option<Rule>)],
+) -> Result<Option<FileRecord>, PublishError> {
+    if rows.is_empty() {
+        return match lake.store().delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(source) => Err(PublishError::Delete {
+                path: path.to_string(),
+                source,
+            }),
+        };
+    }
+    let batch = build_batch(&schema, rows).map_err(|e| match e {
+        BuildError::Arrow(source) => PublishError::Arrow {
+            path: path.to_string(),
+            source,
+        },
+        BuildError::Unknown(c) => PublishError::UnknownColumn(c),
+    })?;
+    let write_err = |source| PublishError::Write {
+        path: path.to_string(),
+        source,
+    };
+    let mut w = FileWriter::create(lake, path.clone(), schema).map_err(write_err)?;
+    w.write(&batch).await.map_err(write_err)?;
+    let f = w.finish().await.map_err(write_err)?;
+    Ok(Some(FileRecord {
+        path: f.path.to_string(),
+        rows: f.rows,
+        bytes: f.bytes,
+        sha256: f.sha256,
+    }))
+}
+
+/// Why a batch could not be built.
+#[derive(Debug)]
+pub enum BuildError {
+    /// Arrow refused the arrays.
+    Arrow(arrow::error::ArrowError),
+    /// A column silver does not know.
+    Unknown(String),
+}
+
+/// Builds the record batch of `schema` (silver or quarantine) from executions.
+pub fn build_batch(
+    schema: &SchemaRef,
+    rows: &[(Row<'_>, Option<Rule>)],
+) -> Result<RecordBatch, BuildError> {
+    let accs = || rows.iter().map(|((_, a), _)| *a);
+    let ts = |f: &dyn Fn(&Acc) -> Option<i64>| -> ArrayRef {
+        Arc::new(TimestampMicrosecondArray::from_iter(accs().map(f)).with_timezone("UTC"))
+    };
+    let dec = |d: Dec, p: u8, s: i8| -> Result<ArrayRef, BuildError> {
+        Ok(Arc::new(
+            Decimal128Array::from_iter(accs().map(|a| a.dec(d)))
+                .with_precision_and_scale(p, s)
+                .map_err(BuildError::Arrow)?,
+        ))
+    };
+    let text = |f: &dyn Fn(&Acc) -> Option<&str>| -> ArrayRef {
+        Arc::new(StringArray::from_iter(accs().map(f)))
+    };
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let col: ArrayRef = match field.name().as_str() {
+            "execution_id" => Arc::new(StringArray::from_iter_values(
+                accs().map(|a| format_event_id(&a.first.id)),
+            )),
+            "execution_key" => Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|((k, _), _)| *k),
+            )),
+            "operation_id" => {
+                Arc::new(Int64Array::from_iter_values(accs().map(|a| a.operation_id)))
+            }
+            "client_id" => Arc::new(Int64Array::from_iter_values(accs().map(|a| a.client_id))),
+            "symbol" => text(&|a| Some(&a.symbol)),
+            "side" => text(&|a| a.side.as_deref()),
+            "status" => text(&|a| Some(a.status())),
+            "triggered_at" => ts(&|a| a.first_at(EventType::StopTriggered)),
+            "submitted_at" => ts(&|a| a.first_at(EventType::ExecutionSubmitted)),
+            "executed_at" => ts(&|a| a.first_at(EventType::Executed)),
+            "failed_at" => ts(&|a| a.first_at(EventType::Failed)),
+            "blocked_at" => ts(&|a| a.first_at(EventType::Blocked)),
+            "stop_price" => dec(Dec::StopPrice, 20, 8)?,
+            "trigger_price" => dec(Dec::TriggerPrice, 20, 8)?,
+            "quantity" => dec(Dec::Quantity, 20, 8)?,
+            "exchange_order_id" => text(&|a| a.exchange_order_id.as_deref()),
+            "fill_price" => dec(Dec::FillPrice, 20, 8)?,
+            "slippage_pct" => dec(Dec::SlippagePct, 10, 4)?,
+            "source" => text(&|a| Some(&a.source)),
+            "error_message" => text(&|a| a.error_message.as_deref()),
+            "retry_count" => Arc::new(Int32Array::from_iter_values(accs().map(|a| a.retry_count))),
+            "event_count" => Arc::new(Int64Array::from_iter_values(
+                accs().map(|a| a.event_count as i64),
+            )),
+            "first_event_at" => ts(&|a| Some(a.first.at)),
+            "last_event_at" => ts(&|a| Some(a.last_at)),
+            "last_event_id" => Arc::new(StringArray::from_iter_values(
+                accs().map(|a| format_event_id(&a.last_id)),
+            )),
+            "violation" => Arc::new(StringArray::from_iter(
+                rows.iter().map(|(_, r)| r.map(Rule::name)),
+            )),
+            other => return Err(BuildError::Unknown(other.to_owned())),
+        };
+        cols.push(col);
+    }
+    RecordBatch::try_new(schema.clone(), cols).map_err(BuildError::Arrow)
+}

@@ -1,0 +1,132 @@
+//! The binary's contract (SPEC §8): help, version, exit codes 0/2/4, dry-run.
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use silver_transform::key::Shard;
+use silver_transform::manifest::{self, SilverManifest};
+use support::*;
+
+#[test]
+fn help_and_version() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("silver-transform {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--date",
+        "--from",
+        "--to",
+        "--full-refresh",
+        "--dry-run",
+        "--max-violation-ratio",
+        "--shard-index",
+        "--shard-count",
+        "SILVER_MAX_VIOLATION_RATIO",
+        "JOB_COMPLETION_INDEX",
+        "SILVER_SHARD_COUNT",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+    assert!(!help.contains("PAUSE"), "the test-only knob is hidden");
+}
+
+#[test]
+fn bad_arguments_and_configuration_exit_2() {
+    let code = |args: &[&str], env: &[(&str, &str)]| {
+        Command::new(BIN)
+            .env_clear()
+            .envs(env.iter().copied())
+            .args(args)
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    let lake = [("LAKE_URL", "file:///tmp/silver-cli-test-unused")];
+    assert_eq!(code(&["--max-violation-ratio", "1.5"], &lake), Some(2));
+    assert_eq!(code(&["--date", "2025-13-01"], &lake), Some(2));
+    assert_eq!(code(&["--from", "2025-06-01"], &lake), Some(2));
+    assert_eq!(
+        code(&["--shard-index", "2", "--shard-count", "2"], &lake),
+        Some(2)
+    );
+    assert_eq!(
+        code(&[], &[("JOB_COMPLETION_INDEX", "3"), lake[0]]),
+        Some(2)
+    );
+    assert_eq!(
+        code(&["--from", "2025-06-02", "--to", "2025-06-01"], &lake),
+        Some(2)
+    );
+    assert_eq!(code(&[], &[]), Some(2), "no lake configured");
+}
+
+#[tokio::test]
+async fn busy_exits_4_and_dry_run_writes_nothing() {
+    let t = TestLake::new().await;
+    commit_batch(
+        &t.lake,
+        1,
+        &[Ev::new(
+            1,
+            "2025-06-01T08:00:00Z",
+            Some("tok"),
+            "STOP_TRIGGERED",
+        )],
+    )
+    .await;
+
+    // Dry run: computes and exits 0, writes nothing (no silver, no manifest, no report).
+    let out = t.run_bin(&["--dry-run"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Silver run finished"));
+    assert!(objects(&t.lake, "silver").await.is_empty());
+    assert!(objects(&t.lake, "_runs").await.is_empty());
+    assert!(
+        manifest::find(&t.lake, Shard::ALL)
+            .await
+            .unwrap()
+            .max_version
+            == 0
+    );
+
+    // Another run holds the shard: exit 4, nothing written.
+    let holder = manifest::Lease::pin(
+        &t.lake,
+        SilverManifest::pending(
+            Shard::ALL,
+            1,
+            "other-run",
+            Duration::from_secs(60),
+            "incremental",
+        ),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let out = t.run_bin(&[], &[]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("other-run"));
+    assert!(objects(&t.lake, "silver/stop_executions").await.is_empty());
+    assert!(objects(&t.lake, "_runs").await.is_empty());
+    // Another shard is not blocked by it.
+    let out = t.run_bin(&["--shard-count", "2", "--shard-index", "1"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    holder.release().await.unwrap();
+
+    // Free again: the run succeeds; a second one has nothing to do.
+    assert_eq!(t.run_bin(&[], &[]).status.code(), Some(0));
+    assert_eq!(silver(&t.lake).await.len(), 1);
+    assert_eq!(t.run_bin(&[], &[]).status.code(), Some(0));
+    assert_eq!(latest_report(&t.lake).await["outcome"], "nothing_new");
+}

@@ -1,0 +1,160 @@
+//! SIGKILL in the middle of rewriting partitions, then rerun: a reader never sees
+//! a partition missing or doubled, and the rerun ends exactly where a clean run
+//! would have.
+//!
+//! The binary gets the hidden, test-only `SILVER_TEST_PAUSE_AFTER_PUBLISH_MS`, so
+//! the kill reliably lands after some partitions were replaced and before others.
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use silver_transform::key::Shard;
+use silver_transform::manifest::{self, State};
+use support::*;
+
+const CLIENTS: i64 = 8;
+const DAYS: i64 = 4;
+
+/// Three executions per (client, day) partition, all still open.
+fn first_batch() -> Vec<Ev> {
+    let mut v = Vec::new();
+    for c in 1..=CLIENTS {
+        for d in 0..DAYS {
+            for x in 0..3 {
+                let n = ((c * 100 + d * 10 + x) * 10) as u64;
+                let tok = format!("tok-{c}-{d}-{x}");
+                let at = ts("2025-06-01T06:00:00Z") + d * 86_400_000_000 + x * 60_000_000;
+                v.push(
+                    Ev::at_micros(n, at, Some(&tok), "STOP_TRIGGERED")
+                        .client(c)
+                        .qty("1"),
+                );
+            }
+        }
+    }
+    v
+}
+
+/// Completes one execution of every partition and adds a new one.
+fn second_batch() -> Vec<Ev> {
+    let mut v = Vec::new();
+    for c in 1..=CLIENTS {
+        for d in 0..DAYS {
+            let n = ((c * 100 + d * 10) * 10) as u64;
+            let at = ts("2025-06-01T07:00:00Z") + d * 86_400_000_000;
+            v.push(
+                Ev::at_micros(n + 1, at, Some(&format!("tok-{c}-{d}-0")), "EXECUTED")
+                    .client(c)
+                    .fill("2")
+                    .slip("0.1"),
+            );
+            v.push(
+                Ev::at_micros(n + 2, at, Some(&format!("tok-{c}-{d}-new")), "BLOCKED").client(c),
+            );
+        }
+    }
+    v
+}
+
+#[tokio::test]
+async fn sigkill_mid_rewrite_then_rerun() {
+    let t = TestLake::new().await;
+    let lake = &t.lake;
+    commit_batch(lake, 1, &first_batch()).await;
+    assert_eq!(t.run_bin(&[], &[]).status.code(), Some(0));
+    let before = published(lake).await;
+    assert_eq!(before.len(), (CLIENTS * DAYS) as usize);
+    let partitions: Vec<String> = before.keys().cloned().collect();
+
+    commit_batch(lake, 2, &second_batch()).await;
+    let mut child = t
+        .command(
+            &["--lease-secs", "2"],
+            &[("SILVER_TEST_PAUSE_AFTER_PUBLISH_MS", "700")],
+        )
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Watch as a reader would, until some partitions were replaced.
+    let started = Instant::now();
+    let mut polls = 0;
+    let seen = loop {
+        let now = published(lake).await;
+        // `silver` panics on a partition with two files or a doubled execution.
+        let rows = silver(lake).await;
+        assert_eq!(rows.len(), (CLIENTS * DAYS * 3) as usize + count_new(&rows));
+        assert_eq!(
+            now.keys().cloned().collect::<Vec<_>>(),
+            partitions,
+            "a partition went missing"
+        );
+        polls += 1;
+        let changed = now.iter().filter(|(p, sha)| before[*p] != **sha).count();
+        if changed > 0 {
+            break changed;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nothing was published"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let after_kill = published(lake).await;
+    let changed = after_kill
+        .iter()
+        .filter(|(p, sha)| before[*p] != **sha)
+        .count();
+    eprintln!(
+        "killed after {polls} polls with {seen}..{changed} of {} partitions rewritten",
+        partitions.len()
+    );
+    assert!(
+        changed < partitions.len(),
+        "the kill came too late to test anything"
+    );
+    assert_eq!(after_kill.keys().cloned().collect::<Vec<_>>(), partitions);
+
+    // The crashed version is pending; the state is still version 1.
+    let found = manifest::find(lake, Shard::ALL).await.unwrap();
+    assert_eq!(found.committed.as_ref().map(|m| m.version), Some(1));
+    let pending = manifest::read(lake, Shard::ALL, 2).await.unwrap();
+    assert_eq!(pending.state, State::Pending);
+    assert_eq!(pending.planned.len(), partitions.len());
+
+    // While its lease runs, the shard is busy.
+    let out = t.run_bin(&[], &[]);
+    if out.status.code() == Some(4) {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(t.run_bin(&[], &[]).status.code(), Some(0));
+    } else {
+        assert_eq!(out.status.code(), Some(0), "the lease had already expired");
+    }
+    let report = latest_report(lake).await;
+    assert_eq!(report["outcome"], "success");
+    assert_eq!(report["recovered_partitions"], partitions.len());
+    let found = manifest::find(lake, Shard::ALL).await.unwrap();
+    assert_eq!(found.committed.as_ref().map(|m| m.version), Some(3));
+
+    // Exactly what a clean recompute gives.
+    let other = t.other_bucket().await;
+    commit_batch(&other, 1, &first_batch()).await;
+    commit_batch(&other, 2, &second_batch()).await;
+    run(&other, &full_refresh()).await;
+    assert_eq!(published(lake).await, published(&other).await);
+    let rows = silver(lake).await;
+    assert_eq!(rows.len(), (CLIENTS * DAYS * 4) as usize);
+    assert_eq!(
+        rows.values().filter(|r| r.status == "EXECUTED").count(),
+        (CLIENTS * DAYS) as usize
+    );
+}
+
+fn count_new(rows: &BTreeMap<String, SilverRow>) -> usize {
+    rows.keys().filter(|k| k.ends_with("-new")).count()
+}

@@ -1,0 +1,672 @@
+//! Shared set-up of the silver-transform integration tests: a real S3 endpoint
+//! (moto over HTTP), bronze batches written exactly as bronze-ingest writes them
+//! (same schema, sort order, file names, committed manifests), and readers of
+//! what silver published.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Decimal128Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow::datatypes::{Decimal128Type, Int32Type, Int64Type, TimestampMicrosecondType};
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::TryStreamExt;
+use lake_common::manifest::{self, BatchManifest, BatchState, DataFile, MANIFEST_FORMAT};
+use lake_common::parquet_io::{self, FileWriter};
+use lake_common::schema::STOP_EVENTS;
+use lake_common::{Dataset, Lake, LakeConfig, Partition};
+use lake_testkit::TestS3;
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+use silver_transform::report::RunReport;
+use silver_transform::{Mode, Options};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_silver-transform");
+
+/// A moto server and one bucket, opened as a lake.
+pub struct TestLake {
+    pub s3: TestS3,
+    pub bucket: String,
+    pub lake: Lake,
+}
+
+impl TestLake {
+    pub async fn new() -> Self {
+        lake_common::telemetry::init(lake_common::telemetry::LogFormat::Text);
+        let s3 = TestS3::start().await.expect("moto_server");
+        let bucket = s3.new_bucket().await.unwrap();
+        let lake = Lake::open(&LakeConfig::from_vars(s3.env(&bucket)).unwrap()).unwrap();
+        Self { s3, bucket, lake }
+    }
+
+    /// Another empty bucket on the same server.
+    pub async fn other_bucket(&self) -> Lake {
+        let bucket = self.s3.new_bucket().await.unwrap();
+        Lake::open(&LakeConfig::from_vars(self.s3.env(&bucket)).unwrap()).unwrap()
+    }
+
+    /// The job's environment for the binary.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut env = self.s3.env(&self.bucket);
+        env.push(("LOG_FORMAT".into(), "json".into()));
+        env.push(("RUST_LOG".into(), "info,silver_transform=debug".into()));
+        env
+    }
+
+    pub fn command(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.env_clear()
+            .envs(self.env())
+            .envs(
+                extra_env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string())),
+            )
+            .args(args)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn run_bin(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
+        let out = self
+            .command(args, extra_env)
+            .output()
+            .expect("spawn silver-transform");
+        eprintln!(
+            "silver-transform {args:?} -> {:?}\nstderr:\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}
+
+/// Runs silver in-process.
+pub async fn run(lake: &Lake, opts: &Options) -> RunReport {
+    match silver_transform::run(lake, opts).await {
+        Ok(r) => r,
+        Err(e) => panic!("silver run failed: {e:#}"),
+    }
+}
+
+pub fn incremental() -> Options {
+    Options {
+        lease: std::time::Duration::from_secs(5),
+        ..Options::default()
+    }
+}
+
+pub fn full_refresh() -> Options {
+    Options {
+        mode: Mode::FullRefresh,
+        ..incremental()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Bronze events.
+
+/// The canonical id of test event `n`.
+pub fn uuid(n: u64) -> String {
+    format!("00000000-0000-4000-8000-{n:012x}")
+}
+
+/// Microseconds of an RFC 3339 timestamp.
+pub fn ts(s: &str) -> i64 {
+    DateTime::parse_from_rfc3339(s)
+        .unwrap_or_else(|e| panic!("{s}: {e}"))
+        .with_timezone(&Utc)
+        .timestamp_micros()
+}
+
+/// A decimal literal as an integer at `scale`.
+pub fn dec(s: &str, scale: u32) -> i128 {
+    let neg = s.starts_with('-');
+    let s = s.trim_start_matches('-');
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    assert!(
+        frac.len() <= scale as usize,
+        "{s} has more than {scale} decimals"
+    );
+    let digits = format!("{int}{frac:0<width$}", width = scale as usize);
+    let v: i128 = digits.parse().unwrap();
+    if neg { -v } else { v }
+}
+
+/// One `stop_events` row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ev {
+    pub event_id: String,
+    pub event_seq: Option<i64>,
+    pub occurred_at: i64,
+    pub operation_id: i64,
+    pub client_id: i64,
+    pub symbol: String,
+    pub event_type: String,
+    pub trigger_price: Option<i128>,
+    pub stop_price: Option<i128>,
+    pub quantity: Option<i128>,
+    pub side: Option<String>,
+    pub execution_token: Option<String>,
+    pub exchange_order_id: Option<String>,
+    pub fill_price: Option<i128>,
+    pub slippage_pct: Option<i128>,
+    pub source: String,
+    pub error_message: Option<String>,
+    pub retry_count: i32,
+}
+
+impl Ev {
+    /// Event `n` of `event_type` at `at` (RFC 3339), with neutral defaults.
+    pub fn new(n: u64, at: &str, token: Option<&str>, event_type: &str) -> Self {
+        Self::at_micros(n, ts(at), token, event_type)
+    }
+
+    pub fn at_micros(n: u64, at: i64, token: Option<&str>, event_type: &str) -> Self {
+        Self {
+            event_id: uuid(n),
+            event_seq: None,
+            occurred_at: at,
+            operation_id: 1,
+            client_id: 1,
+            symbol: "BTCUSDC".into(),
+            event_type: event_type.into(),
+            trigger_price: None,
+            stop_price: None,
+            quantity: None,
+            side: None,
+            execution_token: token.map(Into::into),
+            exchange_order_id: None,
+            fill_price: None,
+            slippage_pct: None,
+            source: "ws".into(),
+            error_message: None,
+            retry_count: 0,
+        }
+    }
+
+    pub fn op(mut self, op: i64) -> Self {
+        self.operation_id = op;
+        self
+    }
+    pub fn client(mut self, c: i64) -> Self {
+        self.client_id = c;
+        self
+    }
+    pub fn seq(mut self, s: i64) -> Self {
+        self.event_seq = Some(s);
+        self
+    }
+    pub fn symbol(mut self, s: &str) -> Self {
+        self.symbol = s.into();
+        self
+    }
+    pub fn side(mut self, s: &str) -> Self {
+        self.side = Some(s.into());
+        self
+    }
+    pub fn stop(mut self, v: &str) -> Self {
+        self.stop_price = Some(dec(v, 8));
+        self
+    }
+    pub fn trigger(mut self, v: &str) -> Self {
+        self.trigger_price = Some(dec(v, 8));
+        self
+    }
+    pub fn qty(mut self, v: &str) -> Self {
+        self.quantity = Some(dec(v, 8));
+        self
+    }
+    pub fn fill(mut self, v: &str) -> Self {
+        self.fill_price = Some(dec(v, 8));
+        self
+    }
+    pub fn slip(mut self, v: &str) -> Self {
+        self.slippage_pct = Some(dec(v, 4));
+        self
+    }
+    pub fn exch(mut self, v: &str) -> Self {
+        self.exchange_order_id = Some(v.into());
+        self
+    }
+    pub fn error(mut self, v: &str) -> Self {
+        self.error_message = Some(v.into());
+        self
+    }
+    pub fn source(mut self, v: &str) -> Self {
+        self.source = v.into();
+        self
+    }
+    pub fn retry(mut self, r: i32) -> Self {
+        self.retry_count = r;
+        self
+    }
+    pub fn date(&self) -> NaiveDate {
+        DateTime::from_timestamp_micros(self.occurred_at)
+            .unwrap()
+            .date_naive()
+    }
+}
+
+fn bronze_batch(events: &[&Ev], batch: u64, ingested_at: i64) -> RecordBatch {
+    let schema = STOP_EVENTS.arrow_schema();
+    let n = events.len();
+    let s = |f: &dyn Fn(&Ev) -> Option<String>| -> ArrayRef {
+        Arc::new(StringArray::from_iter(events.iter().map(|e| f(e))))
+    };
+    let d = |f: &dyn Fn(&Ev) -> Option<i128>, p: u8, sc: i8| -> ArrayRef {
+        Arc::new(
+            Decimal128Array::from_iter(events.iter().map(|e| f(e)))
+                .with_precision_and_scale(p, sc)
+                .unwrap(),
+        )
+    };
+    let cols: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| -> ArrayRef {
+            match f.name().as_str() {
+                "event_id" => s(&|e| Some(e.event_id.clone())),
+                "event_seq" => Arc::new(Int64Array::from_iter(events.iter().map(|e| e.event_seq))),
+                "occurred_at" => Arc::new(
+                    TimestampMicrosecondArray::from_iter_values(
+                        events.iter().map(|e| e.occurred_at),
+                    )
+                    .with_timezone("UTC"),
+                ),
+                "operation_id" => Arc::new(Int64Array::from_iter_values(
+                    events.iter().map(|e| e.operation_id),
+                )),
+                "client_id" => Arc::new(Int64Array::from_iter_values(
+                    events.iter().map(|e| e.client_id),
+                )),
+                "symbol" => s(&|e| Some(e.symbol.clone())),
+                "event_type" => s(&|e| Some(e.event_type.clone())),
+                "trigger_price" => d(&|e| e.trigger_price, 20, 8),
+                "stop_price" => d(&|e| e.stop_price, 20, 8),
+                "quantity" => d(&|e| e.quantity, 20, 8),
+                "side" => s(&|e| e.side.clone()),
+                "execution_token" => s(&|e| e.execution_token.clone()),
+                "payload_json" => s(&|e| Some(format!("{{\"event\":\"{}\"}}", e.event_id))),
+                "request_payload_hash" => s(&|_| None),
+                "exchange_order_id" => s(&|e| e.exchange_order_id.clone()),
+                "fill_price" => d(&|e| e.fill_price, 20, 8),
+                "slippage_pct" => d(&|e| e.slippage_pct, 10, 4),
+                "source" => s(&|e| Some(e.source.clone())),
+                "error_message" => s(&|e| e.error_message.clone()),
+                "retry_count" => Arc::new(Int32Array::from_iter_values(
+                    events.iter().map(|e| e.retry_count),
+                )),
+                "_batch" => Arc::new(Int64Array::from_iter_values(std::iter::repeat_n(
+                    batch as i64,
+                    n,
+                ))),
+                "_ingested_at" => Arc::new(
+                    TimestampMicrosecondArray::from_iter_values(std::iter::repeat_n(
+                        ingested_at,
+                        n,
+                    ))
+                    .with_timezone("UTC"),
+                ),
+                other => panic!("unknown bronze column {other}"),
+            }
+        })
+        .collect();
+    RecordBatch::try_new(schema, cols).unwrap()
+}
+
+/// Writes the files of one batch (one file per day, rows sorted by
+/// `(occurred_at, event_id)` as bronze-ingest sorts them).
+async fn write_files(lake: &Lake, batch: u64, events: &[Ev]) -> Vec<DataFile> {
+    let mut by_day: BTreeMap<NaiveDate, Vec<&Ev>> = BTreeMap::new();
+    for e in events {
+        by_day.entry(e.date()).or_default().push(e);
+    }
+    let mut files = Vec::new();
+    for (date, mut evs) in by_day {
+        evs.sort_by(|a, b| (a.occurred_at, &a.event_id).cmp(&(b.occurred_at, &b.event_id)));
+        let path = Dataset::BronzeEvents.batch_file(&Partition::date(date), batch, 0);
+        let mut w = FileWriter::create(lake, path, STOP_EVENTS.arrow_schema()).unwrap();
+        w.write(&bronze_batch(
+            &evs,
+            batch,
+            1_750_000_000_000_000 + batch as i64,
+        ))
+        .await
+        .unwrap();
+        let f = w.finish().await.unwrap();
+        files.push(DataFile {
+            path: f.path.to_string(),
+            date,
+            rows: f.rows,
+            bytes: f.bytes,
+            sha256: f.sha256,
+        });
+    }
+    files
+}
+
+fn manifest_of(batch: u64, state: BatchState, files: Vec<DataFile>) -> BatchManifest {
+    BatchManifest {
+        format: MANIFEST_FORMAT,
+        dataset: Dataset::BronzeEvents.dir().into(),
+        batch,
+        state,
+        h_prev: (batch > 1).then_some(batch * 100),
+        h: batch * 100 + 100,
+        xmax: batch * 100 + 101,
+        snapshot_time: DateTime::from_timestamp_micros(1_750_000_000_000_000 + batch as i64)
+            .unwrap(),
+        scan_from: None,
+        system_identifier: "7000000000000000001".into(),
+        backfill_days: vec![],
+        owner: "test".into(),
+        lease_expires_at: None,
+        committed_at: Some(Utc::now()),
+        rows: files.iter().map(|f| f.rows).sum(),
+        files,
+        supersedes: vec![],
+    }
+}
+
+/// Commits bronze batch `batch` holding `events`.
+pub async fn commit_batch(lake: &Lake, batch: u64, events: &[Ev]) -> BatchManifest {
+    let files = write_files(lake, batch, events).await;
+    let m = manifest_of(batch, BatchState::Committed, files);
+    assert!(
+        manifest::create(lake, &m).await.unwrap().is_some(),
+        "batch {batch} exists"
+    );
+    m
+}
+
+/// Writes the files of batch `batch` but leaves it pending (silver must ignore it).
+pub async fn pending_batch(lake: &Lake, batch: u64, events: &[Ev]) -> BatchManifest {
+    let files = write_files(lake, batch, events).await;
+    let m = manifest_of(batch, BatchState::Pending, files);
+    manifest::create(lake, &m).await.unwrap();
+    m
+}
+
+/// Commits a backfill batch re-exporting whole `days` (`events` must be all events
+/// of those days): it supersedes every earlier live file of those days, and the
+/// superseded files are then deleted, as bronze-ingest does.
+pub async fn commit_backfill(
+    lake: &Lake,
+    batch: u64,
+    days: &[NaiveDate],
+    events: &[Ev],
+) -> BatchManifest {
+    let manifests = manifest::read_all(lake, Dataset::BronzeEvents)
+        .await
+        .unwrap();
+    let supersedes: Vec<String> = manifest::live_files(&manifests)
+        .into_iter()
+        .filter(|f| days.contains(&f.date))
+        .map(|f| f.path)
+        .collect();
+    assert!(events.iter().all(|e| days.contains(&e.date())));
+    let files = write_files(lake, batch, events).await;
+    let mut m = manifest_of(batch, BatchState::Committed, files);
+    m.backfill_days = days.to_vec();
+    m.supersedes = supersedes.clone();
+    assert!(manifest::create(lake, &m).await.unwrap().is_some());
+    for p in supersedes {
+        lake.store().delete(&Path::from(p)).await.unwrap();
+    }
+    m
+}
+
+// ---------------------------------------------------------------------------
+// Reading silver.
+
+/// One silver row as a reader sees it, partition columns from the path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SilverRow {
+    pub client_id: i64,
+    pub date: String,
+    pub execution_id: String,
+    pub execution_key: String,
+    pub operation_id: i64,
+    pub symbol: String,
+    pub side: Option<String>,
+    pub status: String,
+    pub triggered_at: Option<i64>,
+    pub submitted_at: Option<i64>,
+    pub executed_at: Option<i64>,
+    pub failed_at: Option<i64>,
+    pub blocked_at: Option<i64>,
+    pub stop_price: Option<i128>,
+    pub trigger_price: Option<i128>,
+    pub quantity: Option<i128>,
+    pub exchange_order_id: Option<String>,
+    pub fill_price: Option<i128>,
+    pub slippage_pct: Option<i128>,
+    pub source: String,
+    pub error_message: Option<String>,
+    pub retry_count: i32,
+    pub event_count: i64,
+    pub first_event_at: i64,
+    pub last_event_at: i64,
+    pub last_event_id: String,
+    /// Quarantine only.
+    pub violation: Option<String>,
+}
+
+/// Every object under `prefix` with its SHA-256, skipping `_`-prefixed directories
+/// below the prefix (manifests).
+pub async fn objects(lake: &Lake, prefix: &str) -> BTreeMap<String, String> {
+    let listed: Vec<Path> = lake
+        .store()
+        .list(Some(&Path::from(prefix)))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+        .unwrap();
+    let mut out = BTreeMap::new();
+    for p in listed {
+        let rel = p.as_ref().strip_prefix(prefix).unwrap_or(p.as_ref());
+        if rel.split('/').any(|s| s.starts_with('_')) {
+            continue;
+        }
+        let bytes = lake.get_bytes(&p).await.unwrap();
+        out.insert(p.to_string(), parquet_io::sha256_hex(&bytes));
+    }
+    out
+}
+
+/// The silver data files and the quarantine files, with their checksums.
+pub async fn published(lake: &Lake) -> BTreeMap<String, String> {
+    let mut all = objects(lake, "silver/stop_executions").await;
+    all.extend(objects(lake, "silver/_quarantine/stop_executions").await);
+    all
+}
+
+fn read_rows(batch: &RecordBatch, client_from_path: Option<i64>, date: &str) -> Vec<SilverRow> {
+    let s = |n: &str| batch.column_by_name(n).unwrap().as_string::<i32>().clone();
+    let os =
+        |a: &arrow::array::StringArray, i: usize| (!a.is_null(i)).then(|| a.value(i).to_owned());
+    let i64c = |n: &str| {
+        batch
+            .column_by_name(n)
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .clone()
+    };
+    let t = |n: &str| {
+        batch
+            .column_by_name(n)
+            .unwrap()
+            .as_primitive::<TimestampMicrosecondType>()
+            .clone()
+    };
+    let ot = |a: &TimestampMicrosecondArray, i: usize| (!a.is_null(i)).then(|| a.value(i));
+    let dc = |n: &str| {
+        batch
+            .column_by_name(n)
+            .unwrap()
+            .as_primitive::<Decimal128Type>()
+            .clone()
+    };
+    let od = |a: &Decimal128Array, i: usize| (!a.is_null(i)).then(|| a.value(i));
+    let (id, key, sym, side, status, exch, source, err, last_id) = (
+        s("execution_id"),
+        s("execution_key"),
+        s("symbol"),
+        s("side"),
+        s("status"),
+        s("exchange_order_id"),
+        s("source"),
+        s("error_message"),
+        s("last_event_id"),
+    );
+    let violation = batch
+        .column_by_name("violation")
+        .map(|c| c.as_string::<i32>().clone());
+    let client = batch
+        .column_by_name("client_id")
+        .map(|c| c.as_primitive::<Int64Type>().clone());
+    let (op, count) = (i64c("operation_id"), i64c("event_count"));
+    let (tr, su, ex, fa, bl, first, last) = (
+        t("triggered_at"),
+        t("submitted_at"),
+        t("executed_at"),
+        t("failed_at"),
+        t("blocked_at"),
+        t("first_event_at"),
+        t("last_event_at"),
+    );
+    let (stop, trig, qty, fill, slip) = (
+        dc("stop_price"),
+        dc("trigger_price"),
+        dc("quantity"),
+        dc("fill_price"),
+        dc("slippage_pct"),
+    );
+    let retry = batch
+        .column_by_name("retry_count")
+        .unwrap()
+        .as_primitive::<Int32Type>()
+        .clone();
+    (0..batch.num_rows())
+        .map(|i| SilverRow {
+            client_id: client_from_path.unwrap_or_else(|| client.as_ref().unwrap().value(i)),
+            date: date.to_owned(),
+            execution_id: id.value(i).into(),
+            execution_key: key.value(i).into(),
+            operation_id: op.value(i),
+            symbol: sym.value(i).into(),
+            side: os(&side, i),
+            status: status.value(i).into(),
+            triggered_at: ot(&tr, i),
+            submitted_at: ot(&su, i),
+            executed_at: ot(&ex, i),
+            failed_at: ot(&fa, i),
+            blocked_at: ot(&bl, i),
+            stop_price: od(&stop, i),
+            trigger_price: od(&trig, i),
+            quantity: od(&qty, i),
+            exchange_order_id: os(&exch, i),
+            fill_price: od(&fill, i),
+            slippage_pct: od(&slip, i),
+            source: source.value(i).into(),
+            error_message: os(&err, i),
+            retry_count: retry.value(i),
+            event_count: count.value(i),
+            first_event_at: first.value(i),
+            last_event_at: last.value(i),
+            last_event_id: last_id.value(i).into(),
+            violation: violation.as_ref().map(|v| v.value(i).to_owned()),
+        })
+        .collect()
+}
+
+/// Every silver row by execution key; panics if a key appears twice (a doubled
+/// partition) or a partition holds more than one file.
+pub async fn silver(lake: &Lake) -> BTreeMap<String, SilverRow> {
+    let files = objects(lake, "silver/stop_executions").await;
+    let mut dirs = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for path in files.keys() {
+        let p = Path::from(path.as_str());
+        let part = Partition::parse(Dataset::SilverStopExecutions, &p).expect("a partition path");
+        let dir = path.rsplit_once('/').unwrap().0.to_owned();
+        assert!(dirs.insert(dir.clone()), "two files in partition {dir}");
+        let date = part.date.format("%Y-%m-%d").to_string();
+        for batch in parquet_io::read_all(lake, &p).await.unwrap() {
+            assert!(
+                batch.column_by_name("client_id").is_none(),
+                "partition column in file"
+            );
+            for row in read_rows(&batch, part.client_id, &date) {
+                let key = row.execution_key.clone();
+                if let Some(prev) = out.insert(key.clone(), row) {
+                    panic!(
+                        "execution {key} appears twice (also in {}/{})",
+                        prev.client_id, prev.date
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every quarantine row, sorted.
+pub async fn quarantine(lake: &Lake) -> Vec<SilverRow> {
+    let files = objects(lake, "silver/_quarantine/stop_executions").await;
+    let mut out = Vec::new();
+    for path in files.keys() {
+        let p = Path::from(path.as_str());
+        let part =
+            Partition::parse(Dataset::QuarantineStopExecutions, &p).expect("a partition path");
+        let date = part.date.format("%Y-%m-%d").to_string();
+        for batch in parquet_io::read_all(lake, &p).await.unwrap() {
+            out.extend(read_rows(&batch, None, &date));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The latest run report of silver-transform.
+pub async fn latest_report(lake: &Lake) -> serde_json::Value {
+    let listed: Vec<Path> = lake
+        .store()
+        .list(Some(&Path::from("_runs/silver-transform")))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+        .unwrap();
+    let last = listed.into_iter().max().expect("a run report");
+    serde_json::from_slice(&lake.get_bytes(&last).await.unwrap()).unwrap()
+}
+
+/// A small deterministic PRNG (SplitMix64).
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    /// True with probability `p` percent.
+    pub fn percent(&mut self, p: u64) -> bool {
+        self.below(100) < p
+    }
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
