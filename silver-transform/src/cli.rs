@@ -109,6 +109,31 @@ impl Args {
     }
 }
 
+/// Runs the command line with these arguments (the first is the program name):
+/// parse, set up logging, load the lake configuration, run, map the outcome to
+/// SPEC §8's exit codes. Shared by the `silver-transform` binary and the
+/// `robson-lake` multi-call binary of the container image.
+pub fn main_from<I, T>(args: I) -> std::process::ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::Parser;
+    use lake_common::telemetry::{self, LogFormat};
+    let args = Args::parse_from(args);
+    telemetry::init(LogFormat::from_env());
+    let result = (|| {
+        let options = args.into_options()?;
+        let config = lake_common::LakeConfig::from_env()?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(crate::run_cli(config, options))
+    })();
+    telemetry::finish(result)
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,28 +180,4 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("after"));
     }
-}
-
-/// Runs the command line with these arguments (the first is the program name):
-/// parse, set up logging, load the lake configuration, run, map the outcome to
-/// SPEC §8's exit codes. Shared by the `silver-transform` binary and the
-/// `robson-lake` multi-call binary of the container image.
-pub fn main_from<I, T>(args: I) -> std::process::ExitCode
-where
-    I: IntoIterator<Item = T>,
-    T: Into<std::ffi::OsString> + Clone,
-{
-    use clap::Parser;
-    use lake_common::telemetry::{self, LogFormat};
-    let args = Args::parse_from(args);
-    telemetry::init(LogFormat::from_env());
-    let result = (|| {
-        let options = args.into_options()?;
-        let config = lake_common::LakeConfig::from_env()?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(crate::run_cli(config, options))
-    })();
-    telemetry::finish(result)
 }
