@@ -7,11 +7,13 @@ use std::process::Command;
 #[test]
 fn demo_summary_matches_postgres_and_the_lake() {
     let bin = env!("CARGO_BIN_EXE_lake-demo");
-    let bronze = std::path::Path::new(bin).with_file_name("bronze-ingest");
-    assert!(
-        bronze.exists(),
-        "build the jobs first: cargo build --workspace (nextest --workspace does)"
-    );
+    for job in ["bronze-ingest", "silver-transform"] {
+        let path = std::path::Path::new(bin).with_file_name(job);
+        assert!(
+            path.exists(),
+            "build the jobs first: cargo build --workspace (nextest --workspace does)"
+        );
+    }
     let dir = tempfile::tempdir().unwrap();
     let lake = dir.path().join("lake");
     let out = Command::new(bin)
@@ -39,6 +41,14 @@ fn demo_summary_matches_postgres_and_the_lake() {
         stdout.contains("bronze-ingest (run 2)") && stdout.contains("Committed batch 2"),
         "{stdout}"
     );
+    // Silver holds one row per execution key (quarantined ones in quarantine).
+    let silver_total = s["silver_rows"].as_u64().unwrap() + s["quarantine_rows"].as_u64().unwrap();
+    assert_eq!(
+        silver_total,
+        s["postgres_executions"].as_u64().unwrap(),
+        "{s}"
+    );
+    assert!(stdout.contains("silver-transform (run 2)"), "{stdout}");
 
     // The lake on disk agrees with the summary: count the bronze rows with DuckDB.
     let python = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python");
@@ -51,6 +61,16 @@ fn demo_summary_matches_postgres_and_the_lake() {
     assert_eq!(
         String::from_utf8_lossy(&q.stdout).trim(),
         s["bronze_events_rows"].to_string()
+    );
+    let script = format!(
+        "import duckdb\nprint(duckdb.sql(\"SELECT count(*) FROM read_parquet('{}/silver/stop_executions/*/*/*.parquet', hive_partitioning=true)\").fetchall()[0][0])",
+        lake.display()
+    );
+    let q = Command::new(python).args(["-c", &script]).output().unwrap();
+    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&q.stdout).trim(),
+        s["silver_rows"].to_string()
     );
     assert!(stdout.contains(&format!(
         "lake written to {}",

@@ -36,6 +36,8 @@ struct Cli {
 struct Summary {
     postgres_events: i64,
     postgres_outbox: i64,
+    /// Distinct execution keys among execution events, by SQL (what silver must hold).
+    postgres_executions: i64,
     bronze_events_rows: u64,
     bronze_outbox_rows: u64,
     bronze_files: usize,
@@ -44,6 +46,7 @@ struct Summary {
     silver_files: usize,
     silver_bytes: u64,
     quarantine_files: usize,
+    quarantine_rows: u64,
     seconds_bronze: Vec<f64>,
     seconds_silver: Vec<f64>,
 }
@@ -145,6 +148,14 @@ async fn run(cli: Cli) -> Result<()> {
         .query_one("SELECT count(*) FROM outbox", &[])
         .await?
         .get(0);
+    summary.postgres_executions = client
+        .query_one(
+            "SELECT count(DISTINCT coalesce(execution_token, 'operation:' || operation_id)) FROM stop_events \
+             WHERE event_type IN ('STOP_TRIGGERED','EXECUTION_SUBMITTED','EXECUTED','FAILED','BLOCKED')",
+            &[],
+        )
+        .await?
+        .get(0);
     let lake = Lake::open(&LakeConfig::local(&lake_dir))?;
     for (ds, rows) in [
         (Dataset::BronzeEvents, &mut summary.bronze_events_rows),
@@ -164,14 +175,12 @@ async fn run(cli: Cli) -> Result<()> {
     let silver_files = parquet_files(&lake_dir.join(Dataset::SilverStopExecutions.dir()));
     summary.silver_files = silver_files.len();
     summary.silver_bytes = silver_files.iter().map(|(_, b)| b).sum();
-    let paths = silver_files
-        .iter()
-        .filter_map(|(p, _)| p.strip_prefix(&lake_dir).ok())
-        .map(|p| object_store::path::Path::from(p.to_string_lossy().as_ref()))
-        .collect();
-    summary.silver_rows = parquet_io::count_rows(&lake, paths).await?;
-    summary.quarantine_files =
-        parquet_files(&lake_dir.join(Dataset::QuarantineStopExecutions.dir())).len();
+    summary.silver_rows =
+        parquet_io::count_rows(&lake, lake_paths(&lake_dir, &silver_files)).await?;
+    let quarantine = parquet_files(&lake_dir.join(Dataset::QuarantineStopExecutions.dir()));
+    summary.quarantine_files = quarantine.len();
+    summary.quarantine_rows =
+        parquet_io::count_rows(&lake, lake_paths(&lake_dir, &quarantine)).await?;
 
     print_summary(&summary, &lake_dir, started.elapsed());
     if let Some(report) = latest_report(&lake_dir.join("_runs/silver-transform")) {
@@ -229,6 +238,15 @@ fn parquet_files(dir: &Path) -> Vec<(PathBuf, u64)> {
     out
 }
 
+/// Local files as paths relative to the lake root.
+fn lake_paths(root: &Path, files: &[(PathBuf, u64)]) -> Vec<object_store::path::Path> {
+    files
+        .iter()
+        .filter_map(|(p, _)| p.strip_prefix(root).ok())
+        .map(|p| object_store::path::Path::from(p.to_string_lossy().as_ref()))
+        .collect()
+}
+
 fn latest_report(dir: &Path) -> Option<PathBuf> {
     let mut reports: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
@@ -254,11 +272,14 @@ fn print_summary(s: &Summary, lake: &Path, took: Duration) {
         mb(s.bronze_bytes)
     );
     println!(
-        "    silver           {:>9} executions in {} files ({:.1} MiB); {} quarantine files",
+        "    silver           {:>9} executions in {} files ({:.1} MiB); {} quarantined in {} files \
+         (PostgreSQL has {} execution keys)",
         s.silver_rows,
         s.silver_files,
         mb(s.silver_bytes),
-        s.quarantine_files
+        s.quarantine_rows,
+        s.quarantine_files,
+        s.postgres_executions
     );
     println!(
         "    bronze-ingest runs took {:?} s; silver-transform runs {:?} s",
