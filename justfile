@@ -20,8 +20,8 @@ demo rows=env_var_or_default("DEMO_ROWS", "200000"): setup
     cargo build -q -p bronze-ingest -p silver-transform -p lake-testkit --bin lake-demo
     target/debug/lake-demo --rows {{rows}} --lake lake
 
-# Everything CI checks: formatting, lints, all tests (Rust and deployment).
-test: setup lint test-rust test-deploy
+# Everything CI checks: formatting, lints, all tests (Rust, deployment manifests, the container image).
+test: setup lint test-rust test-deploy test-image
 
 # cargo fmt --check and clippy with warnings as errors.
 lint:
