@@ -116,15 +116,7 @@ async fn two_runs_started_together_commit_once() {
     }
     h.assert_lake_equals_postgres().await;
     // Only the winner wrote a run report.
-    use futures::TryStreamExt;
-    let reports: Vec<_> = h
-        .lake()
-        .store()
-        .list(Some(&lake_common::paths::run_reports_dir("bronze-ingest")))
-        .try_collect()
-        .await
-        .unwrap();
-    assert_eq!(reports.len(), 1);
+    assert_eq!(h.run_reports().await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

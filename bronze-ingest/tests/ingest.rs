@@ -43,13 +43,5 @@ async fn first_run_exports_everything_then_only_new_rows() {
     h.assert_lake_equals_postgres().await;
 
     // A run report per run.
-    use futures::TryStreamExt;
-    let reports: Vec<_> = h
-        .lake()
-        .store()
-        .list(Some(&lake_common::paths::run_reports_dir("bronze-ingest")))
-        .try_collect()
-        .await
-        .unwrap();
-    assert_eq!(reports.len(), 3);
+    assert_eq!(h.run_reports().await.len(), 3);
 }

@@ -126,6 +126,18 @@ impl Harness {
         v
     }
 
+    /// The run reports bronze-ingest wrote.
+    pub async fn run_reports(&self) -> Vec<String> {
+        use futures::TryStreamExt;
+        self.lake()
+            .store()
+            .list(Some(&lake_common::paths::run_reports_dir("bronze-ingest")))
+            .map_ok(|m| m.location.to_string())
+            .try_collect()
+            .await
+            .unwrap()
+    }
+
     pub async fn pg_count(&self, sql: &str) -> i64 {
         self.pg
             .client()
