@@ -133,7 +133,6 @@ where
     telemetry::finish(result)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
