@@ -166,13 +166,7 @@ pub async fn run_dataset(
                         .unwrap_or_default()
                 )));
             }
-            if snapshot.xmin < m.h {
-                return Err(horizon::HorizonError::Backwards {
-                    h_prev: m.h,
-                    h: snapshot.xmin,
-                }
-                .into());
-            }
+            check_not_behind(dataset, &m, snapshot)?;
             tracing::warn!(dataset = %dataset, batch = m.batch, previous_owner = %m.owner, "Resuming a pending batch whose run stopped");
             report.resumed = true;
             if settings.dry_run {
@@ -201,13 +195,7 @@ pub async fn run_dataset(
                 if !settings.dry_run {
                     cleanup(lake, p).await?;
                 }
-                if snapshot.xmin < p.h {
-                    return Err(horizon::HorizonError::Backwards {
-                        h_prev: p.h,
-                        h: snapshot.xmin,
-                    }
-                    .into());
-                }
+                check_not_behind(dataset, p, snapshot)?;
                 if snapshot.xmin == p.h && settings.backfill_days.is_empty() {
                     report.h_prev = Some(p.h);
                     report.h = Some(p.h);
@@ -319,6 +307,31 @@ pub async fn run_dataset(
         "Committed batch"
     );
     Ok(report)
+}
+
+/// Refuses a snapshot behind the latest batch's horizon. If that batch was pinned
+/// from a *newer* snapshot, a concurrent run simply got ahead of this one (exit 4,
+/// nothing written); otherwise the database went back in time (restore, failover
+/// to a lagging replica) and the run fails closed.
+fn check_not_behind(
+    dataset: lake_common::Dataset,
+    latest: &BatchManifest,
+    snapshot: &Snapshot,
+) -> anyhow::Result<()> {
+    if snapshot.xmin >= latest.h {
+        return Ok(());
+    }
+    if latest.snapshot_time > snapshot.time {
+        return Err(busy(format!(
+            "{dataset}: batch {} was pinned from a newer snapshot by another run; exiting without writing",
+            latest.batch
+        )));
+    }
+    Err(horizon::HorizonError::Backwards {
+        h_prev: latest.h,
+        h: snapshot.xmin,
+    }
+    .into())
 }
 
 type Executed = (write::Written, u64, Findings, Vec<String>);

@@ -183,3 +183,25 @@ async fn bad_configuration_and_unreachable_services() {
     let out = h.command(&["--dataset", "nope"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A run whose snapshot is older than a batch another run pinned meanwhile is not
+/// a restore: it lost a race and exits 4 without writing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_overtaken_by_another_run_exits_4() {
+    let h = Harness::new().await;
+    committed_once(&h).await;
+    tamper(&h, |m| {
+        m.h += 1_000_000;
+        m.snapshot_time = chrono::Utc::now() + chrono::Duration::hours(1);
+    })
+    .await;
+    let before = bucket_listing(&h).await;
+    let out = h.run(&[]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("pinned from a newer snapshot"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(bucket_listing(&h).await, before, "nothing written");
+}
