@@ -13,8 +13,9 @@
 //!    equivalent SQL (`benches/silver_duckdb.sql`) on the same files, each as a
 //!    child process, and records wall time and peak RSS (`getrusage` of the child).
 //! 3. Checks that both produced the same rows (`EXCEPT ALL` both ways, in DuckDB).
-//! 4. Adds a batch of 1 % new events (half of them late events of existing
-//!    executions) and times an incremental run.
+//! 4. Times two incremental runs: a realistic batch (0.5 % new events: the last
+//!    day's executions and late events of the last two days) and a worst case
+//!    (0.5 % late events spread over all 30 days, so every partition is affected).
 //!
 //! Environment: `SILVER_BENCH_DIR` (work directory, kept; default a temporary
 //! one), `LAKE_TEST_PYTHON` (a Python with `duckdb`; default `.venv/bin/python`),
@@ -69,6 +70,8 @@ const SYMBOLS: [&str; 25] = [
     "PEPEUSDC",
     "SHIBUSDC",
 ];
+/// Index standing for a malformed symbol.
+const BAD_SYMBOL: u8 = 255;
 const LIFECYCLES: [&[&str]; 6] = [
     &["STOP_TRIGGERED", "BLOCKED"],
     &["STOP_TRIGGERED", "FAILED"],
@@ -125,7 +128,8 @@ struct Ev {
     retry: i32,
 }
 
-fn generate(rng: &mut Rng, events: usize, first_op: i64) -> Vec<Ev> {
+/// `events` events of executions starting in `[start, end)` (minus 2 minutes).
+fn generate(rng: &mut Rng, events: usize, first_op: i64, start: i64, end: i64) -> Vec<Ev> {
     let mut out = Vec::with_capacity(events + 4);
     let mut op = first_op;
     while out.len() < events {
@@ -134,8 +138,13 @@ fn generate(rng: &mut Rng, events: usize, first_op: i64) -> Vec<Ev> {
             let r = rng.below(400);
             1 + (r * r / 8000) as i64 // skewed towards low ids, 1..=20
         };
-        let symbol = (rng.below(25).min(rng.below(25))) as u8;
-        let mut at = WINDOW_END - WINDOW + rng.below(WINDOW as u64 - 120_000_000) as i64;
+        // About 0.1 % of executions carry a malformed symbol (quarantined).
+        let symbol = if rng.below(1000) == 0 {
+            BAD_SYMBOL
+        } else {
+            (rng.below(25).min(rng.below(25))) as u8
+        };
+        let mut at = start + rng.below((end - start) as u64 - 120_000_000) as i64;
         let base = 1_000_000_000 + rng.below(9_000_000_000_000) as i128;
         let side = rng.below(2) == 0;
         if rng.below(1000) < 35 {
@@ -168,7 +177,12 @@ fn event(
 ) -> Ev {
     let id = (u128::from(rng.next()) << 64 | u128::from(rng.next())) & !(0xf000u128 << 64)
         | (0x4000u128 << 64);
-    let slip = if rng.below(100) == 0 { 54_000 } else { 18_000 };
+    // ±1.8 % mostly, ±5.4 % for 1 %, and one in 2 000 beyond ±50 % (quarantined).
+    let slip = match rng.below(2000) {
+        0 => 900_000,
+        1..=20 => 54_000,
+        _ => 18_000,
+    };
     Ev {
         id,
         seq: (rng.below(10) != 0).then(|| rng.next() as i64 & 0x7fff_ffff_ffff),
@@ -232,7 +246,9 @@ fn bronze_batch(evs: &[Ev], batch: u64) -> RecordBatch {
                 ),
                 "operation_id" => Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.op))),
                 "client_id" => Arc::new(Int64Array::from_iter_values(evs.iter().map(|e| e.client))),
-                "symbol" => text(&|e| Some(SYMBOLS[e.symbol as usize].to_owned())),
+                "symbol" => text(&|e| {
+                    Some(SYMBOLS.get(e.symbol as usize).copied().unwrap_or("btc-usdc").to_owned())
+                }),
                 "event_type" => text(&|e| Some(e.ty.to_owned())),
                 "trigger_price" => dec(&|e| Some(e.price), 20, 8),
                 "stop_price" => dec(&|e| Some(e.price - e.price / 100), 20, 8),
@@ -369,7 +385,10 @@ fn python() -> PathBuf {
 const RUN_SQL: &str = r#"
 import sys, duckdb
 sql, bronze, out = sys.argv[1], sys.argv[2], sys.argv[3]
+import os
+os.makedirs(out, exist_ok=True)
 con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")
 con.execute(open(sql).read().replace("{bronze}", bronze).replace("{out}", out))
 "#;
 
@@ -377,15 +396,21 @@ const COMPARE: &str = r#"
 import sys, duckdb
 lake, out = sys.argv[1], sys.argv[2]
 con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")
 con.execute("SET TimeZone = 'UTC'")
 a = f"(SELECT * FROM read_parquet('{lake}/silver/stop_executions/*/*/*.parquet', hive_partitioning = true))"
 b = f"(SELECT * FROM read_parquet('{out}/silver/*/*/*.parquet', hive_partitioning = true))"
 cols = "execution_id, execution_key, operation_id, symbol, side, status, triggered_at, submitted_at, executed_at, failed_at, blocked_at, stop_price, trigger_price, quantity, exchange_order_id, fill_price, slippage_pct, source, error_message, retry_count, event_count, first_event_at, last_event_at, last_event_id, client_id, CAST(date AS DATE)"
-n = con.sql(f"SELECT count(*) FROM {a}").fetchone()[0]
-d1 = con.sql(f"SELECT count(*) FROM (SELECT {cols} FROM {a} EXCEPT ALL SELECT {cols} FROM {b})").fetchone()[0]
-d2 = con.sql(f"SELECT count(*) FROM (SELECT {cols} FROM {b} EXCEPT ALL SELECT {cols} FROM {a})").fetchone()[0]
-qa = con.sql(f"SELECT count(*) FROM read_parquet('{lake}/silver/_quarantine/stop_executions/*/*.parquet')").fetchone()[0]
-print(n, d1, d2, qa)
+n = con.execute(f"SELECT count(*) FROM {a}").fetchone()[0]
+d1 = con.execute(f"SELECT count(*) FROM (SELECT {cols} FROM {a} EXCEPT ALL SELECT {cols} FROM {b})").fetchone()[0]
+d2 = con.execute(f"SELECT count(*) FROM (SELECT {cols} FROM {b} EXCEPT ALL SELECT {cols} FROM {a})").fetchone()[0]
+qa = f"(SELECT * FROM read_parquet('{lake}/silver/_quarantine/stop_executions/*/*.parquet', hive_partitioning = true))"
+qb = f"(SELECT * FROM read_parquet('{out}/quarantine/*/*.parquet', hive_partitioning = true))"
+qcols = cols + ", violation"
+q = con.execute(f"SELECT count(*) FROM {qa}").fetchone()[0]
+q1 = con.execute(f"SELECT count(*) FROM (SELECT {qcols} FROM {qa} EXCEPT ALL SELECT {qcols} FROM {qb})").fetchone()[0]
+q2 = con.execute(f"SELECT count(*) FROM (SELECT {qcols} FROM {qb} EXCEPT ALL SELECT {qcols} FROM {qa})").fetchone()[0]
+print(n, d1 + q1, d2 + q2, q)
 "#;
 
 fn main() {
@@ -408,7 +433,7 @@ fn main() {
 
     let t = Instant::now();
     let mut rng = Rng(42);
-    let evs = generate(&mut rng, events, 0);
+    let evs = generate(&mut rng, events, 0, WINDOW_END - WINDOW, WINDOW_END);
     let n = evs.len();
     rt.block_on(write_batch(&lake, 1, evs.clone()));
     let bronze_bytes = dir_size(&lake_dir.join("bronze/events"));
@@ -467,13 +492,20 @@ fn main() {
             ])
             .output()
             .unwrap();
-        let line = String::from_utf8_lossy(&cmp.stdout).trim().to_owned();
+        let stdout = String::from_utf8_lossy(&cmp.stdout).into_owned();
+        let line = stdout.lines().last().unwrap_or_default().trim().to_owned();
         assert!(
             cmp.status.success(),
             "{}",
             String::from_utf8_lossy(&cmp.stderr)
         );
-        let v: Vec<u64> = line.split(' ').map(|x| x.parse().unwrap()).collect();
+        let v: Vec<u64> = line
+            .split(' ')
+            .map(|x| {
+                x.parse()
+                    .unwrap_or_else(|_| panic!("unexpected comparison output {stdout:?}"))
+            })
+            .collect();
         assert_eq!((v[1], v[2]), (0, 0), "silver and DuckDB differ: {line}");
         eprintln!(
             "equal: {} silver rows, {} quarantine rows in both",
@@ -488,36 +520,36 @@ fn main() {
         );
     }
 
-    // Incremental: 1 % more events, half of them late events of existing executions.
-    let mut late: Vec<Ev> = Vec::new();
-    let mut i = 0;
-    while late.len() < n / 200 {
-        let e = &evs[(rng.below(n as u64)) as usize];
-        if e.token.is_some() {
-            let mut x = event(
-                &mut rng,
-                e.at + 3_000_000,
-                e.op,
-                e.client,
-                e.symbol,
-                "FAILED",
-                e.token,
-                e.side,
-                e.price,
-            );
-            x.at += i;
-            late.push(x);
-            i += 1;
-        }
-    }
-    late.extend(generate(&mut rng, n / 200, 10_000_000));
-    let added = late.len();
-    rt.block_on(write_batch(&lake, 2, late));
+    // Incremental runs. A realistic batch: 0.5 % new events, the executions of the
+    // last day plus late events of executions of the last two days. A worst case:
+    // as many late events, spread over all 30 days (every partition is affected).
+    const DAY: i64 = 86_400_000_000;
+    let recent = late_events(&mut rng, &evs, n / 400, WINDOW_END - 2 * DAY)
+        .into_iter()
+        .chain(generate(
+            &mut rng,
+            n / 400,
+            10_000_000,
+            WINDOW_END - DAY,
+            WINDOW_END,
+        ))
+        .collect::<Vec<_>>();
+    let added_recent = recent.len();
+    rt.block_on(write_batch(&lake, 2, recent));
     let inc = measure("silver-transform incremental", &[BIN], &env);
     eprintln!(
-        "silver incremental (+{added} events): {:.2} s, {:.0} MiB",
+        "silver incremental (+{added_recent} recent events): {:.2} s, {:.0} MiB",
         inc.wall.as_secs_f64(),
         inc.max_rss_mib
+    );
+    let spread = late_events(&mut rng, &evs, n / 200, WINDOW_END - WINDOW);
+    let added_spread = spread.len();
+    rt.block_on(write_batch(&lake, 3, spread));
+    let wide = measure("silver-transform incremental (spread)", &[BIN], &env);
+    eprintln!(
+        "silver incremental (+{added_spread} late events over 30 days): {:.2} s, {:.0} MiB",
+        wide.wall.as_secs_f64(),
+        wide.max_rss_mib
     );
 
     let mut md = String::new();
@@ -532,23 +564,28 @@ fn main() {
         silver.wall.as_secs_f64(),
         silver.max_rss_mib
     ));
-    if let Some((version, m, rows)) = &duck_result {
+    if let Some((version, m, _)) = &duck_result {
         md.push_str(&format!(
             "| DuckDB {version}, `benches/silver_duckdb.sql` | {:.2} s | {:.0} MiB |\n",
             m.wall.as_secs_f64(),
             m.max_rss_mib
         ));
-        md.push_str(&format!(
-            "| silver-transform incremental, +{added} events | {:.2} s | {:.0} MiB |\n\nBoth produced the same {rows} silver rows (EXCEPT ALL both ways is empty).\n",
-            inc.wall.as_secs_f64(),
-            inc.max_rss_mib
-        ));
-    } else {
-        md.push_str(&format!(
-            "| silver-transform incremental, +{added} events | {:.2} s | {:.0} MiB |\n\nDuckDB was not available.\n",
-            inc.wall.as_secs_f64(),
-            inc.max_rss_mib
-        ));
+    }
+    md.push_str(&format!(
+        "| silver-transform incremental: +{added_recent} events of the last day and late events of the last two | {:.2} s | {:.0} MiB |\n",
+        inc.wall.as_secs_f64(),
+        inc.max_rss_mib
+    ));
+    md.push_str(&format!(
+        "| silver-transform incremental: +{added_spread} late events spread over all 30 days (every partition) | {:.2} s | {:.0} MiB |\n",
+        wide.wall.as_secs_f64(),
+        wide.max_rss_mib
+    ));
+    match &duck_result {
+        Some((_, _, rows)) => md.push_str(&format!(
+            "\nsilver-transform and DuckDB produced the same {rows} silver rows and the same quarantine rows (EXCEPT ALL both ways is empty).\n"
+        )),
+        None => md.push_str("\nDuckDB was not available.\n"),
     }
     println!("\n{md}");
     if let Some(path) = std::env::var_os("SILVER_BENCH_REPORT") {
@@ -558,6 +595,33 @@ fn main() {
     if keep.is_some() {
         eprintln!("kept {}", dir.display());
     }
+}
+
+/// `count` late FAILED events of random executions (with a token) that started
+/// after `since`, 3 s after the event picked.
+fn late_events(rng: &mut Rng, evs: &[Ev], count: usize, since: i64) -> Vec<Ev> {
+    let mut out = Vec::with_capacity(count);
+    let mut i = 0;
+    while out.len() < count {
+        let e = &evs[rng.below(evs.len() as u64) as usize];
+        if e.token.is_some() && e.at >= since {
+            let mut x = event(
+                rng,
+                e.at + 3_000_000,
+                e.op,
+                e.client,
+                e.symbol,
+                "FAILED",
+                e.token,
+                e.side,
+                e.price,
+            );
+            x.at += i;
+            out.push(x);
+            i += 1;
+        }
+    }
+    out
 }
 
 fn dir_size(p: &Path) -> u64 {

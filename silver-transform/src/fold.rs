@@ -53,8 +53,10 @@ pub enum Dec {
 pub enum Batches {
     /// All events came from this batch.
     One(u64),
-    /// Several batches, ascending, without duplicates.
-    Many(Vec<u64>),
+    /// Several batches, ascending, without duplicates (boxed: keeps the enum at
+    /// 16 bytes for the common single batch).
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<u64>>),
 }
 
 impl Batches {
@@ -64,7 +66,7 @@ impl Batches {
             Self::One(a) => {
                 let mut v = vec![*a, b];
                 v.sort_unstable();
-                *self = Self::Many(v);
+                *self = Self::Many(Box::new(v));
             }
             Self::Many(v) => {
                 if let Err(pos) = v.binary_search(&b) {
@@ -91,6 +93,56 @@ impl Batches {
     }
 }
 
+/// A short string kept inline: symbols, sides, sources and exchange order ids
+/// fit in 22 bytes, so an execution carries them without a heap allocation each
+/// (hundreds of thousands of executions are held at once).
+#[derive(Clone, PartialEq, Eq)]
+pub enum InlineStr {
+    /// Up to 22 bytes, stored in place.
+    Inline {
+        /// Used bytes.
+        len: u8,
+        /// UTF-8 bytes.
+        buf: [u8; 22],
+    },
+    /// Longer strings.
+    Heap(Box<str>),
+}
+
+impl InlineStr {
+    /// Copies `s`.
+    pub fn new(s: &str) -> Self {
+        let b = s.as_bytes();
+        if b.len() <= 22 {
+            let mut buf = [0u8; 22];
+            buf[..b.len()].copy_from_slice(b);
+            Self::Inline {
+                len: b.len() as u8,
+                buf,
+            }
+        } else {
+            Self::Heap(s.into())
+        }
+    }
+
+    /// The string.
+    pub fn as_str(&self) -> &str {
+        match self {
+            // The bytes were copied from a `&str`: always valid UTF-8.
+            Self::Inline { len, buf } => {
+                std::str::from_utf8(&buf[..*len as usize]).unwrap_or_default()
+            }
+            Self::Heap(s) => s,
+        }
+    }
+}
+
+impl std::fmt::Debug for InlineStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 /// Sentinel of an unset "first event of type" timestamp (outside PostgreSQL's range).
 const UNSET: i64 = i64::MIN;
 
@@ -106,9 +158,9 @@ pub struct Acc {
     /// Whether the events carry more than one `client_id` (a quality violation).
     pub multi_client: bool,
     /// `symbol` of the first event.
-    pub symbol: Box<str>,
+    pub symbol: InlineStr,
     /// `side` of the first event.
-    pub side: Option<Box<str>>,
+    pub side: Option<InlineStr>,
     /// `occurred_at` of the latest event.
     pub last_at: i64,
     /// `event_id` of the latest event.
@@ -116,7 +168,7 @@ pub struct Acc {
     /// Type of the latest event (the status).
     pub last_type: EventType,
     /// `source` of the latest event.
-    pub source: Box<str>,
+    pub source: InlineStr,
     /// `occurred_at` of the first event of each type ([`UNSET`] if none).
     type_first_at: [i64; 5],
     /// Latest non-null decimals, indexed by [`Dec`]; `decimals_set` bit *i* says
@@ -124,7 +176,7 @@ pub struct Acc {
     decimals: [i128; 5],
     decimals_set: u8,
     /// Latest non-null `exchange_order_id` of EXECUTED events.
-    pub exchange_order_id: Option<Box<str>>,
+    pub exchange_order_id: Option<InlineStr>,
     /// Latest non-null `error_message`.
     pub error_message: Option<Box<str>>,
     /// Max `retry_count`.
@@ -143,12 +195,12 @@ impl Acc {
             operation_id: ev.operation_id,
             client_id: ev.client_id,
             multi_client: false,
-            symbol: ev.symbol.into(),
-            side: ev.side.map(Into::into),
+            symbol: InlineStr::new(ev.symbol),
+            side: ev.side.map(InlineStr::new),
             last_at: ev.order.at,
             last_id: ev.order.id,
             last_type: ev.ty,
-            source: ev.source.into(),
+            source: InlineStr::new(ev.source),
             type_first_at: [UNSET; 5],
             decimals: [0; 5],
             decimals_set: 0,
@@ -168,8 +220,8 @@ impl Acc {
         self.last_at = ev.order.at;
         self.last_id = ev.order.id;
         self.last_type = ev.ty;
-        if *self.source != *ev.source {
-            self.source = ev.source.into();
+        if self.source.as_str() != ev.source {
+            self.source = InlineStr::new(ev.source);
         }
         let t = ev.ty as usize;
         if self.type_first_at[t] == UNSET {
@@ -182,7 +234,7 @@ impl Acc {
             self.set_dec(Dec::FillPrice, ev.fill_price);
             self.set_dec(Dec::SlippagePct, ev.slippage_pct);
             if let Some(id) = ev.exchange_order_id {
-                self.exchange_order_id = Some(id.into());
+                self.exchange_order_id = Some(InlineStr::new(id));
             }
         }
         if let Some(msg) = ev.error_message {
@@ -281,15 +333,21 @@ pub enum FoldError {
 /// of events folded.
 pub fn fold_day(columns: &[EventColumns], filter: &KeyFilter) -> Result<(Folded, u64), FoldError> {
     let mut rows: Vec<(OrderKey, u32, u32, EventType)> = Vec::new();
+    // Whether a key passes the filter, hashed once per key rather than per event.
+    let mut passes: FxHashMap<crate::key::ExecutionKey<'_>, bool> = FxHashMap::default();
     for (b, cols) in columns.iter().enumerate() {
         for i in 0..cols.len() {
             let Some(ty) = cols.event_type(i) else {
                 continue;
             };
-            if let KeyFilter::Keys(keys) = filter
-                && !keys.contains(&cols.key(i).hash())
-            {
-                continue;
+            if let KeyFilter::Keys(keys) = filter {
+                let key = cols.key(i);
+                let pass = *passes
+                    .entry(key)
+                    .or_insert_with(|| keys.contains(&key.hash()));
+                if !pass {
+                    continue;
+                }
             }
             let order = cols.order(i).map_err(FoldError::Contract)?;
             rows.push((order, b as u32, i as u32, ty));
@@ -398,12 +456,30 @@ mod tests {
         assert_eq!(acc.dec(Dec::FillPrice), Some(99));
         assert_eq!(acc.dec(Dec::SlippagePct), Some(-12));
         assert_eq!(acc.error_message.as_deref(), Some("boom"));
-        assert_eq!(acc.source.as_ref(), "ws");
+        assert_eq!(acc.source.as_str(), "ws");
         assert_eq!(acc.retry_count, 3);
         assert_eq!(acc.event_count, 3);
         assert!(acc.multi_client);
         assert_eq!(acc.client_id, 1);
-        assert_eq!(acc.batches, Batches::Many(vec![1, 4]));
+        assert_eq!(acc.batches, Batches::Many(Box::new(vec![1, 4])));
+    }
+
+    #[test]
+    fn inline_strings() {
+        for s in [
+            "",
+            "BTCUSDC",
+            "exactly-twenty-two-by",
+            "twenty-three bytes long",
+            "ünï",
+        ] {
+            assert_eq!(InlineStr::new(s).as_str(), s);
+        }
+        assert!(matches!(
+            InlineStr::new("BTCUSDC"),
+            InlineStr::Inline { .. }
+        ));
+        assert_eq!(std::mem::size_of::<Option<InlineStr>>(), 24);
     }
 
     #[test]

@@ -109,8 +109,11 @@ pub struct Recomputed {
     pub partitions: BTreeSet<PartitionKey>,
     /// Folded executions by key text (may include executions of other shards).
     pub executions: Folded,
-    /// The key index after this run.
+    /// The key index after this run, except for the folded executions: complete
+    /// it with [`finish_index`] once they are published.
     pub index: KeyIndex,
+    /// Keys that were folded (those without events any more leave the index).
+    pub attempted: FxHashSet<KeyHash>,
     /// All batches consumed after this run.
     pub consumed: BTreeSet<u64>,
     /// Batches consumed for the first time.
@@ -145,19 +148,7 @@ pub async fn recompute(
     let mut partitions: BTreeSet<PartitionKey> = req.forced.iter().copied().filter(owned).collect();
 
     if req.full_refresh && shard.count == 1 {
-        // Everything, once: no key scan, no filter.
-        let (folded, stats) = fold_days(lake, view, view.days(), KeyFilter::All, req).await?;
-        out.stats = stats;
-        out.stats.fold_rounds = 1;
-        let mut index = KeyIndex::with_capacity(folded.len());
-        for (key, acc) in &folded {
-            index.insert(KeyHash::of(key), info_of(acc));
-            partitions.insert(acc.partition());
-        }
-        out.partitions = partitions;
-        out.executions = folded;
-        out.index = index;
-        return Ok(out);
+        return fold_everything(lake, view, req, out, partitions).await;
     }
 
     // 1. Keys of the new files.
@@ -202,29 +193,49 @@ pub async fn recompute(
     let mut attempted: FxHashSet<KeyHash> = FxHashSet::default();
     let mut folded = Folded::default();
     loop {
-        let mut todo: FxHashMap<KeyHash, KeyInfo> = FxHashMap::default();
+        let mut keys: FxHashSet<KeyHash> = FxHashSet::default();
+        let mut days: BTreeSet<i32> = BTreeSet::new();
+        let mut take = |k: &KeyHash, info: &KeyInfo| {
+            if !attempted.contains(k) && keys.insert(*k) {
+                days.extend(info.days());
+            }
+        };
         for (k, m) in &affected {
             let touches = partitions.contains(&m.partition())
                 || old.get(k).is_some_and(|o| partitions.contains(&o.partition()))
                 // An execution with several clients may belong to any shard: every
                 // shard folds it to find out.
                 || m.multi_client;
-            if touches && !attempted.contains(k) {
-                todo.insert(*k, *m);
+            if touches {
+                take(k, m);
             }
         }
         for (k, o) in old.iter() {
-            if partitions.contains(&o.partition()) && !attempted.contains(k) {
-                todo.entry(*k).or_insert(*o);
+            if partitions.contains(&o.partition()) && !affected.contains_key(k) {
+                take(k, o);
             }
         }
-        if todo.is_empty() {
+        if keys.is_empty() {
             break;
         }
-        let days: BTreeSet<i32> = todo.values().flat_map(KeyInfo::days).collect();
-        attempted.extend(todo.keys().copied());
-        let filter = KeyFilter::Keys(todo.into_keys().collect());
-        let (round, stats) = fold_days(lake, view, days, filter, req).await?;
+        if shard.count == 1 && out.stats.fold_rounds == 0 && keys.len() * 2 > old.len() {
+            // Most executions are affected (e.g. late events all over the history):
+            // one unfiltered pass over everything is cheaper, and its result is the
+            // same by definition. Every known partition is rewritten (or deleted).
+            tracing::info!(
+                keys = keys.len(),
+                indexed = old.len(),
+                "Most executions are affected: recomputing the whole shard"
+            );
+            drop((keys, days, affected, old));
+            partitions.extend(prior.partitions.iter().copied());
+            return fold_everything(lake, view, req, out, partitions).await;
+        }
+        let filter = Arc::new(KeyFilter::Keys(keys));
+        let (round, stats) = fold_days(lake, view, days, Arc::clone(&filter), req).await?;
+        if let Ok(KeyFilter::Keys(keys)) = Arc::try_unwrap(filter) {
+            attempted.extend(keys);
+        }
         out.stats.fold_rounds += 1;
         out.stats.days_read += stats.days_read;
         out.stats.files_read += stats.files_read;
@@ -241,25 +252,63 @@ pub async fn recompute(
         );
     }
 
-    // The new index: merged info for every affected key, exact info for every
-    // folded one, and no entry for keys whose events are all gone.
+    // The new index, but for the folded executions (see `finish_index`): merged
+    // info for every affected key.
     let mut index = old;
     for (k, m) in affected {
         index.insert(k, m);
     }
-    let mut seen: FxHashSet<KeyHash> = FxHashSet::default();
-    for (key, acc) in &folded {
-        let h = KeyHash::of(key);
-        index.insert(h, info_of(acc));
-        seen.insert(h);
-    }
-    for k in attempted.difference(&seen) {
-        index.remove(k);
-    }
     out.partitions = partitions;
     out.executions = folded;
+    out.attempted = attempted;
     out.index = index;
     Ok(out)
+}
+
+/// Folds every execution from all of bronze (no key scan, no filter) and plans
+/// every partition it produces besides `partitions`; the index is rebuilt from
+/// scratch by [`finish_index`].
+async fn fold_everything(
+    lake: &Lake,
+    view: &BronzeView,
+    req: &Request,
+    mut out: Recomputed,
+    mut partitions: BTreeSet<PartitionKey>,
+) -> Result<Recomputed, RecomputeError> {
+    let (folded, stats) = fold_days(lake, view, view.days(), Arc::new(KeyFilter::All), req).await?;
+    out.stats.fold_rounds += 1;
+    out.stats.days_read += stats.days_read;
+    out.stats.files_read += stats.files_read;
+    out.stats.events_folded += stats.events_folded;
+    partitions.extend(folded.values().map(|a| a.partition()));
+    out.partitions = partitions;
+    out.executions = folded;
+    out.index = KeyIndex::default();
+    out.attempted = FxHashSet::default();
+    Ok(out)
+}
+
+/// Completes the index of a [`Recomputed`]: exact entries for its folded
+/// executions, consuming them (their memory is freed as the index grows), and no
+/// entry for keys that were folded but whose events are all gone from bronze.
+pub fn finish_index(
+    mut index: KeyIndex,
+    executions: Folded,
+    attempted: &FxHashSet<KeyHash>,
+) -> KeyIndex {
+    let mut entries = Vec::with_capacity(executions.len());
+    for (key, acc) in executions {
+        entries.push((KeyHash::of(&key), info_of(&acc)));
+    }
+    if !attempted.is_empty() {
+        entries.sort_unstable_by_key(|(k, _)| *k);
+        for k in attempted {
+            if entries.binary_search_by_key(k, |(e, _)| *e).is_err() {
+                index.remove(k);
+            }
+        }
+    }
+    index.finish(entries)
 }
 
 fn info_of(acc: &crate::fold::Acc) -> KeyInfo {
@@ -328,11 +377,10 @@ async fn fold_days(
     lake: &Lake,
     view: &BronzeView,
     days: BTreeSet<i32>,
-    filter: KeyFilter,
+    filter: Arc<KeyFilter>,
     req: &Request,
 ) -> Result<(Folded, WorkStats), RecomputeError> {
     let by_day = view.files_by_day(&days);
-    let filter = Arc::new(filter);
     let mut stats = WorkStats {
         days_read: by_day.len() as u64,
         files_read: by_day.values().map(|f| f.len() as u64).sum(),

@@ -82,9 +82,15 @@ pub enum IndexError {
 }
 
 /// Every execution key of bronze and what is known about it.
+///
+/// Stored as a vector sorted by key (exactly sized: about 72 bytes per key, half
+/// of a hash table's footprint) plus a small table of changes made during a run;
+/// [`KeyIndex::finish`] merges both with the entries of the folded executions.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct KeyIndex {
-    entries: FxHashMap<KeyHash, KeyInfo>,
+    sorted: Vec<(KeyHash, KeyInfo)>,
+    /// Changes not merged into `sorted` yet; `None` removes the key.
+    changes: FxHashMap<KeyHash, Option<KeyInfo>>,
 }
 
 static SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(|| {
@@ -100,41 +106,97 @@ static SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(|| {
 });
 
 impl KeyIndex {
-    /// An empty index with room for `n` keys.
-    pub fn with_capacity(n: usize) -> Self {
-        let mut entries = FxHashMap::default();
-        entries.reserve(n);
-        Self { entries }
-    }
-
     /// Number of keys.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        let mut n = self.sorted.len();
+        for (k, c) in &self.changes {
+            match (self.find(k).is_some(), c.is_some()) {
+                (true, false) => n -= 1,
+                (false, true) => n += 1,
+                _ => {}
+            }
+        }
+        n
     }
 
     /// Whether the index is empty.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
+    }
+
+    fn find(&self, key: &KeyHash) -> Option<&KeyInfo> {
+        self.sorted
+            .binary_search_by_key(key, |(k, _)| *k)
+            .ok()
+            .map(|i| &self.sorted[i].1)
     }
 
     /// The entry of a key.
     pub fn get(&self, key: &KeyHash) -> Option<&KeyInfo> {
-        self.entries.get(key)
+        match self.changes.get(key) {
+            Some(change) => change.as_ref(),
+            None => self.find(key),
+        }
     }
 
     /// Sets the entry of a key.
     pub fn insert(&mut self, key: KeyHash, info: KeyInfo) {
-        self.entries.insert(key, info);
+        self.changes.insert(key, Some(info));
     }
 
     /// Removes a key (its events are gone from bronze).
     pub fn remove(&mut self, key: &KeyHash) {
-        self.entries.remove(key);
+        self.changes.insert(*key, None);
     }
 
     /// All entries, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&KeyHash, &KeyInfo)> {
-        self.entries.iter()
+        self.sorted
+            .iter()
+            .filter(|(k, _)| !self.changes.contains_key(k))
+            .map(|(k, i)| (k, i))
+            .chain(
+                self.changes
+                    .iter()
+                    .filter_map(|(k, c)| c.as_ref().map(|i| (k, i))),
+            )
+    }
+
+    /// Merges the pending changes and then `entries` (which win over everything)
+    /// into one sorted vector.
+    pub fn finish(self, mut entries: Vec<(KeyHash, KeyInfo)>) -> Self {
+        let Self {
+            sorted,
+            mut changes,
+        } = self;
+        if sorted.is_empty() && changes.is_empty() {
+            // A full refresh: the entries are the index.
+            entries.sort_unstable_by_key(|(k, _)| *k);
+            entries.dedup_by_key(|(k, _)| *k);
+            return Self {
+                sorted: entries,
+                changes,
+            };
+        }
+        changes.extend(entries.into_iter().map(|(k, i)| (k, Some(i))));
+        let mut updates: Vec<(KeyHash, Option<KeyInfo>)> = changes.into_iter().collect();
+        updates.sort_unstable_by_key(|(k, _)| *k);
+        let mut out = Vec::with_capacity(sorted.len() + updates.len());
+        let mut old = sorted.into_iter().peekable();
+        for (k, change) in updates {
+            while let Some(entry) = old.next_if(|(o, _)| *o < k) {
+                out.push(entry);
+            }
+            old.next_if(|(o, _)| *o == k);
+            if let Some(info) = change {
+                out.push((k, info));
+            }
+        }
+        out.extend(old);
+        Self {
+            sorted: out,
+            changes: FxHashMap::default(),
+        }
     }
 
     /// The Arrow schema of the stored index.
@@ -144,8 +206,10 @@ impl KeyIndex {
 
     /// The index as one record batch, sorted by key hash (deterministic bytes).
     pub fn to_batch(&self) -> Result<RecordBatch, arrow::error::ArrowError> {
-        let mut rows: Vec<(&KeyHash, &KeyInfo)> = self.entries.iter().collect();
-        rows.sort_unstable_by_key(|(k, _)| **k);
+        let mut rows: Vec<(&KeyHash, &KeyInfo)> = self.iter().collect();
+        if !self.changes.is_empty() {
+            rows.sort_unstable_by_key(|(k, _)| **k);
+        }
         let fixed =
             |it: &mut dyn Iterator<Item = [u8; 16]>| -> Result<ArrayRef, arrow::error::ArrowError> {
                 let mut b = FixedSizeBinaryBuilder::with_capacity(rows.len(), 16);
@@ -177,7 +241,7 @@ impl KeyIndex {
 
     /// Reads a stored index (the bytes of its Parquet file).
     pub fn from_parquet(bytes: Bytes) -> Result<Self, IndexError> {
-        let mut entries = FxHashMap::default();
+        let mut sorted: Vec<(KeyHash, KeyInfo)> = Vec::new();
         for batch in lake_common::parquet_io::read_bytes(bytes)? {
             if batch.schema().fields() != Self::schema().fields() {
                 return Err(IndexError::Layout(format!("{:?}", batch.schema())));
@@ -191,13 +255,13 @@ impl KeyIndex {
             let client = batch.column(4).as_primitive::<Int64Type>();
             let multi = batch.column(5).as_boolean();
             let last = batch.column(6).as_primitive::<Date32Type>();
-            entries.reserve(batch.num_rows());
+            sorted.reserve(batch.num_rows());
             for r in 0..batch.num_rows() {
                 let mut k = [0u8; 16];
                 k.copy_from_slice(keys.value(r));
                 let mut id = [0u8; 16];
                 id.copy_from_slice(ids.value(r));
-                entries.insert(
+                sorted.push((
                     KeyHash(k),
                     KeyInfo {
                         first: OrderKey {
@@ -209,10 +273,16 @@ impl KeyIndex {
                         multi_client: multi.value(r),
                         last_day: last.value(r),
                     },
-                );
+                ));
             }
         }
-        Ok(Self { entries })
+        if !sorted.is_sorted_by(|a, b| a.0 < b.0) {
+            return Err(IndexError::Layout("keys are not sorted and unique".into()));
+        }
+        Ok(Self {
+            sorted,
+            changes: FxHashMap::default(),
+        })
     }
 }
 
@@ -248,6 +318,35 @@ mod tests {
     }
 
     #[test]
+    fn changes_and_entries_merge_into_one_sorted_index() {
+        let info = |n: u8| KeyInfo::event(order(i64::from(n), n), 1);
+        let k = |n: u8| KeyHash([n; 16]);
+        let base =
+            KeyIndex::default().finish(vec![(k(5), info(5)), (k(1), info(1)), (k(3), info(3))]);
+        assert_eq!(base.len(), 3);
+        let mut ix = base.clone();
+        ix.remove(&k(3));
+        ix.insert(k(4), info(4));
+        ix.insert(k(1), info(9));
+        assert_eq!(ix.len(), 3);
+        assert_eq!(ix.get(&k(3)), None);
+        assert_eq!(ix.get(&k(1)), Some(&info(9)));
+        assert_eq!(ix.get(&k(5)), Some(&info(5)));
+        let done = ix.finish(vec![(k(2), info(2)), (k(5), info(7))]);
+        let all: Vec<_> = done.iter().map(|(k, i)| (*k, *i)).collect();
+        assert_eq!(
+            all,
+            vec![
+                (k(1), info(9)),
+                (k(2), info(2)),
+                (k(4), info(4)),
+                (k(5), info(7))
+            ]
+        );
+        assert_eq!(done.len(), 4);
+    }
+
+    #[test]
     fn empty_index_round_trips() {
         let batch = KeyIndex::default().to_batch().unwrap();
         assert_eq!(batch.num_rows(), 0);
@@ -262,6 +361,7 @@ mod tests {
             info.multi_client = n % 5 == 0;
             index.insert(KeyHash::of(&n.to_string()), info);
         }
+        let index = index.finish(vec![]);
         let batch = index.to_batch().unwrap();
         let mut buf = Vec::new();
         let mut w = parquet::arrow::ArrowWriter::try_new(

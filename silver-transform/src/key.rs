@@ -117,18 +117,27 @@ pub fn parse_event_id(s: &str) -> Option<EventId> {
     Some(out)
 }
 
-/// Formats an event id back into its canonical text.
-pub fn format_event_id(id: &EventId) -> String {
+/// Writes the canonical text of an event id into `out`.
+pub fn write_event_id(id: &EventId, out: &mut [u8; 36]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(36);
+    let mut o = 0;
     for (i, byte) in id.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
-            s.push('-');
+            out[o] = b'-';
+            o += 1;
         }
-        s.push(HEX[(byte >> 4) as usize] as char);
-        s.push(HEX[(byte & 0xf) as usize] as char);
+        out[o] = HEX[(byte >> 4) as usize];
+        out[o + 1] = HEX[(byte & 0xf) as usize];
+        o += 2;
     }
-    s
+}
+
+/// Formats an event id back into its canonical text.
+pub fn format_event_id(id: &EventId) -> String {
+    let mut buf = [0u8; 36];
+    write_event_id(id, &mut buf);
+    // Hex digits and hyphens are ASCII.
+    String::from_utf8_lossy(&buf).into_owned()
 }
 
 /// The order of events inside an execution: `(occurred_at, event_seq NULLS LAST,
@@ -164,7 +173,7 @@ impl PartialOrd for OrderKey {
 }
 
 /// The execution key of an event: its token, or `operation:<id>` without one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ExecutionKey<'a> {
     /// `execution_token`.
     Token(&'a str),

@@ -267,6 +267,9 @@ async fn execute(
         forced.extend(prior.partitions.iter().copied());
         forced.extend(list_existing(lake, shard).await?);
     }
+    // Partitions whose objects may exist although the committed table does not
+    // say so (written by a crashed run, or found by listing): empty ones are deleted.
+    let unknown = forced.clone();
     report
         .timings_ms
         .insert("load_state", t.elapsed().as_millis() as u64);
@@ -318,6 +321,15 @@ async fn execute(
     report
         .timings_ms
         .insert("recompute", t.elapsed().as_millis() as u64);
+    tracing::info!(
+        partitions = rec.partitions.len(),
+        executions = rec.executions.len(),
+        new_batches = rec.new_batches.len(),
+        days_read = rec.stats.days_read,
+        events_folded = rec.stats.events_folded,
+        elapsed_ms = t.elapsed().as_millis() as u64,
+        "Recomputed executions"
+    );
     report.new_batches = to_ranges(&rec.new_batches);
     report.superseded_days = rec
         .superseded_days
@@ -326,46 +338,16 @@ async fn execute(
         .collect();
     report.work = rec.stats.clone();
 
-    // Quality, quarantine routing and summary.
     let t = Instant::now();
-    let mut rows: BTreeMap<PartitionKey, PartitionRows<'_>> = rec
-        .partitions
-        .iter()
-        .map(|p| (*p, PartitionRows::default()))
-        .collect();
-    let mut batches: BTreeMap<PartitionKey, BTreeSet<u64>> = BTreeMap::new();
-    let mut summary = SummaryBuilder::default();
-    for (key, acc) in &rec.executions {
-        let acc: &fold::Acc = acc;
-        let p = acc.partition();
-        let Some(part) = rows.get_mut(&p) else {
-            continue;
-        };
-        batches.entry(p).or_default().extend(acc.batches.iter());
-        let broken = quality::check(acc);
-        report.quality.record(&broken);
-        if broken.is_empty() {
-            summary.add(acc);
-            part.silver.push((key, acc));
-        } else {
-            part.quarantine
-                .extend(broken.into_iter().map(|r| ((&**key, acc), r)));
-        }
-    }
-    report.quality.finish();
-    for part in rows.values_mut() {
-        part.sort();
-    }
-    report.summary = summary.finish();
-    report.rows.silver = rows.values().map(|r| r.silver.len() as u64).sum();
-    report.rows.quarantine_rows = rows.values().map(|r| r.quarantine.len() as u64).sum();
-    report.rows.index_keys = rec.index.len() as u64;
-    report.partitions.recomputed = rows.len() as u64;
+    let Routed { rows, mut batches } = route(&rec, report);
     report
         .timings_ms
         .insert("quality", t.elapsed().as_millis() as u64);
 
     let Some(lease) = lease else {
+        drop(rows);
+        let index = incremental::finish_index(rec.index, rec.executions, &rec.attempted);
+        report.rows.index_keys = index.len() as u64;
         report.outcome = outcome_of(report);
         report.partitions.total = table.len() as u64;
         return Ok(());
@@ -377,28 +359,31 @@ async fn execute(
     lease
         .update(|m| m.planned = rows.keys().map(|p| (*p).into()).collect())
         .await?;
-    let pause = options.pause_after_publish;
-    let lease_ref = &lease;
-    let published: Vec<(PartitionKey, Published)> = futures::stream::iter(rows.iter())
-        .map(|(p, r)| async move {
-            lease_ref.check()?;
-            let out = publish(lake, *p, r).await?;
-            tracing::debug!(partition = %p, silver = r.silver.len(), quarantine = r.quarantine.len(), "Published partition");
-            if let Some(d) = pause {
-                tokio::time::sleep(d).await;
-            }
-            Ok::<_, anyhow::Error>((*p, out))
-        })
-        .buffer_unordered(PUBLISH_CONCURRENCY)
-        .try_collect()
-        .await?;
+    let may_exist = |p: &PartitionKey| match table.get(p) {
+        _ if unknown.contains(p) => (true, true),
+        Some(t) => (t.silver.is_some(), t.quarantine.is_some()),
+        None => (false, false),
+    };
+    let published =
+        publish_all(lake, &lease, &rows, may_exist, options.pause_after_publish).await?;
     report
         .timings_ms
         .insert("publish", t.elapsed().as_millis() as u64);
+    tracing::info!(
+        partitions = published.len(),
+        version,
+        elapsed_ms = t.elapsed().as_millis() as u64,
+        "Published partitions"
+    );
 
-    // Commit.
+    // Commit. The executions are no longer needed: they become index entries.
     let t = Instant::now();
-    let index_file = write_index(lake, manifest::index_path(shard, version), &rec.index).await?;
+    let rewritten: Vec<manifest::PartitionRef> = rows.keys().map(|p| (*p).into()).collect();
+    drop(rows);
+    let index = incremental::finish_index(rec.index, rec.executions, &rec.attempted);
+    report.rows.index_keys = index.len() as u64;
+    let index_file = write_index(lake, manifest::index_path(shard, version), &index).await?;
+    drop(index);
     for (p, out) in published {
         report.partitions.silver_files_written += u64::from(out.silver.is_some());
         report.partitions.quarantine_files_written += u64::from(out.quarantine.is_some());
@@ -425,9 +410,9 @@ async fn execute(
     m.base_version = report.base_version;
     m.consumed_batches = to_ranges(&rec.consumed);
     m.new_batches = to_ranges(&rec.new_batches);
-    m.rewritten = rows.keys().map(|p| (*p).into()).collect();
+    m.rewritten = rewritten;
     m.index = Some(index_file);
-    m.index_keys = rec.index.len() as u64;
+    m.index_keys = report.rows.index_keys;
     m.partitions = table.into_values().collect();
     lease.commit(m).await?;
     report.committed_version = Some(version);
@@ -441,6 +426,81 @@ async fn execute(
         .insert("commit", t.elapsed().as_millis() as u64);
     report.outcome = outcome_of(report);
     Ok(())
+}
+
+/// The recomputed partitions' executions, checked and routed to silver or quarantine.
+struct Routed<'a> {
+    rows: BTreeMap<PartitionKey, PartitionRows<'a>>,
+    /// Bronze batches each partition's rows came from (lineage for the manifest).
+    batches: BTreeMap<PartitionKey, BTreeSet<u64>>,
+}
+
+/// Checks every execution of the recomputed partitions (SPEC §7), routes it to
+/// silver or quarantine, and fills the report's quality, summary and row counts.
+fn route<'a>(rec: &'a incremental::Recomputed, report: &mut RunReport) -> Routed<'a> {
+    let mut rows: BTreeMap<PartitionKey, PartitionRows<'a>> = rec
+        .partitions
+        .iter()
+        .map(|p| (*p, PartitionRows::default()))
+        .collect();
+    let mut batches: BTreeMap<PartitionKey, BTreeSet<u64>> = BTreeMap::new();
+    let mut summary = SummaryBuilder::default();
+    for (key, acc) in &rec.executions {
+        let acc: &fold::Acc = acc;
+        let p = acc.partition();
+        // Executions of other shards' partitions were only folded to find that out.
+        let Some(part) = rows.get_mut(&p) else {
+            continue;
+        };
+        batches.entry(p).or_default().extend(acc.batches.iter());
+        let broken = quality::check(acc);
+        report.quality.record(&broken);
+        if broken.is_empty() {
+            summary.add(acc);
+            part.silver.push((key, acc));
+        } else {
+            part.quarantine
+                .extend(broken.into_iter().map(|r| ((&**key, acc), r)));
+        }
+    }
+    report.quality.finish();
+    for part in rows.values_mut() {
+        part.sort();
+    }
+    report.summary = summary.finish();
+    report.rows.silver = rows.values().map(|r| r.silver.len() as u64).sum();
+    report.rows.quarantine_rows = rows.values().map(|r| r.quarantine.len() as u64).sum();
+    report.partitions.recomputed = rows.len() as u64;
+    Routed { rows, batches }
+}
+
+/// Publishes every partition, [`PUBLISH_CONCURRENCY`] at a time. Batches are
+/// built on this task one partition at a time; encoding, compression and upload
+/// (the expensive part) run on worker tasks. The lease is checked before each.
+async fn publish_all(
+    lake: &Lake,
+    lease: &Lease,
+    rows: &BTreeMap<PartitionKey, PartitionRows<'_>>,
+    may_exist: impl Fn(&PartitionKey) -> (bool, bool),
+    pause: Option<Duration>,
+) -> anyhow::Result<Vec<(PartitionKey, Published)>> {
+    futures::stream::iter(rows.iter())
+        .map(|(p, r)| {
+            let prepared = publish::prepare(*p, r, may_exist(p));
+            let lake = lake.clone();
+            async move {
+                lease.check()?;
+                let out = tokio::spawn(publish(lake, prepared?)).await??;
+                tracing::debug!(partition = %p, "Published partition");
+                if let Some(d) = pause {
+                    tokio::time::sleep(d).await;
+                }
+                Ok::<_, anyhow::Error>((*p, out))
+            }
+        })
+        .buffer_unordered(PUBLISH_CONCURRENCY)
+        .try_collect()
+        .await
 }
 
 fn outcome_of(report: &RunReport) -> Outcome {

@@ -41,7 +41,7 @@ use crate::publish::FileRecord;
 
 /// Version of the manifest format, bumped on incompatible change.
 pub const FORMAT: u32 = 1;
-/// Committed versions kept (older manifests and indexes are deleted).
+/// Versions kept (older manifests and indexes are deleted).
 pub const KEEP_VERSIONS: usize = 5;
 
 /// Errors of the silver manifests.
@@ -522,28 +522,14 @@ async fn renew(
     }
 }
 
-/// Deletes the manifests and indexes older than the [`KEEP_VERSIONS`] newest
-/// committed versions (abandoned pending versions among them too).
+/// Deletes the manifests and indexes of versions older than the [`KEEP_VERSIONS`]
+/// newest version numbers up to `committed_now` (the version just committed).
+/// Older pending versions are superseded by it, so they go too.
 pub async fn prune(lake: &Lake, shard: Shard, committed_now: u64) -> Result<usize, ManifestError> {
-    let (versions, objects) = list(lake, shard).await?;
-    let mut committed = Vec::new();
-    for &v in versions.iter().rev() {
-        if v > committed_now {
-            continue;
-        }
-        if v == committed_now || read(lake, shard, v).await?.state == State::Committed {
-            committed.push(v);
-            if committed.len() == KEEP_VERSIONS {
-                break;
-            }
-        }
-    }
-    let Some(&oldest_kept) = committed
-        .last()
-        .filter(|_| committed.len() == KEEP_VERSIONS)
-    else {
+    let Some(oldest_kept) = committed_now.checked_sub(KEEP_VERSIONS as u64 - 1) else {
         return Ok(0);
     };
+    let (_, objects) = list(lake, shard).await?;
     let mut deleted = 0;
     for p in objects {
         if version_of(&p).is_some_and(|(v, _)| v < oldest_kept) {
@@ -600,6 +586,25 @@ mod tests {
         assert_eq!(version_of(&index_path(s, 12)), Some((12, false)));
         assert_eq!(version_of(&manifest_path(s, 12)), Some((12, true)));
         assert_eq!(version_of(&Path::from("a/12.json")), None);
+    }
+
+    #[tokio::test]
+    async fn prune_keeps_the_newest_versions() {
+        let lake = Lake::in_memory();
+        let shard = Shard { index: 0, count: 2 };
+        for v in 1..=7 {
+            lake.put(&manifest_path(shard, v), Bytes::from_static(b"{}"))
+                .await
+                .unwrap();
+            lake.put(&index_path(shard, v), Bytes::from_static(b""))
+                .await
+                .unwrap();
+        }
+        assert_eq!(prune(&lake, shard, 7).await.unwrap(), 4);
+        let (versions, objects) = list(&lake, shard).await.unwrap();
+        assert_eq!(versions, vec![3, 4, 5, 6, 7]);
+        assert_eq!(objects.len(), 10);
+        assert_eq!(prune(&lake, shard, 2).await.unwrap(), 0);
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Decimal128Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    ArrayRef, Decimal128Array, Int32Array, Int64Array, RecordBatch, StringArray, StringBuilder,
     TimestampMicrosecondArray,
 };
 use arrow::datatypes::SchemaRef;
@@ -28,8 +28,8 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 
-use crate::fold::{Acc, Dec};
-use crate::key::{EventType, PartitionKey, format_event_id};
+use crate::fold::{Acc, Dec, InlineStr};
+use crate::key::{EventId, EventType, PartitionKey, write_event_id};
 use crate::quality::Rule;
 
 /// Errors of publishing.
@@ -121,33 +121,79 @@ pub struct Published {
     pub quarantine: Option<FileRecord>,
 }
 
+/// The record batches of one partition, built and owned: ready to be encoded
+/// and uploaded on another task.
+#[derive(Debug)]
+pub struct PartitionBatches {
+    /// The partition.
+    pub partition: PartitionKey,
+    /// Silver rows (`None`: the partition is empty).
+    pub silver: Option<RecordBatch>,
+    /// Quarantine rows (`None`: no violations).
+    pub quarantine: Option<RecordBatch>,
+    /// Whether a silver object may exist (an empty partition then deletes it;
+    /// otherwise no request is made).
+    pub silver_may_exist: bool,
+    /// Whether a quarantine object may exist.
+    pub quarantine_may_exist: bool,
+}
+
+/// Builds the record batches of one partition (rows must be sorted). `may_exist`:
+/// whether its silver and quarantine objects may exist now.
+pub fn prepare(
+    partition: PartitionKey,
+    rows: &PartitionRows<'_>,
+    may_exist: (bool, bool),
+) -> Result<PartitionBatches, PublishError> {
+    let build = |schema: SchemaRef, rows: Vec<(Row<'_>, Option<Rule>)>, path: Path| {
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        build_batch(&schema, &rows).map(Some).map_err(|e| match e {
+            BuildError::Arrow(source) => PublishError::Arrow {
+                path: path.to_string(),
+                source,
+            },
+            BuildError::Unknown(c) => PublishError::UnknownColumn(c),
+        })
+    };
+    Ok(PartitionBatches {
+        partition,
+        silver_may_exist: may_exist.0,
+        quarantine_may_exist: may_exist.1,
+        quarantine: build(
+            silver_quarantine(),
+            rows.quarantine
+                .iter()
+                .map(|(r, rule)| (*r, Some(*rule)))
+                .collect(),
+            quarantine_path(partition),
+        )?,
+        silver: build(
+            silver_stop_executions(),
+            rows.silver.iter().map(|r| (*r, None)).collect(),
+            silver_path(partition),
+        )?,
+    })
+}
+
 /// Writes (or deletes) the silver and quarantine objects of one partition.
 /// Quarantine goes first: while an execution moves into quarantine, a reader may
 /// briefly find it in both places, never in neither.
-pub async fn publish(
-    lake: &Lake,
-    partition: PartitionKey,
-    rows: &PartitionRows<'_>,
-) -> Result<Published, PublishError> {
-    let quarantine_rows: Vec<(Row<'_>, Option<Rule>)> = rows
-        .quarantine
-        .iter()
-        .map(|(r, rule)| (*r, Some(*rule)))
-        .collect();
+pub async fn publish(lake: Lake, batches: PartitionBatches) -> Result<Published, PublishError> {
+    let p = batches.partition;
     let quarantine = replace(
-        lake,
-        quarantine_path(partition),
-        silver_quarantine(),
-        &quarantine_rows,
+        &lake,
+        quarantine_path(p),
+        batches.quarantine,
+        batches.quarantine_may_exist,
     )
     .await?;
-    let silver_rows: Vec<(Row<'_>, Option<Rule>)> =
-        rows.silver.iter().map(|r| (*r, None)).collect();
     let silver = replace(
-        lake,
-        silver_path(partition),
-        silver_stop_executions(),
-        &silver_rows,
+        &lake,
+        silver_path(p),
+        batches.silver,
+        batches.silver_may_exist,
     )
     .await?;
     Ok(Published { silver, quarantine })
@@ -156,10 +202,13 @@ pub async fn publish(
 async fn replace(
     lake: &Lake,
     path: Path,
-    schema: SchemaRef,
-    rows: &[(Row<'_>, Option<Rule>)],
+    batch: Option<RecordBatch>,
+    may_exist: bool,
 ) -> Result<Option<FileRecord>, PublishError> {
-    if rows.is_empty() {
+    let Some(batch) = batch else {
+        if !may_exist {
+            return Ok(None);
+        }
         return match lake.store().delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(source) => Err(PublishError::Delete {
@@ -167,19 +216,12 @@ async fn replace(
                 source,
             }),
         };
-    }
-    let batch = build_batch(&schema, rows).map_err(|e| match e {
-        BuildError::Arrow(source) => PublishError::Arrow {
-            path: path.to_string(),
-            source,
-        },
-        BuildError::Unknown(c) => PublishError::UnknownColumn(c),
-    })?;
+    };
     let write_err = |source| PublishError::Write {
         path: path.to_string(),
         source,
     };
-    let mut w = FileWriter::create(lake, path.clone(), schema).map_err(write_err)?;
+    let mut w = FileWriter::create(lake, path.clone(), batch.schema()).map_err(write_err)?;
     w.write(&batch).await.map_err(write_err)?;
     let f = w.finish().await.map_err(write_err)?;
     Ok(Some(FileRecord {
@@ -218,12 +260,19 @@ pub fn build_batch(
     let text = |f: &dyn Fn(&Acc) -> Option<&str>| -> ArrayRef {
         Arc::new(StringArray::from_iter(accs().map(f)))
     };
+    let ids = |f: &dyn Fn(&Acc) -> &EventId| -> ArrayRef {
+        let mut b = StringBuilder::with_capacity(rows.len(), rows.len() * 36);
+        let mut buf = [0u8; 36];
+        for a in accs() {
+            write_event_id(f(a), &mut buf);
+            b.append_value(String::from_utf8_lossy(&buf));
+        }
+        Arc::new(b.finish())
+    };
     let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
     for field in schema.fields() {
         let col: ArrayRef = match field.name().as_str() {
-            "execution_id" => Arc::new(StringArray::from_iter_values(
-                accs().map(|a| format_event_id(&a.first.id)),
-            )),
+            "execution_id" => ids(&|a| &a.first.id),
             "execution_key" => Arc::new(StringArray::from_iter_values(
                 rows.iter().map(|((k, _), _)| *k),
             )),
@@ -231,8 +280,8 @@ pub fn build_batch(
                 Arc::new(Int64Array::from_iter_values(accs().map(|a| a.operation_id)))
             }
             "client_id" => Arc::new(Int64Array::from_iter_values(accs().map(|a| a.client_id))),
-            "symbol" => text(&|a| Some(&a.symbol)),
-            "side" => text(&|a| a.side.as_deref()),
+            "symbol" => text(&|a| Some(a.symbol.as_str())),
+            "side" => text(&|a| a.side.as_ref().map(InlineStr::as_str)),
             "status" => text(&|a| Some(a.status())),
             "triggered_at" => ts(&|a| a.first_at(EventType::StopTriggered)),
             "submitted_at" => ts(&|a| a.first_at(EventType::ExecutionSubmitted)),
@@ -242,10 +291,10 @@ pub fn build_batch(
             "stop_price" => dec(Dec::StopPrice, 20, 8)?,
             "trigger_price" => dec(Dec::TriggerPrice, 20, 8)?,
             "quantity" => dec(Dec::Quantity, 20, 8)?,
-            "exchange_order_id" => text(&|a| a.exchange_order_id.as_deref()),
+            "exchange_order_id" => text(&|a| a.exchange_order_id.as_ref().map(InlineStr::as_str)),
             "fill_price" => dec(Dec::FillPrice, 20, 8)?,
             "slippage_pct" => dec(Dec::SlippagePct, 10, 4)?,
-            "source" => text(&|a| Some(&a.source)),
+            "source" => text(&|a| Some(a.source.as_str())),
             "error_message" => text(&|a| a.error_message.as_deref()),
             "retry_count" => Arc::new(Int32Array::from_iter_values(accs().map(|a| a.retry_count))),
             "event_count" => Arc::new(Int64Array::from_iter_values(
@@ -253,9 +302,7 @@ pub fn build_batch(
             )),
             "first_event_at" => ts(&|a| Some(a.first.at)),
             "last_event_at" => ts(&|a| Some(a.last_at)),
-            "last_event_id" => Arc::new(StringArray::from_iter_values(
-                accs().map(|a| format_event_id(&a.last_id)),
-            )),
+            "last_event_id" => ids(&|a| &a.last_id),
             "violation" => Arc::new(StringArray::from_iter(
                 rows.iter().map(|(_, r)| r.map(Rule::name)),
             )),

@@ -102,7 +102,7 @@ pub fn check(acc: &Acc) -> Vec<Rule> {
         acc.dec(Dec::SlippagePct),
         acc.dec(Dec::FillPrice),
         acc.multi_client,
-        &acc.symbol,
+        acc.symbol.as_str(),
     )
 }
 

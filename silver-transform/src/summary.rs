@@ -66,10 +66,10 @@ impl SummaryBuilder {
         if let Some(s) = acc.dec(Dec::SlippagePct) {
             self.slippage.push(s);
         }
-        match self.symbols.get_mut(&acc.symbol) {
+        match self.symbols.get_mut(acc.symbol.as_str()) {
             Some(n) => *n += 1,
             None => {
-                self.symbols.insert(acc.symbol.clone(), 1);
+                self.symbols.insert(acc.symbol.as_str().into(), 1);
             }
         }
         *self.clients.entry(acc.client_id).or_default() += 1;
