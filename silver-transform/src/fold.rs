@@ -3,7 +3,7 @@
 //! An [`Acc`] folds the events of one execution *in event order*
 //! (`occurred_at, event_seq NULLS LAST, event_id`), so "first", "latest" and
 //! "latest non-null" are plain assignments and need no per-field order keys; that
-//! keeps an execution at about 300 bytes of memory.
+//! keeps an execution at about 350 bytes of memory.
 //!
 //! Order is established per UTC day: all live bronze files of one day are read, the
 //! day's execution events are sorted by [`OrderKey`] and folded ([`fold_day`]).
@@ -311,10 +311,70 @@ impl Acc {
     }
 }
 
-/// Executions by key text. Boxed: the table then holds 24-byte entries, so
-/// growing it to hundreds of thousands of executions never copies (and never
-/// holds twice) the ~350-byte folds.
-pub type Folded = FxHashMap<Box<str>, Box<Acc>>;
+/// Executions by key text. The folds live in one vector, found through a table
+/// of indexes: one large allocation instead of hundreds of thousands of small
+/// long-lived ones (which fragment the heap), and a table of 24-byte entries.
+#[derive(Debug, Default)]
+pub struct Folded {
+    slots: FxHashMap<Box<str>, u32>,
+    accs: Vec<Acc>,
+}
+
+impl Folded {
+    /// Number of executions.
+    pub fn len(&self) -> usize {
+        self.accs.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.accs.is_empty()
+    }
+
+    /// The fold of `key`.
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Acc> {
+        let i = *self.slots.get(key)?;
+        self.accs.get_mut(i as usize)
+    }
+
+    /// Adds the fold of a key that is not present yet.
+    pub fn insert_new(&mut self, key: Box<str>, acc: Acc) {
+        debug_assert!(!self.slots.contains_key(&key));
+        self.slots.insert(key, self.accs.len() as u32);
+        self.accs.push(acc);
+    }
+
+    /// Every execution with its key text.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Acc)> {
+        self.slots
+            .iter()
+            .map(|(k, i)| (&**k, &self.accs[*i as usize]))
+    }
+
+    /// Every execution.
+    pub fn values(&self) -> impl Iterator<Item = &Acc> {
+        self.accs.iter()
+    }
+
+    /// Adds executions of other keys (a later fold round).
+    pub fn extend(&mut self, other: Folded) {
+        self.accs.reserve(other.len());
+        for (key, acc) in other.into_entries() {
+            self.insert_new(key, acc);
+        }
+    }
+
+    /// Consumes the executions with their keys.
+    pub fn into_entries(self) -> impl Iterator<Item = (Box<str>, Acc)> {
+        let mut keys: Vec<Option<Box<str>>> = (0..self.accs.len()).map(|_| None).collect();
+        for (k, i) in self.slots {
+            keys[i as usize] = Some(k);
+        }
+        keys.into_iter()
+            .zip(self.accs)
+            .filter_map(|(k, a)| k.map(|k| (k, a)))
+    }
+}
 
 /// Errors of folding.
 #[derive(Debug, thiserror::Error)]
@@ -363,9 +423,7 @@ pub fn fold_day(columns: &[EventColumns], filter: &KeyFilter) -> Result<(Folded,
         let key = cols.key(i).as_text(&mut op_key);
         match out.get_mut(key) {
             Some(acc) => acc.absorb(&ev),
-            None => {
-                out.insert(key.into(), Box::new(Acc::start(&ev)));
-            }
+            None => out.insert_new(key.into(), Acc::start(&ev)),
         }
     }
     debug_assert!(filter.is_all() || out.len() <= rows.len());
@@ -379,13 +437,11 @@ pub fn combine(total: &mut Folded, day: Folded) {
         *total = day;
         return;
     }
-    total.reserve(day.len());
-    for (key, acc) in day {
+    total.accs.reserve(day.len());
+    for (key, acc) in day.into_entries() {
         match total.get_mut(&key) {
-            Some(earlier) => earlier.absorb_later(*acc),
-            None => {
-                total.insert(key, acc);
-            }
+            Some(earlier) => earlier.absorb_later(acc),
+            None => total.insert_new(key, acc),
         }
     }
 }

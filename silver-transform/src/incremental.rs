@@ -24,6 +24,10 @@
 //!
 //! Executions nobody touched keep their partition and their rows, so the result
 //! equals a full recompute row for row (the property test checks exactly that).
+//!
+//! When an unsharded run would fold more than half of the indexed executions
+//! anyway (late events all over the history), it folds everything without a
+//! filter instead: the same result for less work.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -80,6 +84,9 @@ pub struct Request {
     pub forced: BTreeSet<PartitionKey>,
     /// Days folded concurrently.
     pub parallel_days: usize,
+    /// An unsharded run that must fold more than this share of the indexed
+    /// executions folds everything instead (same result, less work).
+    pub whole_shard_ratio: f64,
 }
 
 /// Counters of the work done.
@@ -218,7 +225,10 @@ pub async fn recompute(
         if keys.is_empty() {
             break;
         }
-        if shard.count == 1 && out.stats.fold_rounds == 0 && keys.len() * 2 > old.len() {
+        if shard.count == 1
+            && out.stats.fold_rounds == 0
+            && keys.len() as f64 > req.whole_shard_ratio * old.len() as f64
+        {
             // Most executions are affected (e.g. late events all over the history):
             // one unfiltered pass over everything is cheaper, and its result is the
             // same by definition. Every known partition is rewritten (or deleted).
@@ -297,7 +307,7 @@ pub fn finish_index(
     attempted: &FxHashSet<KeyHash>,
 ) -> KeyIndex {
     let mut entries = Vec::with_capacity(executions.len());
-    for (key, acc) in executions {
+    for (key, acc) in executions.into_entries() {
         entries.push((KeyHash::of(&key), info_of(&acc)));
     }
     if !attempted.is_empty() {
