@@ -37,8 +37,12 @@ bench-bronze rows="1000000": setup
     cargo build -q --release -p bronze-ingest -p lake-testkit --bin lake-bench
     target/release/lake-bench bronze --rows {{rows}} --report docs/benchmarks.md
 
+# Benchmark silver-transform against DuckDB running benches/silver_duckdb.sql on the same bronze (1M events).
+bench-silver: setup
+    SILVER_BENCH_REPORT=docs/benchmarks-silver.md cargo bench -p silver-transform --bench silver
+
 # All benchmarks.
-bench: bench-bronze
+bench: bench-bronze bench-silver
 
 # Run the smoke test against the configured environment (add --cluster for the cluster checks, --json for JSON).
 smoke *ARGS:
