@@ -254,17 +254,12 @@ impl ColumnBuilder {
             Self::Decimal(b, p, s) => Arc::new(
                 b.finish()
                     .with_precision_and_scale(*p, *s)
-                    .unwrap_or_else(|_| unreachable_precision()),
+                    .expect("contract decimals have precision <= 38"),
             ),
             Self::Timestamp(b) => Arc::new(b.finish().with_timezone("UTC")),
             Self::Bool(b) => Arc::new(b.finish()),
         }
     }
-}
-
-/// Contract precisions are ≤ 38, so `with_precision_and_scale` cannot fail.
-fn unreachable_precision() -> arrow::array::Decimal128Array {
-    arrow::array::Decimal128Array::from(Vec::<i128>::new())
 }
 
 #[cfg(test)]

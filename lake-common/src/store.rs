@@ -125,19 +125,6 @@ impl Lake {
         }
     }
 
-    /// Wraps any store, e.g. to test behaviour against a store without conditional writes.
-    pub fn from_store(
-        store: Arc<dyn ObjectStore>,
-        description: impl Into<String>,
-        capabilities: Capabilities,
-    ) -> Self {
-        Self {
-            store,
-            description: description.into(),
-            capabilities,
-        }
-    }
-
     /// The object store, rooted at the lake root.
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
