@@ -34,7 +34,7 @@ test-rust:
 
 # Benchmark bronze-ingest against PostgreSQL's own binary COPY (writes docs/benchmarks.md).
 bench-bronze rows="1000000": setup
-    cargo build -q --release -p bronze-ingest -p lake-testkit --bin lake-bench
+    cargo build -q --release -p bronze-ingest -p lake-testkit --bin bronze-ingest --bin lake-bench
     target/release/lake-bench bronze --rows {{rows}} --report docs/benchmarks.md
 
 # Benchmark silver-transform against DuckDB running benches/silver_duckdb.sql on the same bronze (1M events).

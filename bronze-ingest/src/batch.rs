@@ -24,7 +24,7 @@ use serde::Serialize;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::Client;
 
-use crate::extract::{self, Findings, Selection};
+use crate::extract::{self, CHANNEL_CHUNKS, Findings, Selection};
 use crate::horizon::{self, Snapshot};
 use crate::write;
 
@@ -364,7 +364,7 @@ async fn execute(
         backfill: (!plan.backfill_days.is_empty())
             .then(|| (plan.backfill_days.clone(), horizon::finished_before(plan.h))),
     };
-    let (tx, rx) = mpsc::channel(4);
+    let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     let writer = tokio::spawn({
         let lake = lake.clone();
         let (batch, dry_run) = (plan.batch, settings.dry_run);

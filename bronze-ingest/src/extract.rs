@@ -21,8 +21,14 @@ use tokio_postgres::types::{FromSql, Type};
 
 use crate::decode::{Appended, ColumnBuilder, DecodeError};
 
-/// Rows per record batch handed to the writer.
-pub const CHUNK_ROWS: usize = 8192;
+/// Rows per record batch handed to the writer. Chunks in flight are most of the
+/// export's memory besides the row group being encoded, so they are kept small;
+/// the writer's per-batch overhead is negligible at this size.
+pub const CHUNK_ROWS: usize = 4096;
+
+/// Chunks queued between the decoder and the writer: enough to absorb a row
+/// group flush without stalling the COPY, few enough to bound memory.
+pub const CHANNEL_CHUNKS: usize = 2;
 
 /// What to export: the xid predicate plus optional time bounds and backfilled days.
 #[derive(Debug, Clone)]

@@ -24,10 +24,19 @@ use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::async_writer::AsyncFileWriter;
 use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder};
 use parquet::errors::ParquetError;
+use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 
 use crate::schema::writer_properties;
 use crate::store::Lake;
+
+/// Bytes buffered before a file becomes a multipart upload, and the part size:
+/// S3's minimum, since every buffered part is memory (smaller files are one PUT).
+pub const UPLOAD_PART_BYTES: usize = 5 * 1024 * 1024;
+
+/// Parts uploaded at once: two keep the network busy while the next part fills,
+/// and bound the upload's memory to a few parts whatever the file size.
+const UPLOAD_CONCURRENCY: usize = 2;
 
 /// What was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,14 +87,28 @@ impl std::fmt::Debug for FileWriter {
 }
 
 impl FileWriter {
-    /// Starts a file at `path` (nothing is visible until [`finish`](Self::finish)).
+    /// Starts a file at `path` with the lake's [`writer_properties`] (nothing is
+    /// visible until [`finish`](Self::finish)).
     pub fn create(lake: &Lake, path: Path, schema: SchemaRef) -> Result<Self, ParquetError> {
+        Self::with_properties(lake, path, schema, writer_properties())
+    }
+
+    /// Starts a file at `path` with the given writer properties.
+    pub fn with_properties(
+        lake: &Lake,
+        path: Path,
+        schema: SchemaRef,
+        properties: WriterProperties,
+    ) -> Result<Self, ParquetError> {
+        let upload =
+            BufWriter::with_capacity(Arc::clone(lake.store()), path.clone(), UPLOAD_PART_BYTES)
+                .with_max_concurrency(UPLOAD_CONCURRENCY);
         let sink = HashingSink {
-            inner: BufWriter::new(Arc::clone(lake.store()), path.clone()),
+            inner: upload,
             hasher: Sha256::new(),
             bytes: 0,
         };
-        let writer = AsyncArrowWriter::try_new(sink, schema, Some(writer_properties()))?;
+        let writer = AsyncArrowWriter::try_new(sink, schema, Some(properties))?;
         Ok(Self {
             path,
             writer,

@@ -597,7 +597,11 @@ pub async fn silver(lake: &Lake) -> BTreeMap<String, SilverRow> {
         let dir = path.rsplit_once('/').unwrap().0.to_owned();
         assert!(dirs.insert(dir.clone()), "two files in partition {dir}");
         let date = part.date.format("%Y-%m-%d").to_string();
-        for batch in parquet_io::read_all(lake, &p).await.unwrap() {
+        // One GET per file, as a consistent reader does: footer and pages fetched
+        // by separate range requests could straddle an in-place replace (see
+        // "Limits" in docs/silver.md).
+        let bytes = lake.get_bytes(&p).await.unwrap();
+        for batch in parquet_io::read_bytes(bytes).unwrap() {
             assert!(
                 batch.column_by_name("client_id").is_none(),
                 "partition column in file"
@@ -625,7 +629,11 @@ pub async fn quarantine(lake: &Lake) -> Vec<SilverRow> {
         let part =
             Partition::parse(Dataset::QuarantineStopExecutions, &p).expect("a partition path");
         let date = part.date.format("%Y-%m-%d").to_string();
-        for batch in parquet_io::read_all(lake, &p).await.unwrap() {
+        // One GET per file, as a consistent reader does: footer and pages fetched
+        // by separate range requests could straddle an in-place replace (see
+        // "Limits" in docs/silver.md).
+        let bytes = lake.get_bytes(&p).await.unwrap();
+        for batch in parquet_io::read_bytes(bytes).unwrap() {
             out.extend(read_rows(&batch, None, &date));
         }
     }
