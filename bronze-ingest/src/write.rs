@@ -115,13 +115,7 @@ async fn finish(
         path: format!("a file of date={date}"),
         source,
     })?;
-    let file = DataFile {
-        path: f.path.to_string(),
-        date,
-        rows: f.rows,
-        bytes: f.bytes,
-        sha256: f.sha256,
-    };
+    let file = DataFile::new(date, f);
     tracing::debug!(path = %file.path, rows = file.rows, bytes = file.bytes, "Wrote file");
     after_file(&file);
     out.files.push(file);

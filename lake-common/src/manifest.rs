@@ -47,6 +47,19 @@ pub struct DataFile {
     pub sha256: String,
 }
 
+impl DataFile {
+    /// The manifest entry of a file [`FileWriter`](crate::parquet_io::FileWriter) wrote for `date`.
+    pub fn new(date: NaiveDate, file: crate::parquet_io::WrittenFile) -> Self {
+        Self {
+            path: file.path.to_string(),
+            date,
+            rows: file.rows,
+            bytes: file.bytes,
+            sha256: file.sha256,
+        }
+    }
+}
+
 /// The manifest of one bronze batch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchManifest {

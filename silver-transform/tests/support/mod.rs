@@ -17,7 +17,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
 use lake_common::manifest::{self, BatchManifest, BatchState, DataFile, MANIFEST_FORMAT};
 use lake_common::parquet_io::{self, FileWriter};
-use lake_common::schema::STOP_EVENTS;
+use lake_common::schema::{STOP_EVENTS, bronze_writer_properties};
 use lake_common::{Dataset, Lake, LakeConfig, Partition};
 use lake_testkit::TestS3;
 use object_store::ObjectStoreExt;
@@ -330,7 +330,13 @@ async fn write_files(lake: &Lake, batch: u64, events: &[Ev]) -> Vec<DataFile> {
     for (date, mut evs) in by_day {
         evs.sort_by(|a, b| (a.occurred_at, &a.event_id).cmp(&(b.occurred_at, &b.event_id)));
         let path = Dataset::BronzeEvents.batch_file(&Partition::date(date), batch, 0);
-        let mut w = FileWriter::create(lake, path, STOP_EVENTS.arrow_schema()).unwrap();
+        let mut w = FileWriter::with_properties(
+            lake,
+            path,
+            STOP_EVENTS.arrow_schema(),
+            bronze_writer_properties(&STOP_EVENTS),
+        )
+        .unwrap();
         w.write(&bronze_batch(
             &evs,
             batch,
@@ -338,14 +344,7 @@ async fn write_files(lake: &Lake, batch: u64, events: &[Ev]) -> Vec<DataFile> {
         ))
         .await
         .unwrap();
-        let f = w.finish().await.unwrap();
-        files.push(DataFile {
-            path: f.path.to_string(),
-            date,
-            rows: f.rows,
-            bytes: f.bytes,
-            sha256: f.sha256,
-        });
+        files.push(DataFile::new(date, w.finish().await.unwrap()));
     }
     files
 }
