@@ -1,28 +1,27 @@
 //! Streaming Parquet files to and from the lake.
 //!
-//! [`FileWriter`] is `AsyncArrowWriter` over object_store's `BufWriter`: row groups
-//! stream into a multipart upload, so memory is bounded by one row group, not by
-//! the file. It hashes the bytes on their way out, so the manifest's SHA-256 costs
-//! no second read. Nothing is visible under the path until [`FileWriter::finish`]
-//! completes the upload (S3 multipart and the local store's rename are atomic).
+//! [`FileWriter`] encodes with parquet's `ArrowWriter` into a buffer of its own and
+//! hands that buffer to a multipart upload whenever it holds a whole part, so
+//! memory is bounded by one row group and a few parts, not by the file. It hashes
+//! the bytes on their way out, so the manifest's SHA-256 costs no second read.
+//! Nothing is visible under the path until [`FileWriter::finish`] completes the
+//! upload (S3 multipart and the local store's rename are atomic).
 
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectStore;
-use object_store::buffered::BufWriter;
 use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 // Deprecated in parquet 60 in favour of a hand-written AsyncFileReader; it still
 // does exactly what we need (ranged GETs, footer prefetch) until that lands upstream.
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
 #[allow(deprecated)]
 use parquet::arrow::async_reader::ParquetObjectReader;
-use parquet::arrow::async_writer::AsyncFileWriter;
-use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder};
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
@@ -30,13 +29,9 @@ use sha2::{Digest, Sha256};
 use crate::schema::writer_properties;
 use crate::store::Lake;
 
-/// Bytes buffered before a file becomes a multipart upload, and the part size:
-/// S3's minimum, since every buffered part is memory (smaller files are one PUT).
-pub const UPLOAD_PART_BYTES: usize = 5 * 1024 * 1024;
-
-/// Parts uploaded at once: two keep the network busy while the next part fills,
-/// and bound the upload's memory to a few parts whatever the file size.
-const UPLOAD_CONCURRENCY: usize = 2;
+/// Parts on their way to the store while the next one fills: one keeps the
+/// network busy during encoding and bounds the upload's memory to two parts.
+const UPLOAD_CONCURRENCY: usize = 1;
 
 /// What was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,29 +46,22 @@ pub struct WrittenFile {
     pub sha256: String,
 }
 
-/// `BufWriter` plus a running SHA-256 and byte count.
-struct HashingSink {
-    inner: BufWriter,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl AsyncFileWriter for HashingSink {
-    fn write(&mut self, bs: Bytes) -> BoxFuture<'_, parquet::errors::Result<()>> {
-        self.hasher.update(&bs);
-        self.bytes += bs.len() as u64;
-        self.inner.write(bs)
-    }
-
-    fn complete(&mut self) -> BoxFuture<'_, parquet::errors::Result<()>> {
-        self.inner.complete()
-    }
-}
-
 /// Writes one Parquet file with the lake's writer properties.
+///
+/// The encoder's output buffer is drained into the upload once it holds a part
+/// ([`Lake::upload_part_bytes`]) and then cleared, keeping its capacity: the same
+/// few buffers serve the whole file instead of one freshly grown buffer per row
+/// group, which is what made the process's memory grow with the data (glibc keeps
+/// what such churn frees). A file smaller than one part is a single PUT.
 pub struct FileWriter {
     path: Path,
-    writer: AsyncArrowWriter<HashingSink>,
+    store: Arc<dyn ObjectStore>,
+    part_bytes: usize,
+    writer: ArrowWriter<Vec<u8>>,
+    /// Started when the first part is full.
+    upload: Option<WriteMultipart>,
+    hasher: Sha256,
+    bytes: u64,
     rows: u64,
 }
 
@@ -100,26 +88,56 @@ impl FileWriter {
         schema: SchemaRef,
         properties: WriterProperties,
     ) -> Result<Self, ParquetError> {
-        let upload =
-            BufWriter::with_capacity(Arc::clone(lake.store()), path.clone(), UPLOAD_PART_BYTES)
-                .with_max_concurrency(UPLOAD_CONCURRENCY);
-        let sink = HashingSink {
-            inner: upload,
-            hasher: Sha256::new(),
-            bytes: 0,
-        };
-        let writer = AsyncArrowWriter::try_new(sink, schema, Some(properties))?;
+        let writer = ArrowWriter::try_new(Vec::new(), schema, Some(properties))?;
         Ok(Self {
             path,
+            store: Arc::clone(lake.store()),
+            part_bytes: lake.upload_part_bytes(),
             writer,
+            upload: None,
+            hasher: Sha256::new(),
+            bytes: 0,
             rows: 0,
         })
     }
 
-    /// Appends a batch (flushes a row group to the upload when it is full).
+    /// Appends a batch; uploads a part when a flushed row group filled one.
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), ParquetError> {
         self.rows += batch.num_rows() as u64;
-        self.writer.write(batch).await
+        self.writer.write(batch)?;
+        if self.writer.inner().len() >= self.part_bytes {
+            self.upload_buffered().await?;
+        }
+        Ok(())
+    }
+
+    /// Moves the encoded bytes into the multipart upload (started on the first
+    /// part), after waiting for the previous part to be on its way.
+    async fn upload_buffered(&mut self) -> Result<(), ParquetError> {
+        let upload = match &mut self.upload {
+            Some(upload) => upload,
+            None => {
+                let started = self
+                    .store
+                    .put_multipart(&self.path)
+                    .await
+                    .map_err(external)?;
+                self.upload.insert(WriteMultipart::new_with_chunk_size(
+                    started,
+                    self.part_bytes,
+                ))
+            }
+        };
+        upload
+            .wait_for_capacity(UPLOAD_CONCURRENCY)
+            .await
+            .map_err(external)?;
+        let buffer = self.writer.inner_mut();
+        self.hasher.update(&buffer[..]);
+        self.bytes += buffer.len() as u64;
+        upload.write(buffer);
+        buffer.clear();
+        Ok(())
     }
 
     /// Bytes written so far plus the current row group's buffered estimate.
@@ -132,17 +150,35 @@ impl FileWriter {
         self.rows
     }
 
-    /// Writes the footer and completes the upload.
+    /// Writes the footer and completes the upload (or PUTs a small file whole).
     pub async fn finish(mut self) -> Result<WrittenFile, ParquetError> {
-        self.writer.finish().await?;
-        let sink = self.writer.into_inner();
+        self.writer.finish()?;
+        let rest = std::mem::take(self.writer.inner_mut());
+        self.hasher.update(&rest);
+        self.bytes += rest.len() as u64;
+        match self.upload.take() {
+            None => {
+                self.store
+                    .put(&self.path, PutPayload::from(rest))
+                    .await
+                    .map_err(external)?;
+            }
+            Some(mut upload) => {
+                upload.write(&rest);
+                upload.finish().await.map_err(external)?;
+            }
+        }
         Ok(WrittenFile {
             path: self.path,
             rows: self.rows,
-            bytes: sink.bytes,
-            sha256: hex(&sink.hasher.finalize()),
+            bytes: self.bytes,
+            sha256: hex(&self.hasher.finalize()),
         })
     }
+}
+
+fn external(e: object_store::Error) -> ParquetError {
+    ParquetError::External(Box::new(e))
 }
 
 fn hex(bytes: &[u8]) -> String {

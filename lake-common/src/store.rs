@@ -52,12 +52,21 @@ pub enum StoreError {
     },
 }
 
+/// Upload part size on S3: its minimum for every part but the last. Each part is
+/// buffered in memory before it is sent, so the smallest part is the cheapest.
+pub const S3_PART_BYTES: usize = 5 * 1024 * 1024;
+
+/// Upload part size of the local and in-memory stores, which have no minimum: a
+/// part there is only a write into a staging file.
+pub const LOCAL_PART_BYTES: usize = 1024 * 1024;
+
 /// The lake root every job reads and writes.
 #[derive(Debug, Clone)]
 pub struct Lake {
     store: Arc<dyn ObjectStore>,
     description: String,
     capabilities: Capabilities,
+    part_bytes: usize,
 }
 
 impl Lake {
@@ -83,6 +92,7 @@ impl Lake {
                         create_if_absent: cond,
                         update_if_match: cond,
                     },
+                    part_bytes: S3_PART_BYTES,
                 })
             }
             LakeLocation::Local(dir) => {
@@ -107,6 +117,7 @@ impl Lake {
                         create_if_absent: true,
                         update_if_match: false,
                     },
+                    part_bytes: LOCAL_PART_BYTES,
                 })
             }
             LakeLocation::Memory => Ok(Self::in_memory()),
@@ -122,6 +133,7 @@ impl Lake {
                 create_if_absent: true,
                 update_if_match: true,
             },
+            part_bytes: LOCAL_PART_BYTES,
         }
     }
 
@@ -133,6 +145,11 @@ impl Lake {
     /// Human-readable location, without secrets (`s3://bucket via https://endpoint`).
     pub fn description(&self) -> &str {
         &self.description
+    }
+
+    /// Bytes per part of a multipart upload (files up to this size are one PUT).
+    pub fn upload_part_bytes(&self) -> usize {
+        self.part_bytes
     }
 
     /// The conditional writes the store enforces.
