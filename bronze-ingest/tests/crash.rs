@@ -105,11 +105,16 @@ async fn two_runs_started_together_commit_once() {
         stderr(&a),
         stderr(&b)
     );
-    let loser = if a.status.code() == Some(4) { &a } else { &b };
+    let (loser, winner) = if a.status.code() == Some(4) {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
     assert!(
         stderr(loser).contains("exiting without writing"),
-        "{}",
-        stderr(loser)
+        "loser: {}\nwinner: {}",
+        stderr(loser),
+        stderr(winner)
     );
     for ds in [Dataset::BronzeEvents, Dataset::BronzeOutbox] {
         assert_eq!(h.manifests(ds).await.len(), 1, "{ds}: one batch");

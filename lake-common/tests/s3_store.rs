@@ -222,3 +222,27 @@ async fn conditional_writes_can_be_declared_absent() {
         .await;
     assert!(err.is_err(), "the store refuses to pretend: {err:?}");
 }
+
+/// The exactly-once protocol needs create-if-absent to be atomic: of many
+/// concurrent creates of one key, exactly one may succeed.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_creates_of_one_key_have_one_winner() {
+    let (_s3, lake) = lake().await;
+    for round in 0..20 {
+        let p = Path::from(format!("_race/{round}.json"));
+        let attempts = (0..16).map(|i| {
+            let (lake, p) = (lake.clone(), p.clone());
+            tokio::spawn(async move {
+                lake.create_if_absent(&p, Bytes::from(format!("{i}")))
+                    .await
+                    .unwrap()
+                    .is_some()
+            })
+        });
+        let mut winners = 0;
+        for a in attempts.collect::<Vec<_>>() {
+            winners += usize::from(a.await.unwrap());
+        }
+        assert_eq!(winners, 1, "round {round}: {winners} creates succeeded");
+    }
+}

@@ -3,9 +3,10 @@
 //! The lake writes through `object_store`'s S3 client, and the properties that
 //! matter (multipart uploads, conditional `If-None-Match`/`If-Match` writes,
 //! path-style addressing) only show over real HTTP. moto is used because it passes
-//! `object_store`'s own conformance suite, conditional writes under concurrency
-//! included; MinIO is not an option for this project. [`TestS3::start`] runs
-//! `moto_server` on a free port and waits until it answers; dropping the value kills
+//! `object_store`'s own conformance suite; MinIO is not an option for this project.
+//! Its conditional PUTs are made atomic at start-up (see [`ATOMIC_PUTS`]).
+//! [`TestS3::start`] runs `moto_server` on a free port and waits until it
+//! answers; dropping the value kills
 //! it (moto keeps everything in memory, so nothing is left behind).
 //!
 //! Tests get a bucket of their own with [`TestS3::new_bucket`] and the environment
@@ -26,6 +27,29 @@ use crate::process;
 
 /// How long moto may take to answer HTTP (Python start-up is slow on a busy CI box).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Loaded by moto's Python at start-up (`sitecustomize` on `PYTHONPATH`): makes
+/// each object PUT atomic. moto checks `If-None-Match`/`If-Match` and then stores
+/// the object in two steps without a lock, so under load two concurrent
+/// conditional creates could both succeed (seen once in CI: two bronze runs both
+/// pinned batch 1). S3 makes them atomic, and the lake's exactly-once protocol
+/// relies on that, so the emulator must too.
+const ATOMIC_PUTS: &str = r#"
+import threading
+
+from moto.s3.responses import S3Response
+
+_lock = threading.Lock()
+_put_object = S3Response.put_object
+
+
+def _atomic_put_object(self, *args, **kwargs):
+    with _lock:
+        return _put_object(self, *args, **kwargs)
+
+
+S3Response.put_object = _atomic_put_object
+"#;
+
 /// Timeout of one harness HTTP request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Start attempts, to survive another process grabbing the free port first.
@@ -64,11 +88,19 @@ impl TestS3 {
             log_file: dir.path().join("moto.log"),
             dir: Some(dir),
         };
+        let site = s3
+            .dir
+            .as_ref()
+            .map(|d| d.path().to_path_buf())
+            .unwrap_or_default();
+        std::fs::write(site.join("sitecustomize.py"), ATOMIC_PUTS)
+            .context("writing moto's sitecustomize.py")?;
         for attempt in 1..=PORT_ATTEMPTS {
             s3.port = process::free_port()?;
             let log = std::fs::File::create(&s3.log_file).context("creating the moto log")?;
             let child = Command::new(&program)
                 .args(["-H", "127.0.0.1", "-p", &s3.port.to_string()])
+                .env("PYTHONPATH", &site)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().context("duplicating the log handle")?)
                 .stderr(log)
