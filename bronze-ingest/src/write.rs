@@ -8,7 +8,7 @@
 use chrono::NaiveDate;
 use lake_common::manifest::DataFile;
 use lake_common::parquet_io::FileWriter;
-use lake_common::schema::{SourceTable, TARGET_FILE_BYTES, bronze_writer_properties};
+use lake_common::schema::{SourceTable, TARGET_FILE_BYTES};
 use lake_common::{Lake, Partition};
 use tokio::sync::mpsc;
 
@@ -78,15 +78,11 @@ pub async fn write_partitions(
             let path = table
                 .dataset
                 .batch_file(&Partition::date(chunk.date), batch_no, n);
-            let w = FileWriter::with_properties(
-                lake,
-                path.clone(),
-                table.arrow_schema(),
-                bronze_writer_properties(table),
-            )
-            .map_err(|source| WriteError::Parquet {
-                path: path.to_string(),
-                source,
+            let w = FileWriter::bronze(lake, table, path.clone()).map_err(|source| {
+                WriteError::Parquet {
+                    path: path.to_string(),
+                    source,
+                }
             })?;
             open = Some((chunk.date, n, w));
         }

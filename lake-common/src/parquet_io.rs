@@ -16,17 +16,17 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 // Deprecated in parquet 60 in favour of a hand-written AsyncFileReader; it still
 // does exactly what we need (ranged GETs, footer prefetch) until that lands upstream.
-use parquet::arrow::ParquetRecordBatchStreamBuilder;
 #[allow(deprecated)]
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 
-use crate::schema::writer_properties;
+use crate::schema::{SourceTable, bronze_writer_properties, writer_properties};
 use crate::store::Lake;
 
 /// Parts on their way to the store while the next one fills: one keeps the
@@ -46,7 +46,7 @@ pub struct WrittenFile {
     pub sha256: String,
 }
 
-/// Writes one Parquet file with the lake's writer properties.
+/// Writes one Parquet file to the lake.
 ///
 /// The encoder's output buffer is drained into the upload once it holds a part
 /// ([`Lake::upload_part_bytes`]) and then cleared, keeping its capacity: the same
@@ -79,6 +79,17 @@ impl FileWriter {
     /// visible until [`finish`](Self::finish)).
     pub fn create(lake: &Lake, path: Path, schema: SchemaRef) -> Result<Self, ParquetError> {
         Self::with_properties(lake, path, schema, writer_properties())
+    }
+
+    /// Starts a bronze file of `table` at `path`: the table's Arrow schema and
+    /// [`bronze_writer_properties`].
+    pub fn bronze(lake: &Lake, table: &SourceTable, path: Path) -> Result<Self, ParquetError> {
+        Self::with_properties(
+            lake,
+            path,
+            table.arrow_schema(),
+            bronze_writer_properties(table),
+        )
     }
 
     /// Starts a file at `path` with the given writer properties.
@@ -237,7 +248,6 @@ mod tests {
     use super::*;
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
-    use object_store::ObjectStoreExt;
 
     #[tokio::test]
     async fn write_then_read_back_with_checksum() {

@@ -6,8 +6,8 @@
 //! `object_store`'s own conformance suite; MinIO is not an option for this project.
 //! Its conditional PUTs are made atomic at start-up (see [`ATOMIC_PUTS`]).
 //! [`TestS3::start`] runs `moto_server` on a free port and waits until it
-//! answers; dropping the value kills
-//! it (moto keeps everything in memory, so nothing is left behind).
+//! answers; dropping the value kills it (moto keeps everything in memory, so
+//! nothing is left behind).
 //!
 //! Tests get a bucket of their own with [`TestS3::new_bucket`] and the environment
 //! of SPEC §8 with [`TestS3::env`], including short retry and timeout settings so a
@@ -82,19 +82,15 @@ impl TestS3 {
             .prefix("lake-testkit-s3-")
             .tempdir()
             .context("creating a temporary directory for the moto log")?;
+        let site = dir.path().to_path_buf();
+        std::fs::write(site.join("sitecustomize.py"), ATOMIC_PUTS)
+            .context("writing moto's sitecustomize.py")?;
         let mut s3 = Self {
             child: None,
             port: 0,
             log_file: dir.path().join("moto.log"),
             dir: Some(dir),
         };
-        let site = s3
-            .dir
-            .as_ref()
-            .map(|d| d.path().to_path_buf())
-            .unwrap_or_default();
-        std::fs::write(site.join("sitecustomize.py"), ATOMIC_PUTS)
-            .context("writing moto's sitecustomize.py")?;
         for attempt in 1..=PORT_ATTEMPTS {
             s3.port = process::free_port()?;
             let log = std::fs::File::create(&s3.log_file).context("creating the moto log")?;

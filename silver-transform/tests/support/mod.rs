@@ -17,7 +17,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
 use lake_common::manifest::{self, BatchManifest, BatchState, DataFile, MANIFEST_FORMAT};
 use lake_common::parquet_io::{self, FileWriter};
-use lake_common::schema::{STOP_EVENTS, bronze_writer_properties};
+use lake_common::schema::STOP_EVENTS;
 use lake_common::{Dataset, Lake, LakeConfig, Partition};
 use lake_testkit::TestS3;
 use object_store::ObjectStoreExt;
@@ -330,13 +330,7 @@ async fn write_files(lake: &Lake, batch: u64, events: &[Ev]) -> Vec<DataFile> {
     for (date, mut evs) in by_day {
         evs.sort_by(|a, b| (a.occurred_at, &a.event_id).cmp(&(b.occurred_at, &b.event_id)));
         let path = Dataset::BronzeEvents.batch_file(&Partition::date(date), batch, 0);
-        let mut w = FileWriter::with_properties(
-            lake,
-            path,
-            STOP_EVENTS.arrow_schema(),
-            bronze_writer_properties(&STOP_EVENTS),
-        )
-        .unwrap();
+        let mut w = FileWriter::bronze(lake, &STOP_EVENTS, path).unwrap();
         w.write(&bronze_batch(
             &evs,
             batch,
@@ -584,6 +578,13 @@ fn read_rows(batch: &RecordBatch, client_from_path: Option<i64>, date: &str) -> 
         .collect()
 }
 
+/// Reads a file with one GET, as a consistent reader does: footer and pages
+/// fetched by separate range requests could straddle an in-place replace (see
+/// "Limits" in docs/silver.md).
+async fn read_whole(lake: &Lake, path: &Path) -> Vec<RecordBatch> {
+    parquet_io::read_bytes(lake.get_bytes(path).await.unwrap()).unwrap()
+}
+
 /// Every silver row by execution key; panics if a key appears twice (a doubled
 /// partition) or a partition holds more than one file.
 pub async fn silver(lake: &Lake) -> BTreeMap<String, SilverRow> {
@@ -596,11 +597,7 @@ pub async fn silver(lake: &Lake) -> BTreeMap<String, SilverRow> {
         let dir = path.rsplit_once('/').unwrap().0.to_owned();
         assert!(dirs.insert(dir.clone()), "two files in partition {dir}");
         let date = part.date.format("%Y-%m-%d").to_string();
-        // One GET per file, as a consistent reader does: footer and pages fetched
-        // by separate range requests could straddle an in-place replace (see
-        // "Limits" in docs/silver.md).
-        let bytes = lake.get_bytes(&p).await.unwrap();
-        for batch in parquet_io::read_bytes(bytes).unwrap() {
+        for batch in read_whole(lake, &p).await {
             assert!(
                 batch.column_by_name("client_id").is_none(),
                 "partition column in file"
@@ -628,11 +625,7 @@ pub async fn quarantine(lake: &Lake) -> Vec<SilverRow> {
         let part =
             Partition::parse(Dataset::QuarantineStopExecutions, &p).expect("a partition path");
         let date = part.date.format("%Y-%m-%d").to_string();
-        // One GET per file, as a consistent reader does: footer and pages fetched
-        // by separate range requests could straddle an in-place replace (see
-        // "Limits" in docs/silver.md).
-        let bytes = lake.get_bytes(&p).await.unwrap();
-        for batch in parquet_io::read_bytes(bytes).unwrap() {
+        for batch in read_whole(lake, &p).await {
             out.extend(read_rows(&batch, None, &date));
         }
     }
