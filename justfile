@@ -37,9 +37,17 @@ bench-bronze rows="1000000": setup
     cargo build -q --release -p bronze-ingest -p lake-testkit --bin bronze-ingest --bin lake-bench
     target/release/lake-bench bronze --rows {{rows}} --report docs/benchmarks.md
 
+# The same benchmark on the image's static musl binary (needs the musl target and musl-tools, as `just test-image`).
+bench-bronze-image rows="1000000": setup
+    cargo build -q --release -p lake-testkit --bin lake-bench
+    cargo build -q --release --target x86_64-unknown-linux-musl -p robson-lake
+    ln -sf robson-lake target/x86_64-unknown-linux-musl/release/bronze-ingest
+    target/release/lake-bench bronze --rows {{rows}} --bin target/x86_64-unknown-linux-musl/release/bronze-ingest \
+        --report docs/benchmarks.md --section "bronze-ingest, the image's static musl binary"
+
 # Benchmark silver-transform against DuckDB running benches/silver_duckdb.sql on the same bronze (1M events).
 bench-silver: setup
-    SILVER_BENCH_REPORT=docs/benchmarks-silver.md cargo bench -p silver-transform --bench silver
+    SILVER_BENCH_REPORT={{justfile_directory()}}/docs/benchmarks-silver.md cargo bench -p silver-transform --bench silver
 
 # All benchmarks.
 bench: bench-bronze bench-silver

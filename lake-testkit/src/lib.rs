@@ -32,12 +32,14 @@
 //! # }
 //! ```
 
+mod allocator;
 pub mod demo;
 mod http;
 mod postgres;
 mod process;
 mod s3;
 
+pub use allocator::{JemallocSettings, jemalloc_settings};
 pub use http::HttpResponse;
 pub use postgres::TestPostgres;
 pub use s3::TestS3;

@@ -582,7 +582,9 @@ fn main() {
     }
     println!("\n{md}");
     if let Some(path) = std::env::var_os("SILVER_BENCH_REPORT") {
-        std::fs::write(&path, &md).unwrap();
+        std::fs::write(&path, &md).unwrap_or_else(|e| {
+            panic!("writing the report to {}: {e}", Path::new(&path).display())
+        });
         eprintln!("wrote {}", Path::new(&path).display());
     }
     if keep.is_some() {
