@@ -80,15 +80,19 @@ async fn bronze(
     section: &str,
 ) -> Result<()> {
     let bin = match bin {
-        Some(bin) => bin,
-        None => std::env::current_exe()?.with_file_name("bronze-ingest"),
+        Some(bin) if bin.exists() => bin,
+        Some(bin) => bail!("--bin {}: no such file", bin.display()),
+        None => {
+            let bin = std::env::current_exe()?.with_file_name("bronze-ingest");
+            if !bin.exists() {
+                bail!(
+                    "{} is not built: cargo build --release -p bronze-ingest",
+                    bin.display()
+                );
+            }
+            bin
+        }
     };
-    if !bin.exists() {
-        bail!(
-            "{} is not built: cargo build --release -p bronze-ingest",
-            bin.display()
-        );
-    }
     let mut sizes = vec![rows];
     if !quick {
         sizes = vec![100_000, rows, 3_000_000];
@@ -156,11 +160,9 @@ async fn measure(
         let t = Instant::now();
         let mut cmd = Command::new(bin);
         cmd.env_clear();
-        // Allocator settings pass through, so their effect can be measured.
-        for var in ["_RJEM_MALLOC_CONF"] {
-            if let Ok(v) = std::env::var(var) {
-                cmd.env(var, v);
-            }
+        // jemalloc's run-time settings pass through, so their effect can be measured.
+        if let Ok(conf) = std::env::var("_RJEM_MALLOC_CONF") {
+            cmd.env("_RJEM_MALLOC_CONF", conf);
         }
         let out = cmd
             .envs(pg.env())
