@@ -1,9 +1,9 @@
 //! Streaming Parquet files to and from the lake.
 //!
-//! [`FileWriter`] encodes with parquet's `ArrowWriter` into a buffer of its own and
-//! hands that buffer to a multipart upload whenever it holds a whole part, so
-//! memory is bounded by one row group and a few parts, not by the file. It hashes
-//! the bytes on their way out, so the manifest's SHA-256 costs no second read.
+//! [`FileWriter`] encodes with parquet's `ArrowWriter` straight into upload-sized
+//! parts ([`PartSink`]) and hands every full part to a multipart upload, so memory
+//! is bounded by one row group and a part or two, not by the file. It hashes the
+//! bytes on their way out, so the manifest's SHA-256 costs no second read.
 //! Nothing is visible under the path until [`FileWriter::finish`] completes the
 //! upload (S3 multipart and the local store's rename are atomic).
 
@@ -46,22 +46,74 @@ pub struct WrittenFile {
     pub sha256: String,
 }
 
+/// The encoder's output: bytes are cut into parts of exactly the upload's part
+/// size as they are written, hashed and counted on the way.
+///
+/// The encoder writes synchronously (a whole row group at a flush), while the
+/// upload is async; full parts therefore wait in `full` until [`FileWriter`]
+/// hands them over, which it does after every encoder call. A flush thus holds
+/// at most one row group's worth of parts, and the encoder's pages are freed
+/// as they are copied in: the row group is never held twice.
+#[derive(Debug)]
+struct PartSink {
+    part_bytes: usize,
+    /// The part being filled (allocated at the full part size when first written to).
+    filling: Vec<u8>,
+    /// Full parts waiting for the upload.
+    full: Vec<Bytes>,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl PartSink {
+    fn new(part_bytes: usize) -> Self {
+        Self {
+            part_bytes,
+            filling: Vec::new(),
+            full: Vec::new(),
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl std::io::Write for PartSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.hasher.update(buf);
+        self.bytes += buf.len() as u64;
+        let mut rest = buf;
+        while !rest.is_empty() {
+            if self.filling.capacity() == 0 {
+                self.filling.reserve_exact(self.part_bytes);
+            }
+            let n = rest.len().min(self.part_bytes - self.filling.len());
+            self.filling.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            if self.filling.len() == self.part_bytes {
+                self.full
+                    .push(Bytes::from(std::mem::take(&mut self.filling)));
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Writes one Parquet file to the lake.
 ///
-/// The encoder's output buffer is drained into the upload once it holds a part
-/// ([`Lake::upload_part_bytes`]) and then cleared, keeping its capacity: the same
-/// few buffers serve the whole file instead of one freshly grown buffer per row
-/// group, which is what made the process's memory grow with the data (glibc keeps
-/// what such churn frees). A file smaller than one part is a single PUT.
+/// The encoder writes into a [`PartSink`]; after each call into the encoder the
+/// full parts go to a multipart upload (started with the first full part), at
+/// most [`UPLOAD_CONCURRENCY`] in flight besides the one being handed over. A
+/// file smaller than one part ([`Lake::upload_part_bytes`]) is a single PUT.
 pub struct FileWriter {
     path: Path,
     store: Arc<dyn ObjectStore>,
-    part_bytes: usize,
-    writer: ArrowWriter<Vec<u8>>,
+    writer: ArrowWriter<PartSink>,
     /// Started when the first part is full.
     upload: Option<WriteMultipart>,
-    hasher: Sha256,
-    bytes: u64,
     rows: u64,
 }
 
@@ -99,32 +151,30 @@ impl FileWriter {
         schema: SchemaRef,
         properties: WriterProperties,
     ) -> Result<Self, ParquetError> {
-        let writer = ArrowWriter::try_new(Vec::new(), schema, Some(properties))?;
+        let sink = PartSink::new(lake.upload_part_bytes());
+        let writer = ArrowWriter::try_new(sink, schema, Some(properties))?;
         Ok(Self {
             path,
             store: Arc::clone(lake.store()),
-            part_bytes: lake.upload_part_bytes(),
             writer,
             upload: None,
-            hasher: Sha256::new(),
-            bytes: 0,
             rows: 0,
         })
     }
 
-    /// Appends a batch; uploads a part when a flushed row group filled one.
+    /// Appends a batch; uploads the parts that a flushed row group filled.
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), ParquetError> {
         self.rows += batch.num_rows() as u64;
         self.writer.write(batch)?;
-        if self.writer.inner().len() >= self.part_bytes {
-            self.upload_buffered().await?;
-        }
-        Ok(())
+        self.upload_full_parts().await
     }
 
-    /// Moves the encoded bytes into the multipart upload (started on the first
-    /// part), after waiting for the previous part to be on its way.
-    async fn upload_buffered(&mut self) -> Result<(), ParquetError> {
+    /// Hands the full parts to the multipart upload (started on the first one),
+    /// each after the previous one is on its way.
+    async fn upload_full_parts(&mut self) -> Result<(), ParquetError> {
+        if self.writer.inner().full.is_empty() {
+            return Ok(());
+        }
         let upload = match &mut self.upload {
             Some(upload) => upload,
             None => {
@@ -133,21 +183,23 @@ impl FileWriter {
                     .put_multipart(&self.path)
                     .await
                     .map_err(external)?;
-                self.upload.insert(WriteMultipart::new_with_chunk_size(
-                    started,
-                    self.part_bytes,
-                ))
+                let part_bytes = self.writer.inner().part_bytes;
+                self.upload
+                    .insert(WriteMultipart::new_with_chunk_size(started, part_bytes))
             }
         };
-        upload
-            .wait_for_capacity(UPLOAD_CONCURRENCY)
-            .await
-            .map_err(external)?;
-        let buffer = self.writer.inner_mut();
-        self.hasher.update(&buffer[..]);
-        self.bytes += buffer.len() as u64;
-        upload.write(buffer);
-        buffer.clear();
+        for part in std::mem::take(&mut self.writer.inner_mut().full) {
+            if let Err(e) = upload.wait_for_capacity(UPLOAD_CONCURRENCY).await {
+                // A failed part fails the file: drop the parts already stored
+                // instead of leaving them to a bucket lifecycle rule.
+                if let Some(upload) = self.upload.take() {
+                    let _ = upload.abort().await;
+                }
+                return Err(external(e));
+            }
+            // Exactly one part: sent as it is, without a copy.
+            upload.put(part);
+        }
         Ok(())
     }
 
@@ -164,9 +216,11 @@ impl FileWriter {
     /// Writes the footer and completes the upload (or PUTs a small file whole).
     pub async fn finish(mut self) -> Result<WrittenFile, ParquetError> {
         self.writer.finish()?;
-        let rest = std::mem::take(self.writer.inner_mut());
-        self.hasher.update(&rest);
-        self.bytes += rest.len() as u64;
+        self.upload_full_parts().await?;
+        let sink = self.writer.inner_mut();
+        let rest = std::mem::take(&mut sink.filling);
+        let bytes = sink.bytes;
+        let sha256 = hex(&std::mem::take(&mut sink.hasher).finalize());
         match self.upload.take() {
             None => {
                 self.store
@@ -175,15 +229,17 @@ impl FileWriter {
                     .map_err(external)?;
             }
             Some(mut upload) => {
-                upload.write(&rest);
+                if !rest.is_empty() {
+                    upload.put(Bytes::from(rest));
+                }
                 upload.finish().await.map_err(external)?;
             }
         }
         Ok(WrittenFile {
             path: self.path,
             rows: self.rows,
-            bytes: self.bytes,
-            sha256: hex(&self.hasher.finalize()),
+            bytes,
+            sha256,
         })
     }
 }
@@ -248,6 +304,24 @@ mod tests {
     use super::*;
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn part_sink_cuts_exact_parts_and_hashes_everything() {
+        use std::io::Write;
+        let mut sink = PartSink::new(4);
+        for chunk in [&b"ab"[..], b"cdefghij", b"", b"k"] {
+            assert_eq!(sink.write(chunk).unwrap(), chunk.len());
+        }
+        let parts: Vec<&[u8]> = sink.full.iter().map(|p| &p[..]).collect();
+        assert_eq!(parts, vec![&b"abcd"[..], b"efgh"]);
+        assert_eq!(sink.filling, b"ijk");
+        assert_eq!(sink.bytes, 11);
+        assert_eq!(
+            hex(&sink.hasher.finalize()),
+            sha256_hex(b"abcdefghijk"),
+            "the hash covers every byte, in order"
+        );
+    }
 
     #[tokio::test]
     async fn write_then_read_back_with_checksum() {

@@ -288,24 +288,43 @@ pub fn writer_properties() -> WriterProperties {
     base_properties(3).build()
 }
 
-/// Bronze row groups are also closed at this estimated encoded size, which bounds
-/// the writer's memory whatever the row width (a row group is buffered whole
-/// before it is written). About 45 k demo rows; SPEC §4 only caps the row count.
-pub const BRONZE_ROW_GROUP_BYTES: usize = 4 * 1024 * 1024;
+/// Bronze row groups are also closed at this estimated encoded size (compressed
+/// pages plus the open pages), which bounds the writer's memory whatever the row
+/// width: a row group is buffered whole before it is written. About 7.5 k demo
+/// rows and 650 KB of Parquet; SPEC §4 only caps the row count. Reads of bronze
+/// are whole days (silver), and the compaction of closed days (SPEC §11) is
+/// where large row groups for ad-hoc readers belong; docs/benchmarks.md has the
+/// measurements behind the size.
+pub const BRONZE_ROW_GROUP_BYTES: usize = 1024 * 1024;
+
+/// Bronze data pages are cut at this size. The open page of every column is
+/// buffered uncompressed, and every column that compressed a page keeps a zstd
+/// context sized to its pages (up to ~0.6 MB from 128 KiB on) until its row
+/// group ends; small pages keep both small.
+pub const BRONZE_PAGE_BYTES: usize = 128 * 1024;
+
+/// Rows the bronze encoder takes at a time. A page is cut only between two such
+/// steps, so this bounds how far a wide column (the JSON payload, ~300 bytes a
+/// row) overshoots [`BRONZE_PAGE_BYTES`].
+pub const BRONZE_WRITE_BATCH_ROWS: usize = 256;
 
 /// The writer settings of bronze files, tuned for the export's throughput (it has
-/// to keep pace with PostgreSQL's COPY on one core, see docs/benchmarks.md):
+/// to keep pace with PostgreSQL's COPY on one core) and for a working set that
+/// does not grow with the batch (see docs/benchmarks.md):
 ///
 /// * zstd level 1: level 3 spent a third of the export's CPU for 1 % smaller files;
 /// * dictionary encoding only on the columns listed in
 ///   [`SourceTable::dictionary`]: for unique ids, JSON and prices a dictionary
-///   costs a hash per value, overflows its 1 MiB page and falls back to plain
+///   costs a hash per value, overflows its page and falls back to plain
 ///   anyway (the files came out 7 % *smaller* without it);
-/// * row groups closed at [`BRONZE_ROW_GROUP_BYTES`] as well as at 128 Ki rows.
+/// * row groups closed at [`BRONZE_ROW_GROUP_BYTES`] as well as at 128 Ki rows,
+///   pages of [`BRONZE_PAGE_BYTES`], fed [`BRONZE_WRITE_BATCH_ROWS`] at a time.
 pub fn bronze_writer_properties(table: &SourceTable) -> WriterProperties {
     let mut builder = base_properties(1)
         .set_dictionary_enabled(false)
-        .set_max_row_group_bytes(Some(BRONZE_ROW_GROUP_BYTES));
+        .set_max_row_group_bytes(Some(BRONZE_ROW_GROUP_BYTES))
+        .set_data_page_size_limit(BRONZE_PAGE_BYTES)
+        .set_write_batch_size(BRONZE_WRITE_BATCH_ROWS);
     for column in table
         .dictionary
         .iter()

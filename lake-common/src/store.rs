@@ -57,8 +57,9 @@ pub enum StoreError {
 pub const S3_PART_BYTES: usize = 5 * 1024 * 1024;
 
 /// Upload part size of the local and in-memory stores, which have no minimum: a
-/// part there is only a write into a staging file.
-pub const LOCAL_PART_BYTES: usize = 1024 * 1024;
+/// part there is only a write into a staging file, so parts are kept small (a
+/// file being written holds two of them in memory).
+pub const LOCAL_PART_BYTES: usize = 256 * 1024;
 
 /// The lake root every job reads and writes.
 #[derive(Debug, Clone)]
