@@ -290,12 +290,13 @@ pub fn writer_properties() -> WriterProperties {
 
 /// Bronze row groups are also closed at this estimated encoded size (compressed
 /// pages plus the open pages), which bounds the writer's memory whatever the row
-/// width: a row group is buffered whole before it is written. About 7.5 k demo
-/// rows and 650 KB of Parquet; SPEC §4 only caps the row count. Reads of bronze
-/// are whole days (silver), and the compaction of closed days (SPEC §11) is
-/// where large row groups for ad-hoc readers belong; docs/benchmarks.md has the
-/// measurements behind the size.
-pub const BRONZE_ROW_GROUP_BYTES: usize = 1024 * 1024;
+/// width: a row group is buffered whole before it is written. About 5 k demo rows
+/// and 460 KB of Parquet; SPEC §4 only caps the row count. The size is what keeps
+/// a 3 M-row export within 20 % of a 100 k-row one's memory (docs/benchmarks.md);
+/// it costs ad-hoc readers some speed, but bronze is read whole days at a time
+/// (silver), hourly runs write small files anyway, and the compaction of closed
+/// days (SPEC §11) is where large row groups belong.
+pub const BRONZE_ROW_GROUP_BYTES: usize = 768 * 1024;
 
 /// Bronze data pages are cut at this size. The open page of every column is
 /// buffered uncompressed, and every column that compressed a page keeps a zstd
