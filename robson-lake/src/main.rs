@@ -15,8 +15,9 @@ use std::process::ExitCode;
 /// lock: the bronze export ran at half speed there (1 M rows: 6.3 s against
 /// 3.6 s with glibc), nearly all of it in `mmap`/`munmap` system time. With
 /// jemalloc the musl binary runs as fast as the glibc one, and in less memory
-/// than glibc's allocator keeps. The host binaries use it too, so the benchmarks
-/// measure the allocator that ships. Settings: `.cargo/config.toml`.
+/// than glibc's allocator keeps. In the musl build it also serves the C code's
+/// `malloc` (zstd's contexts; `Cargo.toml`). The host binaries use it too, so
+/// the benchmarks measure the allocator that ships. Settings: `.cargo/config.toml`.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
