@@ -58,7 +58,8 @@ pub const S3_PART_BYTES: usize = 5 * 1024 * 1024;
 
 /// Upload part size of the local and in-memory stores, which have no minimum: a
 /// part there is only a write into a staging file, so parts are kept small (a
-/// file being written holds two of them in memory).
+/// file being written holds the part being filled, one in flight and, right
+/// after a row group flush, that row group's parts in memory).
 pub const LOCAL_PART_BYTES: usize = 256 * 1024;
 
 /// The lake root every job reads and writes.
