@@ -17,7 +17,8 @@ setup:
 
 # The main job end to end on embedded defaults: throwaway PostgreSQL with demo data → bronze → silver → ./lake.
 demo rows=env_var_or_default("DEMO_ROWS", "200000"): setup
-    cargo build -q -p bronze-ingest -p silver-transform -p lake-testkit --bin lake-demo
+    # One `--bin` per binary: `-p X --bin Y` would build only Y of every package.
+    cargo build -q --bin bronze-ingest --bin silver-transform --bin lake-demo
     target/debug/lake-demo --rows {{rows}} --lake lake
 
 # Everything CI checks: formatting, lints, all tests (Rust, deployment manifests, the container image).

@@ -8,6 +8,9 @@
 //!   it runs as the `postgres` account), with a database `robson` and a
 //!   password-protected superuser;
 //! * [`TestS3`]: a real S3 HTTP endpoint (moto), with a bucket per test;
+//! * [`FaultProxy`]: a fault-injecting proxy in front of it (lost answers,
+//!   `503 SlowDown`, resets, slow answers, truncated bodies, ignored
+//!   conditional headers), with a request log;
 //! * [`demo`]: the Django source tables of SPEC §2 and a deterministic generator of
 //!   realistic data that loads a million rows in seconds.
 //!
@@ -34,12 +37,14 @@
 
 mod allocator;
 pub mod demo;
+mod faults;
 mod http;
 mod postgres;
 mod process;
 mod s3;
 
 pub use allocator::{JemallocSettings, jemalloc_settings};
+pub use faults::{Fault, FaultProxy, LoggedRequest, Rule, S3Op};
 pub use http::HttpResponse;
 pub use postgres::TestPostgres;
 pub use s3::TestS3;
