@@ -7,21 +7,19 @@
 //! pinned batch that lost its owner is re-executed with the same range, snapshot
 //! time and file names, so the files it rewrites are byte-identical.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{NaiveDate, Utc};
 use futures::TryStreamExt;
-use lake_common::manifest::{
-    self, BatchManifest, BatchState, DataFile, MANIFEST_FORMAT, ManifestError,
-};
+use lake_common::commit::fence::Fence;
+use lake_common::commit::{Claim, CommitError, LEASE_WAIT, Log, Mode, Pinned, Stored};
+use lake_common::manifest::{self, BatchManifest, BatchState, DataFile, MANIFEST_FORMAT};
 use lake_common::schema::SourceTable;
 use lake_common::{Classified, ExitStatus, Lake, Partition};
+use object_store::ObjectStoreExt;
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, UpdateVersion};
 use serde::Serialize;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
 use crate::extract::{self, CHANNEL_CHUNKS, Findings, Selection};
@@ -44,6 +42,8 @@ pub struct BatchSettings {
     pub locked: bool,
     /// This run's id (owner of pending manifests).
     pub run_id: String,
+    /// The fence of this dataset's writes (raised also by a lost advisory lock).
+    pub fence: Fence,
 }
 
 /// How a dataset's batch ended.
@@ -152,36 +152,65 @@ pub async fn run_dataset(
         seconds: 0.0,
     };
 
-    let (plan, version) = match previous {
+    let log = Log::new(
+        lake.clone(),
+        if settings.locked {
+            Mode::Locked
+        } else {
+            Mode::Conditional
+        },
+        settings.lease,
+    )
+    .fenced_by(settings.fence.clone());
+    let mut previous = previous;
+    // A pending batch whose lease ends within LEASE_WAIT: wait for it (once)
+    // rather than exit 4, so a Job's retry right after a crash goes on.
+    if let Some(prev) = &previous
+        && prev.manifest.state == BatchState::Pending
+        && !settings.locked
+        && prev.manifest.claim.is_live(Utc::now())
+    {
+        let left = prev.manifest.claim.remaining(Utc::now());
+        if left <= LEASE_WAIT {
+            tracing::info!(dataset = %dataset, batch = prev.manifest.batch, wait_secs = left.as_secs_f64(), "Waiting for the lease of a pending batch to end");
+            tokio::time::sleep(left + Duration::from_millis(100)).await;
+            previous = Some(manifest::read(lake, dataset, prev.manifest.batch).await?);
+        }
+    }
+
+    let (plan, pinned) = match previous {
         Some(prev) if prev.manifest.state == BatchState::Pending => {
             let m = prev.manifest;
-            let lease_live = m.lease_expires_at.is_some_and(|t| t > Utc::now());
-            if lease_live && !settings.locked {
+            if m.claim.is_live(Utc::now()) && !settings.locked {
                 return Err(busy(format!(
                     "{dataset}: batch {} is being written by run {} (lease until {}); exiting without writing",
                     m.batch,
-                    m.owner,
-                    m.lease_expires_at
+                    m.claim.owner,
+                    m.claim
+                        .lease_expires_at
                         .map(|t| t.to_rfc3339())
                         .unwrap_or_default()
                 )));
             }
             check_not_behind(dataset, &m, snapshot)?;
-            tracing::warn!(dataset = %dataset, batch = m.batch, previous_owner = %m.owner, "Resuming a pending batch whose run stopped");
+            if !settings.backfill_days.is_empty() {
+                tracing::warn!(dataset = %dataset, batch = m.batch, "A pending batch is resumed first; run the backfill again afterwards");
+            }
+            tracing::warn!(dataset = %dataset, batch = m.batch, previous_owner = %m.claim.owner, "Resuming a pending batch whose run stopped");
             report.resumed = true;
             if settings.dry_run {
                 (m, None)
             } else {
-                let mut taken = m.clone();
-                taken.owner = settings.run_id.clone();
-                taken.lease_expires_at = Some(Utc::now() + settings.lease);
-                let expected = (!settings.locked).then_some(prev.version);
-                match manifest::replace(lake, &taken, expected).await {
-                    Ok(v) => (taken, Some(v)),
-                    Err(ManifestError::Conflict { .. }) => {
+                let path = dataset.manifest(m.batch);
+                let found = Stored {
+                    entry: m,
+                    version: prev.version,
+                };
+                match log.take_over(&path, found, &settings.run_id).await {
+                    Ok(p) => (p.entry().await, Some(p)),
+                    Err(CommitError::Conflict { owner, .. }) => {
                         return Err(busy(format!(
-                            "{dataset}: another run took over pending batch {} first; exiting without writing",
-                            m.batch
+                            "{dataset}: run {owner} took over the pending batch first; exiting without writing"
                         )));
                     }
                     Err(e) => return Err(e.into()),
@@ -219,8 +248,7 @@ pub async fn run_dataset(
                 }),
                 system_identifier: snapshot.system_identifier.clone(),
                 backfill_days: settings.backfill_days.clone(),
-                owner: settings.run_id.clone(),
-                lease_expires_at: Some(Utc::now() + settings.lease),
+                claim: Claim::default(),
                 committed_at: None,
                 files: vec![],
                 supersedes: vec![],
@@ -229,11 +257,15 @@ pub async fn run_dataset(
             if settings.dry_run {
                 (m, None)
             } else {
-                match manifest::create(lake, &m).await? {
-                    Some(v) => (m, Some(v)),
-                    None => {
+                match log
+                    .pin(&dataset.manifest(batch), m, &settings.run_id)
+                    .await?
+                {
+                    Ok(p) => (p.entry().await, Some(p)),
+                    Err(found) => {
                         return Err(busy(format!(
-                            "{dataset}: another run pinned batch {batch} first; exiting without writing"
+                            "{dataset}: run {} pinned batch {batch} first; exiting without writing",
+                            found.entry.claim.owner
                         )));
                     }
                 }
@@ -245,13 +277,30 @@ pub async fn run_dataset(
     report.h = Some(plan.h);
     failpoint("after-pin");
 
-    let lease = version.map(|v| Lease::start(lake.clone(), plan.clone(), v, settings));
-    let result = execute(lake, client, table, &plan, settings, progress).await;
-    let lease_state = match lease {
-        Some(l) => Some(l.stop().await),
-        None => None,
+    // Every write of the attempt goes through its fence.
+    let work = match &pinned {
+        Some(p) => lake.fenced(p.fence()),
+        None => lake.clone(),
     };
-    let (written, rows, findings, supersedes) = result?;
+    let result = execute(&work, client, table, &plan, settings, progress).await;
+    let fenced = |p: &Pinned<BatchManifest>| {
+        busy(format!(
+            "{dataset}: this run lost batch {} ({}); it stopped writing and the other run commits it. \
+             Raise BRONZE_LEASE_SECS if runs are slow",
+            plan.batch,
+            p.fence().reason()
+        ))
+    };
+    let (written, rows, findings, supersedes) = match (result, pinned.as_ref()) {
+        (Ok(r), _) => r,
+        (Err(_), Some(p)) if p.fence().is_raised() => return Err(fenced(p)),
+        (Err(e), _) => {
+            if let Some(p) = pinned {
+                p.release().await;
+            }
+            return Err(e);
+        }
+    };
     report.rows = rows;
     report.findings = findings;
     report.rows_per_day = written.rows_per_date.clone();
@@ -259,45 +308,34 @@ pub async fn run_dataset(
     report.bytes = written.files.iter().map(|f| f.bytes).sum();
     report.superseded_files = supersedes.len();
 
-    if settings.dry_run {
+    let Some(pinned) = pinned else {
         report.outcome = Outcome::DryRun;
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(report);
-    }
-    let (version, lost) = lease_state.unwrap_or((None, false));
-    if lost {
-        return Err(busy(format!(
-            "{dataset}: batch {} was taken over by another run while this run wrote it (lease expired); \
-             the other run commits it. Raise BRONZE_LEASE_SECS if runs are slow",
-            plan.batch
-        )));
-    }
-    failpoint("before-commit");
-    let committed = BatchManifest {
-        state: BatchState::Committed,
-        lease_expires_at: None,
-        committed_at: Some(Utc::now()),
-        files: written.files,
-        supersedes,
-        rows,
-        ..plan
     };
-    match manifest::replace(
-        lake,
-        &committed,
-        if settings.locked { None } else { version },
-    )
-    .await
+    failpoint("before-commit");
+    let committed_at = Utc::now();
+    let committed = match pinned
+        .commit(|m| {
+            m.state = BatchState::Committed;
+            m.committed_at = Some(committed_at);
+            m.files = written.files;
+            m.supersedes = supersedes;
+            m.rows = rows;
+        })
+        .await
     {
-        Ok(_) => {}
-        Err(ManifestError::Conflict { .. }) => {
+        Ok(m) => m,
+        Err(CommitError::Fenced(f)) => {
             return Err(busy(format!(
-                "{dataset}: batch {} was taken over by another run before it could commit",
-                committed.batch
+                "{dataset}: batch {} was taken over before this run could commit it ({}); \
+                 the other run commits it",
+                plan.batch, f.0
             )));
         }
+        // Not known to be committed: the next run reads the manifest and resumes.
         Err(e) => return Err(e.into()),
-    }
+    };
     failpoint("after-commit");
     cleanup(lake, &committed).await?;
     report.outcome = Outcome::Committed;
@@ -439,67 +477,6 @@ async fn cleanup(lake: &Lake, committed: &BatchManifest) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Keeps a pending batch's lease alive while the run works.
-struct Lease {
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-    version: Arc<Mutex<Option<UpdateVersion>>>,
-    lost: Arc<AtomicBool>,
-}
-
-impl Lease {
-    fn start(
-        lake: Lake,
-        mut pending: BatchManifest,
-        version: UpdateVersion,
-        settings: &BatchSettings,
-    ) -> Self {
-        let (stop, mut stopped) = oneshot::channel();
-        let version = Arc::new(Mutex::new(Some(version)));
-        let lost = Arc::new(AtomicBool::new(false));
-        let (lease, locked) = (settings.lease, settings.locked);
-        let task = tokio::spawn({
-            let (version, lost) = (version.clone(), lost.clone());
-            async move {
-                loop {
-                    tokio::select! {
-                        _ = &mut stopped => return,
-                        _ = tokio::time::sleep(lease / 3) => {}
-                    }
-                    pending.lease_expires_at = Some(Utc::now() + lease);
-                    let mut v = version.lock().await;
-                    let expected = if locked { None } else { v.clone() };
-                    match manifest::replace(&lake, &pending, expected).await {
-                        Ok(new) => *v = Some(new),
-                        Err(ManifestError::Conflict { .. }) => {
-                            lost.store(true, Ordering::SeqCst);
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "Could not renew the batch lease; retrying")
-                        }
-                    }
-                }
-            }
-        });
-        Self {
-            stop,
-            task,
-            version,
-            lost,
-        }
-    }
-
-    /// Stops renewing (waiting for an in-flight renewal) and returns the
-    /// manifest's current version and whether the lease was lost.
-    async fn stop(self) -> (Option<UpdateVersion>, bool) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
-        let v = self.version.lock().await.clone();
-        (v, self.lost.load(Ordering::SeqCst))
-    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
+use lake_common::commit::fence::Fence;
+use lake_common::commit::lock::AdvisoryLock;
 use lake_common::report::Run;
 use lake_common::schema::{OUTBOX, STOP_EVENTS, SourceTable};
 use lake_common::{Classified, Config, ExitStatus, Lake, contract, postgres};
@@ -191,40 +193,44 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<ExitStatus> 
         report.verify = Some(all);
         status
     } else {
-        // Stores without compare-and-swap get a PostgreSQL advisory lock instead
-        // (held on its own session until the run ends; see README "Guarantees").
+        // Stores without compare-and-swap get a PostgreSQL advisory lock instead,
+        // one per dataset, held on its own session until the dataset is done
+        // (docs/commit-protocol.md).
         let caps = lake.capabilities();
-        let lock_client = if caps.create_if_absent && caps.update_if_match || opts.dry_run {
-            None
-        } else {
-            let c = pool.get().await.map_err(|e| {
-                anyhow::anyhow!(postgres::explain_connect_error(&config.postgres, &e))
-            })?;
-            let got: bool = c
-                .query_one(
-                    "SELECT pg_try_advisory_lock(hashtext('robson-lake/bronze-ingest'))",
-                    &[],
-                )
-                .await?
-                .get(0);
-            if !got {
-                return Err(Classified::new(
-                    ExitStatus::Busy,
-                    "another bronze-ingest run holds the advisory lock; exiting without writing",
-                )
-                .into());
-            }
-            Some(c)
-        };
-        let settings = BatchSettings {
-            dry_run: opts.dry_run,
-            backfill_days: opts.backfill_days.clone(),
-            lookback: opts.lookback,
-            lease: opts.lease,
-            locked: lock_client.is_some(),
-            run_id: run.id.clone(),
-        };
+        let compare_and_swap = caps.create_if_absent && caps.update_if_match;
+        let locked = !compare_and_swap && !opts.dry_run;
         for table in opts.datasets.tables() {
+            let fence = Fence::new();
+            let _lock = if locked {
+                let conn = pool.get().await.map_err(|e| {
+                    anyhow::anyhow!(postgres::explain_connect_error(&config.postgres, &e))
+                })?;
+                let name = format!("{JOB}/{}", table.dataset);
+                match AdvisoryLock::try_acquire(conn, &name, fence.clone()).await? {
+                    Some(lock) => Some(lock),
+                    None => {
+                        return Err(Classified::new(
+                            ExitStatus::Busy,
+                            format!(
+                                "{}: another bronze-ingest run holds the advisory lock {name}; exiting without writing",
+                                table.dataset
+                            ),
+                        )
+                        .into());
+                    }
+                }
+            } else {
+                None
+            };
+            let settings = BatchSettings {
+                dry_run: opts.dry_run,
+                backfill_days: opts.backfill_days.clone(),
+                lookback: opts.lookback,
+                lease: opts.lease,
+                locked,
+                run_id: run.id.clone(),
+                fence,
+            };
             let bar = lake_common::telemetry::progress_bar(table.table);
             let progress = |rows: u64| bar.set_position(rows);
             let r = batch::run_dataset(&lake, &client, table, &snapshot, &settings, &progress)
@@ -233,7 +239,6 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<ExitStatus> 
             bar.finish_and_clear();
             report.datasets.push(r);
         }
-        drop(lock_client);
         ExitStatus::Success
     };
     client.batch_execute("ROLLBACK").await.ok();

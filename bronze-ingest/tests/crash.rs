@@ -63,10 +63,16 @@ async fn sigkill_at_every_phase_then_rerun_converges() {
                 BatchState::Pending,
                 "{point}: the killed batch stays pending"
             );
-            // The lease is live: another run must not take the batch yet.
+            // The killed run's lease (3 s) is still live but ends within
+            // LEASE_WAIT: the next run waits for it, then resumes the batch.
+            let started = Instant::now();
             let out = h.run(&[]);
-            assert_eq!(out.status.code(), Some(4), "{point}: live lease → exit 4");
-            std::thread::sleep(Duration::from_secs(LEASE + 1));
+            assert_eq!(out.status.code(), Some(0), "{point}: waits, then resumes");
+            assert!(
+                started.elapsed() >= Duration::from_secs(LEASE),
+                "{point}: it did not take over a live lease"
+            );
+            h.assert_lake_equals_postgres().await;
         }
         h.run_ok(&[]);
         h.assert_lake_equals_postgres().await;
@@ -74,6 +80,43 @@ async fn sigkill_at_every_phase_then_rerun_converges() {
     }
     h.run_ok(&[]);
     h.assert_lake_equals_postgres().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lease_far_from_its_end_makes_the_next_run_exit_4() {
+    let h = Harness::new().await;
+    let client = h.pg.client().await.unwrap();
+    lake_testkit::demo::generate(&client, 2_000, 1)
+        .await
+        .unwrap();
+    let mut env = h.env();
+    env.push(("BRONZE_FAILPOINT".into(), "after-pin".into()));
+    env.push(("BRONZE_LEASE_SECS".into(), "120".into()));
+    let mut child = h
+        .command_with(&env, &[])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    BufReader::new(stderr)
+        .lines()
+        .map(|l| l.unwrap())
+        .find(|l| l.contains("FAILPOINT after-pin reached"))
+        .expect("fail point reached");
+    let started = Instant::now();
+    let out = h.run(&["--dataset", "events"]);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "a live lease is another run's batch"
+    );
+    assert!(support::stderr(&out).contains("is being written by run"));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no waiting for a far lease"
+    );
+    sigkill(child);
 }
 
 #[tokio::test(flavor = "multi_thread")]

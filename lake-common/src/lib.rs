@@ -5,6 +5,7 @@
 //! hold ([`schema`]), how the store and the database are reached ([`store`],
 //! [`postgres`]), and how a run ends ([`telemetry`]).
 
+pub mod commit;
 pub mod config;
 pub mod contract;
 pub mod manifest;

@@ -13,9 +13,10 @@ use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+use object_store::{ObjectStoreExt, UpdateVersion};
 use serde::{Deserialize, Serialize};
 
+use crate::commit::{Claim, Entry};
 use crate::paths::Dataset;
 use crate::store::Lake;
 
@@ -87,10 +88,10 @@ pub struct BatchManifest {
     /// Days re-exported whole by a backfill (they supersede earlier files of those days).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backfill_days: Vec<NaiveDate>,
-    /// Run that owns the pending batch.
-    pub owner: String,
-    /// While pending: the owner's lease; another run may take over after it.
-    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Who owns the pending batch and its lease (owner, attempt, write id,
+    /// lease expiry; flattened: the JSON keeps `owner` and `lease_expires_at`).
+    #[serde(flatten)]
+    pub claim: Claim,
     /// When the batch was committed.
     pub committed_at: Option<DateTime<Utc>>,
     /// The batch's files (committed only).
@@ -121,6 +122,20 @@ impl BatchManifest {
     }
 }
 
+impl Entry for BatchManifest {
+    fn claim(&self) -> &Claim {
+        &self.claim
+    }
+
+    fn claim_mut(&mut self) -> &mut Claim {
+        &mut self.claim
+    }
+
+    fn is_pending(&self) -> bool {
+        self.state == BatchState::Pending
+    }
+}
+
 /// Errors of reading or writing manifests.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -140,12 +155,6 @@ pub enum ManifestError {
         path: String,
         /// The parse error.
         source: serde_json::Error,
-    },
-    /// Someone else changed the manifest since we read it.
-    #[error("manifest {path} was changed by another run")]
-    Conflict {
-        /// The manifest path.
-        path: String,
     },
 }
 
@@ -208,8 +217,9 @@ pub async fn read_all(lake: &Lake, dataset: Dataset) -> Result<Vec<BatchManifest
         .await
 }
 
-/// Creates the manifest if no manifest of that batch exists. `Ok(None)`: another
-/// run pinned the batch first.
+/// Creates the manifest if no manifest of that batch exists (`Ok(None)`: one
+/// exists). For fixtures and tools: the jobs pin and commit through
+/// [`crate::commit::Log`], which also settles lost answers and holds the lease.
 pub async fn create(
     lake: &Lake,
     manifest: &BatchManifest,
@@ -224,44 +234,6 @@ pub async fn create(
         e_tag: r.e_tag,
         version: r.version,
     }))
-}
-
-/// Replaces a manifest. With `expected` the write is a compare-and-swap on the
-/// version read earlier (refused with [`ManifestError::Conflict`] if another run
-/// wrote since); without it the write is unconditional (only where the caller
-/// holds the advisory lock because the store cannot compare-and-swap).
-pub async fn replace(
-    lake: &Lake,
-    manifest: &BatchManifest,
-    expected: Option<UpdateVersion>,
-) -> Result<UpdateVersion, ManifestError> {
-    let path = dataset_of(manifest).manifest(manifest.batch);
-    let mode = match expected {
-        Some(v) => PutMode::Update(v),
-        None => PutMode::Overwrite,
-    };
-    let opts = PutOptions {
-        mode,
-        ..Default::default()
-    };
-    match lake
-        .store()
-        .put_opts(&path, PutPayload::from(manifest.to_bytes()), opts)
-        .await
-    {
-        Ok(r) => Ok(UpdateVersion {
-            e_tag: r.e_tag,
-            version: r.version,
-        }),
-        Err(object_store::Error::Precondition { .. })
-        | Err(object_store::Error::AlreadyExists { .. }) => Err(ManifestError::Conflict {
-            path: path.to_string(),
-        }),
-        Err(source) => Err(ManifestError::Store {
-            path: path.to_string(),
-            source,
-        }),
-    }
 }
 
 fn dataset_of(manifest: &BatchManifest) -> Dataset {
@@ -310,8 +282,10 @@ mod tests {
             scan_from: None,
             system_identifier: "7".into(),
             backfill_days: vec![],
-            owner: "run".into(),
-            lease_expires_at: None,
+            claim: Claim {
+                owner: "run".into(),
+                ..Default::default()
+            },
             committed_at: None,
             files: files
                 .iter()
@@ -340,7 +314,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn create_once_then_compare_and_swap() {
+    async fn create_once_then_read_back() {
         let lake = Lake::in_memory();
         let m = manifest(1, BatchState::Pending, &[], &[]);
         let v1 = create(&lake, &m).await.unwrap().expect("first create wins");
@@ -348,24 +322,16 @@ mod tests {
             create(&lake, &m).await.unwrap().is_none(),
             "second create loses"
         );
-        let mut committed = m.clone();
-        committed.state = BatchState::Committed;
-        let v2 = replace(&lake, &committed, Some(v1.clone())).await.unwrap();
-        // A writer holding the stale version is refused.
-        assert!(matches!(
-            replace(&lake, &m, Some(v1)).await,
-            Err(ManifestError::Conflict { .. })
-        ));
         let back = read(&lake, Dataset::BronzeEvents, 1).await.unwrap();
-        assert_eq!(back.manifest, committed);
-        assert_eq!(back.version.e_tag, v2.e_tag);
+        assert_eq!(back.manifest, m);
+        assert_eq!(back.version.e_tag, v1.e_tag);
         assert_eq!(
             list_batches(&lake, Dataset::BronzeEvents).await.unwrap(),
             vec![1]
         );
         assert_eq!(
             read_all(&lake, Dataset::BronzeEvents).await.unwrap(),
-            vec![committed]
+            vec![m]
         );
     }
 }

@@ -139,6 +139,18 @@ impl Lake {
         }
     }
 
+    /// The same lake with every write going through `fence`
+    /// ([`crate::commit::fence::FencedStore`]).
+    pub fn fenced(&self, fence: crate::commit::fence::Fence) -> Self {
+        Self {
+            store: Arc::new(crate::commit::fence::FencedStore::new(
+                self.store.clone(),
+                fence,
+            )),
+            ..self.clone()
+        }
+    }
+
     /// The object store, rooted at the lake root.
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store

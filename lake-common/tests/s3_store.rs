@@ -8,6 +8,9 @@ use std::sync::Arc;
 use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use bytes::Bytes;
+use std::time::Duration;
+
+use lake_common::commit::{CommitError, Log, Mode, Stored};
 use lake_common::manifest::{self, BatchManifest, BatchState, MANIFEST_FORMAT};
 use lake_common::parquet_io::{self, FileWriter, WrittenFile};
 use lake_common::{Dataset, Lake, LakeConfig};
@@ -167,7 +170,7 @@ async fn conditional_create_is_refused_the_second_time() {
         Bytes::from_static(b"first")
     );
 
-    // Manifests: create once, then compare-and-swap on the ETag.
+    // The commit protocol on S3: pin once, compare-and-swap on the ETag.
     let m = BatchManifest {
         format: MANIFEST_FORMAT,
         dataset: "bronze/events".into(),
@@ -180,33 +183,43 @@ async fn conditional_create_is_refused_the_second_time() {
         scan_from: None,
         system_identifier: "1".into(),
         backfill_days: vec![],
-        owner: "a".into(),
-        lease_expires_at: None,
+        claim: lake_common::commit::Claim {
+            owner: "a".into(),
+            ..Default::default()
+        },
         committed_at: None,
         files: vec![],
         supersedes: vec![],
         rows: 0,
     };
-    let v1 = manifest::create(&lake, &m).await.unwrap().unwrap();
-    assert!(manifest::create(&lake, &m).await.unwrap().is_none());
-    let mut taken = m.clone();
-    taken.owner = "b".into();
-    manifest::replace(&lake, &taken, Some(v1.clone()))
-        .await
-        .unwrap();
-    let stale = manifest::replace(&lake, &m, Some(v1)).await;
+    let log = Log::new(lake.clone(), Mode::Conditional, Duration::from_secs(30));
+    let path = Dataset::BronzeEvents.manifest(1);
+    let a = log.pin(&path, m.clone(), "a").await.unwrap().unwrap();
+    let stale_version = {
+        let found = log.pin(&path, m.clone(), "b").await.unwrap();
+        let found = found.expect_err("the second pin loses");
+        assert_eq!(found.entry.claim.owner, "a");
+        found.version
+    };
+    // "a" renews (an update); a takeover with the version read before it is refused.
+    a.update(|m| m.rows = 1).await.unwrap();
+    let stale = Stored {
+        entry: m.clone(),
+        version: stale_version,
+    };
+    let refused = log.take_over(&path, stale, "b").await;
     assert!(
-        matches!(stale, Err(manifest::ManifestError::Conflict { .. })),
-        "{stale:?}"
+        matches!(refused, Err(CommitError::Conflict { .. })),
+        "{refused:?}"
     );
-    assert_eq!(
-        manifest::read(&lake, Dataset::BronzeEvents, 1)
-            .await
-            .unwrap()
-            .manifest
-            .owner,
-        "b"
-    );
+    let committed = a.commit(|m| m.state = BatchState::Committed).await.unwrap();
+    let back = manifest::read(&lake, Dataset::BronzeEvents, 1)
+        .await
+        .unwrap()
+        .manifest;
+    assert_eq!(back, committed);
+    assert_eq!((back.claim.owner.as_str(), back.rows), ("a", 1));
+    assert_eq!(back.claim.lease_expires_at, None);
 }
 
 #[tokio::test(flavor = "multi_thread")]

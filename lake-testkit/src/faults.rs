@@ -555,7 +555,9 @@ async fn handle(
     shared: Arc<Shared>,
     client: Client<HttpConnector, Full<Bytes>>,
 ) -> Result<Response<ProxyBody>, BoxError> {
-    let path = req.uri().path().to_owned();
+    // S3 clients percent-encode keys (`date=` arrives as `date%3D`): rules and
+    // the log see the key as written.
+    let path = percent_decode(req.uri().path());
     let query = req.uri().query().unwrap_or_default().to_owned();
     let info = RequestInfo {
         op: S3Op::classify(req.method(), &path, &query, req.headers()),
@@ -651,6 +653,30 @@ async fn handle(
     }
 }
 
+/// Decodes `%XX` escapes (invalid ones are kept as they are).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Headers that describe one connection or one encoding, not the message: the
 /// proxy re-frames every body with a plain `Content-Length`.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -706,6 +732,14 @@ mod tests {
             method: Method::PUT,
             path: path.into(),
         }
+    }
+
+    #[test]
+    fn keys_are_matched_decoded() {
+        assert_eq!(
+            percent_decode("/b/events/date%3D2026-01-01/x%2"),
+            "/b/events/date=2026-01-01/x%2"
+        );
     }
 
     #[test]

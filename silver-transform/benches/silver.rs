@@ -314,8 +314,10 @@ async fn write_batch(lake: &Lake, batch: u64, mut evs: Vec<Ev>) {
         scan_from: None,
         system_identifier: "bench".into(),
         backfill_days: vec![],
-        owner: "bench".into(),
-        lease_expires_at: None,
+        claim: lake_common::commit::Claim {
+            owner: "bench".into(),
+            ..Default::default()
+        },
         committed_at: Some(Utc::now()),
         rows: files.iter().map(|f| f.rows).sum(),
         files,

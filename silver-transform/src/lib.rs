@@ -220,17 +220,32 @@ async fn execute(
 ) -> anyhow::Result<()> {
     let shard = options.shard;
     let t = Instant::now();
-    let found = manifest::find(lake, shard)
+    let mut found = manifest::find(lake, shard)
         .await
         .context("reading silver's manifests")?;
+    // A lease that ends within LEASE_WAIT (a crashed attempt, a lost release):
+    // wait for it once rather than exit 4.
+    if let Some(left) = found
+        .busy
+        .as_ref()
+        .map(|b| b.claim.remaining(chrono::Utc::now()))
+        .filter(|left| *left <= lake_common::commit::LEASE_WAIT)
+    {
+        tracing::info!(%shard, wait_secs = left.as_secs_f64(), "Waiting for the lease of a pending version to end");
+        tokio::time::sleep(left + Duration::from_millis(100)).await;
+        found = manifest::find(lake, shard)
+            .await
+            .context("reading silver's manifests")?;
+    }
     if let Some(b) = &found.busy {
         return Err(anyhow::Error::new(Classified::new(
             ExitStatus::Busy,
             format!(
                 "run {} holds version {} of {shard} until {}; this run wrote nothing",
-                b.owner,
+                b.claim.owner,
                 b.version,
-                b.lease_expires_at
+                b.claim
+                    .lease_expires_at
                     .map(|t| t.to_rfc3339())
                     .unwrap_or_default()
             ),
@@ -319,7 +334,7 @@ async fn execute(
         Err(e) => {
             if let Some(lease) = lease {
                 // Nothing was published: give the version back at once.
-                let _ = lease.release().await;
+                lease.release().await;
             }
             return Err(e.into());
         }
@@ -361,17 +376,35 @@ async fn execute(
 
     // Publish.
     let t = Instant::now();
-    let version = lease.version().await;
-    lease
-        .update(|m| m.planned = rows.keys().map(|p| (*p).into()).collect())
-        .await?;
+    let version = lease.version();
+    // Any failure but fencing from here to the commit releases the version, so
+    // the next attempt goes on at once (recomputing what this one planned).
+    macro_rules! or_release {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => {
+                    let e = anyhow::Error::from(e);
+                    if exit_status_of(e.as_ref()) != ExitStatus::Busy {
+                        lease.release().await;
+                    }
+                    return Err(e);
+                }
+            }
+        };
+    }
+    or_release!(
+        lease
+            .update(|m| m.planned = rows.keys().map(|p| (*p).into()).collect())
+            .await
+    );
     let may_exist = |p: &PartitionKey| match table.get(p) {
         _ if unknown.contains(p) => (true, true),
         Some(t) => (t.silver.is_some(), t.quarantine.is_some()),
         None => (false, false),
     };
     let published =
-        publish_all(lake, &lease, &rows, may_exist, options.pause_after_publish).await?;
+        or_release!(publish_all(lake, &lease, &rows, may_exist, options.pause_after_publish).await);
     report
         .timings_ms
         .insert("publish", t.elapsed().as_millis() as u64);
@@ -388,7 +421,8 @@ async fn execute(
     drop(rows);
     let index = incremental::finish_index(rec.index, rec.executions, &rec.attempted);
     report.rows.index_keys = index.len() as u64;
-    let index_file = write_index(lake, manifest::index_path(shard, version), &index).await?;
+    let index_file =
+        or_release!(write_index(lake, manifest::index_path(shard, version), &index).await);
     drop(index);
     for (p, out) in published {
         report.partitions.silver_files_written += u64::from(out.silver.is_some());
@@ -489,6 +523,8 @@ async fn publish_all(
     may_exist: impl Fn(&PartitionKey) -> (bool, bool),
     pause: Option<Duration>,
 ) -> anyhow::Result<Vec<(PartitionKey, Published)>> {
+    // Every partition write goes through the version's fence.
+    let lake = &lake.fenced(lease.fence());
     futures::stream::iter(rows.iter())
         .map(|(p, r)| {
             let prepared = publish::prepare(*p, r, may_exist(p));

@@ -22,19 +22,16 @@
 //! working: exit 4 without writing.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
+use lake_common::commit::fence::Fence;
+use lake_common::commit::{Claim, CommitError, Entry, Log, Mode, Pinned};
 use lake_common::{Classified, Dataset, ExitStatus, Lake};
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, Notify};
-use tokio::task::JoinHandle;
 
 use crate::key::{PartitionKey, Shard};
 use crate::publish::FileRecord;
@@ -146,10 +143,10 @@ pub struct SilverManifest {
     pub version: u64,
     /// Pending or committed.
     pub state: State,
-    /// The run that owns (or owned) the version.
-    pub owner: String,
-    /// While pending: when the owner's lease ends.
-    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Who owns the pending version and its lease (flattened: the JSON keeps
+    /// `owner` and `lease_expires_at`).
+    #[serde(flatten)]
+    pub claim: Claim,
     /// When the version was pinned.
     pub created_at: DateTime<Utc>,
     /// When it was committed.
@@ -191,8 +188,11 @@ impl SilverManifest {
             shard_count: shard.count,
             version,
             state: State::Pending,
-            owner: owner.to_owned(),
-            lease_expires_at: Some(now + lease),
+            claim: Claim {
+                owner: owner.to_owned(),
+                lease_expires_at: Some(now + lease),
+                ..Default::default()
+            },
             created_at: now,
             committed_at: None,
             mode: mode.to_owned(),
@@ -207,14 +207,24 @@ impl SilverManifest {
         }
     }
 
-    fn to_bytes(&self) -> Bytes {
-        // Serialising plain fields cannot fail.
-        Bytes::from(serde_json::to_vec_pretty(self).unwrap_or_default())
+    /// Whether a pending version's lease is still running at `now` (with the
+    /// protocol's clock-skew allowance).
+    pub fn lease_live(&self, now: DateTime<Utc>) -> bool {
+        self.state == State::Pending && self.claim.is_live(now)
+    }
+}
+
+impl Entry for SilverManifest {
+    fn claim(&self) -> &Claim {
+        &self.claim
     }
 
-    /// Whether a pending version's lease is still running at `now`.
-    pub fn lease_live(&self, now: DateTime<Utc>) -> bool {
-        self.state == State::Pending && self.lease_expires_at.is_some_and(|t| t > now)
+    fn claim_mut(&mut self) -> &mut Claim {
+        &mut self.claim
+    }
+
+    fn is_pending(&self) -> bool {
+        self.state == State::Pending
     }
 }
 
@@ -332,31 +342,34 @@ pub async fn read_index(lake: &Lake, file: &FileRecord) -> anyhow::Result<crate:
     Ok(crate::index::KeyIndex::from_parquet(bytes)?)
 }
 
-/// A pinned version and its lease, renewed in the background until committed.
-///
-/// The lease is only as good as the last renewal that reached the store: the
-/// expiry written by the last *successful* PUT is kept in memory, and
-/// [`Lease::check`] refuses to go on once it is near, whatever the reason (a
-/// failing store, a process that was frozen). So a run that may have been taken
-/// over stops at its next check instead of overwriting the new owner's work.
+/// A pinned version: the shared commit protocol's [`Pinned`] entry, plus the
+/// check that no newer version appeared before it commits.
 #[derive(Debug)]
 pub struct Lease {
     lake: Lake,
     shard: Shard,
-    manifest: Arc<Mutex<SilverManifest>>,
-    duration: Duration,
-    /// Lease expiry confirmed by the store, microseconds since the epoch.
-    expires: Arc<AtomicI64>,
-    stop: Arc<Notify>,
-    task: Option<JoinHandle<()>>,
+    version: u64,
+    pinned: Pinned<SilverManifest>,
 }
 
 fn busy(message: String) -> anyhow::Error {
     anyhow::Error::new(Classified::new(ExitStatus::Busy, message))
 }
 
-fn micros(t: Option<DateTime<Utc>>) -> i64 {
-    t.map_or(0, |t| t.timestamp_micros())
+/// How silver writes its log on `lake`: compare-and-swap where the store has
+/// it; on a local directory (create-if-absent only) updates are overwrites
+/// checked against the last write first.
+fn log_mode(lake: &Lake) -> anyhow::Result<Mode> {
+    let caps = lake.capabilities();
+    match (caps.create_if_absent, caps.update_if_match) {
+        (true, true) => Ok(Mode::Conditional),
+        (true, false) => Ok(Mode::CreateOnly),
+        _ => Err(anyhow::Error::new(Classified::new(
+            ExitStatus::Usage,
+            "silver-transform needs a store with conditional writes (S3_CONDITIONAL_WRITES=enabled); \
+             the advisory-lock mode is bronze-ingest's only for now",
+        ))),
+    }
 }
 
 impl Lease {
@@ -370,155 +383,85 @@ impl Lease {
             index: manifest.shard_index,
             count: manifest.shard_count,
         };
-        let path = manifest_path(shard, manifest.version);
-        let created = lake
-            .create_if_absent(&path, manifest.to_bytes())
-            .await
-            .map_err(store_err(&path))?;
-        if created.is_none() {
-            return Err(busy(format!(
-                "another silver-transform run pinned {path} first; this run wrote nothing"
-            )));
+        let version = manifest.version;
+        let path = manifest_path(shard, version);
+        let owner = manifest.claim.owner.clone();
+        let log = Log::new(lake.clone(), log_mode(lake)?, duration);
+        match log.pin(&path, manifest, &owner).await? {
+            Ok(pinned) => Ok(Self {
+                lake: lake.clone(),
+                shard,
+                version,
+                pinned,
+            }),
+            Err(found) => Err(busy(format!(
+                "run {} pinned {path} first; this run wrote nothing",
+                found.entry.claim.owner
+            ))),
         }
-        let expires = Arc::new(AtomicI64::new(micros(manifest.lease_expires_at)));
-        let manifest = Arc::new(Mutex::new(manifest));
-        let stop = Arc::new(Notify::new());
-        let task = tokio::spawn(renew(
-            lake.clone(),
-            path,
-            Arc::clone(&manifest),
-            duration,
-            Arc::clone(&expires),
-            Arc::clone(&stop),
-        ));
-        Ok(Self {
-            lake: lake.clone(),
-            shard,
-            manifest,
-            duration,
-            expires,
-            stop,
-            task: Some(task),
-        })
     }
 
     /// The pinned version.
-    pub async fn version(&self) -> u64 {
-        self.manifest.lock().await.version
+    pub fn version(&self) -> u64 {
+        self.version
     }
 
-    /// Changes the pending manifest and writes it at once (with a fresh lease).
+    /// The fence every write of this version goes through.
+    pub fn fence(&self) -> Fence {
+        self.pinned.fence()
+    }
+
+    /// Changes the pending manifest and writes it at once.
     pub async fn update(&self, f: impl FnOnce(&mut SilverManifest)) -> anyhow::Result<()> {
-        self.check()?;
-        let mut m = self.manifest.lock().await;
-        f(&mut m);
-        let until = Utc::now() + self.duration;
-        m.lease_expires_at = Some(until);
-        let path = manifest_path(self.shard, m.version);
-        self.lake
-            .put(&path, m.to_bytes())
-            .await
-            .map_err(store_err(&path))?;
-        self.expires
-            .fetch_max(until.timestamp_micros(), Ordering::SeqCst);
-        Ok(())
+        self.pinned.update(f).await.map_err(fenced_is_busy)
     }
 
-    /// Fails (exit 4) unless the confirmed lease has at least a tenth of its
-    /// duration left: past that, another run may take the version over, and this
-    /// one must not write any more.
+    /// Fails (exit 4) once this run can no longer prove it holds the version.
     pub fn check(&self) -> anyhow::Result<()> {
-        let margin = i64::try_from((self.duration / 10).as_micros()).unwrap_or(i64::MAX);
-        let left = self.expires.load(Ordering::SeqCst) - Utc::now().timestamp_micros();
-        if left < margin {
-            return Err(busy(
-                "the lease on the pending silver version ran out (renewals failed or the process \
-                 was paused); stopping before writing more"
-                    .into(),
-            ));
-        }
-        Ok(())
-    }
-
-    async fn stop_renewing(&mut self) {
-        self.stop.notify_one();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
+        self.pinned
+            .fence()
+            .check()
+            .map_err(|f| fenced_is_busy(CommitError::Fenced(f)))
     }
 
     /// Commits `manifest` (state committed) if no newer version appeared and the
     /// lease held; otherwise exit 4 and the version stays pending (abandoned).
-    pub async fn commit(mut self, mut manifest: SilverManifest) -> anyhow::Result<SilverManifest> {
-        self.stop_renewing().await;
+    pub async fn commit(self, manifest: SilverManifest) -> anyhow::Result<SilverManifest> {
         self.check()?;
         let (versions, _) = list(&self.lake, self.shard).await?;
-        if let Some(newer) = versions.iter().find(|v| **v > manifest.version) {
+        if let Some(newer) = versions.iter().find(|v| **v > self.version) {
+            let newer = *newer;
+            self.pinned.release().await;
             return Err(busy(format!(
                 "version {newer} of {} appeared while this run worked; not committing version {}",
-                self.shard, manifest.version
+                self.shard, self.version
             )));
         }
-        manifest.state = State::Committed;
-        manifest.lease_expires_at = None;
-        manifest.planned.clear();
-        manifest.committed_at = Some(Utc::now());
-        let path = manifest_path(self.shard, manifest.version);
-        self.lake
-            .put(&path, manifest.to_bytes())
+        let committed_at = Utc::now();
+        self.pinned
+            .commit(move |m| {
+                let claim = std::mem::take(&mut m.claim);
+                *m = manifest;
+                m.claim = claim;
+                m.state = State::Committed;
+                m.planned.clear();
+                m.committed_at = Some(committed_at);
+            })
             .await
-            .map_err(store_err(&path))?;
-        Ok(manifest)
+            .map_err(fenced_is_busy)
     }
 
-    /// Gives the version up (nothing was published): deletes the pending manifest.
-    pub async fn release(mut self) -> anyhow::Result<()> {
-        self.stop_renewing().await;
-        let path = manifest_path(self.shard, self.version().await);
-        self.lake
-            .store()
-            .delete(&path)
-            .await
-            .map_err(store_err(&path))?;
-        Ok(())
+    /// Gives the version up after a failure: its lease ends now, so the next
+    /// run goes on at once (recomputing what this one planned).
+    pub async fn release(self) {
+        self.pinned.release().await;
     }
 }
 
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.stop.notify_one();
-    }
-}
-
-async fn renew(
-    lake: Lake,
-    path: Path,
-    manifest: Arc<Mutex<SilverManifest>>,
-    duration: Duration,
-    expires: Arc<AtomicI64>,
-    stop: Arc<Notify>,
-) {
-    let every = duration / 3;
-    loop {
-        tokio::select! {
-            _ = stop.notified() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        let mut m = manifest.lock().await;
-        let now = Utc::now();
-        if expires.load(Ordering::SeqCst) <= now.timestamp_micros() {
-            // Too late: another run may own the version now. Never extend it.
-            tracing::error!(%path, "Lease expired before it could be renewed");
-            return;
-        }
-        let until = now + duration;
-        m.lease_expires_at = Some(until);
-        match lake.put(&path, m.to_bytes()).await {
-            Ok(_) => {
-                expires.fetch_max(until.timestamp_micros(), Ordering::SeqCst);
-            }
-            Err(e) => tracing::warn!(%path, error = %e, "Lease renewal failed"),
-        }
+fn fenced_is_busy(e: CommitError) -> anyhow::Error {
+    match e {
+        CommitError::Fenced(f) => busy(format!("{f}; another run owns the silver version now")),
+        other => other.into(),
     }
 }
 
@@ -567,6 +510,7 @@ pub fn from_ranges(ranges: &[[u64; 2]]) -> BTreeSet<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[test]
     fn ranges_round_trip() {
@@ -605,21 +549,6 @@ mod tests {
         assert_eq!(versions, vec![3, 4, 5, 6, 7]);
         assert_eq!(objects.len(), 10);
         assert_eq!(prune(&lake, shard, 2).await.unwrap(), 0);
-    }
-
-    #[tokio::test]
-    async fn an_expired_lease_stops_the_run_and_is_never_extended() {
-        let lake = Lake::in_memory();
-        let lease = Duration::from_millis(300);
-        let mut m = SilverManifest::pending(Shard::ALL, 1, "a", lease, "incremental");
-        m.lease_expires_at = Some(Utc::now() - chrono::Duration::seconds(1));
-        let l = Lease::pin(&lake, m.clone(), lease).await.unwrap();
-        assert!(l.check().is_err());
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let stored = read(&lake, Shard::ALL, 1).await.unwrap();
-        assert_eq!(stored.lease_expires_at, m.lease_expires_at, "not renewed");
-        assert!(l.update(|m| m.planned.clear()).await.is_err());
-        assert!(l.commit(m).await.is_err());
     }
 
     #[tokio::test]

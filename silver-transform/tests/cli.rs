@@ -122,7 +122,7 @@ async fn busy_exits_4_and_dry_run_writes_nothing() {
     // Another shard is not blocked by it.
     let out = t.run_bin(&["--shard-count", "2", "--shard-index", "1"], &[]);
     assert_eq!(out.status.code(), Some(0));
-    holder.release().await.unwrap();
+    holder.release().await;
 
     // Free again: the run succeeds; a second one has nothing to do.
     assert_eq!(t.run_bin(&[], &[]).status.code(), Some(0));

@@ -186,6 +186,22 @@ impl Harness {
         }
     }
 
+    /// Every live file of the committed manifests has the size and SHA-256 its
+    /// manifest records (no late write landed on a committed object).
+    pub async fn assert_checksums_match(&self, dataset: Dataset) {
+        let lake = self.lake();
+        for f in manifest::live_files(&self.manifests(dataset).await) {
+            let bytes = lake.get_bytes(&Path::from(f.path.as_str())).await.unwrap();
+            assert_eq!(bytes.len() as u64, f.bytes, "size of {}", f.path);
+            assert_eq!(
+                parquet_io::sha256_hex(&bytes),
+                f.sha256,
+                "checksum of {}",
+                f.path
+            );
+        }
+    }
+
     /// sha256 per data file currently in the bucket.
     pub async fn checksums(&self, dataset: Dataset) -> BTreeMap<String, String> {
         let lake = self.lake();

@@ -357,8 +357,10 @@ fn manifest_of(batch: u64, state: BatchState, files: Vec<DataFile>) -> BatchMani
         scan_from: None,
         system_identifier: "7000000000000000001".into(),
         backfill_days: vec![],
-        owner: "test".into(),
-        lease_expires_at: None,
+        claim: lake_common::commit::Claim {
+            owner: "test".into(),
+            ..Default::default()
+        },
         committed_at: Some(Utc::now()),
         rows: files.iter().map(|f| f.rows).sum(),
         files,

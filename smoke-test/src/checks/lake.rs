@@ -329,8 +329,10 @@ mod tests {
             scan_from: None,
             system_identifier: "1".into(),
             backfill_days: vec![],
-            owner: "r".into(),
-            lease_expires_at: None,
+            claim: lake_common::commit::Claim {
+                owner: "r".into(),
+                ..Default::default()
+            },
             committed_at: Some(at),
             files: vec![],
             supersedes: vec![],

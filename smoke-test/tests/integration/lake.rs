@@ -19,8 +19,10 @@ fn committed(dataset: Dataset, batch: u64, at: DateTime<Utc>) -> BatchManifest {
         scan_from: None,
         system_identifier: "7".to_owned(),
         backfill_days: vec![],
-        owner: "test".to_owned(),
-        lease_expires_at: None,
+        claim: lake_common::commit::Claim {
+            owner: "test".into(),
+            ..Default::default()
+        },
         committed_at: Some(at),
         files: vec![],
         supersedes: vec![],

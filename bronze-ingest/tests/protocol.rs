@@ -1,0 +1,147 @@
+//! The commit protocol under store faults (through lake-testkit's fault proxy):
+//! lost answers, failed runs, a store without conditional writes, a run frozen
+//! past its lease. Each ends with the lake equal to PostgreSQL.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use lake_common::Dataset;
+use lake_common::manifest::BatchState;
+use lake_testkit::{Fault, FaultProxy, Rule, S3Op};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use support::*;
+
+/// A harness whose job talks to S3 through a fault proxy (assertions do not).
+async fn through_proxy() -> (Harness, FaultProxy) {
+    let mut h = Harness::new().await;
+    let proxy = FaultProxy::start(&h.s3, 7).unwrap();
+    h.extra_env.push(("AWS_ENDPOINT".into(), proxy.endpoint()));
+    let client = h.pg.client().await.unwrap();
+    lake_testkit::demo::generate(&client, 3_000, 1)
+        .await
+        .unwrap();
+    (h, proxy)
+}
+
+const EVENTS_MANIFESTS: &str = "bronze/events/_manifests/";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_answer_to_the_pin_is_recognised_as_this_runs_own_pin() {
+    let (h, proxy) = through_proxy().await;
+    proxy.add_rule(
+        Rule::new(Fault::LoseResponse)
+            .op(S3Op::PutObject)
+            .key_contains(EVENTS_MANIFESTS)
+            .nth(1),
+    );
+    let out = h.run(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", proxy.log_text());
+    assert_eq!(proxy.fault_counts().get("lose-response"), Some(&1));
+    h.assert_lake_equals_postgres().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_answer_to_the_commit_is_resolved_by_reading_the_manifest() {
+    let (h, proxy) = through_proxy().await;
+    // The pin is the first manifest write, the commit the second.
+    proxy.add_rule(
+        Rule::new(Fault::LoseResponse)
+            .op(S3Op::PutObject)
+            .key_contains(EVENTS_MANIFESTS)
+            .nth(2),
+    );
+    let out = h.run(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", proxy.log_text());
+    assert_eq!(proxy.fault_counts().get("lose-response"), Some(&1));
+    h.assert_lake_equals_postgres().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_run_releases_its_lease_and_the_next_attempt_resumes_at_once() {
+    let (h, proxy) = through_proxy().await;
+    // Every data write of the events fails: the run fails after pinning.
+    proxy.add_rule(Rule::new(Fault::Status(500)).key_contains("bronze/events/date="));
+    let out = h.run(&[]);
+    assert_eq!(out.status.code(), Some(1), "a store failure is exit 1");
+    let last = h.manifests(Dataset::BronzeEvents).await.pop().unwrap();
+    assert_eq!(last.state, BatchState::Pending);
+    // The Job controller's next pod, right away (default 30 s lease).
+    proxy.clear_rules();
+    let started = Instant::now();
+    let out = h.run(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "the retry resumes the released batch: {}",
+        stderr(&out)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "without waiting out the lease"
+    );
+    h.assert_lake_equals_postgres().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_conditional_writes_runs_serialise_on_the_advisory_lock() {
+    let (mut h, proxy) = through_proxy().await;
+    // A store that ignores If-None-Match / If-Match, and the operator's setting for it.
+    proxy.add_rule(Rule::new(Fault::StripConditionalHeaders));
+    h.extra_env
+        .push(("S3_CONDITIONAL_WRITES".into(), "disabled".into()));
+    h.run_ok(&[]);
+    generate_recent(&h.pg, 500, 2).await;
+    h.run_ok(&[]);
+    h.assert_lake_equals_postgres().await;
+    assert_eq!(h.manifests(Dataset::BronzeEvents).await.len(), 2);
+}
+
+/// SPEC §5.4 fencing: a run frozen past its lease (SIGSTOP) is taken over; when
+/// it wakes up it writes nothing more and exits 4, and every committed checksum
+/// still matches its object.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_frozen_past_its_lease_is_fenced_when_it_wakes() {
+    let (mut h, proxy) = through_proxy().await;
+    h.extra_env.push(("BRONZE_LEASE_SECS".into(), "3".into()));
+    h.extra_env.push(("S3_TIMEOUT_SECS".into(), "1".into()));
+    // Slow data writes, so the run is mid-export when it is frozen.
+    proxy.add_rule(
+        Rule::new(Fault::Delay(Duration::from_millis(300))).key_contains("bronze/events/date="),
+    );
+    let first = h
+        .command(&[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !proxy
+        .log()
+        .iter()
+        .any(|r| r.path.contains("bronze/events/date="))
+    {
+        assert!(Instant::now() < deadline, "the first run never wrote data");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = Pid::from_raw(first.id() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    proxy.clear_rules();
+    // Past lease + clock-skew allowance: the second run takes the batch over.
+    std::thread::sleep(Duration::from_secs(3 + 5 + 1));
+    h.run_ok(&["--dataset", "events"]);
+    kill(pid, Signal::SIGCONT).unwrap();
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "the frozen run is fenced: {}",
+        stderr(&out)
+    );
+    h.run_ok(&[]);
+    h.assert_lake_equals_postgres().await;
+    h.assert_checksums_match(Dataset::BronzeEvents).await;
+}
