@@ -19,7 +19,7 @@ use lake_common::{Classified, ExitStatus, Lake, Partition};
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::Client;
 
 use crate::extract::{self, CHANNEL_CHUNKS, Findings, Selection};
@@ -232,6 +232,9 @@ pub async fn run_dataset(
                     return Ok(report);
                 }
             }
+            // Everything that can refuse the range is checked before pinning it:
+            // a pinned batch that can never run would block the dataset for good.
+            horizon::predicate(prev.as_ref().map(|p| p.h), snapshot.xmin)?;
             let batch = prev.as_ref().map_or(1, |p| p.batch + 1);
             let m = BatchManifest {
                 format: MANIFEST_FORMAT,
@@ -403,10 +406,19 @@ async fn execute(
             .then(|| (plan.backfill_days.clone(), horizon::finished_before(plan.h))),
     };
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+    // The end of the channel is not the end of the input: the writer finishes
+    // its last file only when told the extraction succeeded.
+    let (done_tx, done_rx) = oneshot::channel();
     let writer = tokio::spawn({
         let lake = lake.clone();
         let (batch, dry_run) = (plan.batch, settings.dry_run);
-        async move { write::write_partitions(&lake, table, batch, dry_run, rx, &after_file).await }
+        async move {
+            let input = write::Input {
+                chunks: rx,
+                complete: done_rx,
+            };
+            write::write_partitions(&lake, table, batch, dry_run, input, &after_file).await
+        }
     });
     let extracted = extract::extract(
         client,
@@ -418,8 +430,10 @@ async fn execute(
         progress,
     )
     .await;
-    let written = writer.await??;
+    let _ = done_tx.send(extracted.is_ok());
+    let written = writer.await?;
     let (rows, findings) = extracted?;
+    let written = written?;
     let written_rows: u64 = written.rows_per_date.values().sum();
     anyhow::ensure!(
         written_rows == rows,

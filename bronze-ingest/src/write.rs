@@ -10,7 +10,7 @@ use lake_common::manifest::DataFile;
 use lake_common::parquet_io::FileWriter;
 use lake_common::schema::{SourceTable, TARGET_FILE_BYTES};
 use lake_common::{Lake, Partition};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::extract::Chunk;
 
@@ -25,6 +25,9 @@ pub enum WriteError {
         /// The error.
         source: parquet::errors::ParquetError,
     },
+    /// The extraction failed: the open file was aborted, nothing stays under its name.
+    #[error("the export from PostgreSQL failed; the file being written was aborted")]
+    InputFailed,
     /// Rows came out of order (would break determinism).
     #[error("rows of {0} arrived after a later date: the export is not sorted")]
     Unsorted(NaiveDate),
@@ -42,23 +45,52 @@ pub struct Written {
 /// Called after each finished file (test fail-points hook in here).
 pub type AfterFile<'a> = &'a (dyn Fn(&DataFile) + Sync);
 
-/// Consumes chunks until the channel closes and writes them.
+/// The writer's input: the chunks, then whether they were all of them.
+#[derive(Debug)]
+pub struct Input {
+    /// Chunks in time order; closed when the extraction ends, well or badly.
+    pub chunks: mpsc::Receiver<Chunk>,
+    /// `true` once the extraction succeeded; `false` or dropped: it failed.
+    pub complete: oneshot::Receiver<bool>,
+}
+
+/// Consumes chunks until the channel closes and writes them. The last file is
+/// finished only if the input was complete: otherwise it is aborted (with its
+/// multipart upload), so no truncated file ever lands under a final name.
 pub async fn write_partitions(
     lake: &Lake,
     table: &SourceTable,
     batch_no: u64,
     dry_run: bool,
-    mut rx: mpsc::Receiver<Chunk>,
+    input: Input,
     after_file: AfterFile<'_>,
 ) -> Result<Written, WriteError> {
-    let mut out = Written::default();
     let mut open: Option<(NaiveDate, u32, FileWriter)> = None;
-    while let Some(chunk) = rx.recv().await {
+    let result = write_all(lake, table, batch_no, dry_run, input, after_file, &mut open).await;
+    if result.is_err()
+        && let Some((_, _, w)) = open.take()
+    {
+        w.abort().await;
+    }
+    result
+}
+
+async fn write_all(
+    lake: &Lake,
+    table: &SourceTable,
+    batch_no: u64,
+    dry_run: bool,
+    mut input: Input,
+    after_file: AfterFile<'_>,
+    open: &mut Option<(NaiveDate, u32, FileWriter)>,
+) -> Result<Written, WriteError> {
+    let mut out = Written::default();
+    while let Some(chunk) = input.chunks.recv().await {
         *out.rows_per_date.entry(chunk.date).or_default() += chunk.batch.num_rows() as u64;
         if dry_run {
             continue;
         }
-        let next_n = match &open {
+        let next_n = match &*open {
             Some((date, n, w)) if *date == chunk.date => {
                 if w.approximate_size() < TARGET_FILE_BYTES {
                     None
@@ -84,7 +116,7 @@ pub async fn write_partitions(
                     source,
                 }
             })?;
-            open = Some((chunk.date, n, w));
+            *open = Some((chunk.date, n, w));
         }
         if let Some((_, _, w)) = open.as_mut() {
             w.write(&chunk.batch)
@@ -94,6 +126,9 @@ pub async fn write_partitions(
                     source,
                 })?;
         }
+    }
+    if !(&mut input.complete).await.unwrap_or(false) {
+        return Err(WriteError::InputFailed);
     }
     if let Some((date, _, w)) = open.take() {
         finish(&mut out, date, w, after_file).await?;

@@ -145,3 +145,65 @@ async fn a_run_frozen_past_its_lease_is_fenced_when_it_wakes() {
     h.assert_lake_equals_postgres().await;
     h.assert_checksums_match(Dataset::BronzeEvents).await;
 }
+
+/// SPEC §5.4 / #16 item 6: the PostgreSQL backend terminated in the middle of
+/// the export. The run fails (exit 1) leaving no data object and no incomplete
+/// multipart upload (a truncated file was once completed under its final name),
+/// releases its lease, and the immediate retry commits the batch exactly.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backend_terminated_mid_copy_leaves_no_partial_file_and_the_retry_is_exact() {
+    let mut h = Harness::new().await;
+    let client = h.pg.client().await.unwrap();
+    // Enough rows for files of several S3 parts (5 MiB), one day of them.
+    let opts = lake_testkit::demo::GenerateOptions::new(120_000, 3)
+        .window_end(std::time::SystemTime::now())
+        .window(Duration::from_secs(20 * 3600));
+    lake_testkit::demo::generate_with(&client, &opts)
+        .await
+        .unwrap();
+    let proxy = FaultProxy::start(&h.s3, 9).unwrap();
+    h.extra_env.push(("AWS_ENDPOINT".into(), proxy.endpoint()));
+    // Slow parts, so the COPY is still running when the backend is killed.
+    proxy.add_rule(Rule::new(Fault::Delay(Duration::from_millis(400))).op(S3Op::UploadPart));
+    let run = h
+        .command(&["--dataset", "events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !proxy.log().iter().any(|r| r.op == S3Op::UploadPart) {
+        assert!(
+            Instant::now() < deadline,
+            "no multipart upload started:\n{}",
+            proxy.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed: i64 = client
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = 'bronze-ingest' AND state <> 'idle'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed >= 1, "the export's backend was found");
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        h.data_files(Dataset::BronzeEvents).await.is_empty(),
+        "no partial file"
+    );
+    assert_eq!(
+        h.s3.incomplete_uploads(&h.bucket).await.unwrap(),
+        Vec::<String>::new(),
+        "no incomplete multipart upload"
+    );
+    proxy.clear_rules();
+    h.run_ok(&[]);
+    h.assert_lake_equals_postgres().await;
+    h.assert_checksums_match(Dataset::BronzeEvents).await;
+    assert!(h.s3.incomplete_uploads(&h.bucket).await.unwrap().is_empty());
+}

@@ -221,7 +221,8 @@ pub struct S3Config {
     pub conditional_writes: bool,
     /// `S3_MAX_RETRIES`, default 10.
     pub max_retries: usize,
-    /// `S3_TIMEOUT_SECS`: per-request timeout, default 30 s.
+    /// `S3_TIMEOUT_SECS`: per-request timeout, default 10 s: well below the
+    /// 30 s lease, so a hung request fails and is retried before the lease is at risk.
     pub timeout: Duration,
 }
 
@@ -661,7 +662,7 @@ fn s3_from_raw(c: &mut Checker, raw: &RawEnv, bucket: String, prefix: String) ->
         }),
     };
     let timeout = match raw.s3_timeout_secs.as_deref().map(str::trim) {
-        None => Duration::from_secs(30),
+        None => Duration::from_secs(10),
         Some(v) => match v.parse::<u64>() {
             Ok(s) if s > 0 => Duration::from_secs(s),
             _ => {

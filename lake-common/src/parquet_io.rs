@@ -213,6 +213,16 @@ impl FileWriter {
         self.rows
     }
 
+    /// Gives the file up: aborts its multipart upload, if one was started, so
+    /// neither the file nor its parts remain (nothing was visible yet).
+    pub async fn abort(mut self) {
+        if let Some(upload) = self.upload.take()
+            && let Err(e) = upload.abort().await
+        {
+            tracing::warn!(path = %self.path, error = %e, "Could not abort the multipart upload");
+        }
+    }
+
     /// Writes the footer and completes the upload (or PUTs a small file whole).
     pub async fn finish(mut self) -> Result<WrittenFile, ParquetError> {
         self.writer.finish()?;

@@ -180,6 +180,28 @@ impl TestS3 {
         .collect()
     }
 
+    /// Keys of the multipart uploads started in `bucket` and neither completed
+    /// nor aborted (`ListMultipartUploads`, straight to moto): what a failed
+    /// writer must not leave behind.
+    pub async fn incomplete_uploads(&self, bucket: &str) -> Result<Vec<String>> {
+        let r = self.request("GET", &format!("/{bucket}?uploads")).await?;
+        if !r.is_success() {
+            bail!(
+                "listing the multipart uploads of {bucket}: HTTP {}: {}",
+                r.status,
+                r.body
+            );
+        }
+        Ok(r.body
+            .split("<Upload>")
+            .skip(1)
+            .filter_map(|u| {
+                let key = u.split("<Key>").nth(1)?.split("</Key>").next()?;
+                Some(key.to_owned())
+            })
+            .collect())
+    }
+
     /// Sends an unsigned request with an empty body, e.g. `request("GET",
     /// "/bucket?list-type=2")` to list a bucket, and returns status and body.
     ///
