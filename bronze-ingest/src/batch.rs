@@ -56,6 +56,10 @@ pub enum Outcome {
     NothingNew,
     /// Dry run: read and counted, nothing written.
     DryRun,
+    /// Another run holds the batch; this run wrote nothing (exit 4).
+    Busy,
+    /// The dataset failed; `error` says why (the other dataset still ran).
+    Failed,
 }
 
 /// What one dataset's batch did (part of the run report).
@@ -89,6 +93,33 @@ pub struct DatasetReport {
     pub findings: Findings,
     /// Wall time of this dataset.
     pub seconds: f64,
+    /// Why the dataset failed (outcome `failed` or `busy`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl DatasetReport {
+    /// The report of a dataset that did not get through, with its error.
+    pub fn failed(table: &SourceTable, err: &anyhow::Error, seconds: f64) -> Self {
+        let busy = lake_common::telemetry::exit_status_of(err.as_ref()) == ExitStatus::Busy;
+        Self {
+            dataset: table.dataset.to_string(),
+            table: table.table.into(),
+            outcome: if busy { Outcome::Busy } else { Outcome::Failed },
+            batch: None,
+            resumed: false,
+            h_prev: None,
+            h: None,
+            rows: 0,
+            files: 0,
+            bytes: 0,
+            rows_per_day: Default::default(),
+            superseded_files: 0,
+            findings: Findings::default(),
+            seconds,
+            error: Some(format!("{err:#}")),
+        }
+    }
 }
 
 /// Test-only fail points: with `BRONZE_FAILPOINT=<name>` the process announces the
@@ -150,6 +181,7 @@ pub async fn run_dataset(
         superseded_files: 0,
         findings: Findings::default(),
         seconds: 0.0,
+        error: None,
     };
 
     let log = Log::new(

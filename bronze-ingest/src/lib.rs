@@ -25,7 +25,7 @@ use lake_common::schema::{OUTBOX, STOP_EVENTS, SourceTable};
 use lake_common::{Classified, Config, ExitStatus, Lake, contract, postgres};
 use serde::Serialize;
 
-use crate::batch::{BatchSettings, DatasetReport};
+use crate::batch::{BatchSettings, DatasetReport, Outcome};
 
 /// The job name: binary, `application_name`, run-report folder.
 pub const JOB: &str = "bronze-ingest";
@@ -69,6 +69,29 @@ pub struct Options {
     pub lease: Duration,
 }
 
+/// What `--verify` checked of one dataset.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verified {
+    /// The dataset.
+    pub dataset: String,
+    /// Days compared with PostgreSQL.
+    pub days_checked: u64,
+    /// Days whose counts or sums differ.
+    pub mismatched: u64,
+}
+
+/// How a whole run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    /// Every dataset committed, had nothing new, or was a dry run.
+    Success,
+    /// A dataset failed (see its `error`); the run exits non-zero.
+    Failed,
+    /// Another run held a batch; this run wrote nothing there (exit 4).
+    Busy,
+}
+
 /// The run report written to `_runs/bronze-ingest/`.
 #[derive(Debug, Serialize)]
 pub struct RunReport {
@@ -86,16 +109,24 @@ pub struct RunReport {
     pub seconds: f64,
     /// Dry run?
     pub dry_run: bool,
-    /// The snapshot's horizon.
-    pub snapshot_xmin: u64,
+    /// How the run ended (the worst of its datasets).
+    pub outcome: RunOutcome,
+    /// Why it failed (the error line the job printed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The snapshot's horizon (`None`: the run failed before its snapshot).
+    pub snapshot_xmin: Option<u64>,
     /// The snapshot's xmax.
-    pub snapshot_xmax: u64,
+    pub snapshot_xmax: Option<u64>,
     /// The snapshot's time.
-    pub snapshot_time: DateTime<Utc>,
+    pub snapshot_time: Option<DateTime<Utc>>,
     /// Per dataset.
     pub datasets: Vec<DatasetReport>,
     /// Peak resident memory of the process (VmHWM), in bytes, at the end of the run.
     pub peak_rss_bytes: Option<u64>,
+    /// What `--verify` checked, per dataset.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub verified: Vec<Verified>,
     /// Mismatches found by `--verify`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verify: Option<Vec<verify::Mismatch>>,
@@ -130,23 +161,6 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<ExitStatus> 
     let run = Run::start(JOB);
     let started = Instant::now();
     let lake = Lake::open(&config.lake)?;
-    let pool = postgres::pool(&config.postgres, JOB)?;
-    let client = pool
-        .get()
-        .await
-        .map_err(|e| anyhow::anyhow!(postgres::explain_connect_error(&config.postgres, &e)))?;
-    tracing::info!(run_id = %run.id, source = %config.postgres, lake = %lake.description(), dry_run = opts.dry_run, "Starting bronze-ingest");
-
-    let snapshot = horizon::begin(&client)
-        .await
-        .context("opening the snapshot transaction")?;
-    tracing::info!(xmin = snapshot.xmin, xmax = snapshot.xmax, time = %snapshot.time, "Snapshot taken");
-    for table in opts.datasets.tables() {
-        contract::check(&client, table)
-            .await
-            .with_context(|| format!("reading the columns of {}", table.table))??;
-    }
-
     let mut report = RunReport {
         job: JOB,
         version: env!("CARGO_PKG_VERSION"),
@@ -155,34 +169,82 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<ExitStatus> 
         finished_at: run.started_at,
         seconds: 0.0,
         dry_run: opts.dry_run,
-        snapshot_xmin: snapshot.xmin,
-        snapshot_xmax: snapshot.xmax,
-        snapshot_time: snapshot.time,
+        outcome: RunOutcome::Success,
+        error: None,
+        snapshot_xmin: None,
+        snapshot_xmax: None,
+        snapshot_time: None,
         datasets: vec![],
         peak_rss_bytes: None,
+        verified: vec![],
         verify: None,
     };
+    // Every run writes its report, a failed one too (with the error).
+    let result = run_with(config, opts, &lake, &mut report).await;
+    report.finished_at = Utc::now();
+    report.seconds = started.elapsed().as_secs_f64();
+    report.peak_rss_bytes = peak_rss_bytes();
+    if let Err(e) = &result {
+        report.outcome = match lake_common::telemetry::exit_status_of(e.as_ref()) {
+            ExitStatus::Busy => RunOutcome::Busy,
+            _ => RunOutcome::Failed,
+        };
+        report.error = Some(format!("{e:#}"));
+    }
+    print_summary(&report);
+    if !opts.dry_run {
+        match run.write_report(&lake, &report).await {
+            Ok(path) => tracing::info!(report = %path, "Run report written"),
+            Err(e) if result.is_err() => {
+                tracing::warn!(error = %e, "Could not write the run report of the failed run")
+            }
+            Err(e) => return Err(e.context("writing the run report")),
+        }
+    }
+    result
+}
 
+async fn run_with(
+    config: &Config,
+    opts: &Options,
+    lake: &Lake,
+    report: &mut RunReport,
+) -> anyhow::Result<ExitStatus> {
+    let lake = lake.clone();
+    let run_id = report.run_id.clone();
+    let pool = postgres::pool(&config.postgres, JOB)?;
+    let client = pool
+        .get()
+        .await
+        .map_err(|e| anyhow::anyhow!(postgres::explain_connect_error(&config.postgres, &e)))?;
+    tracing::info!(run_id = %run_id, source = %config.postgres, lake = %lake.description(), dry_run = opts.dry_run, "Starting bronze-ingest");
+
+    let snapshot = horizon::begin(&client)
+        .await
+        .context("opening the snapshot transaction")?;
+    tracing::info!(xmin = snapshot.xmin, xmax = snapshot.xmax, time = %snapshot.time, "Snapshot taken");
+    if opts.verify {
+        for table in opts.datasets.tables() {
+            contract::check(&client, table)
+                .await
+                .with_context(|| format!("reading the columns of {}", table.table))??;
+        }
+    }
+
+    report.snapshot_xmin = Some(snapshot.xmin);
+    report.snapshot_xmax = Some(snapshot.xmax);
+    report.snapshot_time = Some(snapshot.time);
+
+    let mut pending_error: Option<anyhow::Error> = None;
     let status = if opts.verify {
         let mut all = Vec::new();
         for table in opts.datasets.tables() {
             let (checked, mismatches) = verify::verify_dataset(&lake, &client, table).await?;
-            println!(
-                "verify {}: {checked} days checked, {} mismatched",
-                table.dataset,
-                mismatches.len()
-            );
-            for m in &mismatches {
-                println!(
-                    "  MISMATCH {} {}: postgres rows={} sum={} | lake rows={} sum={}",
-                    m.dataset,
-                    m.date,
-                    m.check.postgres_rows,
-                    m.check.postgres_sum.as_deref().unwrap_or("-"),
-                    m.check.lake_rows,
-                    m.check.lake_sum.as_deref().unwrap_or("-")
-                );
-            }
+            report.verified.push(Verified {
+                dataset: table.dataset.to_string(),
+                days_checked: checked as u64,
+                mismatched: mismatches.len() as u64,
+            });
             all.extend(mismatches);
         }
         let status = if all.is_empty() {
@@ -199,62 +261,155 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<ExitStatus> 
         let caps = lake.capabilities();
         let compare_and_swap = caps.create_if_absent && caps.update_if_match;
         let locked = !compare_and_swap && !opts.dry_run;
+        // Datasets are independent (SPEC §5.10): each runs inside a savepoint of
+        // the one snapshot transaction, so a failing one (schema drift, a missing
+        // grant, another run's lease) neither stops the other nor aborts the
+        // transaction; the report lists every outcome and the exit code is the
+        // worst of them.
+        let mut failures: Vec<anyhow::Error> = Vec::new();
         for table in opts.datasets.tables() {
-            let fence = Fence::new();
-            let _lock = if locked {
-                let conn = pool.get().await.map_err(|e| {
-                    anyhow::anyhow!(postgres::explain_connect_error(&config.postgres, &e))
-                })?;
-                let name = format!("{JOB}/{}", table.dataset);
-                match AdvisoryLock::try_acquire(conn, &name, fence.clone()).await? {
-                    Some(lock) => Some(lock),
-                    None => {
-                        return Err(Classified::new(
-                            ExitStatus::Busy,
-                            format!(
-                                "{}: another bronze-ingest run holds the advisory lock {name}; exiting without writing",
-                                table.dataset
-                            ),
-                        )
-                        .into());
-                    }
+            let started = Instant::now();
+            client.batch_execute("SAVEPOINT dataset").await?;
+            let result = export_dataset(
+                &lake, &pool, &client, config, opts, &run_id, &snapshot, table, locked,
+            )
+            .await;
+            match result {
+                Ok(r) => {
+                    client.batch_execute("RELEASE SAVEPOINT dataset").await?;
+                    report.datasets.push(r);
                 }
-            } else {
-                None
-            };
-            let settings = BatchSettings {
-                dry_run: opts.dry_run,
-                backfill_days: opts.backfill_days.clone(),
-                lookback: opts.lookback,
-                lease: opts.lease,
-                locked,
-                run_id: run.id.clone(),
-                fence,
-            };
-            let bar = lake_common::telemetry::progress_bar(table.table);
-            let progress = |rows: u64| bar.set_position(rows);
-            let r = batch::run_dataset(&lake, &client, table, &snapshot, &settings, &progress)
-                .await
-                .with_context(|| format!("exporting {}", table.table))?;
-            bar.finish_and_clear();
-            report.datasets.push(r);
+                Err(e) => {
+                    client
+                        .batch_execute("ROLLBACK TO SAVEPOINT dataset")
+                        .await
+                        .ok();
+                    tracing::error!(dataset = %table.dataset, error = %format!("{e:#}"), "Dataset failed; going on with the next one");
+                    report.datasets.push(DatasetReport::failed(
+                        table,
+                        &e,
+                        started.elapsed().as_secs_f64(),
+                    ));
+                    failures.push(e.context(format!("exporting {}", table.table)));
+                }
+            }
+        }
+        if let Some(worst) = worst_failure(failures) {
+            pending_error = Some(worst);
         }
         ExitStatus::Success
     };
     client.batch_execute("ROLLBACK").await.ok();
 
-    report.finished_at = Utc::now();
-    report.seconds = started.elapsed().as_secs_f64();
-    report.peak_rss_bytes = peak_rss_bytes();
-    print_summary(&report);
-    if !opts.dry_run {
-        let path = run
-            .write_report(&lake, &report)
-            .await
-            .context("writing the run report")?;
-        tracing::info!(report = %path, "Run report written");
+    match pending_error {
+        Some(e) => Err(e),
+        None => Ok(status),
     }
-    Ok(status)
+}
+
+/// The error that decides the exit code when datasets failed: a failure that
+/// needs a person (1, 2) before a quality breach (3) before "busy" (4).
+fn worst_failure(mut failures: Vec<anyhow::Error>) -> Option<anyhow::Error> {
+    let rank = |e: &anyhow::Error| match lake_common::telemetry::exit_status_of(e.as_ref()) {
+        ExitStatus::Failure | ExitStatus::Usage => 0,
+        ExitStatus::Quality => 1,
+        ExitStatus::Busy => 2,
+        ExitStatus::Success => 3,
+    };
+    failures.sort_by_key(|e| rank(e));
+    failures.into_iter().next()
+}
+
+/// Refuses, before anything is pinned, a source table that is missing or that
+/// the role may not read: a configuration problem (exit 2) with its fix.
+async fn readable(
+    client: &tokio_postgres::Client,
+    config: &Config,
+    table: &SourceTable,
+) -> anyhow::Result<()> {
+    let row = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL, \
+                    coalesce(has_table_privilege(to_regclass($1), 'SELECT'), false)",
+            &[&table.table],
+        )
+        .await
+        .with_context(|| format!("checking that {} is readable", table.table))?;
+    let (exists, may_read): (bool, bool) = (row.get(0), row.get(1));
+    let user = &config.postgres.user;
+    let db = &config.postgres.dbname;
+    let problem = if !exists {
+        format!(
+            "table {} does not exist in database {db} (or is outside the role's search_path): \
+             check DJANGO_DB_NAME and that Django's migrations ran",
+            table.table
+        )
+    } else if !may_read {
+        format!(
+            "role {user} may not read table {}: as the table's owner, GRANT SELECT ON {} TO {user}",
+            table.table, table.table
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Classified::new(ExitStatus::Usage, problem).into())
+}
+
+/// One dataset's export: its contract check, its advisory lock (stores
+/// without compare-and-swap) and its batch.
+#[allow(clippy::too_many_arguments)]
+async fn export_dataset(
+    lake: &Lake,
+    pool: &postgres::PgPool,
+    client: &tokio_postgres::Client,
+    config: &Config,
+    opts: &Options,
+    run_id: &str,
+    snapshot: &horizon::Snapshot,
+    table: &'static SourceTable,
+    locked: bool,
+) -> anyhow::Result<DatasetReport> {
+    readable(client, config, table).await?;
+    contract::check(client, table)
+        .await
+        .with_context(|| format!("reading the columns of {}", table.table))??;
+    let fence = Fence::new();
+    let _lock = if locked {
+        let conn = pool
+            .get()
+            .await
+            .map_err(|e| anyhow::anyhow!(postgres::explain_connect_error(&config.postgres, &e)))?;
+        let name = format!("{JOB}/{}", table.dataset);
+        match AdvisoryLock::try_acquire(conn, &name, fence.clone()).await? {
+            Some(lock) => Some(lock),
+            None => {
+                return Err(Classified::new(
+                    ExitStatus::Busy,
+                    format!(
+                        "{}: another bronze-ingest run holds the advisory lock {name}; exiting without writing",
+                        table.dataset
+                    ),
+                )
+                .into());
+            }
+        }
+    } else {
+        None
+    };
+    let settings = BatchSettings {
+        dry_run: opts.dry_run,
+        backfill_days: opts.backfill_days.clone(),
+        lookback: opts.lookback,
+        lease: opts.lease,
+        locked,
+        run_id: run_id.to_owned(),
+        fence,
+    };
+    let bar = lake_common::telemetry::progress_bar(table.table);
+    let progress = |rows: u64| bar.set_position(rows);
+    let r = batch::run_dataset(lake, client, table, snapshot, &settings, &progress).await;
+    bar.finish_and_clear();
+    r
 }
 
 /// Peak resident set size of this process (Linux `VmHWM`), for the run report and
@@ -267,65 +422,116 @@ pub fn peak_rss_bytes() -> Option<u64> {
 }
 
 fn print_summary(r: &RunReport) {
-    println!(
-        "bronze-ingest {} run {}{} — snapshot xmin {} at {}",
-        r.version,
-        r.run_id,
-        if r.dry_run {
-            " (dry run: nothing written)"
-        } else {
-            ""
-        },
-        r.snapshot_xmin,
-        r.snapshot_time.format("%Y-%m-%d %H:%M:%S UTC")
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let snapshot = match (r.snapshot_xmin, r.snapshot_time) {
+        (Some(x), Some(t)) => format!(
+            " — snapshot xmin {x} at {}",
+            t.format("%Y-%m-%d %H:%M:%S UTC")
+        ),
+        _ => String::new(),
+    };
+    let mode = if r.dry_run {
+        " (dry run: nothing written)"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        o,
+        "bronze-ingest {} run {}{mode}{snapshot}",
+        r.version, r.run_id
     );
     for d in &r.datasets {
+        let batch = d.batch.map_or("-".into(), |b| b.to_string());
+        let what = match d.outcome {
+            Outcome::Committed if d.superseded_files > 0 => {
+                format!(
+                    "backfill committed as batch {batch}, superseding {} files",
+                    d.superseded_files
+                )
+            }
+            Outcome::Committed => format!("committed batch {batch}"),
+            Outcome::NothingNew => "nothing new since the last batch".into(),
+            Outcome::DryRun => format!("dry run of batch {batch}"),
+            Outcome::Busy => "skipped: another run holds it".into(),
+            Outcome::Failed => "FAILED".into(),
+        };
+        let _ = writeln!(o, "  {:<14} {what}", d.dataset);
+        if let Some(e) = &d.error {
+            let _ = writeln!(o, "      {e}");
+            continue;
+        }
+        if d.outcome == Outcome::NothingNew {
+            continue;
+        }
         let rate = if d.seconds > 0.0 {
             d.rows as f64 / d.seconds
         } else {
             0.0
         };
-        println!(
-            "  {:<14} {:?} batch {} xids [{}, {}): {} rows, {} files, {} bytes, {:.1}s ({:.0} rows/s){}",
-            d.dataset,
-            d.outcome,
-            d.batch.map_or("-".into(), |b| b.to_string()),
-            d.h_prev.map_or("start".into(), |h| h.to_string()),
-            d.h.map_or("-".into(), |h| h.to_string()),
+        let _ = writeln!(
+            o,
+            "      {} rows, {} files, {:.1} MiB in {:.1}s ({:.0} rows/s){}",
             d.rows,
             d.files,
-            d.bytes,
+            d.bytes as f64 / 1_048_576.0,
             d.seconds,
             rate,
             if d.resumed {
-                " (resumed a pending batch)"
+                "; resumed the batch of a run that stopped"
             } else {
                 ""
             }
         );
         if d.rows_per_day.len() <= 7 {
             for (day, n) in &d.rows_per_day {
-                println!("      {day}: {n} rows");
+                let _ = writeln!(o, "      {day}: {n} rows");
             }
         } else if let (Some((first, _)), Some((last, _))) = (
             d.rows_per_day.first_key_value(),
             d.rows_per_day.last_key_value(),
         ) {
-            println!("      {} days from {first} to {last}", d.rows_per_day.len());
+            let _ = writeln!(
+                o,
+                "      {} days from {first} to {last}",
+                d.rows_per_day.len()
+            );
         }
         for (col, n) in &d.findings.nan_to_null {
-            println!("      finding: {n} NaN values in {col} stored as NULL");
+            let _ = writeln!(o, "      finding: {n} NaN values in {col} stored as NULL");
         }
         if d.findings.duplicate_keys > 0 {
-            println!(
+            let _ = writeln!(
+                o,
                 "      finding: {} duplicate keys",
                 d.findings.duplicate_keys
             );
         }
     }
-    println!(
+    for v in &r.verified {
+        let _ = writeln!(
+            o,
+            "verify {}: {} days checked, {} mismatched",
+            v.dataset, v.days_checked, v.mismatched
+        );
+    }
+    for m in r.verify.iter().flatten() {
+        let _ = writeln!(
+            o,
+            "  MISMATCH {} {}: postgres rows={} sum={} | lake rows={} sum={}",
+            m.dataset,
+            m.date,
+            m.check.postgres_rows,
+            m.check.postgres_sum.as_deref().unwrap_or("-"),
+            m.check.lake_rows,
+            m.check.lake_sum.as_deref().unwrap_or("-")
+        );
+    }
+    let _ = writeln!(
+        o,
         "  took {:.2}s, peak memory {:.0} MiB",
         r.seconds,
         r.peak_rss_bytes.unwrap_or_default() as f64 / 1_048_576.0
     );
+    lake_common::telemetry::emit_summary(JOB, &o, r);
 }

@@ -23,8 +23,12 @@ async fn backfill_replaces_a_day_and_verify_audits() {
 
     // Rows of that day keep arriving (late), plus the day is re-exported.
     generate_recent(&h.pg, 50, 22).await;
-    let out = h.run_ok(&["--date", day]);
-    assert!(stdout(&out).contains("Committed"), "{}", stdout(&out));
+    let out = h.run_text_ok(&["--date", day]);
+    assert!(
+        stdout(&out).contains("backfill committed"),
+        "{}",
+        stdout(&out)
+    );
     let ms = h.manifests(Dataset::BronzeEvents).await;
     assert_eq!(ms.len(), 2);
     assert_eq!(
@@ -45,14 +49,14 @@ async fn backfill_replaces_a_day_and_verify_audits() {
     h.assert_lake_equals_postgres().await;
 
     // The audit agrees...
-    let out = h.run_ok(&["--verify"]);
+    let out = h.run_text_ok(&["--verify"]);
     assert!(stdout(&out).contains("0 mismatched"), "{}", stdout(&out));
     // ...until PostgreSQL and the lake differ.
     client
         .batch_execute("DELETE FROM outbox WHERE event_id IN (SELECT event_id FROM stop_events WHERE occurred_at::date = '2025-06-20' LIMIT 3); DELETE FROM stop_events WHERE event_id IN (SELECT event_id FROM stop_events WHERE (occurred_at AT TIME ZONE 'UTC')::date = '2025-06-20' AND event_id NOT IN (SELECT event_id FROM outbox WHERE event_id IS NOT NULL) LIMIT 3)")
         .await
         .unwrap();
-    let out = h.run(&["--verify"]);
+    let out = h.run_text(&["--verify"]);
     assert_eq!(out.status.code(), Some(3));
     assert!(
         stdout(&out).contains("MISMATCH bronze/events 2025-06-20"),

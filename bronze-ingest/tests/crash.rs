@@ -139,12 +139,12 @@ async fn two_runs_started_together_commit_once() {
         .spawn()
         .unwrap();
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
-    let mut codes = vec![a.status.code(), b.status.code()];
-    codes.sort();
-    assert_eq!(
-        codes,
-        vec![Some(0), Some(4)],
-        "a: {}\nb: {}",
+    // Datasets are independent: each run may win one dataset and lose the
+    // other (exit 4 for the loss), but every dataset is committed exactly once.
+    let codes = [a.status.code(), b.status.code()];
+    assert!(
+        codes.iter().all(|c| matches!(c, Some(0) | Some(4))) && codes.contains(&Some(4)),
+        "{codes:?}\na: {}\nb: {}",
         stderr(&a),
         stderr(&b)
     );
@@ -163,8 +163,8 @@ async fn two_runs_started_together_commit_once() {
         assert_eq!(h.manifests(ds).await.len(), 1, "{ds}: one batch");
     }
     h.assert_lake_equals_postgres().await;
-    // Only the winner wrote a run report.
-    assert_eq!(h.run_reports().await.len(), 1);
+    // Every run writes its report, the one that lost a race too.
+    assert_eq!(h.run_reports().await.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -180,9 +180,9 @@ async fn a_pinned_batch_reruns_byte_identical() {
     // New rows in the meantime must not leak into the pinned batch.
     generate_recent(&h.pg, 300, 4).await;
     std::thread::sleep(Duration::from_secs(LEASE + 1));
-    let out = h.run_ok(&["--dataset", "events"]);
+    let out = h.run_text_ok(&["--dataset", "events"]);
     assert!(
-        stdout(&out).contains("resumed a pending batch"),
+        stdout(&out).contains("resumed the batch of a run that stopped"),
         "{}",
         stdout(&out)
     );

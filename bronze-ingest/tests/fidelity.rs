@@ -42,7 +42,7 @@ async fn values_round_trip_exactly() {
         .await
         .unwrap();
 
-    let out = h.run_ok(&["--dataset", "events"]);
+    let out = h.run_text_ok(&["--dataset", "events"]);
     assert!(
         stdout(&out).contains("finding: 1 NaN values in trigger_price stored as NULL"),
         "{}",

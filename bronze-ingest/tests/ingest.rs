@@ -15,8 +15,8 @@ async fn first_run_exports_everything_then_only_new_rows() {
         .await
         .unwrap();
 
-    let out = h.run_ok(&[]);
-    assert!(stdout(&out).contains("Committed"), "{}", stdout(&out));
+    let out = h.run_text_ok(&[]);
+    assert!(stdout(&out).contains("committed batch"), "{}", stdout(&out));
     h.assert_lake_equals_postgres().await;
     let events = h.manifests(Dataset::BronzeEvents).await;
     assert_eq!(events.len(), 1);
@@ -44,4 +44,44 @@ async fn first_run_exports_everything_then_only_new_rows() {
 
     // A run report per run.
     assert_eq!(h.run_reports().await.len(), 3);
+}
+
+/// What a pod's log collector gets with `LOG_FORMAT=json`: only JSON lines on
+/// both streams, the summary as a nested object; and a closed stdout (`| head`)
+/// is not a panic.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_mode_is_pure_json_and_a_closed_stdout_is_not_a_panic() {
+    let h = Harness::new().await;
+    let client = h.pg.client().await.unwrap();
+    lake_testkit::demo::generate(&client, 1_000, 2)
+        .await
+        .unwrap();
+    let out = h.run_ok(&[]); // the harness runs in JSON mode
+    for line in stdout(&out).lines().chain(stderr(&out).lines()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        assert!(v["level"].is_string(), "{line}");
+    }
+    let summary: serde_json::Value = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["message"] == "Run summary")
+        .expect("a summary line");
+    assert_eq!(summary["report"]["datasets"][0]["outcome"], "committed");
+    assert!(summary["report"]["datasets"][0]["rows_per_day"].is_object());
+
+    // `bronze-ingest --dry-run | head -0`: the reader is gone before the summary.
+    let mut child = h
+        .command_with(
+            &[h.env(), vec![("LOG_FORMAT".into(), "text".into())]].concat(),
+            &["--dry-run"],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
 }

@@ -207,3 +207,64 @@ async fn a_backend_terminated_mid_copy_leaves_no_partial_file_and_the_retry_is_e
     h.assert_checksums_match(Dataset::BronzeEvents).await;
     assert!(h.s3.incomplete_uploads(&h.bucket).await.unwrap().is_empty());
 }
+
+/// SPEC §5.10: datasets are independent. The outbox failing (its grant revoked)
+/// does not stop the events; the run report, written although the run failed,
+/// names each dataset's outcome and the error; the exit code is the worst.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_dataset_does_not_stop_the_other_and_the_report_is_written() {
+    let h = Harness::new().await;
+    let admin = h.pg.client().await.unwrap();
+    lake_testkit::demo::generate(&admin, 2_000, 4)
+        .await
+        .unwrap();
+    admin
+        .batch_execute("REVOKE SELECT ON outbox FROM lake_reader")
+        .await
+        .unwrap();
+    let out = h.run(&[]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a missing grant is configuration: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("GRANT SELECT ON outbox TO lake_reader"),
+        "the error says what to do: {}",
+        stderr(&out)
+    );
+    assert_eq!(
+        h.manifests(Dataset::BronzeEvents).await.len(),
+        1,
+        "events committed"
+    );
+    assert!(h.manifests(Dataset::BronzeOutbox).await.is_empty());
+    let reports = h.run_reports().await;
+    assert_eq!(reports.len(), 1, "the failed run wrote its report");
+    let lake = h.lake();
+    let report: serde_json::Value = serde_json::from_slice(
+        &lake
+            .get_bytes(&object_store::path::Path::from(reports[0].as_str()))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["outcome"], "failed");
+    assert_eq!(report["datasets"][0]["outcome"], "committed");
+    assert_eq!(report["datasets"][1]["outcome"], "failed");
+    assert!(
+        report["datasets"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("outbox"),
+        "{report}"
+    );
+    admin
+        .batch_execute("GRANT SELECT ON outbox TO lake_reader")
+        .await
+        .unwrap();
+    h.run_ok(&[]);
+    h.assert_lake_equals_postgres().await;
+    assert_eq!(h.manifests(Dataset::BronzeOutbox).await.len(), 1);
+}

@@ -58,6 +58,29 @@ pub fn init(format: LogFormat) {
     };
 }
 
+/// Prints a run's summary on stdout: the human text on a terminal or with text
+/// logs; with JSON logs one JSON line (`message: "Run summary"`, the report as
+/// a nested object), so a pod's merged streams stay pure JSON. A closed stdout
+/// (`| head`) is not an error: the summary is also in the run report.
+pub fn emit_summary(job: &str, text: &str, report: &impl serde::Serialize) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = match LogFormat::from_env() {
+        LogFormat::Text => out.write_all(text.as_bytes()),
+        LogFormat::Json => {
+            let line = serde_json::json!({
+                "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "level": "INFO",
+                "message": "Run summary",
+                "job": job,
+                "report": report,
+            });
+            writeln!(out, "{line}")
+        }
+    };
+    let _ = out.flush();
+}
+
 /// A progress bar for long runs: rows and rows/s on a terminal with text logs,
 /// hidden otherwise (JSON logs go to a log pipeline, where a bar is noise).
 pub fn progress_bar(label: &str) -> indicatif::ProgressBar {

@@ -38,7 +38,7 @@ fn demo_summary_matches_postgres_and_the_lake() {
     assert_eq!(s["bronze_events_rows"], s["postgres_events"], "{s}");
     assert_eq!(s["bronze_outbox_rows"], s["postgres_outbox"], "{s}");
     assert!(
-        stdout.contains("bronze-ingest (run 2)") && stdout.contains("Committed batch 2"),
+        stdout.contains("bronze-ingest (run 2)") && stdout.contains("committed batch 2"),
         "{stdout}"
     );
     // Silver holds one row per execution key (quarantined ones in quarantine).

@@ -77,6 +77,29 @@ impl Harness {
         out
     }
 
+    /// Runs with text logs, as on a terminal: stdout holds the human summary.
+    pub fn run_text(&self, args: &[&str]) -> Output {
+        let mut env = self.env();
+        env.push(("LOG_FORMAT".into(), "text".into()));
+        let out = self
+            .command_with(&env, args)
+            .output()
+            .expect("spawn bronze-ingest");
+        eprintln!(
+            "bronze-ingest (text) {args:?} -> {:?}\nstdout:\n{}\nstderr:\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    pub fn run_text_ok(&self, args: &[&str]) -> Output {
+        let out = self.run_text(args);
+        assert_eq!(out.status.code(), Some(0), "bronze-ingest {args:?} failed");
+        out
+    }
+
     pub fn run_ok(&self, args: &[&str]) -> Output {
         let out = self.run(args);
         assert_eq!(out.status.code(), Some(0), "bronze-ingest {args:?} failed");
