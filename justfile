@@ -15,9 +15,11 @@ default:
 setup:
     bash scripts/setup.sh
 
+# (`demo` names each binary with its own `--bin`: `-p X --bin Y` would build
+# only Y, and the fresh-clone demo would find no jobs to run.)
+
 # The main job end to end on embedded defaults: throwaway PostgreSQL with demo data → bronze → silver → ./lake.
 demo rows=env_var_or_default("DEMO_ROWS", "200000"): setup
-    # One `--bin` per binary: `-p X --bin Y` would build only Y of every package.
     cargo build -q --bin bronze-ingest --bin silver-transform --bin lake-demo
     target/debug/lake-demo --rows {{rows}} --lake lake
 

@@ -232,3 +232,25 @@ async fn a_snapshot_overtaken_by_another_run_exits_4() {
         "nothing written"
     );
 }
+
+/// A rolled-back binary meeting a lake written by a newer release refuses by
+/// name and writes nothing there (what makes a rollback safe, #16 item 9).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lake_of_a_newer_format_is_refused() {
+    let h = Harness::new().await;
+    committed_once(&h).await;
+    tamper(&h, |m| m.format = 99).await;
+    let before = dataset_listing(&h, Dataset::BronzeEvents).await;
+    let out = h.run(&["--dataset", "events"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("written by a newer release (lake format 99"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        dataset_listing(&h, Dataset::BronzeEvents).await,
+        before,
+        "nothing written"
+    );
+}

@@ -533,6 +533,21 @@ fn lake_from_raw(c: &mut Checker, raw: &RawEnv) -> LakeConfig {
 
 fn location_from_url(c: &mut Checker, raw: &RawEnv, url: &str) -> LakeLocation {
     if !url.contains("://") {
+        // `s3:/bucket` or `file:lake` is a URL with a typo, not a directory named
+        // `s3:` in the working directory.
+        if let Some((scheme, _)) = url.split_once(':')
+            && scheme.len() >= 2
+            && scheme.chars().all(|ch| ch.is_ascii_alphanumeric())
+        {
+            c.problem(
+                "LAKE_URL",
+                format!(
+                    "{url:?} looks like a URL with a missing \"//\": write s3://bucket/prefix, \
+                     file:///absolute/path or a plain directory path"
+                ),
+            );
+            return LakeLocation::Memory;
+        }
         // A plain path: the friendliest spelling of a local lake.
         return LakeLocation::Local(PathBuf::from(url));
     }
@@ -885,6 +900,13 @@ mod tests {
         assert_eq!(lake("./lake").unwrap(), LakeConfig::local("./lake"));
         assert_eq!(lake("memory://").unwrap().location, LakeLocation::Memory);
         assert!(lake("gs://bucket").unwrap_err().mentions("LAKE_URL"));
+        for typo in ["s3:/bucket", "s3:bucket", "file:/tmp/lake"] {
+            let e = lake(typo).unwrap_err();
+            assert!(
+                e.mentions("LAKE_URL") && e.to_string().contains("missing"),
+                "{typo}: {e}"
+            );
+        }
         // An s3 URL needs credentials like S3_BUCKET does, and keeps its prefix.
         let e = lake("s3://robson-lake/deep").unwrap_err();
         assert!(e.mentions("AWS_ACCESS_KEY_ID"), "{e}");

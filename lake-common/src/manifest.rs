@@ -148,6 +148,19 @@ pub enum ManifestError {
         /// The store's error.
         source: object_store::Error,
     },
+    /// The manifest was written by a newer release of the jobs.
+    #[error(
+        "manifest {path} was written by a newer release (lake format {format}; this binary reads up to {supported}): \
+         run that release or a newer one; this one wrote nothing"
+    )]
+    NewerFormat {
+        /// The manifest path.
+        path: String,
+        /// Its format.
+        format: u32,
+        /// The newest format this binary reads.
+        supported: u32,
+    },
     /// A manifest does not parse: the lake was written by something else.
     #[error("manifest {path} is not a valid batch manifest: {source}")]
     Parse {
@@ -156,6 +169,24 @@ pub enum ManifestError {
         /// The parse error.
         source: serde_json::Error,
     },
+}
+
+/// Refuses a manifest written by a newer release before trying to parse it,
+/// so a rolled-back binary stops with what to do instead of a parse error or,
+/// worse, a misreading of fields it does not know.
+pub fn check_format(path: &str, bytes: &[u8], supported: u32) -> Result<(), ManifestError> {
+    #[derive(Deserialize)]
+    struct Format {
+        format: u32,
+    }
+    match serde_json::from_slice::<Format>(bytes) {
+        Ok(f) if f.format > supported => Err(ManifestError::NewerFormat {
+            path: path.to_owned(),
+            format: f.format,
+            supported,
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn store_err(path: &Path) -> impl FnOnce(object_store::Error) -> ManifestError + '_ {
@@ -200,6 +231,7 @@ pub async fn read(lake: &Lake, dataset: Dataset, batch: u64) -> Result<Versioned
         version: got.meta.version.clone(),
     };
     let bytes = got.bytes().await.map_err(store_err(&path))?;
+    check_format(path.as_ref(), &bytes, MANIFEST_FORMAT)?;
     let manifest = serde_json::from_slice(&bytes).map_err(|source| ManifestError::Parse {
         path: path.to_string(),
         source,
@@ -311,6 +343,17 @@ mod tests {
         ];
         let live: Vec<_> = live_files(&ms).into_iter().map(|f| f.path).collect();
         assert_eq!(live, vec!["b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn a_manifest_of_a_newer_format_is_refused_by_name() {
+        let lake = Lake::in_memory();
+        let mut m = manifest(1, BatchState::Committed, &["a"], &[]);
+        m.format = MANIFEST_FORMAT + 1;
+        create(&lake, &m).await.unwrap();
+        let err = read(&lake, Dataset::BronzeEvents, 1).await.unwrap_err();
+        assert!(matches!(err, ManifestError::NewerFormat { .. }), "{err}");
+        assert!(err.to_string().contains("newer release"), "{err}");
     }
 
     #[tokio::test]

@@ -53,6 +53,9 @@ pub enum ManifestError {
         /// Why.
         source: object_store::Error,
     },
+    /// A manifest of a newer format (written by a newer release).
+    #[error("{0}")]
+    Format(String),
     /// A manifest does not parse.
     #[error("silver manifest {path} is not valid: {source}")]
     Parse {
@@ -285,6 +288,8 @@ pub async fn read(
 ) -> Result<SilverManifest, ManifestError> {
     let path = manifest_path(shard, version);
     let bytes = lake.get_bytes(&path).await.map_err(store_err(&path))?;
+    lake_common::manifest::check_format(path.as_ref(), &bytes, FORMAT)
+        .map_err(|e| ManifestError::Format(e.to_string()))?;
     serde_json::from_slice(&bytes).map_err(|source| ManifestError::Parse {
         path: path.to_string(),
         source,
