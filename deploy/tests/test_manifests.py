@@ -385,6 +385,29 @@ def test_pod_runs_the_project_image_and_a_known_binary(obj: dict) -> None:
     assert template["metadata"]["labels"].get(key) == value
 
 
+LAKE_JOBS = ("bronze-ingest", "silver-transform")
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [w for w in workloads() if w["kind"] in ("Job", "CronJob") and w["metadata"]["name"] in LAKE_JOBS],
+    ids=obj_id,
+)
+def test_exit_4_is_retried_and_only_2_and_3_fail_the_job(obj: dict) -> None:
+    """Exit 4 (another run holds the batch) must never be FailJob: the commit
+    protocol releases a failed run's lease, so a retry resumes; only bad
+    configuration (2) and a quality breach (3) end the Job at once."""
+    job_spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+    fail_codes = set()
+    for rule in job_spec["podFailurePolicy"]["rules"]:
+        codes = rule.get("onExitCodes")
+        if codes and rule["action"] == "FailJob":
+            assert codes["operator"] == "In"
+            fail_codes |= set(codes["values"])
+    assert fail_codes == {2, 3}, fail_codes
+    assert job_spec["backoffLimit"] >= 3, "room for retries of exit 1 and 4"
+
+
 @pytest.mark.parametrize("obj", [w for w in workloads() if w["kind"] in ("Job", "CronJob")], ids=obj_id)
 def test_job_limits_its_runtime_and_cleans_up(obj: dict) -> None:
     job_spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
