@@ -412,13 +412,9 @@ async fn export_dataset(
     r
 }
 
-/// Peak resident set size of this process (Linux `VmHWM`), for the run report and
-/// the memory budget of SPEC §10.
+/// Peak resident set size of this process (see [`lake_common::telemetry::peak_rss_bytes`]).
 pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    lake_common::telemetry::peak_rss_bytes()
 }
 
 fn print_summary(r: &RunReport) {

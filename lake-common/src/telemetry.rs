@@ -58,6 +58,15 @@ pub fn init(format: LogFormat) {
     };
 }
 
+/// Peak resident set size of this process (Linux `VmHWM`), for run reports and
+/// the memory budget of SPEC §10.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Prints a run's summary on stdout: the human text on a terminal or with text
 /// logs; with JSON logs one JSON line (`message: "Run summary"`, the report as
 /// a nested object), so a pod's merged streams stay pure JSON. A closed stdout

@@ -609,25 +609,127 @@ async fn list_existing(lake: &Lake, shard: Shard) -> anyhow::Result<BTreeSet<Par
 }
 
 fn log_outcome(r: &RunReport) {
-    let s = &r.summary;
     tracing::info!(
         outcome = ?r.outcome,
-        shard = %format!("{}/{}", r.shard.index, r.shard.count),
-        mode = %r.mode,
-        dry_run = r.dry_run,
-        version = ?r.committed_version,
-        new_batches = ?r.new_batches,
-        partitions_recomputed = r.partitions.recomputed,
-        partitions_deleted = r.partitions.deleted,
+        version = r.committed_version,
         silver_rows = r.rows.silver,
         quarantine_rows = r.rows.quarantine_rows,
-        events_folded = r.work.events_folded,
-        violation_ratio = r.quality.violation_ratio,
-        violations = %serde_json::to_string(&r.quality.violations_per_rule).unwrap_or_default(),
-        statuses = %serde_json::to_string(&s.status_distribution).unwrap_or_default(),
-        slippage = %serde_json::to_string(&s.slippage_pct).unwrap_or_default(),
-        top_symbols = %serde_json::to_string(&s.top_symbols).unwrap_or_default(),
-        clients = s.executions_per_client.len(),
+        partitions_recomputed = r.partitions.recomputed,
         "Silver run finished"
     );
+    if r.bronze_committed_batches == 0 {
+        tracing::warn!(lake = %r.lake, "The lake holds no committed bronze batch: check LAKE_URL / S3_BUCKET, or run bronze-ingest first");
+    }
+    lake_common::telemetry::emit_summary(JOB, &summary_text(r), r);
+}
+
+/// The run's summary as a person reads it (SPEC §7's statistics included).
+fn summary_text(r: &RunReport) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let dry = if r.dry_run {
+        " (dry run: nothing written)"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        o,
+        "silver-transform {} run {}{dry} — {}, shard {}/{}, {}",
+        r.version, r.run_id, r.lake, r.shard.index, r.shard.count, r.mode
+    );
+    if r.bronze_committed_batches == 0 {
+        let _ = writeln!(
+            o,
+            "  WARNING: no committed bronze batch in this lake: check LAKE_URL / S3_BUCKET, or run bronze-ingest first"
+        );
+    }
+    match (r.outcome, r.committed_version) {
+        (Outcome::NothingNew, _) => {
+            let _ = writeln!(
+                o,
+                "  nothing new: no bronze batch since version {}",
+                r.base_version.map_or("-".into(), |v| v.to_string())
+            );
+        }
+        (_, Some(v)) => {
+            let _ = writeln!(
+                o,
+                "  committed version {v}{}: {} executions written, {} partitions recomputed, {} deleted ({} in all)",
+                r.base_version
+                    .map_or(String::new(), |b| format!(" (from {b})")),
+                r.rows.silver,
+                r.partitions.recomputed,
+                r.partitions.deleted,
+                r.partitions.total
+            );
+        }
+        (_, None) => {
+            let _ = writeln!(o, "  {} executions computed", r.rows.silver);
+        }
+    }
+    let q = &r.quality;
+    let rules: Vec<String> = q
+        .violations_per_rule
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(rule, n)| format!("{rule} {n}"))
+        .collect();
+    let _ = writeln!(
+        o,
+        "  quarantined {} executions ({:.2} %, threshold {:.2} %){}{}",
+        r.rows.quarantine_rows,
+        q.violation_ratio * 100.0,
+        q.max_violation_ratio * 100.0,
+        if rules.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", rules.join(", "))
+        },
+        if q.breached {
+            " — THRESHOLD BREACHED"
+        } else {
+            ""
+        }
+    );
+    let s = &r.summary;
+    if !s.status_distribution.is_empty() {
+        let statuses: Vec<String> = s
+            .status_distribution
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(o, "  status: {}", statuses.join(", "));
+    }
+    if let (Some(avg), Some(median), Some(p95)) = (
+        &s.slippage_pct.avg,
+        &s.slippage_pct.median,
+        &s.slippage_pct.p95,
+    ) {
+        let _ = writeln!(
+            o,
+            "  slippage %: average {avg}, median {median}, p95 {p95} (over {} executions)",
+            s.slippage_pct.count
+        );
+    }
+    if !s.top_symbols.is_empty() {
+        let top: Vec<String> = s
+            .top_symbols
+            .iter()
+            .take(5)
+            .map(|(sym, n)| format!("{sym} {n}"))
+            .collect();
+        let _ = writeln!(
+            o,
+            "  top symbols: {}; {} clients",
+            top.join(", "),
+            s.executions_per_client.len()
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  took {:.2}s, peak memory {:.0} MiB",
+        r.timings_ms.get("total").copied().unwrap_or_default() as f64 / 1000.0,
+        lake_common::telemetry::peak_rss_bytes().unwrap_or_default() as f64 / 1_048_576.0
+    );
+    o
 }

@@ -130,3 +130,44 @@ async fn busy_exits_4_and_dry_run_writes_nothing() {
     assert_eq!(t.run_bin(&[], &[]).status.code(), Some(0));
     assert_eq!(latest_report(&t.lake).await["outcome"], "nothing_new");
 }
+
+/// What a person sees: a human summary in text mode, a loud warning when the
+/// lake holds no bronze at all (a mistyped LAKE_URL or bucket), and one JSON
+/// line with the report nested in JSON mode.
+#[tokio::test]
+async fn summary_in_text_and_json_and_a_warning_on_a_lake_without_bronze() {
+    let t = TestLake::new().await;
+    let out = t.run_bin(&[], &[("LOG_FORMAT", "text")]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stdout.contains("WARNING: no committed bronze batch in this lake"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&t.bucket),
+        "names the lake it looked at: {stdout}"
+    );
+
+    commit_batch(
+        &t.lake,
+        1,
+        &[Ev::new(1, "2025-06-01T06:00:00Z", Some("tok"), "STOP_TRIGGERED").qty("1")],
+    )
+    .await;
+    let out = t.run_bin(&[], &[("LOG_FORMAT", "json")]);
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let summary: serde_json::Value = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+        .find(|v| v["message"] == "Run summary")
+        .expect("summary line");
+    assert_eq!(summary["report"]["committed_version"], 1);
+    assert!(summary["report"]["summary"]["status_distribution"].is_object());
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+        assert!(!line.contains("Some("), "no Rust Debug text: {line}");
+        assert!(v["level"].is_string());
+    }
+}

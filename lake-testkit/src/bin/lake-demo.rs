@@ -29,6 +29,9 @@ struct Cli {
     /// Seed of the demo data.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Also write the summary as JSON to this file (the demo's test reads it).
+    #[arg(long)]
+    summary_file: Option<PathBuf>,
 }
 
 /// What the demo did, printed at the end (and checked by the demo's test).
@@ -184,17 +187,10 @@ async fn run(cli: Cli) -> Result<()> {
         parquet_io::count_rows(&lake, lake_paths(&lake_dir, &quarantine)).await?;
 
     print_summary(&summary, &lake_dir, started.elapsed());
-    if let Some(report) = latest_report(&lake_dir.join("_runs/silver-transform")) {
-        println!("\nLatest silver run report ({}):", report.display());
-        let text = std::fs::read_to_string(&report)?;
-        let json: serde_json::Value = serde_json::from_str(&text)?;
-        if let Some(s) = json.get("summary") {
-            println!("{}", serde_json::to_string_pretty(s)?);
-        } else {
-            println!("{}", serde_json::to_string_pretty(&json)?);
-        }
+    if let Some(path) = &cli.summary_file {
+        std::fs::write(path, serde_json::to_vec_pretty(&summary)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
-    println!("\nDEMO-SUMMARY {}", serde_json::to_string(&summary)?);
     Ok(())
 }
 
@@ -246,16 +242,6 @@ fn lake_paths(root: &Path, files: &[(PathBuf, u64)]) -> Vec<object_store::path::
         .filter_map(|(p, _)| p.strip_prefix(root).ok())
         .map(|p| object_store::path::Path::from(p.to_string_lossy().as_ref()))
         .collect()
-}
-
-fn latest_report(dir: &Path) -> Option<PathBuf> {
-    let mut reports: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    reports.sort();
-    reports.pop()
 }
 
 fn print_summary(s: &Summary, lake: &Path, took: Duration) {
