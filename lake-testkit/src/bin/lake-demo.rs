@@ -29,6 +29,10 @@ struct Cli {
     /// Seed of the demo data.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Keep the demo's PostgreSQL running afterwards (until Ctrl-C) and print
+    /// the variables that point the jobs at it and at the lake.
+    #[arg(long)]
+    keep: bool,
     /// Also write the summary as JSON to this file (the demo's test reads it).
     #[arg(long)]
     summary_file: Option<PathBuf>,
@@ -187,6 +191,16 @@ async fn run(cli: Cli) -> Result<()> {
         parquet_io::count_rows(&lake, lake_paths(&lake_dir, &quarantine)).await?;
 
     print_summary(&summary, &lake_dir, started.elapsed());
+    if cli.keep {
+        println!("\n==> PostgreSQL stays up until Ctrl-C. In another shell:");
+        for (k, v) in &env {
+            println!("    export {k}='{v}'");
+        }
+        println!(
+            "    target/debug/bronze-ingest --help   # then bronze-ingest, silver-transform, ..."
+        );
+        tokio::signal::ctrl_c().await?;
+    }
     if let Some(path) = &cli.summary_file {
         std::fs::write(path, serde_json::to_vec_pretty(&summary)?)
             .with_context(|| format!("writing {}", path.display()))?;
