@@ -105,6 +105,9 @@ pub struct Options {
     /// indexed executions recomputes the whole shard instead (0.5; tests raise it
     /// to keep the incremental path under test).
     pub whole_shard_ratio: f64,
+    /// Set when this run holds the shard's advisory lock (stores without
+    /// conditional writes): the lock's loss fences the run.
+    pub lock_fence: Option<lake_common::commit::fence::Fence>,
 }
 
 impl Default for Options {
@@ -118,13 +121,49 @@ impl Default for Options {
             parallel_days: 2,
             pause_after_publish: None,
             whole_shard_ratio: 0.5,
+            lock_fence: None,
         }
     }
 }
 
 /// Opens the lake, runs, and maps the outcome to the exit status of SPEC §8.
-pub async fn run_cli(config: LakeConfig, options: Options) -> anyhow::Result<ExitStatus> {
+///
+/// On a store without conditional writes the shard's runs serialise on a
+/// PostgreSQL advisory lock (its own key per shard, so silver never waits for
+/// bronze), held for the whole run; the database settings are then required.
+pub async fn run_cli(config: LakeConfig, mut options: Options) -> anyhow::Result<ExitStatus> {
     let lake = Lake::open(&config).context("opening the lake")?;
+    let _lock = if !lake.capabilities().create_if_absent && !options.dry_run {
+        let pg = lake_common::PostgresConfig::from_env().context(
+            "S3_CONDITIONAL_WRITES=disabled: silver-transform holds a PostgreSQL advisory lock \
+             instead, and needs the DJANGO_DB_* settings for it",
+        )?;
+        let pool = lake_common::postgres::pool(&pg, JOB)?;
+        let conn = pool
+            .get()
+            .await
+            .map_err(|e| anyhow::anyhow!(lake_common::postgres::explain_connect_error(&pg, &e)))?;
+        let fence = lake_common::commit::fence::Fence::new();
+        let name = format!("{JOB}/{}", options.shard);
+        match lake_common::commit::lock::AdvisoryLock::try_acquire(conn, &name, fence.clone())
+            .await?
+        {
+            Some(lock) => {
+                options.lock_fence = Some(fence);
+                Some(lock)
+            }
+            None => {
+                return Err(anyhow::Error::new(Classified::new(
+                    ExitStatus::Busy,
+                    format!(
+                        "another silver-transform run holds the advisory lock {name}; this run wrote nothing"
+                    ),
+                )));
+            }
+        }
+    } else {
+        None
+    };
     let report = run(&lake, &options).await?;
     exit_status(&report)
 }
@@ -314,7 +353,7 @@ async fn execute(
             options.mode.name(),
         );
         m.base_version = report.base_version;
-        Some(Lease::pin(lake, m, options.lease).await?)
+        Some(Lease::pin_with(lake, m, options.lease, options.lock_fence.clone()).await?)
     };
 
     let t = Instant::now();

@@ -364,15 +364,17 @@ fn busy(message: String) -> anyhow::Error {
 /// How silver writes its log on `lake`: compare-and-swap where the store has
 /// it; on a local directory (create-if-absent only) updates are overwrites
 /// checked against the last write first.
-fn log_mode(lake: &Lake) -> anyhow::Result<Mode> {
+fn log_mode(lake: &Lake, locked: bool) -> anyhow::Result<Mode> {
     let caps = lake.capabilities();
     match (caps.create_if_absent, caps.update_if_match) {
+        _ if locked => Ok(Mode::Locked),
         (true, true) => Ok(Mode::Conditional),
         (true, false) => Ok(Mode::CreateOnly),
         _ => Err(anyhow::Error::new(Classified::new(
             ExitStatus::Usage,
-            "silver-transform needs a store with conditional writes (S3_CONDITIONAL_WRITES=enabled); \
-             the advisory-lock mode is bronze-ingest's only for now",
+            "this store has no conditional writes (S3_CONDITIONAL_WRITES=disabled): silver-transform \
+             must hold the shard's PostgreSQL advisory lock; set DJANGO_DB_HOST, DJANGO_DB_NAME, \
+             DJANGO_DB_USER and DJANGO_DB_PASSWORD",
         ))),
     }
 }
@@ -384,6 +386,17 @@ impl Lease {
         manifest: SilverManifest,
         duration: Duration,
     ) -> anyhow::Result<Self> {
+        Self::pin_with(lake, manifest, duration, None).await
+    }
+
+    /// [`Lease::pin`] under the shard's advisory lock, whose loss raises `lock_fence`
+    /// (stores without conditional writes: plain overwrites).
+    pub async fn pin_with(
+        lake: &Lake,
+        manifest: SilverManifest,
+        duration: Duration,
+        lock_fence: Option<Fence>,
+    ) -> anyhow::Result<Self> {
         let shard = Shard {
             index: manifest.shard_index,
             count: manifest.shard_count,
@@ -391,7 +404,14 @@ impl Lease {
         let version = manifest.version;
         let path = manifest_path(shard, version);
         let owner = manifest.claim.owner.clone();
-        let log = Log::new(lake.clone(), log_mode(lake)?, duration);
+        let mut log = Log::new(
+            lake.clone(),
+            log_mode(lake, lock_fence.is_some())?,
+            duration,
+        );
+        if let Some(fence) = lock_fence {
+            log = log.fenced_by(fence);
+        }
         match log.pin(&path, manifest, &owner).await? {
             Ok(pinned) => Ok(Self {
                 lake: lake.clone(),

@@ -73,3 +73,62 @@ async fn a_failed_attempt_releases_its_version_for_the_next_one() {
     assert_eq!(silver(&t.lake).await.len(), 40);
     assert_eq!(latest_report(&t.lake).await["outcome"], "success");
 }
+
+/// #16 item 2: on a store that ignores conditional writes, silver serialises on
+/// its shard's PostgreSQL advisory lock: a held lock is exit 4 with nothing
+/// written, and without it the run commits with plain overwrites.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_conditional_writes_silver_serialises_on_the_advisory_lock() {
+    let t = TestLake::new().await;
+    commit_batch(&t.lake, 1, &events()).await;
+    let pg = lake_testkit::TestPostgres::start().await.unwrap();
+    let proxy = FaultProxy::start(&t.s3, 5).unwrap();
+    proxy.add_rule(Rule::new(Fault::StripConditionalHeaders));
+    let mut env: Vec<(String, String)> = pg.env();
+    env.push(("AWS_ENDPOINT".into(), proxy.endpoint()));
+    env.push(("S3_CONDITIONAL_WRITES".into(), "disabled".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+
+    // Another session holds the shard's lock: exit 4, nothing written.
+    let holder = pg.client().await.unwrap();
+    let (a, b) = lake_common::commit::lock::lock_keys("silver-transform/shard-0-of-1");
+    holder
+        .execute("SELECT pg_advisory_lock($1, $2)", &[&a, &b])
+        .await
+        .unwrap();
+    let out = t.run_bin(&[], &env);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(objects(&t.lake, "silver/stop_executions").await.is_empty());
+    holder
+        .execute("SELECT pg_advisory_unlock($1, $2)", &[&a, &b])
+        .await
+        .unwrap();
+
+    let out = t.run_bin(&[], &env);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(silver(&t.lake).await.len(), 40);
+    commit_batch(
+        &t.lake,
+        2,
+        &[Ev::new(
+            100,
+            "2025-06-02T06:00:00Z",
+            Some("tok-100"),
+            "STOP_TRIGGERED",
+        )
+        .qty("1")],
+    )
+    .await;
+    assert_eq!(t.run_bin(&[], &env).status.code(), Some(0));
+    assert_eq!(silver(&t.lake).await.len(), 41);
+}

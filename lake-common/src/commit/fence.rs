@@ -47,6 +47,13 @@ struct State {
 #[derive(Debug, Clone)]
 pub struct Fence(Arc<State>);
 
+/// Two fences are equal when they are the same fence (clones of one another).
+impl PartialEq for Fence {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 impl Default for Fence {
     fn default() -> Self {
         Self::new()
