@@ -199,7 +199,6 @@ pub async fn run_dataset(
     // rather than exit 4, so a Job's retry right after a crash goes on.
     if let Some(prev) = &previous
         && prev.manifest.state == BatchState::Pending
-        && !settings.locked
         && prev.manifest.claim.is_live(Utc::now())
     {
         let left = prev.manifest.claim.remaining(Utc::now());
@@ -213,7 +212,9 @@ pub async fn run_dataset(
     let (plan, pinned) = match previous {
         Some(prev) if prev.manifest.state == BatchState::Pending => {
             let m = prev.manifest;
-            if m.claim.is_live(Utc::now()) && !settings.locked {
+            // A live lease is honoured under the advisory lock too: its holder may
+            // be a run whose lock session died but which has not noticed yet.
+            if m.claim.is_live(Utc::now()) {
                 return Err(busy(format!(
                     "{dataset}: batch {} is being written by run {} (lease until {}); exiting without writing",
                     m.batch,

@@ -269,14 +269,25 @@ async fn run_with(
         let mut failures: Vec<anyhow::Error> = Vec::new();
         for table in opts.datasets.tables() {
             let started = Instant::now();
-            client.batch_execute("SAVEPOINT dataset").await?;
-            let result = export_dataset(
-                &lake, &pool, &client, config, opts, &run_id, &snapshot, table, locked,
-            )
-            .await;
+            // A savepoint that cannot be taken or released (the session died)
+            // fails this dataset like any other error; the next one is tried.
+            let result = match client.batch_execute("SAVEPOINT dataset").await {
+                Ok(()) => {
+                    export_dataset(
+                        &lake, &pool, &client, config, opts, &run_id, &snapshot, table, locked,
+                    )
+                    .await
+                }
+                Err(e) => Err(anyhow::Error::new(e).context("opening the dataset's savepoint")),
+            };
             match result {
                 Ok(r) => {
-                    client.batch_execute("RELEASE SAVEPOINT dataset").await?;
+                    if let Err(e) = client.batch_execute("RELEASE SAVEPOINT dataset").await {
+                        // The batch is committed; the session is what failed.
+                        failures.push(
+                            anyhow::Error::new(e).context("releasing the dataset's savepoint"),
+                        );
+                    }
                     report.datasets.push(r);
                 }
                 Err(e) => {

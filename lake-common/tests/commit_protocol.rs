@@ -108,3 +108,43 @@ async fn a_run_that_cannot_renew_is_fenced_and_taken_over() {
     let committed = b.commit(|m| m.state = BatchState::Committed).await.unwrap();
     assert_eq!(committed.claim.owner, "b");
 }
+
+/// A renewal took effect but both its answer and the read-back that should
+/// have settled it were lost: the next renewal's 412 meets this attempt's own
+/// write, which is recognised (by its attempt id) instead of fencing the run.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unsettled_renewal_is_recognised_by_the_next_one() {
+    let s3 = TestS3::start().await.unwrap();
+    let bucket = s3.new_bucket().await.unwrap();
+    let proxy = FaultProxy::start(&s3, 2).unwrap();
+    let lake = lake_from(proxy.env(&s3, &bucket));
+    let lease = Duration::from_millis(1500);
+    let log = Log::new(lake, Mode::Conditional, lease);
+    proxy.add_rule(
+        Rule::new(Fault::LoseResponse)
+            .op(S3Op::PutObject)
+            .key_contains("_manifests")
+            .nth(2),
+    );
+    // The read-back right after it fails too (both attempts of the GET).
+    proxy.add_rule(
+        Rule::new(Fault::Status(500))
+            .op(S3Op::GetObject)
+            .key_contains("_manifests")
+            .times(2),
+    );
+    let path = Dataset::BronzeEvents.manifest(1);
+    let pinned = log.pin(&path, pending(), "a").await.unwrap().unwrap();
+    tokio::time::sleep(lease * 2).await;
+    assert!(
+        !pinned.fence().is_raised(),
+        "fenced by its own write: {}\n{}",
+        pinned.fence().reason(),
+        proxy.log_text()
+    );
+    let committed = pinned
+        .commit(|m| m.state = BatchState::Committed)
+        .await
+        .unwrap();
+    assert_eq!(committed.claim.owner, "a");
+}

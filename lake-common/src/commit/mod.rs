@@ -141,6 +141,14 @@ pub struct Stored<E> {
     pub version: UpdateVersion,
 }
 
+/// How one PUT of an entry ended.
+enum Written {
+    Done(UpdateVersion),
+    /// Refused because an earlier write of this same attempt (its answer lost)
+    /// changed the version: the entry's current version.
+    OwnEarlierWrite(UpdateVersion),
+}
+
 /// A table's log: where its entries live and how they are written.
 #[derive(Debug, Clone)]
 pub struct Log {
@@ -222,10 +230,39 @@ impl Log {
         entry: &mut E,
         expected: Option<UpdateVersion>,
     ) -> Result<UpdateVersion, CommitError> {
+        match self.write_once(path, entry, expected).await? {
+            Written::Done(v) => Ok(v),
+            // An earlier write of this attempt took effect but its answer was
+            // lost, so the version this write expected is stale: write again
+            // over our own entry.
+            Written::OwnEarlierWrite(v) => match self.write_once(path, entry, Some(v)).await? {
+                Written::Done(v) => Ok(v),
+                Written::OwnEarlierWrite(_) => Err(CommitError::Conflict {
+                    path: path.to_string(),
+                    owner: entry.claim().owner.clone(),
+                }),
+            },
+        }
+    }
+
+    async fn write_once<E: Entry>(
+        &self,
+        path: &Path,
+        entry: &mut E,
+        expected: Option<UpdateVersion>,
+    ) -> Result<Written, CommitError> {
+        // What the entry held when this run last read or wrote it (a takeover
+        // carries the previous owner's last write).
         let previous_write = std::mem::replace(&mut entry.claim_mut().write_id, fresh_id());
-        if self.mode == Mode::CreateOnly && expected.is_some() {
+        let ours = |s: &Stored<E>| {
+            !entry.claim().attempt.is_empty() && s.entry.claim().attempt == entry.claim().attempt
+        };
+        // Without compare-and-swap an update first checks that the entry is still
+        // this attempt's (a run whose lock session died must not overwrite the
+        // run that took the lock over).
+        if self.mode != Mode::Conditional && expected.is_some() {
             match self.read::<E>(path).await? {
-                Some(s) if s.entry.claim().write_id == previous_write => {}
+                Some(s) if s.entry.claim().write_id == previous_write || ours(&s) => {}
                 Some(s) => {
                     return Err(CommitError::Conflict {
                         path: path.to_string(),
@@ -244,6 +281,7 @@ impl Log {
             path: path.to_string(),
             source,
         })?;
+        let is_update = expected.is_some();
         let mode = match (self.mode, expected) {
             (Mode::Locked, _) | (Mode::CreateOnly, Some(_)) => PutMode::Overwrite,
             (Mode::CreateOnly, None) => PutMode::Create,
@@ -261,10 +299,10 @@ impl Log {
             .await
         {
             Ok(r) => {
-                return Ok(UpdateVersion {
+                return Ok(Written::Done(UpdateVersion {
                     e_tag: r.e_tag,
                     version: r.version,
-                });
+                }));
             }
             Err(e) => e,
         };
@@ -276,7 +314,11 @@ impl Log {
         match self.read::<E>(path).await? {
             Some(s) if s.entry.claim().write_id == entry.claim().write_id => {
                 tracing::info!(%path, "A write whose answer was lost had taken effect");
-                Ok(s.version)
+                Ok(Written::Done(s.version))
+            }
+            Some(s) if refused && is_update && ours(&s) => {
+                tracing::info!(%path, "An earlier write of this attempt had taken effect; writing again");
+                Ok(Written::OwnEarlierWrite(s.version))
             }
             Some(s) if refused => Err(CommitError::Conflict {
                 path: path.to_string(),
@@ -434,7 +476,22 @@ impl<E: Entry> Pinned<E> {
         let mut next = cur.0.clone();
         f(&mut next);
         next.claim_mut().lease_expires_at = None;
-        let v = write_claimed(&self.shared, &mut next, cur.1.clone()).await?;
+        let v = match write_claimed(&self.shared, &mut next, cur.1.clone()).await {
+            Ok(v) => v,
+            Err(e @ CommitError::Fenced(_)) => return Err(e),
+            Err(e) => {
+                // Not committed (the read-back found no trace of it): give the
+                // lease up so the next attempt resumes at once.
+                self.shared.fence.raise("commit failed");
+                let mut released = cur.0.clone();
+                let skew = chrono::Duration::from_std(CLOCK_SKEW).unwrap_or_default();
+                released.claim_mut().lease_expires_at = Some(Utc::now() - skew);
+                if let Err(r) = write_claimed(&self.shared, &mut released, cur.1.clone()).await {
+                    tracing::warn!(path = %self.shared.path, error = %r, "Could not release the lease");
+                }
+                return Err(e);
+            }
+        };
         self.shared.fence.close();
         *cur = (next.clone(), v);
         Ok(next)
@@ -448,6 +505,9 @@ impl<E: Entry> Pinned<E> {
         if self.shared.fence.is_raised() {
             return;
         }
+        // Fence first: once the lease reads as expired a rival may start, and
+        // nothing of this attempt (uploads still in flight) may land after that.
+        self.shared.fence.raise("released after a failure");
         let mut cur = self.shared.current.lock().await;
         let mut next = cur.0.clone();
         let skew = chrono::Duration::from_std(CLOCK_SKEW).unwrap_or_default();
@@ -462,7 +522,6 @@ impl<E: Entry> Pinned<E> {
                 tracing::warn!(path = %self.shared.path, error = %e, "Could not release the lease")
             }
         }
-        self.shared.fence.raise("released");
         self.shared.fence.close();
     }
 }
@@ -470,6 +529,8 @@ impl<E: Entry> Pinned<E> {
 impl<E: Entry> Drop for Pinned<E> {
     fn drop(&mut self) {
         self.shared.stop.notify_one();
+        // Whatever path dropped it, nothing more may be written under this claim.
+        self.shared.fence.raise("the claim was dropped");
         self.shared.fence.close();
     }
 }
