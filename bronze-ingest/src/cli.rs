@@ -13,7 +13,12 @@ use lake_common::telemetry::{self, LogFormat};
 
 /// Export the Django event tables to bronze Parquet, exactly once.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(
+    version = lake_common::BUILD_VERSION,
+    about,
+    long_about = None,
+    after_help = after_help()
+)]
 struct Cli {
     /// Which dataset to export.
     #[arg(long, value_enum, default_value_t = DatasetArg::All)]
@@ -39,6 +44,16 @@ struct Cli {
     /// Lease of a pending batch, in seconds (renewed every third of it).
     #[arg(long, env = "BRONZE_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..))]
     lease_secs: u64,
+}
+
+fn after_help() -> String {
+    format!(
+        "Each run exports what committed since the last batch of each dataset (stop_events ->\n\
+         bronze/events, outbox -> bronze/outbox) and writes a run report under _runs/.\n\
+         bronze-ingest also reads BRONZE_LOOKBACK (24h) and BRONZE_LEASE_SECS (30).\n\n{}\n\n{}",
+        lake_common::ENV_HELP,
+        lake_common::EXIT_CODES_HELP
+    )
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -254,3 +254,33 @@ async fn a_lake_of_a_newer_format_is_refused() {
         "nothing written"
     );
 }
+
+/// `--help` says what the job does, the variables it reads and the exit codes;
+/// `--version` names the commit.
+#[test]
+fn help_lists_the_environment_and_exit_codes_and_version_the_commit() {
+    let out = std::process::Command::new(BIN)
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for needle in [
+        "DJANGO_DB_HOST",
+        "S3_BUCKET",
+        "BRONZE_LEASE_SECS",
+        "Exit codes:",
+        "4  another run holds",
+    ] {
+        assert!(
+            help.contains(needle),
+            "{needle} missing from --help:\n{help}"
+        );
+    }
+    let out = std::process::Command::new(BIN)
+        .arg("--version")
+        .output()
+        .unwrap();
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(version.contains("(commit "), "{version}");
+}

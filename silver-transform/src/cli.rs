@@ -9,13 +9,30 @@ use lake_common::{Classified, ExitStatus};
 use crate::key::Shard;
 use crate::{Mode, Options};
 
+fn after_help() -> String {
+    format!(
+        "silver-transform reads only the lake (no database), except on a store without\n\
+         conditional writes, where it holds a PostgreSQL advisory lock per shard and needs\n\
+         the DJANGO_DB_* settings. It also reads SILVER_MAX_VIOLATION_RATIO (0.01),\n\
+         SILVER_SHARD_COUNT (1) and JOB_COMPLETION_INDEX (0).\n\n{}\n\n{}",
+        lake_common::ENV_HELP,
+        lake_common::EXIT_CODES_HELP
+    )
+}
+
 /// Build silver.stop_executions from bronze.events: incremental, validated,
 /// quarantined, summarised.
 ///
 /// By default the run reads the bronze batches committed since the last silver
 /// run and recomputes exactly the partitions they affect.
 #[derive(Debug, Parser)]
-#[command(name = "silver-transform", version, about, long_about = None)]
+#[command(
+    name = "silver-transform",
+    version = lake_common::BUILD_VERSION,
+    about,
+    long_about = None,
+    after_help = after_help()
+)]
 pub struct Args {
     /// Also recompute every partition of this UTC day.
     #[arg(long, conflicts_with_all = ["from", "to", "full_refresh"])]
