@@ -45,6 +45,8 @@ CMD ["/usr/local/bin/bronze-ingest", "--help"]
 # ---------------------------------------------------------------------------
 FROM docker.io/library/rust:1-bookworm AS builder
 ARG TARGET=x86_64-unknown-linux-musl
+# The commit `--version` names (.git is not in the build context).
+ARG REVISION=unknown
 # musl-gcc compiles the C parts (zstd, aws-lc) for the musl target.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends musl-tools ca-certificates \
@@ -59,7 +61,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     rustup target add "${TARGET}" \
- && cargo build --locked --release --target "${TARGET}" \
+ && LAKE_GIT_COMMIT="${REVISION}" cargo build --locked --release --target "${TARGET}" \
       -p robson-lake \
  && mkdir -p /rootfs/usr/local/bin /rootfs/etc/ssl/certs /rootfs/tmp \
  && chmod 1777 /rootfs/tmp \
