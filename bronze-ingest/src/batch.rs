@@ -103,9 +103,19 @@ impl DatasetReport {
     pub fn failed(table: &SourceTable, err: &anyhow::Error, seconds: f64) -> Self {
         let busy = lake_common::telemetry::exit_status_of(err.as_ref()) == ExitStatus::Busy;
         Self {
+            outcome: if busy { Outcome::Busy } else { Outcome::Failed },
+            seconds,
+            error: Some(format!("{err:#}")),
+            ..Self::empty(table)
+        }
+    }
+
+    /// A dataset's report before anything happened ("nothing new").
+    fn empty(table: &SourceTable) -> Self {
+        Self {
             dataset: table.dataset.to_string(),
             table: table.table.into(),
-            outcome: if busy { Outcome::Busy } else { Outcome::Failed },
+            outcome: Outcome::NothingNew,
             batch: None,
             resumed: false,
             h_prev: None,
@@ -116,8 +126,8 @@ impl DatasetReport {
             rows_per_day: Default::default(),
             superseded_files: 0,
             findings: Findings::default(),
-            seconds,
-            error: Some(format!("{err:#}")),
+            seconds: 0.0,
+            error: None,
         }
     }
 }
@@ -166,23 +176,7 @@ pub async fn run_dataset(
         );
     }
 
-    let mut report = DatasetReport {
-        dataset: dataset.to_string(),
-        table: table.table.into(),
-        outcome: Outcome::NothingNew,
-        batch: None,
-        resumed: false,
-        h_prev: None,
-        h: None,
-        rows: 0,
-        files: 0,
-        bytes: 0,
-        rows_per_day: Default::default(),
-        superseded_files: 0,
-        findings: Findings::default(),
-        seconds: 0.0,
-        error: None,
-    };
+    let mut report = DatasetReport::empty(table);
 
     let log = Log::new(
         lake.clone(),

@@ -36,14 +36,21 @@ fn pending() -> BatchManifest {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_renewal_whose_answer_was_lost_keeps_the_lease() {
+const LEASE: Duration = Duration::from_millis(1500);
+
+/// A conditional log whose writes go through a fresh fault proxy.
+async fn through_proxy(lease: Duration) -> (TestS3, FaultProxy, Log) {
     let s3 = TestS3::start().await.unwrap();
     let bucket = s3.new_bucket().await.unwrap();
     let proxy = FaultProxy::start(&s3, 1).unwrap();
     let lake = lake_from(proxy.env(&s3, &bucket));
-    let lease = Duration::from_millis(1500);
-    let log = Log::new(lake, Mode::Conditional, lease);
+    (s3, proxy, Log::new(lake, Mode::Conditional, lease))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renewal_whose_answer_was_lost_keeps_the_lease() {
+    let (_s3, proxy, log) = through_proxy(LEASE).await;
+    let lease = LEASE;
     // Manifest PUTs: 1 = pin, 2 = first renewal (its answer is lost, the retry gets 412).
     proxy.add_rule(
         Rule::new(Fault::LoseResponse)
@@ -114,12 +121,8 @@ async fn a_run_that_cannot_renew_is_fenced_and_taken_over() {
 /// write, which is recognised (by its attempt id) instead of fencing the run.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unsettled_renewal_is_recognised_by_the_next_one() {
-    let s3 = TestS3::start().await.unwrap();
-    let bucket = s3.new_bucket().await.unwrap();
-    let proxy = FaultProxy::start(&s3, 2).unwrap();
-    let lake = lake_from(proxy.env(&s3, &bucket));
-    let lease = Duration::from_millis(1500);
-    let log = Log::new(lake, Mode::Conditional, lease);
+    let (_s3, proxy, log) = through_proxy(LEASE).await;
+    let lease = LEASE;
     proxy.add_rule(
         Rule::new(Fault::LoseResponse)
             .op(S3Op::PutObject)

@@ -67,7 +67,15 @@ impl Harness {
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
-        let out = self.command(args).output().expect("spawn bronze-ingest");
+        self.run_with(&self.env(), args)
+    }
+
+    /// Runs the binary with `env` and echoes what it printed (shown on failure).
+    pub fn run_with(&self, env: &[(String, String)], args: &[&str]) -> Output {
+        let out = self
+            .command_with(env, args)
+            .output()
+            .expect("spawn bronze-ingest");
         eprintln!(
             "bronze-ingest {args:?} -> {:?}\nstdout:\n{}\nstderr:\n{}",
             out.status.code(),
@@ -81,17 +89,7 @@ impl Harness {
     pub fn run_text(&self, args: &[&str]) -> Output {
         let mut env = self.env();
         env.push(("LOG_FORMAT".into(), "text".into()));
-        let out = self
-            .command_with(&env, args)
-            .output()
-            .expect("spawn bronze-ingest");
-        eprintln!(
-            "bronze-ingest (text) {args:?} -> {:?}\nstdout:\n{}\nstderr:\n{}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        self.run_with(&env, args)
     }
 
     pub fn run_text_ok(&self, args: &[&str]) -> Output {
