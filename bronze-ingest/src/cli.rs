@@ -72,6 +72,7 @@ where
     let cli = Cli::parse_from(args);
     telemetry::init(LogFormat::from_env());
     let result = (|| {
+        telemetry::check_log_format()?;
         let days = crate::days(cli.date, cli.from, cli.to)?;
         let config = lake_common::Config::from_env()?;
         let opts = Options {

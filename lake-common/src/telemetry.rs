@@ -35,6 +35,22 @@ impl LogFormat {
     }
 }
 
+/// Refuses a `LOG_FORMAT` that is neither `json` nor `text` (a typo would
+/// otherwise silently pick the automatic format).
+pub fn check_log_format() -> Result<(), Classified> {
+    match std::env::var("LOG_FORMAT") {
+        Ok(v) if !matches!(v.to_ascii_lowercase().as_str(), "json" | "text") => {
+            Err(Classified::new(
+                ExitStatus::Usage,
+                format!(
+                    "LOG_FORMAT={v:?} is neither json nor text: set one of them, or unset it for the automatic choice"
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Installs the global subscriber. Safe to call twice (the second call is a no-op),
 /// so tests can call it freely.
 pub fn init(format: LogFormat) {
