@@ -183,7 +183,7 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<ExitStatus> 
     let result = run_with(config, opts, &lake, &mut report).await;
     report.finished_at = Utc::now();
     report.seconds = started.elapsed().as_secs_f64();
-    report.peak_rss_bytes = peak_rss_bytes();
+    report.peak_rss_bytes = lake_common::telemetry::peak_rss_bytes();
     if let Err(e) = &result {
         report.outcome = match lake_common::telemetry::exit_status_of(e.as_ref()) {
             ExitStatus::Busy => RunOutcome::Busy,
@@ -421,11 +421,6 @@ async fn export_dataset(
     let r = batch::run_dataset(lake, client, table, snapshot, &settings, &progress).await;
     bar.finish_and_clear();
     r
-}
-
-/// Peak resident set size of this process (see [`lake_common::telemetry::peak_rss_bytes`]).
-pub fn peak_rss_bytes() -> Option<u64> {
-    lake_common::telemetry::peak_rss_bytes()
 }
 
 fn print_summary(r: &RunReport) {
