@@ -15,8 +15,7 @@ use lake_common::commit::fence::Fence;
 use lake_common::commit::{Claim, CommitError, LEASE_WAIT, Log, Mode, Pinned, Stored};
 use lake_common::manifest::{self, BatchManifest, BatchState, DataFile, MANIFEST_FORMAT};
 use lake_common::schema::SourceTable;
-use lake_common::{Classified, ExitStatus, Lake, Partition};
-use object_store::ObjectStoreExt;
+use lake_common::{Classified, Dataset, ExitStatus, Lake, Partition};
 use object_store::path::Path;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -438,13 +437,20 @@ async fn execute(
     let (done_tx, done_rx) = oneshot::channel();
     let writer = tokio::spawn({
         let lake = lake.clone();
-        let (batch, dry_run) = (plan.batch, settings.dry_run);
+        let dry_run = settings.dry_run;
+        // An events batch re-executes to the same bytes; a backfill (whatever
+        // PostgreSQL holds now) and an outbox batch (rows updated in place) may not.
+        let names = write::FileNames {
+            batch: plan.batch,
+            attempt: (!plan.backfill_days.is_empty() || table.dataset == Dataset::BronzeOutbox)
+                .then(|| settings.run_id.clone()),
+        };
         async move {
             let input = write::Input {
                 chunks: rx,
                 complete: done_rx,
             };
-            write::write_partitions(&lake, table, batch, dry_run, input, &after_file).await
+            write::write_partitions(&lake, table, &names, dry_run, input, &after_file).await
         }
     });
     let extracted = extract::extract(
@@ -485,10 +491,7 @@ pub fn batch_of(path: &Path) -> Option<u64> {
 /// file bearing its number that it does not list (left by a crashed earlier
 /// attempt). Idempotent, so it is re-run at the start of the next run.
 async fn cleanup(lake: &Lake, committed: &BatchManifest) -> anyhow::Result<()> {
-    let dataset = [
-        lake_common::Dataset::BronzeEvents,
-        lake_common::Dataset::BronzeOutbox,
-    ]
+    let dataset = [Dataset::BronzeEvents, Dataset::BronzeOutbox]
     .into_iter()
     .find(|d| d.dir() == committed.dataset)
     .ok_or_else(|| anyhow::anyhow!("unknown dataset {}", committed.dataset))?;
@@ -509,13 +512,9 @@ async fn cleanup(lake: &Lake, committed: &BatchManifest) -> anyhow::Result<()> {
             .map(|m| m.location)
             .filter(|p| batch_of(p) == Some(committed.batch) && !listed.contains(p.as_ref())),
     );
-    for path in doomed {
-        match lake.store().delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
-                tracing::debug!(path = %path, "Deleted obsolete file");
-            }
-            Err(e) => return Err(e.into()),
-        }
+    let n = lake.delete_all(doomed).await?;
+    if n > 0 {
+        tracing::debug!(files = n, batch = committed.batch, "Deleted obsolete files");
     }
     Ok(())
 }

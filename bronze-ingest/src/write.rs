@@ -10,6 +10,7 @@ use lake_common::manifest::DataFile;
 use lake_common::parquet_io::FileWriter;
 use lake_common::schema::{SourceTable, TARGET_FILE_BYTES};
 use lake_common::{Lake, Partition};
+use object_store::path::Path;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::extract::Chunk;
@@ -54,19 +55,42 @@ pub struct Input {
     pub complete: oneshot::Receiver<bool>,
 }
 
+/// How a batch names its files.
+#[derive(Debug, Clone)]
+pub struct FileNames {
+    /// The batch number (in every name, so clean-up finds a batch's files).
+    pub batch: u64,
+    /// `Some(attempt)` when a re-execution may not write the same bytes (a
+    /// backfill; an outbox batch, whose rows are updated in place): the names
+    /// are then unique to the attempt. `None`: the same bytes under the same
+    /// names (an events batch), so a late write of a fenced attempt is harmless.
+    pub attempt: Option<String>,
+}
+
+impl FileNames {
+    /// The `n`-th file of `date`.
+    pub fn path(&self, table: &SourceTable, date: NaiveDate, n: u32) -> Path {
+        let p = Partition::date(date);
+        match &self.attempt {
+            None => table.dataset.batch_file(&p, self.batch, n),
+            Some(a) => table.dataset.attempt_file(&p, self.batch, n, a),
+        }
+    }
+}
+
 /// Consumes chunks until the channel closes and writes them. The last file is
 /// finished only if the input was complete: otherwise it is aborted (with its
 /// multipart upload), so no truncated file ever lands under a final name.
 pub async fn write_partitions(
     lake: &Lake,
     table: &SourceTable,
-    batch_no: u64,
+    names: &FileNames,
     dry_run: bool,
     input: Input,
     after_file: AfterFile<'_>,
 ) -> Result<Written, WriteError> {
     let mut open: Option<(NaiveDate, u32, FileWriter)> = None;
-    let result = write_all(lake, table, batch_no, dry_run, input, after_file, &mut open).await;
+    let result = write_all(lake, table, names, dry_run, input, after_file, &mut open).await;
     if result.is_err()
         && let Some((_, _, w)) = open.take()
     {
@@ -78,7 +102,7 @@ pub async fn write_partitions(
 async fn write_all(
     lake: &Lake,
     table: &SourceTable,
-    batch_no: u64,
+    names: &FileNames,
     dry_run: bool,
     mut input: Input,
     after_file: AfterFile<'_>,
@@ -107,9 +131,7 @@ async fn write_all(
             if let Some((date, _, w)) = open.take() {
                 finish(&mut out, date, w, after_file).await?;
             }
-            let path = table
-                .dataset
-                .batch_file(&Partition::date(chunk.date), batch_no, n);
+            let path = names.path(table, chunk.date, n);
             let w = FileWriter::bronze(lake, table, path.clone()).map_err(|source| {
                 WriteError::Parquet {
                     path: path.to_string(),

@@ -75,10 +75,13 @@ impl Dataset {
             .join(format!("part-{batch:010}-{n:04}.parquet"))
     }
 
-    /// A silver data file: `client_id=…/date=…/part-<n:04>.parquet`.
-    pub fn part_file(self, partition: &Partition, n: u32) -> Path {
+    /// A bronze data file whose bytes a re-execution may not reproduce (a
+    /// backfill, an outbox batch): `part-<batch:010>-<n:04>-<attempt>.parquet`. A
+    /// write still in flight from an attempt that lost its lease then lands under
+    /// a name no manifest lists, never on a committed file (SPEC §5.6).
+    pub fn attempt_file(self, partition: &Partition, batch: u64, n: u32, attempt: &str) -> Path {
         self.partition(partition)
-            .join(format!("part-{n:04}.parquet"))
+            .join(format!("part-{batch:010}-{n:04}-{attempt}.parquet"))
     }
 }
 
@@ -202,8 +205,8 @@ mod tests {
     fn silver_paths() {
         let p = Partition::client_date(17, d("2026-01-09"));
         assert_eq!(
-            Dataset::SilverStopExecutions.part_file(&p, 0).as_ref(),
-            "silver/stop_executions/client_id=17/date=2026-01-09/part-0000.parquet"
+            Dataset::SilverStopExecutions.partition(&p).as_ref(),
+            "silver/stop_executions/client_id=17/date=2026-01-09"
         );
         assert_eq!(
             Dataset::QuarantineStopExecutions
@@ -223,7 +226,7 @@ mod tests {
             ),
             (Dataset::BronzeEvents, Partition::date(d("1999-12-31"))),
         ] {
-            let file = ds.part_file(&p, 1);
+            let file = ds.partition(&p).join("part-0000000001-abc.parquet");
             assert_eq!(Partition::parse(ds, &file), Some(p));
         }
         assert_eq!(

@@ -198,6 +198,28 @@ impl Lake {
         self.store.put(path, PutPayload::from(bytes)).await
     }
 
+    /// Deletes `paths` (bulk requests where the store has them: S3's
+    /// `DeleteObjects` takes 1,000 keys per request). An object already gone
+    /// counts as deleted, so a clean-up interrupted half-way is simply run again.
+    /// Returns how many paths were deleted.
+    pub async fn delete_all(&self, paths: Vec<Path>) -> object_store::Result<usize> {
+        use futures::{StreamExt, TryStreamExt};
+        if paths.is_empty() {
+            return Ok(0);
+        }
+        let stream = futures::stream::iter(paths.into_iter().map(Ok)).boxed();
+        self.store
+            .delete_stream(stream)
+            .or_else(|e| async move {
+                match e {
+                    object_store::Error::NotFound { path, .. } => Ok(Path::from(path)),
+                    e => Err(e),
+                }
+            })
+            .try_fold(0, |n, _| async move { Ok(n + 1) })
+            .await
+    }
+
     /// Reads a whole (small) object.
     pub async fn get_bytes(&self, path: &Path) -> object_store::Result<Bytes> {
         self.store.get(path).await?.bytes().await

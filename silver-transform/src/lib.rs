@@ -290,9 +290,14 @@ async fn execute(
             ),
         )));
     }
+    let committed = found.committed.as_ref();
+    if let Some(m) = committed
+        && !options.dry_run
+    {
+        delete_superseded(lake, m).await;
+    }
     let view = BronzeView::load(lake).await?;
     let full = options.mode == Mode::FullRefresh;
-    let committed = found.committed.as_ref();
     report.base_version = committed.map(|m| m.version);
     report.bronze_committed_batches = view.committed().len() as u64;
 
@@ -322,13 +327,30 @@ async fn execute(
             "Found versions of crashed runs; recomputing the partitions they planned"
         );
     }
+    // Objects a crashed run may have left in the partitions it planned (or, for
+    // a full refresh, anywhere in the shard): those no manifest lists are deleted
+    // before publishing.
+    let mut found_objects = if full {
+        list_objects(lake, shard, None).await?
+    } else {
+        list_objects(lake, shard, Some(&forced)).await?
+    };
     if full {
         forced.extend(prior.partitions.iter().copied());
-        forced.extend(list_existing(lake, shard).await?);
+        forced.extend(found_objects.keys().copied());
     }
-    // Partitions whose objects may exist although the committed table does not
-    // say so (written by a crashed run, or found by listing): empty ones are deleted.
-    let unknown = forced.clone();
+    let referenced: BTreeSet<&str> = table
+        .values()
+        .flat_map(|r| [&r.silver, &r.quarantine])
+        .flatten()
+        .map(|f| f.path.as_str())
+        .collect();
+    let orphans: Vec<Path> = std::mem::take(&mut found_objects)
+        .into_values()
+        .flatten()
+        .filter(|p| !referenced.contains(p.as_ref()))
+        .collect();
+    drop(referenced);
     report
         .timings_ms
         .insert("load_state", t.elapsed().as_millis() as u64);
@@ -437,13 +459,20 @@ async fn execute(
             .update(|m| m.planned = rows.keys().map(|p| (*p).into()).collect())
             .await
     );
-    let may_exist = |p: &PartitionKey| match table.get(p) {
-        _ if unknown.contains(p) => (true, true),
-        Some(t) => (t.silver.is_some(), t.quarantine.is_some()),
-        None => (false, false),
-    };
-    let published =
-        or_release!(publish_all(lake, &lease, &rows, may_exist, options.pause_after_publish).await);
+    if !orphans.is_empty() {
+        let n = orphans.len();
+        or_release!(
+            lake.fenced(lease.fence())
+                .delete_all(orphans)
+                .await
+                .context("deleting objects no silver manifest lists")
+        );
+        report.partitions.orphans_deleted = n as u64;
+        tracing::info!(objects = n, "Deleted objects of crashed runs that no manifest lists");
+    }
+    let published = or_release!(
+        publish_all(lake, &lease, &rows, &run.id, options.pause_after_publish).await
+    );
     report
         .timings_ms
         .insert("publish", t.elapsed().as_millis() as u64);
@@ -457,6 +486,13 @@ async fn execute(
     // Commit. The executions are no longer needed: they become index entries.
     let t = Instant::now();
     let rewritten: Vec<manifest::PartitionRef> = rows.keys().map(|p| (*p).into()).collect();
+    let superseded: Vec<String> = rows
+        .keys()
+        .filter_map(|p| table.get(p))
+        .flat_map(|r| [&r.silver, &r.quarantine])
+        .flatten()
+        .map(|f| f.path.clone())
+        .collect();
     drop(rows);
     let index = incremental::finish_index(rec.index, rec.executions, &rec.attempted);
     report.rows.index_keys = index.len() as u64;
@@ -493,8 +529,10 @@ async fn execute(
     m.index = Some(index_file);
     m.index_keys = report.rows.index_keys;
     m.partitions = table.into_values().collect();
-    lease.commit(m).await?;
+    m.superseded = superseded;
+    let committed = lease.commit(m).await?;
     report.committed_version = Some(version);
+    delete_superseded(lake, &committed).await;
     match manifest::prune(lake, shard, version).await {
         Ok(0) => {}
         Ok(n) => tracing::debug!(objects = n, "Pruned old silver manifest versions"),
@@ -559,14 +597,14 @@ async fn publish_all(
     lake: &Lake,
     lease: &Lease,
     rows: &BTreeMap<PartitionKey, PartitionRows<'_>>,
-    may_exist: impl Fn(&PartitionKey) -> (bool, bool),
+    run: &str,
     pause: Option<Duration>,
 ) -> anyhow::Result<Vec<(PartitionKey, Published)>> {
     // Every partition write goes through the version's fence.
     let lake = &lake.fenced(lease.fence());
     futures::stream::iter(rows.iter())
         .map(|(p, r)| {
-            let prepared = publish::prepare(*p, r, may_exist(p));
+            let prepared = publish::prepare(*p, r, lease.version(), run);
             let lake = lake.clone();
             async move {
                 lease.check()?;
@@ -607,21 +645,62 @@ async fn write_index(lake: &Lake, path: Path, index: &KeyIndex) -> anyhow::Resul
     })
 }
 
-/// Partitions (owned by `shard`) that have a silver or quarantine object in the
-/// lake, whatever the manifests say: a full refresh replaces or deletes them all.
-async fn list_existing(lake: &Lake, shard: Shard) -> anyhow::Result<BTreeSet<PartitionKey>> {
-    let mut out = BTreeSet::new();
-    for dataset in [
-        Dataset::SilverStopExecutions,
-        Dataset::QuarantineStopExecutions,
-    ] {
+/// Deletes the objects a committed version superseded. Runs right after the
+/// commit and again at the start of the next run (the first may have died in
+/// between), so a glob reader sees them only within one run's publish window.
+/// They are listed by no version at or after `m`, so this needs no lease; a
+/// failure only leaves them to the next run.
+async fn delete_superseded(lake: &Lake, m: &SilverManifest) {
+    let paths: Vec<Path> = m.superseded.iter().map(|p| Path::from(p.as_str())).collect();
+    match lake.delete_all(paths).await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(objects = n, version = m.version, "Deleted superseded silver objects"),
+        Err(e) => tracing::warn!(
+            error = %e,
+            version = m.version,
+            "Could not delete the objects this version superseded; the next run retries"
+        ),
+    }
+}
+
+/// The silver and quarantine objects of `shard`'s partitions in the lake,
+/// whatever the manifests say: of every partition (`only` = `None`, a full
+/// refresh), or of the given ones (a listing per partition and per date).
+async fn list_objects(
+    lake: &Lake,
+    shard: Shard,
+    only: Option<&BTreeSet<PartitionKey>>,
+) -> anyhow::Result<BTreeMap<PartitionKey, Vec<Path>>> {
+    let prefixes: BTreeSet<(Dataset, Path)> = match only {
+        None => [
+            Dataset::SilverStopExecutions,
+            Dataset::QuarantineStopExecutions,
+        ]
+        .into_iter()
+        .map(|d| (d, d.root()))
+        .collect(),
+        Some(set) => set
+            .iter()
+            .flat_map(|p| {
+                [
+                    (
+                        Dataset::SilverStopExecutions,
+                        Dataset::SilverStopExecutions.partition(&p.partition()),
+                    ),
+                    (Dataset::QuarantineStopExecutions, publish::quarantine_dir(*p)),
+                ]
+            })
+            .collect(),
+    };
+    let mut out: BTreeMap<PartitionKey, Vec<Path>> = BTreeMap::new();
+    for (dataset, prefix) in prefixes {
         let objects: Vec<Path> = lake
             .store()
-            .list(Some(&dataset.root()))
+            .list(Some(&prefix))
             .map_ok(|m| m.location)
             .try_collect()
             .await
-            .with_context(|| format!("listing {dataset}"))?;
+            .with_context(|| format!("listing {prefix}"))?;
         for path in objects {
             let Some(rel) = path.as_ref().strip_prefix(dataset.dir()) else {
                 continue;
@@ -632,15 +711,16 @@ async fn list_existing(lake: &Lake, shard: Shard) -> anyhow::Result<BTreeSet<Par
             let Some(Partition { client_id, date }) = Partition::parse(dataset, &path) else {
                 continue;
             };
-            let client = client_id.or_else(|| {
-                path.filename()?
-                    .strip_prefix("client-")?
-                    .strip_suffix(".parquet")?
-                    .parse()
-                    .ok()
-            });
-            if let Some(c) = client.filter(|c| shard.owns(*c)) {
-                out.insert(PartitionKey::from_date(c, date));
+            let client =
+                client_id.or_else(|| path.filename().and_then(publish::quarantine_client));
+            let Some(key) = client
+                .filter(|c| shard.owns(*c))
+                .map(|c| PartitionKey::from_date(c, date))
+            else {
+                continue;
+            };
+            if only.is_none_or(|set| set.contains(&key)) {
+                out.entry(key).or_default().push(path);
             }
         }
     }

@@ -178,6 +178,10 @@ pub struct SilverManifest {
     /// The shard's partitions after this version.
     #[serde(default)]
     pub partitions: Vec<PartitionRecord>,
+    /// Objects of the base version this one replaced: deleted right after the
+    /// commit, and again by the next run in case this one died in between.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub superseded: Vec<String>,
 }
 
 impl SilverManifest {
@@ -207,6 +211,7 @@ impl SilverManifest {
             index: None,
             index_keys: 0,
             partitions: vec![],
+            superseded: vec![],
         }
     }
 

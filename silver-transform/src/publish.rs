@@ -1,18 +1,28 @@
-//! Atomic publication of silver partitions.
+//! Publication of silver partitions under names no other write uses.
 //!
-//! A partition is exactly one object, `client_id=<c>/date=<d>/part-0000.parquet`,
-//! replaced in one step: a single PUT, or a multipart upload whose completion is
-//! atomic, on S3; a write to a temporary file and a rename on a local lake.
-//! A reader that lists the Hive directories (Spark, DuckDB, pyarrow) therefore
-//! sees the old file or the new one, never a mix, never two, and never nothing
-//! while a partition is rewritten. A partition left without executions is
-//! deleted, which is its new version. The quarantine rows of the same partition
-//! key go to one object too,
-//! `silver/_quarantine/stop_executions/date=<d>/client-<c>.parquet`, so shards
-//! (which own disjoint clients) never write the same object.
+//! Every version writes each partition it recomputes as new objects whose names
+//! carry the version and the run
+//! (`client_id=<c>/date=<d>/part-<version:010>-<run>.parquet`, and
+//! `silver/_quarantine/stop_executions/date=<d>/client-<c>-<version:010>-<run>.parquet`
+//! for its quarantine rows), never over an existing object. The manifest commit
+//! switches readers from the old objects to the new ones; the superseded objects
+//! are deleted right after it (and again by the next run if this one dies in
+//! between). So:
 //!
-//! Rows are sorted by `(first_event_at, execution_id)` and written with the lake's
-//! fixed writer properties, so the same executions always give the same bytes.
+//! * a reader that follows the manifest always reads one committed version: the
+//!   objects it lists stay until a newer version has committed; one that finds
+//!   an object gone re-reads the manifest;
+//! * a write still in flight from a run that lost its lease lands under a name no
+//!   manifest lists, never over a committed object (SPEC §5.6); the next run that
+//!   recomputes the partition deletes such orphans, garbage collection is the
+//!   backstop;
+//! * a reader that globs the Hive directories sees a partition twice only between
+//!   a version's upload and its clean-up (one run's publish window), and after a
+//!   crash until the retry ran.
+//!
+//! Shards own disjoint clients, so they never write the same object. Rows are
+//! sorted by `(first_event_at, execution_id)` and written with the lake's fixed
+//! writer properties, so the same executions always give the same bytes.
 
 use std::sync::Arc;
 
@@ -24,7 +34,6 @@ use arrow::datatypes::SchemaRef;
 use lake_common::parquet_io::FileWriter;
 use lake_common::schema::{silver_quarantine, silver_stop_executions};
 use lake_common::{Dataset, Lake, Partition};
-use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 
@@ -52,14 +61,6 @@ pub enum PublishError {
         /// Why.
         source: parquet::errors::ParquetError,
     },
-    /// Deleting an emptied partition failed.
-    #[error("cannot delete {path}: {source}")]
-    Delete {
-        /// Target file.
-        path: String,
-        /// Why.
-        source: object_store::Error,
-    },
     /// The lake's schema has a column silver does not know how to fill.
     #[error("silver does not know how to fill column {0}")]
     UnknownColumn(String),
@@ -78,16 +79,32 @@ pub struct FileRecord {
     pub sha256: String,
 }
 
-/// The silver data file of a partition.
-pub fn silver_path(p: PartitionKey) -> Path {
-    Dataset::SilverStopExecutions.part_file(&p.partition(), 0)
+/// The silver data file of a partition written by `run` for `version`.
+pub fn silver_path(p: PartitionKey, version: u64, run: &str) -> Path {
+    Dataset::SilverStopExecutions
+        .partition(&p.partition())
+        .join(format!("part-{version:010}-{run}.parquet"))
 }
 
-/// The quarantine file of a partition key.
-pub fn quarantine_path(p: PartitionKey) -> Path {
-    Dataset::QuarantineStopExecutions
-        .partition(&Partition::date(p.date()))
-        .join(format!("client-{}.parquet", p.client_id))
+/// The quarantine file of a partition written by `run` for `version`.
+pub fn quarantine_path(p: PartitionKey, version: u64, run: &str) -> Path {
+    quarantine_dir(p).join(format!(
+        "client-{}-{version:010}-{run}.parquet",
+        p.client_id
+    ))
+}
+
+/// The directory holding a partition's quarantine file (shared by every client
+/// of that date).
+pub fn quarantine_dir(p: PartitionKey) -> Path {
+    Dataset::QuarantineStopExecutions.partition(&Partition::date(p.date()))
+}
+
+/// The client of a quarantine file name: `client-<c>-….parquet` (or
+/// `client-<c>.parquet`, the name lakes written before version-unique names used).
+pub fn quarantine_client(name: &str) -> Option<i64> {
+    let rest = name.strip_prefix("client-")?.strip_suffix(".parquet")?;
+    rest.split('-').next()?.parse().ok()
 }
 
 /// One execution to write: its key text and its fold.
@@ -127,95 +144,66 @@ pub struct Published {
 pub struct PartitionBatches {
     /// The partition.
     pub partition: PartitionKey,
-    /// Silver rows (`None`: the partition is empty).
-    pub silver: Option<RecordBatch>,
-    /// Quarantine rows (`None`: no violations).
-    pub quarantine: Option<RecordBatch>,
-    /// Whether a silver object may exist (an empty partition then deletes it;
-    /// otherwise no request is made).
-    pub silver_may_exist: bool,
-    /// Whether a quarantine object may exist.
-    pub quarantine_may_exist: bool,
+    /// Silver rows and their file (`None`: the partition has no silver rows).
+    pub silver: Option<(Path, RecordBatch)>,
+    /// Quarantine rows and their file (`None`: no violations).
+    pub quarantine: Option<(Path, RecordBatch)>,
 }
 
-/// Builds the record batches of one partition (rows must be sorted). `may_exist`:
-/// whether its silver and quarantine objects may exist now.
+/// Builds the record batches of one partition (rows must be sorted), named for
+/// `version` written by `run`.
 pub fn prepare(
     partition: PartitionKey,
     rows: &PartitionRows<'_>,
-    may_exist: (bool, bool),
+    version: u64,
+    run: &str,
 ) -> Result<PartitionBatches, PublishError> {
     let build = |schema: SchemaRef, rows: Vec<(Row<'_>, Option<Rule>)>, path: Path| {
         if rows.is_empty() {
             return Ok(None);
         }
-        build_batch(&schema, &rows).map(Some).map_err(|e| match e {
-            BuildError::Arrow(source) => PublishError::Arrow {
+        match build_batch(&schema, &rows) {
+            Ok(batch) => Ok(Some((path, batch))),
+            Err(BuildError::Arrow(source)) => Err(PublishError::Arrow {
                 path: path.to_string(),
                 source,
-            },
-            BuildError::Unknown(c) => PublishError::UnknownColumn(c),
-        })
+            }),
+            Err(BuildError::Unknown(c)) => Err(PublishError::UnknownColumn(c)),
+        }
     };
     Ok(PartitionBatches {
         partition,
-        silver_may_exist: may_exist.0,
-        quarantine_may_exist: may_exist.1,
         quarantine: build(
             silver_quarantine(),
             rows.quarantine
                 .iter()
                 .map(|(r, rule)| (*r, Some(*rule)))
                 .collect(),
-            quarantine_path(partition),
+            quarantine_path(partition, version, run),
         )?,
         silver: build(
             silver_stop_executions(),
             rows.silver.iter().map(|r| (*r, None)).collect(),
-            silver_path(partition),
+            silver_path(partition, version, run),
         )?,
     })
 }
 
-/// Writes (or deletes) the silver and quarantine objects of one partition.
-/// Quarantine goes first: while an execution moves into quarantine, a reader may
-/// briefly find it in both places, never in neither.
+/// Writes the new silver and quarantine objects of one partition (none for an
+/// empty side: the commit drops the partition's old object from the table).
 pub async fn publish(lake: Lake, batches: PartitionBatches) -> Result<Published, PublishError> {
-    let p = batches.partition;
-    let quarantine = replace(
-        &lake,
-        quarantine_path(p),
-        batches.quarantine,
-        batches.quarantine_may_exist,
-    )
-    .await?;
-    let silver = replace(
-        &lake,
-        silver_path(p),
-        batches.silver,
-        batches.silver_may_exist,
-    )
-    .await?;
-    Ok(Published { silver, quarantine })
+    Ok(Published {
+        quarantine: write(&lake, batches.quarantine).await?,
+        silver: write(&lake, batches.silver).await?,
+    })
 }
 
-async fn replace(
+async fn write(
     lake: &Lake,
-    path: Path,
-    batch: Option<RecordBatch>,
-    may_exist: bool,
+    file: Option<(Path, RecordBatch)>,
 ) -> Result<Option<FileRecord>, PublishError> {
-    let Some(batch) = batch else {
-        if !may_exist {
-            return Ok(None);
-        }
-        return match lake.store().delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(source) => Err(PublishError::Delete {
-                path: path.to_string(),
-                source,
-            }),
-        };
+    let Some((path, batch)) = file else {
+        return Ok(None);
     };
     let write_err = |source| PublishError::Write {
         path: path.to_string(),

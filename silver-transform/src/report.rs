@@ -45,6 +45,8 @@ pub struct PartitionCounts {
     pub quarantine_files_written: u64,
     /// Partitions left empty and deleted.
     pub deleted: u64,
+    /// Objects of crashed runs that no manifest listed, deleted before publishing.
+    pub orphans_deleted: u64,
     /// The shard's partitions after the run.
     pub total: u64,
 }

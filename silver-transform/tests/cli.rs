@@ -107,10 +107,12 @@ async fn busy_exits_4_and_dry_run_writes_nothing() {
     );
 
     // Another run holds the shard: exit 4, nothing written.
+    let shard0 = Shard { index: 0, count: 2 };
+    let shard0_args = ["--shard-count", "2", "--shard-index", "0"];
     let holder = manifest::Lease::pin(
         &t.lake,
         SilverManifest::pending(
-            Shard::ALL,
+            shard0,
             1,
             "other-run",
             Duration::from_secs(60),
@@ -120,7 +122,7 @@ async fn busy_exits_4_and_dry_run_writes_nothing() {
     )
     .await
     .unwrap();
-    let out = t.run_bin(&[], &[]);
+    let out = t.run_bin(&shard0_args, &[]);
     assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stderr).contains("other-run"));
     assert!(objects(&t.lake, "silver/stop_executions").await.is_empty());
@@ -131,9 +133,9 @@ async fn busy_exits_4_and_dry_run_writes_nothing() {
     holder.release().await;
 
     // Free again: the run succeeds; a second one has nothing to do.
-    assert_eq!(t.run_bin(&[], &[]).status.code(), Some(0));
+    assert_eq!(t.run_bin(&shard0_args, &[]).status.code(), Some(0));
     assert_eq!(silver(&t.lake).await.len(), 1);
-    assert_eq!(t.run_bin(&[], &[]).status.code(), Some(0));
+    assert_eq!(t.run_bin(&shard0_args, &[]).status.code(), Some(0));
     assert_eq!(latest_report(&t.lake).await["outcome"], "nothing_new");
 }
 

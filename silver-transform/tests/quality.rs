@@ -118,7 +118,7 @@ async fn every_rule_quarantines_and_a_breach_exits_3_after_the_report() {
     assert_eq!(rows, want);
     let files = published(&t.lake).await;
     assert!(
-        files.contains_key("silver/_quarantine/stop_executions/date=2025-06-01/client-1.parquet"),
+        files.contains_key("silver/_quarantine/stop_executions/date=2025-06-01/client-1"),
         "{files:?}"
     );
 

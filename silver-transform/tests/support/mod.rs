@@ -474,11 +474,64 @@ pub async fn objects(lake: &Lake, prefix: &str) -> BTreeMap<String, String> {
     out
 }
 
-/// The silver data files and the quarantine files, with their checksums.
+/// The checksum of every published partition's silver file and quarantine file,
+/// keyed by partition (`silver/stop_executions/client_id=<c>/date=<d>` and
+/// `silver/_quarantine/stop_executions/date=<d>/client-<c>`): object names carry
+/// the version that wrote them, contents do not. Panics if a partition holds two
+/// objects — after a finished run, superseded objects and orphans must be gone.
 pub async fn published(lake: &Lake) -> BTreeMap<String, String> {
-    let mut all = objects(lake, "silver/stop_executions").await;
-    all.extend(objects(lake, "silver/_quarantine/stop_executions").await);
-    all
+    let mut out = BTreeMap::new();
+    for (path, sha) in objects(lake, "silver/stop_executions").await {
+        let dir = path.rsplit_once('/').unwrap().0.to_owned();
+        if let Some(other) = out.insert(dir.clone(), sha) {
+            panic!("two objects in partition {dir} (one with {other})");
+        }
+    }
+    for (path, sha) in objects(lake, "silver/_quarantine/stop_executions").await {
+        let (dir, name) = path.rsplit_once('/').unwrap();
+        let client = silver_transform::publish::quarantine_client(name).expect("client-<c>-…");
+        let key = format!("{dir}/client-{client}");
+        if out.insert(key.clone(), sha).is_some() {
+            panic!("two quarantine objects for {key}");
+        }
+    }
+    out
+}
+
+/// Every silver row of the latest committed version, read as a reader that
+/// follows the manifest does: the files the committed manifest lists, the
+/// manifest read again if one of them is gone (a newer version committed and
+/// deleted it meanwhile). Panics if a key appears twice.
+pub async fn silver_committed(lake: &Lake) -> BTreeMap<String, SilverRow> {
+    use silver_transform::manifest;
+    'retry: for _ in 0..10 {
+        let found = manifest::find(lake, silver_transform::key::Shard::ALL)
+            .await
+            .unwrap();
+        let Some(m) = found.committed else {
+            return BTreeMap::new();
+        };
+        let mut out = BTreeMap::new();
+        for part in &m.partitions {
+            let Some(file) = &part.silver else { continue };
+            let path = Path::from(file.path.as_str());
+            let bytes = match lake.get_bytes(&path).await {
+                Ok(b) => b,
+                Err(object_store::Error::NotFound { .. }) => continue 'retry,
+                Err(e) => panic!("{path}: {e}"),
+            };
+            assert_eq!(parquet_io::sha256_hex(&bytes), file.sha256, "{path}");
+            let date = part.date.format("%Y-%m-%d").to_string();
+            for batch in parquet_io::read_bytes(bytes).unwrap() {
+                for row in read_rows(&batch, Some(part.client_id), &date) {
+                    let key = row.execution_key.clone();
+                    assert!(out.insert(key.clone(), row).is_none(), "{key} twice");
+                }
+            }
+        }
+        return out;
+    }
+    panic!("the manifest kept changing under the reader");
 }
 
 fn read_rows(batch: &RecordBatch, client_from_path: Option<i64>, date: &str) -> Vec<SilverRow> {
