@@ -104,7 +104,7 @@ impl DatasetReport {
         Self {
             outcome: if busy { Outcome::Busy } else { Outcome::Failed },
             seconds,
-            error: Some(format!("{err:#}")),
+            error: Some(lake_common::telemetry::error_text(err)),
             ..Self::empty(table)
         }
     }
@@ -492,9 +492,9 @@ pub fn batch_of(path: &Path) -> Option<u64> {
 /// attempt). Idempotent, so it is re-run at the start of the next run.
 async fn cleanup(lake: &Lake, committed: &BatchManifest) -> anyhow::Result<()> {
     let dataset = [Dataset::BronzeEvents, Dataset::BronzeOutbox]
-    .into_iter()
-    .find(|d| d.dir() == committed.dataset)
-    .ok_or_else(|| anyhow::anyhow!("unknown dataset {}", committed.dataset))?;
+        .into_iter()
+        .find(|d| d.dir() == committed.dataset)
+        .ok_or_else(|| anyhow::anyhow!("unknown dataset {}", committed.dataset))?;
     let listed: std::collections::HashSet<&str> =
         committed.files.iter().map(|f| f.path.as_str()).collect();
     let mut doomed: Vec<Path> = committed

@@ -189,7 +189,7 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<ExitStatus> 
             ExitStatus::Busy => RunOutcome::Busy,
             _ => RunOutcome::Failed,
         };
-        report.error = Some(format!("{e:#}"));
+        report.error = Some(lake_common::telemetry::error_text(e));
     }
     print_summary(&report);
     if !opts.dry_run {
@@ -295,7 +295,7 @@ async fn run_with(
                         .batch_execute("ROLLBACK TO SAVEPOINT dataset")
                         .await
                         .ok();
-                    tracing::error!(dataset = %table.dataset, error = %format!("{e:#}"), "Dataset failed; going on with the next one");
+                    tracing::error!(dataset = %table.dataset, error = %lake_common::telemetry::error_text(&e), "Dataset failed; going on with the next one");
                     report.datasets.push(DatasetReport::failed(
                         table,
                         &e,

@@ -180,12 +180,35 @@ pub fn exit_status_of(err: &(dyn std::error::Error + 'static)) -> ExitStatus {
         {
             return ExitStatus::Usage;
         }
+        // A run that lost its claim stopped writing: another run holds the work
+        // (SPEC §5.4), whichever write found out first.
+        if e.is::<crate::commit::fence::Fenced>() {
+            return ExitStatus::Busy;
+        }
         cur = e.source();
     }
     ExitStatus::Failure
 }
 
-/// Ends a binary: logs the error chain on one line (`{:#}`) and returns the exit
+/// An error and its causes on one line, each cause once: many errors (the
+/// parquet writer's, object_store's, tokio-postgres's) already print their
+/// source in their own message, so `{:#}` would repeat it at every level.
+pub fn error_text(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for e in err.chain() {
+        let msg = e.to_string();
+        if msg.is_empty() || out.contains(msg.as_str()) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&msg);
+    }
+    out
+}
+
+/// Ends a binary: logs the error chain on one line ([`error_text`]) and returns the exit
 /// code of SPEC §8. The error is also printed to stderr plainly, so an operator
 /// reading `kubectl logs` sees it even with JSON logs.
 pub fn finish(result: Result<ExitStatus, anyhow::Error>) -> ExitCode {
@@ -193,9 +216,10 @@ pub fn finish(result: Result<ExitStatus, anyhow::Error>) -> ExitCode {
         Ok(status) => status.into(),
         Err(err) => {
             let status = exit_status_of(err.as_ref());
-            tracing::error!(exit_code = status as u8, "{err:#}");
+            let text = error_text(&err);
+            tracing::error!(exit_code = status as u8, "{text}");
             if !tracing::enabled!(tracing::Level::ERROR) {
-                eprintln!("error: {err:#}");
+                eprintln!("error: {text}");
             }
             status.into()
         }
@@ -206,6 +230,30 @@ pub fn finish(result: Result<ExitStatus, anyhow::Error>) -> ExitCode {
 mod tests {
     use super::*;
     use anyhow::Context;
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot write x: {0}")]
+        struct Outer(#[source] std::io::Error);
+        let err =
+            anyhow::Error::new(Outer(std::io::Error::other("disk full"))).context("publishing");
+        assert_eq!(error_text(&err), "publishing: cannot write x: disk full");
+        assert_eq!(
+            format!("{err:#}"),
+            "publishing: cannot write x: disk full: disk full"
+        );
+    }
+
+    #[test]
+    fn a_fenced_write_is_busy() {
+        let fenced = object_store::Error::Generic {
+            store: "fence",
+            source: Box::new(crate::commit::fence::Fenced("lease lost".into())),
+        };
+        let err = anyhow::Error::new(fenced).context("writing a partition");
+        assert_eq!(exit_status_of(err.as_ref()), ExitStatus::Busy);
+    }
 
     #[test]
     fn statuses_are_found_under_context() {

@@ -241,7 +241,7 @@ pub async fn run(lake: &Lake, options: &Options) -> anyhow::Result<RunReport> {
             let status = exit_status_of(err.as_ref());
             if status != ExitStatus::Busy && !options.dry_run {
                 report.outcome = Outcome::Failed;
-                report.error = Some(format!("{err:#}"));
+                report.error = Some(lake_common::telemetry::error_text(&err));
                 if let Err(e) = run.write_report(lake, &report).await {
                     tracing::warn!(error = %e, "Could not write the run report of the failed run");
                 }
@@ -444,13 +444,7 @@ async fn execute(
         ($e:expr) => {
             match $e {
                 Ok(v) => v,
-                Err(e) => {
-                    let e = anyhow::Error::from(e);
-                    if exit_status_of(e.as_ref()) != ExitStatus::Busy {
-                        lease.release().await;
-                    }
-                    return Err(e);
-                }
+                Err(e) => return Err(lease.fail(anyhow::Error::from(e)).await),
             }
         };
     }
@@ -468,11 +462,13 @@ async fn execute(
                 .context("deleting objects no silver manifest lists")
         );
         report.partitions.orphans_deleted = n as u64;
-        tracing::info!(objects = n, "Deleted objects of crashed runs that no manifest lists");
+        tracing::info!(
+            objects = n,
+            "Deleted objects of crashed runs that no manifest lists"
+        );
     }
-    let published = or_release!(
-        publish_all(lake, &lease, &rows, &run.id, options.pause_after_publish).await
-    );
+    let published =
+        or_release!(publish_all(lake, &lease, &rows, &run.id, options.pause_after_publish).await);
     report
         .timings_ms
         .insert("publish", t.elapsed().as_millis() as u64);
@@ -651,10 +647,18 @@ async fn write_index(lake: &Lake, path: Path, index: &KeyIndex) -> anyhow::Resul
 /// They are listed by no version at or after `m`, so this needs no lease; a
 /// failure only leaves them to the next run.
 async fn delete_superseded(lake: &Lake, m: &SilverManifest) {
-    let paths: Vec<Path> = m.superseded.iter().map(|p| Path::from(p.as_str())).collect();
+    let paths: Vec<Path> = m
+        .superseded
+        .iter()
+        .map(|p| Path::from(p.as_str()))
+        .collect();
     match lake.delete_all(paths).await {
         Ok(0) => {}
-        Ok(n) => tracing::debug!(objects = n, version = m.version, "Deleted superseded silver objects"),
+        Ok(n) => tracing::debug!(
+            objects = n,
+            version = m.version,
+            "Deleted superseded silver objects"
+        ),
         Err(e) => tracing::warn!(
             error = %e,
             version = m.version,
@@ -687,7 +691,10 @@ async fn list_objects(
                         Dataset::SilverStopExecutions,
                         Dataset::SilverStopExecutions.partition(&p.partition()),
                     ),
-                    (Dataset::QuarantineStopExecutions, publish::quarantine_dir(*p)),
+                    (
+                        Dataset::QuarantineStopExecutions,
+                        publish::quarantine_dir(*p),
+                    ),
                 ]
             })
             .collect(),
@@ -711,8 +718,7 @@ async fn list_objects(
             let Some(Partition { client_id, date }) = Partition::parse(dataset, &path) else {
                 continue;
             };
-            let client =
-                client_id.or_else(|| path.filename().and_then(publish::quarantine_client));
+            let client = client_id.or_else(|| path.filename().and_then(publish::quarantine_client));
             let Some(key) = client
                 .filter(|c| shard.owns(*c))
                 .map(|c| PartitionKey::from_date(c, date))

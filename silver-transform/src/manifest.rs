@@ -486,6 +486,27 @@ impl Lease {
     pub async fn release(self) {
         self.pinned.release().await;
     }
+
+    /// Ends the attempt after `err`: a run whose fence is raised lost the version
+    /// (whatever error its writes met first: a refused write, a timeout after a
+    /// freeze) and exits 4; any other failure releases the version first.
+    pub async fn fail(self, err: anyhow::Error) -> anyhow::Error {
+        let fence = self.pinned.fence();
+        if fence.is_raised() {
+            return busy(format!(
+                "{} version {}: this run lost its lease ({}); it stopped writing and wrote \
+                 nothing a reader follows (cause: {}). Raise --lease-secs if runs are slow",
+                self.shard,
+                self.version,
+                fence.reason(),
+                lake_common::telemetry::error_text(&err)
+            ));
+        }
+        if lake_common::telemetry::exit_status_of(err.as_ref()) != ExitStatus::Busy {
+            self.release().await;
+        }
+        err
+    }
 }
 
 fn fenced_is_busy(e: CommitError) -> anyhow::Error {

@@ -87,7 +87,9 @@ async fn sigkill_mid_rewrite_then_rerun() {
         let lake = lake.clone();
         async move {
             objects(&lake, "silver/stop_executions").await.len()
-                + objects(&lake, "silver/_quarantine/stop_executions").await.len()
+                + objects(&lake, "silver/_quarantine/stop_executions")
+                    .await
+                    .len()
         }
     };
     let initial = count(lake).await;
@@ -120,7 +122,10 @@ async fn sigkill_mid_rewrite_then_rerun() {
         "the kill came too late to test anything"
     );
     // Nothing of version 1 was touched.
-    assert_eq!(silver_committed(lake).await.len(), (CLIENTS * DAYS * 3) as usize);
+    assert_eq!(
+        silver_committed(lake).await.len(),
+        (CLIENTS * DAYS * 3) as usize
+    );
 
     // The crashed version is pending; the state is still version 1.
     let found = manifest::find(lake, Shard::ALL).await.unwrap();

@@ -8,6 +8,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use lake_testkit::{Fault, FaultProxy, Rule, S3Op};
+use silver_transform::key::Shard;
+use silver_transform::manifest;
 use support::*;
 
 fn events() -> Vec<Ev> {
@@ -131,4 +133,111 @@ async fn without_conditional_writes_silver_serialises_on_the_advisory_lock() {
     .await;
     assert_eq!(t.run_bin(&[], &env).status.code(), Some(0));
     assert_eq!(silver(&t.lake).await.len(), 41);
+}
+
+/// SPEC §5.4 / §5.6 fencing for silver: a run frozen past its lease in the
+/// middle of publishing (SIGSTOP), with one partition PUT still held on the
+/// wire, is overtaken by a run that commits newer data; the held PUT then lands.
+/// Its object carries a name unique to the frozen run, so it cannot change a
+/// committed object (in place, it would have replaced the partition with stale
+/// rows): every checksum of the committed manifest still matches. The frozen run
+/// wakes fenced and exits 4; the orphan is removed by the next recompute of the
+/// shard (garbage collection is the backstop).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_frozen_past_its_lease_mid_publish_cannot_change_a_committed_object() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let t = TestLake::new().await;
+    commit_batch(&t.lake, 1, &events()).await;
+    let proxy = FaultProxy::start(&t.s3, 5).unwrap();
+    // The first partition PUT is held 14 s, then forwarded (it lands).
+    proxy.add_rule(
+        Rule::new(Fault::Delay(Duration::from_secs(14)))
+            .op(S3Op::PutObject)
+            .key_contains("silver/stop_executions/client_id=")
+            .nth(1),
+    );
+    let endpoint = proxy.endpoint();
+    let first = t
+        .command(
+            &["--lease-secs", "2"],
+            &[
+                ("AWS_ENDPOINT", endpoint.as_str()),
+                ("SILVER_TEST_PAUSE_AFTER_PUBLISH_MS", "300"),
+                ("S3_TIMEOUT_SECS", "1"),
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proxy.fault_counts().is_empty() {
+        assert!(Instant::now() < deadline, "the first run never published");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let pid = Pid::from_raw(first.id() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let frozen_owner = manifest::read(&t.lake, Shard::ALL, 1)
+        .await
+        .unwrap()
+        .claim
+        .owner;
+    // New events for every partition, then (past lease + clock-skew allowance)
+    // a run that treats version 1 as abandoned and commits version 2.
+    let more: Vec<Ev> = (0..3)
+        .map(|c| {
+            Ev::new(
+                100 + c,
+                "2025-06-01T07:00:00Z",
+                Some(&format!("tok-new-{c}")),
+                "STOP_TRIGGERED",
+            )
+            .client(1 + c as i64)
+            .qty("1")
+        })
+        .collect();
+    commit_batch(&t.lake, 2, &more).await;
+    tokio::time::sleep(Duration::from_secs(2 + 5 + 1)).await;
+    let out = t.run_bin(&[], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(latest_report(&t.lake).await["committed_version"], 2);
+    // The held PUT lands after the commit.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !objects(&t.lake, "silver/stop_executions")
+        .await
+        .keys()
+        .any(|k| k.contains(&frozen_owner))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the held PUT never landed:\n{}",
+            proxy.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    kill(pid, Signal::SIGCONT).unwrap();
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "the frozen run is fenced: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The committed version reads whole, every checksum matching its object.
+    assert_eq!(silver_committed(&t.lake).await.len(), 43);
+    // The next recompute of the shard deletes the orphan: one object per
+    // partition, the bytes of a clean recompute.
+    assert_eq!(t.run_bin(&["--full-refresh"], &[]).status.code(), Some(0));
+    assert!(latest_report(&t.lake).await["partitions"]["orphans_deleted"].as_u64() >= Some(1));
+    let other = t.other_bucket().await;
+    commit_batch(&other, 1, &events()).await;
+    commit_batch(&other, 2, &more).await;
+    run(&other, &full_refresh()).await;
+    assert_eq!(published(&t.lake).await, published(&other).await);
 }
