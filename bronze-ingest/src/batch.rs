@@ -23,6 +23,7 @@ use tokio_postgres::Client;
 
 use crate::extract::{self, CHANNEL_CHUNKS, Findings, Selection};
 use crate::horizon::{self, Snapshot};
+use crate::identity;
 use crate::write;
 
 /// Settings of a run that every dataset shares.
@@ -92,9 +93,23 @@ pub struct DatasetReport {
     pub findings: Findings,
     /// Wall time of this dataset.
     pub seconds: f64,
+    /// Set when the batch followed a change of the table's file node (a
+    /// rewrite, `VACUUM FULL`, `CLUSTER`) and dropped rows already captured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<RewriteReport>,
     /// Why the dataset failed (outcome `failed` or `busy`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// What row identity did after a change of the table's file node (SPEC §5.7).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RewriteReport {
+    /// The table's file node in the batch's snapshot.
+    pub filenode: Option<u64>,
+    /// Rows the batch selected that were already captured, and dropped: every
+    /// row of the look-back window after a rewrite, none after `VACUUM FULL`.
+    pub duplicates_dropped: u64,
 }
 
 impl DatasetReport {
@@ -124,6 +139,7 @@ impl DatasetReport {
             bytes: 0,
             rows_per_day: Default::default(),
             superseded_files: 0,
+            rewrite: None,
             findings: Findings::default(),
             seconds: 0.0,
             error: None,
@@ -262,6 +278,19 @@ pub async fn run_dataset(
             // a pinned batch that can never run would block the dataset for good.
             horizon::predicate(prev.as_ref().map(|p| p.h), snapshot.xmin)?;
             let batch = prev.as_ref().map_or(1, |p| p.batch + 1);
+            let relfilenode = snapshot.filenodes.get(table.table).copied();
+            // A new file node since the last batch: the table may have been
+            // rewritten, every row re-inserted under a new xmin (SPEC §5.7).
+            let rewritten = match (prev.as_ref().and_then(|p| p.relfilenode), relfilenode) {
+                (Some(before), Some(now)) if before != now => {
+                    tracing::warn!(
+                        dataset = %dataset, before, now,
+                        "The table has a new file node (a rewrite, VACUUM FULL or CLUSTER): this batch drops rows already captured"
+                    );
+                    true
+                }
+                _ => false,
+            };
             let m = BatchManifest {
                 format: MANIFEST_FORMAT,
                 dataset: dataset.to_string(),
@@ -271,11 +300,15 @@ pub async fn run_dataset(
                 h: snapshot.xmin,
                 xmax: snapshot.xmax,
                 snapshot_time: snapshot.time,
-                scan_from: prev.as_ref().map(|p| {
+                // The outbox is never bounded in time: its rows are updated long
+                // after `created_at`, and every version is captured (SPEC §5.2).
+                scan_from: prev.as_ref().filter(|_| !table.updated_in_place).map(|p| {
                     p.snapshot_time
                         - chrono::Duration::from_std(settings.lookback).unwrap_or_default()
                 }),
                 system_identifier: snapshot.system_identifier.clone(),
+                relfilenode,
+                drop_captured: rewritten,
                 backfill_days: settings.backfill_days.clone(),
                 claim: Claim::default(),
                 committed_at: None,
@@ -336,6 +369,12 @@ pub async fn run_dataset(
     report.files = written.files.len();
     report.bytes = written.files.iter().map(|f| f.bytes).sum();
     report.superseded_files = supersedes.len();
+    if plan.drop_captured {
+        report.rewrite = Some(RewriteReport {
+            filenode: plan.relfilenode,
+            duplicates_dropped: written.captured_dropped,
+        });
+    }
 
     let Some(pinned) = pinned else {
         report.outcome = Outcome::DryRun;
@@ -431,6 +470,20 @@ async fn execute(
         backfill: (!plan.backfill_days.is_empty())
             .then(|| (plan.backfill_days.clone(), horizon::finished_before(plan.h))),
     };
+    let drop_captured = if plan.drop_captured {
+        let earlier: Vec<BatchManifest> = manifest::read_all(lake, table.dataset)
+            .await?
+            .into_iter()
+            .filter(|m| m.batch < plan.batch)
+            .collect();
+        // Events: only the days the time-bounded scan can select again.
+        let from = plan.scan_from.map(|t| t.date_naive());
+        let captured = identity::Captured::load(lake, table, &earlier, from).await?;
+        tracing::info!(dataset = %table.dataset, keys = captured.len(), from = ?from, "Loaded the captured rows to drop after a table rewrite");
+        Some(std::sync::Arc::new(captured))
+    } else {
+        None
+    };
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     // The end of the channel is not the end of the input: the writer finishes
     // its last file only when told the extraction succeeded.
@@ -442,13 +495,14 @@ async fn execute(
         // PostgreSQL holds now) and an outbox batch (rows updated in place) may not.
         let names = write::FileNames {
             batch: plan.batch,
-            attempt: (!plan.backfill_days.is_empty() || table.dataset == Dataset::BronzeOutbox)
+            attempt: (!plan.backfill_days.is_empty() || table.updated_in_place)
                 .then(|| settings.run_id.clone()),
         };
         async move {
             let input = write::Input {
                 chunks: rx,
                 complete: done_rx,
+                drop_captured,
             };
             write::write_partitions(&lake, table, &names, dry_run, input, &after_file).await
         }
@@ -469,11 +523,13 @@ async fn execute(
     let written = written?;
     let written_rows: u64 = written.rows_per_date.values().sum();
     anyhow::ensure!(
-        written_rows == rows,
-        "{}: read {rows} rows but wrote {written_rows}; nothing was committed",
-        table.dataset
+        written_rows + written.captured_dropped == rows,
+        "{}: read {rows} rows but wrote {written_rows} (and dropped {} already captured); \
+         nothing was committed",
+        table.dataset,
+        written.captured_dropped
     );
-    Ok((written, rows, findings, supersedes))
+    Ok((written, written_rows, findings, supersedes))
 }
 
 fn after_file(_: &DataFile) {

@@ -10,7 +10,11 @@
 //! are matched modulo 2^32, which is exact while a range spans fewer than 2^31
 //! transactions (refused otherwise).
 
+use std::collections::BTreeMap;
+
+use anyhow::Context;
 use chrono::{DateTime, Utc};
+use lake_common::schema::SourceTable;
 use tokio_postgres::Client;
 
 /// The snapshot a run reads everything from.
@@ -24,15 +28,46 @@ pub struct Snapshot {
     pub time: DateTime<Utc>,
     /// The cluster's `system_identifier` (a restore or another cluster changes it).
     pub system_identifier: String,
+    /// `pg_relation_filenode` of each locked source table: a command that
+    /// rewrites the table (and re-inserts its rows under a new xmin) changes it.
+    pub filenodes: BTreeMap<String, u64>,
 }
 
+/// How long the run waits for its `ACCESS SHARE` lock behind a migration's
+/// exclusive one before it gives up (exit 1; the Job retries).
+pub const LOCK_TIMEOUT_SECS: u64 = 120;
+
 /// Opens the run's `REPEATABLE READ READ ONLY` transaction and reads its snapshot.
-/// The snapshot query is the transaction's first statement, so it *is* the
-/// snapshot every later statement of the run sees.
-pub async fn begin(client: &Client) -> anyhow::Result<Snapshot> {
+///
+/// The source tables (`lock`) are locked `IN ACCESS SHARE MODE` first: `LOCK`
+/// takes no snapshot, so a table rewrite either committed before the lock (the
+/// snapshot sees the rewritten table and its new file node) or waits for the
+/// run to end — it can neither make the table look empty to the run nor hide
+/// itself (SPEC §5.1). The snapshot query is then the first statement that
+/// needs a snapshot, so it *is* the snapshot every later statement sees.
+pub async fn begin(client: &Client, lock: &[&SourceTable]) -> anyhow::Result<Snapshot> {
     client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL TIME ZONE 'UTC'")
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL TIME ZONE 'UTC'; \
+             SET LOCAL lock_timeout = '{LOCK_TIMEOUT_SECS}s'"
+        ))
         .await?;
+    if !lock.is_empty() {
+        let names: Vec<&str> = lock.iter().map(|t| t.table).collect();
+        client
+            .batch_execute(&format!(
+                "LOCK TABLE {} IN ACCESS SHARE MODE",
+                names.join(", ")
+            ))
+            .await
+            .with_context(|| {
+                format!(
+                    "locking {} IN ACCESS SHARE MODE (a migration holding an exclusive lock for more \
+                     than {LOCK_TIMEOUT_SECS} s makes this time out; the next run retries)",
+                    names.join(", ")
+                )
+            })?;
+    }
     let row = client
         .query_one(
             "SELECT pg_snapshot_xmin(s)::text, pg_snapshot_xmax(s)::text, now(), \
@@ -46,11 +81,25 @@ pub async fn begin(client: &Client) -> anyhow::Result<Snapshot> {
         text.parse()
             .map_err(|_| anyhow::anyhow!("PostgreSQL returned a non-numeric xid8 {text:?}"))
     };
+    let mut filenodes = BTreeMap::new();
+    for t in lock {
+        let row = client
+            .query_one(
+                "SELECT pg_relation_filenode($1::text::regclass)::bigint",
+                &[&t.table],
+            )
+            .await
+            .with_context(|| format!("reading the file node of {}", t.table))?;
+        if let Some(node) = row.get::<_, Option<i64>>(0) {
+            filenodes.insert(t.table.to_owned(), node as u64);
+        }
+    }
     Ok(Snapshot {
         xmin: parse(0)?,
         xmax: parse(1)?,
         time: row.get(2),
         system_identifier: row.get(3),
+        filenodes,
     })
 }
 

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod decode;
 pub mod extract;
 pub mod horizon;
+pub mod identity;
 pub mod verify;
 pub mod write;
 
@@ -219,7 +220,15 @@ async fn run_with(
         .map_err(|e| anyhow::anyhow!(postgres::explain_connect_error(&config.postgres, &e)))?;
     tracing::info!(run_id = %run_id, source = %config.postgres, lake = %lake.description(), dry_run = opts.dry_run, "Starting bronze-ingest");
 
-    let snapshot = horizon::begin(&client)
+    // Lock what can be read; a missing or unreadable table fails its own dataset
+    // later, with its fix (SPEC §5.10).
+    let mut lockable = Vec::new();
+    for table in opts.datasets.tables() {
+        if readable(&client, config, table).await.is_ok() {
+            lockable.push(table);
+        }
+    }
+    let snapshot = horizon::begin(&client, &lockable)
         .await
         .context("opening the snapshot transaction")?;
     tracing::info!(xmin = snapshot.xmin, xmax = snapshot.xmax, time = %snapshot.time, "Snapshot taken");

@@ -32,6 +32,9 @@ pub enum WriteError {
     /// Rows came out of order (would break determinism).
     #[error("rows of {0} arrived after a later date: the export is not sorted")]
     Unsorted(NaiveDate),
+    /// Comparing rows with the captured ones failed.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
 }
 
 /// Rows seen per date in a dry run, files in a real one.
@@ -39,8 +42,10 @@ pub enum WriteError {
 pub struct Written {
     /// Files written (empty in a dry run).
     pub files: Vec<DataFile>,
-    /// Rows per date (both modes).
+    /// Rows per date (both modes), after dropping captured rows.
     pub rows_per_date: std::collections::BTreeMap<NaiveDate, u64>,
+    /// Rows dropped because they were already captured (row identity).
+    pub captured_dropped: u64,
 }
 
 /// Called after each finished file (test fail-points hook in here).
@@ -53,6 +58,8 @@ pub struct Input {
     pub chunks: mpsc::Receiver<Chunk>,
     /// `true` once the extraction succeeded; `false` or dropped: it failed.
     pub complete: oneshot::Receiver<bool>,
+    /// Rows already captured, dropped from the input (after a table rewrite).
+    pub drop_captured: Option<std::sync::Arc<crate::identity::Captured>>,
 }
 
 /// How a batch names its files.
@@ -109,7 +116,15 @@ async fn write_all(
     open: &mut Option<(NaiveDate, u32, FileWriter)>,
 ) -> Result<Written, WriteError> {
     let mut out = Written::default();
-    while let Some(chunk) = input.chunks.recv().await {
+    while let Some(mut chunk) = input.chunks.recv().await {
+        if let Some(captured) = &input.drop_captured {
+            let (kept, dropped) = captured.drop_captured(chunk.batch)?;
+            out.captured_dropped += dropped;
+            chunk.batch = kept;
+            if chunk.batch.num_rows() == 0 {
+                continue;
+            }
+        }
         *out.rows_per_date.entry(chunk.date).or_default() += chunk.batch.num_rows() as u64;
         if dry_run {
             continue;

@@ -85,6 +85,15 @@ pub struct BatchManifest {
     pub scan_from: Option<DateTime<Utc>>,
     /// `system_identifier` of the PostgreSQL cluster.
     pub system_identifier: String,
+    /// `pg_relation_filenode` of the source table in the batch's snapshot: a
+    /// table rewrite changes it (`None` in lakes written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relfilenode: Option<u64>,
+    /// Whether the batch drops rows already captured (row identity, SPEC §5.7):
+    /// set when it is pinned after a change of the table's file node, so every
+    /// attempt of the batch selects the same rows.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drop_captured: bool,
     /// Days re-exported whole by a backfill (they supersede earlier files of those days).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backfill_days: Vec<NaiveDate>,
@@ -313,6 +322,8 @@ mod tests {
             snapshot_time: Utc::now(),
             scan_from: None,
             system_identifier: "7".into(),
+            relfilenode: None,
+            drop_captured: false,
             backfill_days: vec![],
             claim: Claim {
                 owner: "run".into(),

@@ -127,6 +127,10 @@ pub struct SourceTable {
     pub time_column: &'static str,
     /// The decimal column `--verify` sums per day.
     pub verify_sum_column: Option<&'static str>,
+    /// Rows are updated in place (the outbox): every committed row version is
+    /// captured, so the scan has no time bound, a re-execution may not
+    /// reproduce the same bytes, and row identity compares whole versions.
+    pub updated_in_place: bool,
     /// Columns with few distinct values, dictionary-encoded in bronze (see
     /// [`bronze_writer_properties`]); the lineage columns always are.
     pub dictionary: &'static [&'static str],
@@ -163,6 +167,7 @@ pub const STOP_EVENTS: SourceTable = SourceTable {
     key: "event_id",
     time_column: "occurred_at",
     verify_sum_column: Some("quantity"),
+    updated_in_place: false,
     dictionary: &[
         "client_id",
         "symbol",
@@ -199,6 +204,7 @@ pub const OUTBOX: SourceTable = SourceTable {
     key: "outbox_id",
     time_column: "created_at",
     verify_sum_column: None,
+    updated_in_place: true,
     dictionary: &[
         "aggregate_type",
         "event_type",

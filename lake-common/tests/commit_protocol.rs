@@ -27,6 +27,8 @@ fn pending() -> BatchManifest {
         snapshot_time: chrono::Utc::now(),
         scan_from: None,
         system_identifier: "1".into(),
+        relfilenode: None,
+        drop_captured: false,
         backfill_days: vec![],
         claim: Default::default(),
         committed_at: None,

@@ -182,6 +182,8 @@ async fn conditional_create_is_refused_the_second_time() {
         snapshot_time: chrono::Utc::now(),
         scan_from: None,
         system_identifier: "1".into(),
+        relfilenode: None,
+        drop_captured: false,
         backfill_days: vec![],
         claim: lake_common::commit::Claim {
             owner: "a".into(),

@@ -313,6 +313,8 @@ async fn write_batch(lake: &Lake, batch: u64, mut evs: Vec<Ev>) {
         snapshot_time: DateTime::<Utc>::from_timestamp_micros(WINDOW_END).unwrap(),
         scan_from: None,
         system_identifier: "bench".into(),
+        relfilenode: None,
+        drop_captured: false,
         backfill_days: vec![],
         claim: lake_common::commit::Claim {
             owner: "bench".into(),

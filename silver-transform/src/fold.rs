@@ -388,10 +388,24 @@ pub enum FoldError {
     Projection,
 }
 
+/// One day's fold.
+#[derive(Debug, Default)]
+pub struct Day {
+    /// The day's partial executions.
+    pub folded: Folded,
+    /// Events folded.
+    pub events: u64,
+    /// Events present more than once, identical (the same event in two bronze
+    /// files: a lake written before bronze dropped rows a table rewrite
+    /// re-inserted); each is folded once.
+    pub duplicates: u64,
+}
+
 /// Folds all execution events of one UTC day (all live files of the day, in any
-/// order) that pass `filter`. Returns the day's partial executions and the number
-/// of events folded.
-pub fn fold_day(columns: &[EventColumns], filter: &KeyFilter) -> Result<(Folded, u64), FoldError> {
+/// order) that pass `filter`. An event present twice with the same order key is
+/// folded once; an `event_id` present twice with *different* order keys (its
+/// `occurred_at` or `event_seq` changed) is an error that names it.
+pub fn fold_day(columns: &[EventColumns], filter: &KeyFilter) -> Result<Day, FoldError> {
     let mut rows: Vec<(OrderKey, u32, u32, EventType)> = Vec::new();
     // Whether a key passes the filter, hashed once per key rather than per event.
     let mut passes: FxHashMap<crate::key::ExecutionKey<'_>, bool> = FxHashMap::default();
@@ -414,6 +428,10 @@ pub fn fold_day(columns: &[EventColumns], filter: &KeyFilter) -> Result<(Folded,
         }
     }
     rows.sort_unstable_by_key(|a| a.0);
+    let before = rows.len();
+    rows.dedup_by_key(|a| a.0);
+    let duplicates = (before - rows.len()) as u64;
+    check_unique_ids(&rows)?;
     let mut out = Folded::default();
     let mut op_key = String::new();
     for &(order, b, i, ty) in &rows {
@@ -427,7 +445,31 @@ pub fn fold_day(columns: &[EventColumns], filter: &KeyFilter) -> Result<(Folded,
         }
     }
     debug_assert!(filter.is_all() || out.len() <= rows.len());
-    Ok((out, rows.len() as u64))
+    Ok(Day {
+        folded: out,
+        events: rows.len() as u64,
+        duplicates,
+    })
+}
+
+/// Fails if one `event_id` appears under two order keys (after exact duplicates
+/// were removed): bronze then holds two different versions of one event.
+fn check_unique_ids(rows: &[(OrderKey, u32, u32, EventType)]) -> Result<(), FoldError> {
+    let mut ids: Vec<&EventId> = rows.iter().map(|r| &r.0.id).collect();
+    ids.sort_unstable();
+    match ids.windows(2).find(|w| w[0] == w[1]) {
+        None => Ok(()),
+        Some(w) => {
+            let mut buf = [0u8; 36];
+            crate::key::write_event_id(w[0], &mut buf);
+            Err(FoldError::Contract(format!(
+                "event {} is in bronze twice with different occurred_at or event_seq: \
+                 bronze holds two versions of one event; re-export its day with \
+                 `bronze-ingest --date`",
+                String::from_utf8_lossy(&buf)
+            )))
+        }
+    }
 }
 
 /// Adds one day's partial executions to the running result; `day` must be later

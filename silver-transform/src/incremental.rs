@@ -106,6 +106,8 @@ pub struct WorkStats {
     pub files_read: u64,
     /// Events folded.
     pub events_folded: u64,
+    /// Events found more than once in bronze, identical, and folded once.
+    pub duplicate_events: u64,
 }
 
 /// The result of [`recompute`].
@@ -250,6 +252,7 @@ pub async fn recompute(
         out.stats.days_read += stats.days_read;
         out.stats.files_read += stats.files_read;
         out.stats.events_folded += stats.events_folded;
+        out.stats.duplicate_events += stats.duplicate_events;
         let before = partitions.len();
         partitions.extend(round.values().map(|a| a.partition()).filter(owned));
         folded.extend(round);
@@ -290,6 +293,7 @@ async fn fold_everything(
     out.stats.days_read += stats.days_read;
     out.stats.files_read += stats.files_read;
     out.stats.events_folded += stats.events_folded;
+    out.stats.duplicate_events += stats.duplicate_events;
     partitions.extend(folded.values().map(|a| a.partition()));
     out.partitions = partitions;
     out.executions = folded;
@@ -413,9 +417,10 @@ async fn fold_days(
         .buffered(req.parallel_days.max(1));
     let mut total = Folded::default();
     while let Some(day) = results.next().await {
-        let (folded, events) = day??;
-        stats.events_folded += events;
-        combine(&mut total, folded);
+        let day = day??;
+        stats.events_folded += day.events;
+        stats.duplicate_events += day.duplicates;
+        combine(&mut total, day.folded);
     }
     Ok((total, stats))
 }

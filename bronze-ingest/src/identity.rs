@@ -1,0 +1,185 @@
+//! Row identity, the second line of defence (SPEC §5.7).
+//!
+//! xmin names the inserting transaction only until a command re-inserts every
+//! row of the table (`ALTER COLUMN … TYPE` with a conversion, `ADD COLUMN` with a
+//! volatile default, a pg_repack-style swap): then every row carries the
+//! rewriting transaction's xid and falls into the next batch's range. Bronze
+//! notices such a rewrite by the table's file node (recorded per batch; a
+//! rewrite always writes a new one) and the batch after it drops every row
+//! already captured:
+//!
+//! * `stop_events` (append-only): a row whose `event_id` is already committed;
+//! * the outbox (updated in place): a row equal, column by column, to the last
+//!   captured version of its `outbox_id` — a real update is a new version.
+//!
+//! `VACUUM FULL` and `CLUSTER` also write a new file node but keep xmin, so the
+//! batch after them simply finds nothing to drop. The cost is paid only after a
+//! file-node change: the key (and, for the outbox, a 16-byte digest of the row) of
+//! every committed row the batch can select — the look-back window for events
+//! (the scan is bounded by it), all captured versions for the outbox (its scan is
+//! not bounded) — held in memory for that one batch.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+
+use arrow::array::{Array, BooleanArray, RecordBatch, StringArray};
+use arrow::row::{RowConverter, SortField};
+use chrono::NaiveDate;
+use futures::TryStreamExt;
+use lake_common::manifest::{self, BatchManifest};
+use lake_common::schema::SourceTable;
+use lake_common::{Lake, parquet_io};
+use object_store::path::Path;
+
+/// A 128-bit digest of a row's contract columns.
+type Digest = [u8; 16];
+
+/// Errors of reading or applying the captured row identities.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// A committed bronze file could not be read.
+    #[error(
+        "reading the captured rows of {path} (to drop rows a table rewrite re-inserted): {source}"
+    )]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: parquet::errors::ParquetError,
+    },
+    /// A batch lacks its key column or has it in another type (a bug).
+    #[error("bronze rows without a text key column {0}")]
+    Key(&'static str),
+    /// Arrow refused to compare or filter the rows.
+    #[error("comparing rows with the captured ones: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+}
+
+/// The rows already captured, by key.
+#[derive(Debug)]
+pub struct Captured {
+    table: &'static SourceTable,
+    /// Key → digest of its last captured version (`None` for append-only tables,
+    /// where the key alone decides).
+    rows: HashMap<String, Option<Digest>>,
+}
+
+impl Captured {
+    /// Reads the committed rows of `table` that a batch may select again:
+    /// those of days from `from` on (`None`: every day).
+    pub async fn load(
+        lake: &Lake,
+        table: &'static SourceTable,
+        manifests: &[BatchManifest],
+        from: Option<NaiveDate>,
+    ) -> Result<Self, IdentityError> {
+        let mut out = Self {
+            table,
+            rows: HashMap::new(),
+        };
+        // Batch order, so a later version of an outbox row replaces an earlier one.
+        for file in manifest::live_files(manifests) {
+            if from.is_some_and(|d| file.date < d) {
+                continue;
+            }
+            let path = Path::from(file.path.as_str());
+            let read_err = |source| IdentityError::Read {
+                path: file.path.clone(),
+                source,
+            };
+            let mut stream = parquet_io::read_stream(lake, &path)
+                .await
+                .map_err(read_err)?;
+            while let Some(batch) = stream.try_next().await.map_err(read_err)? {
+                let keys = out.keys(&batch)?;
+                let digests = out.digests(&batch)?;
+                for (i, key) in keys.iter().enumerate() {
+                    if let Some(k) = key {
+                        out.rows
+                            .insert(k.to_owned(), digests.as_ref().map(|d| d[i]));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Committed keys held.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether no row is held.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// `batch` without the rows already captured; and how many were dropped.
+    pub fn drop_captured(&self, batch: RecordBatch) -> Result<(RecordBatch, u64), IdentityError> {
+        let keys = self.keys(&batch)?;
+        let digests = self.digests(&batch)?;
+        let keep: BooleanArray = (0..batch.num_rows())
+            .map(|i| {
+                let seen = keys
+                    .is_valid(i)
+                    .then(|| self.rows.get(keys.value(i)))
+                    .flatten();
+                let captured = match (seen, &digests) {
+                    (None, _) => false,
+                    (Some(_), None) => true,
+                    (Some(last), Some(d)) => *last == Some(d[i]),
+                };
+                Some(!captured)
+            })
+            .collect();
+        let dropped = keep.false_count() as u64;
+        if dropped == 0 {
+            return Ok((batch, 0));
+        }
+        Ok((arrow::compute::filter_record_batch(&batch, &keep)?, dropped))
+    }
+
+    fn keys(&self, batch: &RecordBatch) -> Result<StringArray, IdentityError> {
+        batch
+            .column_by_name(self.table.key)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .cloned()
+            .ok_or(IdentityError::Key(self.table.key))
+    }
+
+    /// Digests of the contract columns (lineage columns differ between versions
+    /// by construction); `None` for append-only tables.
+    fn digests(&self, batch: &RecordBatch) -> Result<Option<Vec<Digest>>, IdentityError> {
+        if !self.table.updated_in_place {
+            return Ok(None);
+        }
+        let columns: Vec<_> = self
+            .table
+            .columns
+            .iter()
+            .filter_map(|c| batch.column_by_name(c.name).cloned())
+            .collect();
+        let converter = RowConverter::new(
+            columns
+                .iter()
+                .map(|c| SortField::new(c.data_type().clone()))
+                .collect(),
+        )?;
+        let rows = converter.convert_columns(&columns)?;
+        Ok(Some(rows.iter().map(|r| digest(r.as_ref())).collect()))
+    }
+}
+
+fn digest(bytes: &[u8]) -> Digest {
+    let half = |salt: u8| {
+        let mut h = DefaultHasher::new();
+        salt.hash(&mut h);
+        bytes.hash(&mut h);
+        h.finish().to_le_bytes()
+    };
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&half(0));
+    out[8..].copy_from_slice(&half(1));
+    out
+}

@@ -1,0 +1,165 @@
+//! Exactly once through the life of the source database (SPEC §5.1, §5.7):
+//! migrations that rewrite a table, maintenance that moves rows without new
+//! xids, outbox rows updated long after they were created.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod support;
+
+use lake_common::Dataset;
+use support::*;
+
+fn report_of(out: &std::process::Output) -> serde_json::Value {
+    let line = stdout(out)
+        .lines()
+        .find(|l| l.contains("\"Run summary\""))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no run summary:\n{}", stdout(out)));
+    serde_json::from_str::<serde_json::Value>(&line).unwrap()["report"].clone()
+}
+
+fn dataset(report: &serde_json::Value, name: &str) -> serde_json::Value {
+    report["datasets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["dataset"].as_str().is_some_and(|d| d.ends_with(name)))
+        .unwrap_or_else(|| panic!("no {name} in {report}"))
+        .clone()
+}
+
+/// `ALTER COLUMN … TYPE` with a conversion re-inserts every row under the
+/// ALTER's xid. Every row of the look-back window then looks new; bronze must
+/// notice the rewrite and commit none of them again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_rewrite_duplicates_nothing() {
+    let h = Harness::new().await;
+    generate_recent(&h.pg, 3_000, 41).await;
+    h.run_ok(&["--dataset", "events"]);
+    let c = h.pg.client().await.unwrap();
+    c.batch_execute("ALTER TABLE stop_events ALTER COLUMN error_message TYPE varchar(500)")
+        .await
+        .unwrap();
+    generate_recent(&h.pg, 200, 42).await;
+    let out = h.run_ok(&["--dataset", "events"]);
+    h.assert_lake_equals_postgres().await;
+    let events = dataset(&report_of(&out), "events");
+    assert_eq!(events["rows"], 200, "only the new rows: {events}");
+    assert_eq!(events["rewrite"]["duplicates_dropped"], 3_000, "{events}");
+
+    // And again with int4 -> int8, on the rewritten table.
+    c.batch_execute("ALTER TABLE stop_events ALTER COLUMN retry_count TYPE bigint")
+        .await
+        .unwrap();
+    let out = h.run(&["--dataset", "events"]);
+    // A retype to another Parquet type is schema drift: refused, nothing written.
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("retry_count"), "{}", stderr(&out));
+    h.assert_lake_equals_postgres().await;
+}
+
+/// `VACUUM FULL` and `CLUSTER` write a new file for the table but keep every
+/// row's xmin: nothing is exported again, and nothing else changes.
+#[tokio::test(flavor = "multi_thread")]
+async fn vacuum_full_and_cluster_change_nothing() {
+    let h = Harness::new().await;
+    generate_recent(&h.pg, 2_000, 43).await;
+    h.run_ok(&["--dataset", "events"]);
+    let before = h.checksums(Dataset::BronzeEvents).await;
+    let c = h.pg.client().await.unwrap();
+    c.batch_execute("VACUUM FULL stop_events").await.unwrap();
+    c.batch_execute("CLUSTER stop_events USING stop_events_occurred_at_idx")
+        .await
+        .unwrap();
+    let out = h.run_ok(&["--dataset", "events"]);
+    let events = dataset(&report_of(&out), "events");
+    assert_eq!(events["rows"].as_u64().unwrap_or(0), 0, "{events}");
+    assert_eq!(h.checksums(Dataset::BronzeEvents).await, before);
+    h.assert_lake_equals_postgres().await;
+}
+
+/// An outbox row created before the look-back window and published (updated)
+/// after it — a broker down over a weekend: its new version is captured.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outbox_row_updated_long_after_it_was_created_is_captured() {
+    let h = Harness::new().await;
+    let c = h.pg.client().await.unwrap();
+    c.batch_execute(
+        "INSERT INTO outbox (outbox_id, aggregate_type, aggregate_id, event_type, correlation_id, \
+         routing_key, exchange, payload, published, retry_count, created_at) VALUES \
+         ('00000000-0000-0000-0000-00000000000a', 'stop', 1, 'STOP_TRIGGERED', 'corr-a', 'rk', 'ex', \
+          '{}', false, 0, now() - interval '5 days')",
+    )
+    .await
+    .unwrap();
+    h.run_ok(&["--dataset", "outbox"]);
+    assert_eq!(
+        h.committed_keys(Dataset::BronzeOutbox, "outbox_id")
+            .await
+            .len(),
+        1
+    );
+    c.batch_execute(
+        "UPDATE outbox SET published = true, published_at = now(), retry_count = 3 \
+         WHERE correlation_id = 'corr-a'",
+    )
+    .await
+    .unwrap();
+    h.run_ok(&["--dataset", "outbox"]);
+    assert_eq!(
+        h.committed_keys(Dataset::BronzeOutbox, "outbox_id").await,
+        vec!["00000000-0000-0000-0000-00000000000a".to_owned(); 2],
+        "both versions of the row"
+    );
+    // Nothing new: nothing captured twice.
+    h.run_ok(&["--dataset", "outbox"]);
+    assert_eq!(
+        h.committed_keys(Dataset::BronzeOutbox, "outbox_id")
+            .await
+            .len(),
+        2
+    );
+}
+
+/// A rewrite of the outbox re-inserts every row version PostgreSQL holds; only
+/// versions that differ from the last captured one of their `outbox_id` (a real
+/// update in the same batch) are new.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outbox_rewrite_captures_only_real_updates() {
+    let h = Harness::new().await;
+    generate_recent(&h.pg, 1_000, 44).await;
+    h.run_ok(&["--dataset", "outbox"]);
+    let captured = h
+        .committed_keys(Dataset::BronzeOutbox, "outbox_id")
+        .await
+        .len();
+    assert!(captured > 0);
+    let c = h.pg.client().await.unwrap();
+    c.batch_execute("ALTER TABLE outbox ALTER COLUMN last_error TYPE varchar(500)")
+        .await
+        .unwrap();
+    let updated = c
+        .execute(
+            "UPDATE outbox SET retry_count = retry_count + 1 \
+             WHERE outbox_id IN (SELECT outbox_id FROM outbox ORDER BY outbox_id LIMIT 3)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let out = h.run_ok(&["--dataset", "outbox"]);
+    let outbox = dataset(&report_of(&out), "outbox");
+    assert_eq!(
+        outbox["rows"], updated,
+        "only the updated versions: {outbox}"
+    );
+    assert_eq!(
+        outbox["rewrite"]["duplicates_dropped"].as_u64(),
+        Some(captured as u64 - updated),
+        "every other version was captured already: {outbox}"
+    );
+    assert_eq!(
+        h.committed_keys(Dataset::BronzeOutbox, "outbox_id")
+            .await
+            .len(),
+        captured + updated as usize
+    );
+}

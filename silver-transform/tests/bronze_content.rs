@@ -1,0 +1,87 @@
+//! Silver never panics on what bronze holds (#15 item 8): an event present twice
+//! (a lake written before bronze dropped rows a table rewrite re-inserted) is
+//! folded once and counted in the run report.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod support;
+
+use support::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_present_twice_is_folded_once_and_counted() {
+    let t = TestLake::new().await;
+    let events = vec![
+        Ev::new(1, "2025-06-01T08:00:00Z", Some("tok-a"), "STOP_TRIGGERED").qty("1"),
+        Ev::new(
+            2,
+            "2025-06-01T08:01:00Z",
+            Some("tok-a"),
+            "EXECUTION_SUBMITTED",
+        )
+        .qty("1"),
+        Ev::new(3, "2025-06-01T08:02:00Z", Some("tok-b"), "STOP_TRIGGERED").qty("2"),
+    ];
+    commit_batch(&t.lake, 1, &events).await;
+    // Batch 2 holds events 1 and 2 again, and one new event.
+    let mut again = events[..2].to_vec();
+    again.push(
+        Ev::new(4, "2025-06-01T08:03:00Z", Some("tok-b"), "EXECUTED")
+            .qty("2")
+            .fill("10"),
+    );
+    commit_batch(&t.lake, 2, &again).await;
+    let out = t.run_bin(&[], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = latest_report(&t.lake).await;
+    assert_eq!(report["work"]["duplicate_events"], 2, "{report}");
+    let rows = silver(&t.lake).await;
+    assert_eq!(rows["tok-a"].event_count, 2, "each event folded once");
+    assert_eq!(rows["tok-b"].event_count, 2);
+
+    // The same from one full recompute.
+    let other = t.other_bucket().await;
+    commit_batch(&other, 1, &events).await;
+    commit_batch(&other, 2, &again).await;
+    run(&other, &full_refresh()).await;
+    assert_eq!(published(&t.lake).await, published(&other).await);
+}
+
+/// One `event_id` under two different `occurred_at`s is not a duplicate but two
+/// versions of one event: exit 1 with a line that names it, nothing published.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_event_id_with_two_versions_is_a_clear_error() {
+    let t = TestLake::new().await;
+    commit_batch(
+        &t.lake,
+        1,
+        &[Ev::new(
+            7,
+            "2025-06-01T08:00:00Z",
+            Some("tok-a"),
+            "STOP_TRIGGERED",
+        )],
+    )
+    .await;
+    commit_batch(
+        &t.lake,
+        2,
+        &[Ev::new(
+            7,
+            "2025-06-01T09:00:00Z",
+            Some("tok-a"),
+            "STOP_TRIGGERED",
+        )],
+    )
+    .await;
+    let out = t.run_bin(&[], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&uuid(7)), "names the event: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(objects(&t.lake, "silver/stop_executions").await.is_empty());
+}
