@@ -276,7 +276,7 @@ pub async fn run_dataset(
             }
             // Everything that can refuse the range is checked before pinning it:
             // a pinned batch that can never run would block the dataset for good.
-            horizon::predicate(prev.as_ref().map(|p| p.h), snapshot.xmin)?;
+            horizon::predicate(prev.as_ref().map(|p| p.h), snapshot.xmin, snapshot.xmax)?;
             let batch = prev.as_ref().map_or(1, |p| p.batch + 1);
             let relfilenode = snapshot.filenodes.get(table.table).copied();
             // A new file node since the last batch: the table may have been
@@ -344,7 +344,16 @@ pub async fn run_dataset(
         Some(p) => lake.fenced(p.fence()),
         None => lake.clone(),
     };
-    let result = execute(&work, client, table, &plan, settings, progress).await;
+    let result = execute(
+        &work,
+        client,
+        table,
+        &plan,
+        snapshot.xmax,
+        settings,
+        progress,
+    )
+    .await;
     let fenced = |p: &Pinned<BatchManifest>| {
         busy(format!(
             "{dataset}: this run lost batch {} ({}); it stopped writing and the other run commits it. \
@@ -447,6 +456,7 @@ async fn execute(
     client: &Client,
     table: &'static SourceTable,
     plan: &BatchManifest,
+    xmax: u64,
     settings: &BatchSettings,
     progress: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<Executed> {
@@ -465,10 +475,12 @@ async fn execute(
     supersedes.sort();
 
     let sel = Selection {
-        range: horizon::predicate(plan.h_prev, plan.h)?,
+        range: horizon::predicate(plan.h_prev, plan.h, xmax)?,
         scan_from: plan.scan_from,
         backfill: (!plan.backfill_days.is_empty())
-            .then(|| (plan.backfill_days.clone(), horizon::finished_before(plan.h))),
+            .then(|| horizon::finished_before(plan.h, xmax))
+            .transpose()?
+            .map(|f| (plan.backfill_days.clone(), f)),
     };
     let drop_captured = if plan.drop_captured {
         let earlier: Vec<BatchManifest> = manifest::read_all(lake, table.dataset)

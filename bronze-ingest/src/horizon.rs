@@ -140,8 +140,9 @@ fn xmin_in(lo: u64, span: u64) -> String {
 }
 
 /// The predicate on `xmin` of the batch `[h_prev, h)`; for the first batch
-/// (`h_prev = None`) every row finished below `h` ([`finished_before`]).
-pub fn predicate(h_prev: Option<u64>, h: u64) -> Result<String, HorizonError> {
+/// (`h_prev = None`) every row finished below `h` ([`finished_before`]), where
+/// `xmax` is `pg_snapshot_xmax` of the snapshot the statement runs in.
+pub fn predicate(h_prev: Option<u64>, h: u64, xmax: u64) -> Result<String, HorizonError> {
     match h_prev {
         Some(h_prev) => {
             if h < h_prev {
@@ -156,18 +157,31 @@ pub fn predicate(h_prev: Option<u64>, h: u64) -> Result<String, HorizonError> {
                 xmin_in(h_prev, span)
             ))
         }
-        None => Ok(finished_before(h)),
+        None => finished_before(h, xmax),
     }
 }
 
-/// Rows inserted by transactions before `h`: frozen rows (PostgreSQL reports
-/// their xmin as 2) and every xid in the 2^31 below `h`, which is where all
-/// unfrozen xids live (wraparound protection guarantees it). This needs no lower
-/// bound, so the first batch loses no old row; and it excludes not only the
-/// snapshot's `[h, xmax)` but every later xid too, so re-executing a pinned
-/// first batch (or a backfilled day) in a later snapshot selects the same rows.
-pub fn finished_before(h: u64) -> String {
-    format!("(xmin::text::bigint < 3 OR NOT ({}))", xmin_in(h, 1 << 31))
+/// The rows a snapshot (`pg_snapshot_xmax` = `xmax`) sees that were inserted
+/// by transactions before `h` (`h` ≤ the snapshot's own xmin, or an earlier
+/// horizon): every visible row except those whose xmin lies in `[h, xmax)`.
+///
+/// This needs no lower bound and no guess about frozen rows, which keep their
+/// raw xmin (PostgreSQL ≥ 9.4): on a cluster whose xid counter has passed 2^31
+/// beyond its oldest rows, those rows' raw xmins fall anywhere on the 32-bit
+/// circle, and only `[h, xmax)` — the transactions a snapshot cannot yet call
+/// finished below `h` — is excluded. Rows of later transactions are invisible to
+/// the snapshot anyway, so re-executing a pinned first batch (or a backfilled
+/// day) in a later snapshot selects the same rows. `xmax − h` is refused at
+/// 2^31 (a pending batch left for two billion transactions).
+pub fn finished_before(h: u64, xmax: u64) -> Result<String, HorizonError> {
+    let span = xmax.saturating_sub(h);
+    if span >= 1 << 31 {
+        return Err(HorizonError::TooWide { span });
+    }
+    Ok(format!(
+        "(xmin::text::bigint < 3 OR NOT ({}))",
+        xmin_in(h, span)
+    ))
 }
 
 #[cfg(test)]
@@ -190,40 +204,49 @@ mod tests {
     }
 
     #[test]
-    fn finished_before_is_the_past_half_of_the_xid_circle() {
+    fn finished_before_excludes_only_the_unfinished_window() {
         let h = (3 << 32) + 1000;
-        let past = |x: u64| x < 3 || !in_range(x, h, 1 << 31);
+        let xmax = h + 50;
+        let past = |x: u64| x < 3 || !in_range(x, h, xmax - h);
         assert!(
             past(999) && past(2) && past(WRAP - 5),
             "older xids, frozen, and wrapped-around older xids"
         );
         assert!(
-            !past(1000) && !past(1001) && !past(1000 + (1 << 30)),
-            "the horizon and everything after it"
+            past(1000 + (1 << 30)) && past(1000 + (1 << 31) + 7),
+            "raw xmins of rows frozen more than 2^31 xids ago (they land anywhere)"
+        );
+        assert!(
+            !past(1000) && !past(1049),
+            "the transactions the snapshot cannot call finished below h"
         );
     }
 
     #[test]
     fn predicates() {
         assert_eq!(
-            predicate(Some(100), 150).unwrap(),
+            predicate(Some(100), 150, 160).unwrap(),
             "((xmin::text::bigint - 100 + 4294967296) % 4294967296) < 50 AND xmin::text::bigint >= 3"
         );
         assert_eq!(
-            predicate(None, 150).unwrap(),
-            "(xmin::text::bigint < 3 OR NOT (((xmin::text::bigint - 150 + 4294967296) % 4294967296) < 2147483648))"
+            predicate(None, 150, 160).unwrap(),
+            "(xmin::text::bigint < 3 OR NOT (((xmin::text::bigint - 150 + 4294967296) % 4294967296) < 10))"
         );
         assert_eq!(
-            predicate(Some(200), 150),
+            predicate(Some(200), 150, 160),
             Err(HorizonError::Backwards {
                 h_prev: 200,
                 h: 150
             })
         );
         assert!(matches!(
-            predicate(Some(0), 1 << 31),
+            predicate(Some(0), 1 << 31, 1 << 31),
             Err(HorizonError::TooWide { .. })
         ));
-        assert!(predicate(Some(0), (1 << 31) - 1).is_ok());
+        assert!(predicate(Some(0), (1 << 31) - 1, 1 << 31).is_ok());
+        assert!(matches!(
+            predicate(None, 10, 10 + (1 << 31)),
+            Err(HorizonError::TooWide { .. })
+        ));
     }
 }

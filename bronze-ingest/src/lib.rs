@@ -248,7 +248,8 @@ async fn run_with(
     let status = if opts.verify {
         let mut all = Vec::new();
         for table in opts.datasets.tables() {
-            let (checked, mismatches) = verify::verify_dataset(&lake, &client, table).await?;
+            let (checked, mismatches) =
+                verify::verify_dataset(&lake, &client, table, snapshot.xmax).await?;
             report.verified.push(Verified {
                 dataset: table.dataset.to_string(),
                 days_checked: checked as u64,

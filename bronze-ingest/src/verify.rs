@@ -50,6 +50,7 @@ pub async fn verify_dataset(
     lake: &Lake,
     client: &Client,
     table: &SourceTable,
+    xmax: u64,
 ) -> anyhow::Result<(usize, Vec<Mismatch>)> {
     let manifests = manifest::read_all(lake, table.dataset).await?;
     let Some(last) = manifests
@@ -64,7 +65,7 @@ pub async fn verify_dataset(
 
     // PostgreSQL: everything finished below the last committed horizon.
     let time = table.time_column;
-    let finished = horizon::finished_before(last.h);
+    let finished = horizon::finished_before(last.h, xmax)?;
     let is_outbox = table.verify_sum_column.is_none();
     let measure = match table.verify_sum_column {
         Some(col) => format!("count(*), sum({col})::text"),

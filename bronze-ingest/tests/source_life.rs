@@ -163,3 +163,86 @@ async fn an_outbox_rewrite_captures_only_real_updates() {
         captured + updated as usize
     );
 }
+
+/// `VACUUM FREEZE` in every database, template0 included: after a jump of the
+/// xid counter the server refuses writes unless every database was frozen.
+async fn freeze_every_database(pg: &lake_testkit::TestPostgres) {
+    let admin = pg.client().await.unwrap();
+    admin
+        .batch_execute("ALTER DATABASE template0 WITH ALLOW_CONNECTIONS true")
+        .await
+        .unwrap();
+    for db in ["robson", "postgres", "template1", "template0"] {
+        let mut config = pg.config();
+        config.dbname(db);
+        let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client.batch_execute("VACUUM FREEZE").await.unwrap();
+    }
+}
+
+/// SPEC §5.2 on an old cluster: rows frozen long ago keep their raw xmin
+/// (PostgreSQL ≥ 9.4), which after 2^31 more transactions looks like a *future*
+/// xid to any "the 2^31 below H" rule. Push the xid counter past 2^31 beyond the
+/// frozen rows (`pg_resetwal -x` in two steps, freezing every database after
+/// each, as the PostgreSQL docs describe): the first batch exports them exactly
+/// once, `--verify` agrees, and a backfill of their day keeps them.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_frozen_two_billion_transactions_ago_are_exported_exactly_once() {
+    let mut h = Harness::new().await;
+    generate_recent(&h.pg, 500, 45).await;
+    h.pg.client()
+        .await
+        .unwrap()
+        .batch_execute("VACUUM FREEZE")
+        .await
+        .unwrap();
+    // Segment-aligned (0x100000 xids per pg_xact segment), so the server
+    // creates the new commit-log segment itself.
+    for next in [954_u64 << 20, 2_100 << 20] {
+        h.pg.stop();
+        let data_dir = h.pg.data_dir().display().to_string();
+        h.pg.run_tool("pg_resetwal", &["-x", &next.to_string(), "-D", &data_dir])
+            .await
+            .unwrap();
+        h.pg.restart().await.unwrap();
+        freeze_every_database(&h.pg).await;
+    }
+    let c = h.pg.client().await.unwrap();
+    let (oldest, now): (i64, i64) = {
+        let row = c
+            .query_one(
+                "SELECT min(xmin::text::bigint), pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+                 FROM stop_events",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert!(
+        now - oldest > 1 << 31,
+        "the counter is 2^31 past the old rows: {oldest} .. {now}"
+    );
+    generate_recent(&h.pg, 100, 46).await;
+
+    h.run_ok(&["--dataset", "events"]);
+    h.assert_lake_equals_postgres().await;
+    let out = h.run(&["--verify", "--dataset", "events"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "verify agrees: {}",
+        stdout(&out)
+    );
+    let day = c
+        .query_one(
+            "SELECT (min(occurred_at) AT TIME ZONE 'UTC')::date::text FROM stop_events",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    h.run_ok(&["--dataset", "events", "--date", &day]);
+    h.assert_lake_equals_postgres().await;
+}

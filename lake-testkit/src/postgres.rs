@@ -212,6 +212,57 @@ impl TestPostgres {
         Ok(())
     }
 
+    /// Stops the server cleanly (a fast shutdown, which writes a shutdown
+    /// checkpoint), as tools such as `pg_resetwal` require. [`restart`](Self::restart)
+    /// starts it again.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            process::stop_child(
+                &mut child,
+                Signal::SIGINT,
+                Duration::from_secs(30),
+                "postgres",
+            );
+        }
+    }
+
+    /// Runs a server tool of [`bin_dir`](Self::bin_dir) (`pg_resetwal`,
+    /// `pg_controldata`, …) with `args` as the server's account (pass the
+    /// cluster as `-D` [`data_dir`](Self::data_dir)). Returns its standard
+    /// output; fails with its output.
+    pub async fn run_tool(&self, tool: &str, args: &[&str]) -> Result<String> {
+        let run_as = RunAs::for_root(&["postgres"])?;
+        let mut cmd = tokio::process::Command::new(self.bin_dir.join(tool));
+        cmd.args(args)
+            .env_remove("PGDATA")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        if let Some(run_as) = run_as.as_ref() {
+            cmd.uid(run_as.uid).gid(run_as.gid);
+        }
+        let out = cmd
+            .output()
+            .await
+            .with_context(|| format!("running {tool}"))?;
+        if !out.status.success() {
+            bail!(
+                "{tool} {args:?} failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Starts a server stopped by [`stop`](Self::stop) again, on a fresh free
+    /// port (read [`port`](Self::port) and [`env`](Self::env) again).
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop();
+        let run_as = RunAs::for_root(&["postgres"])?;
+        self.start_server(run_as.as_ref()).await
+    }
+
     fn config_for(&self, database: &str, user: &str, password: &str) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
         config
@@ -303,7 +354,7 @@ impl TestPostgres {
             .map(|d| d.path().to_owned())
             .context("cluster directory already removed")?;
         let socket_dir = dir.join("socket");
-        std::fs::create_dir(&socket_dir).context("creating the socket directory")?;
+        std::fs::create_dir_all(&socket_dir).context("creating the socket directory")?;
         if let Some(run_as) = run_as {
             run_as.chown(&socket_dir)?;
         }
