@@ -33,6 +33,8 @@ pub struct BatchSettings {
     pub dry_run: bool,
     /// Days to re-export whole (backfill).
     pub backfill_days: Vec<NaiveDate>,
+    /// Select like a first batch, dropping rows already captured (`--rebase`).
+    pub rebase: bool,
     /// How far before the previous snapshot the incremental scan starts.
     pub lookback: Duration,
     /// Lease of a pending batch.
@@ -276,7 +278,21 @@ pub async fn run_dataset(
             }
             // Everything that can refuse the range is checked before pinning it:
             // a pinned batch that can never run would block the dataset for good.
-            horizon::predicate(prev.as_ref().map(|p| p.h), snapshot.xmin, snapshot.xmax)?;
+            // A rebase selects like a first batch (no lower horizon) and lets
+            // row identity drop what bronze already holds.
+            let rebase = settings.rebase && prev.is_some();
+            let h_prev = prev.as_ref().map(|p| p.h).filter(|_| !rebase);
+            horizon::predicate(h_prev, snapshot.xmin, snapshot.xmax).map_err(|e| match e {
+                horizon::HorizonError::TooWide { .. } => anyhow::Error::new(Classified::new(
+                    ExitStatus::Usage,
+                    format!(
+                        "{dataset}: {e}. Run `bronze-ingest --dataset {} --rebase` once: it \
+                         selects like a first batch and commits only rows bronze does not hold yet",
+                        table.dataset.dir().rsplit('/').next().unwrap_or_default()
+                    ),
+                )),
+                e => e.into(),
+            })?;
             let batch = prev.as_ref().map_or(1, |p| p.batch + 1);
             let relfilenode = snapshot.filenodes.get(table.table).copied();
             // A new file node since the last batch: the table may have been
@@ -296,7 +312,7 @@ pub async fn run_dataset(
                 dataset: dataset.to_string(),
                 batch,
                 state: BatchState::Pending,
-                h_prev: prev.as_ref().map(|p| p.h),
+                h_prev,
                 h: snapshot.xmin,
                 xmax: snapshot.xmax,
                 snapshot_time: snapshot.time,
@@ -308,7 +324,7 @@ pub async fn run_dataset(
                 }),
                 system_identifier: snapshot.system_identifier.clone(),
                 relfilenode,
-                drop_captured: rewritten,
+                drop_captured: rewritten || rebase,
                 backfill_days: settings.backfill_days.clone(),
                 claim: Claim::default(),
                 committed_at: None,

@@ -38,6 +38,11 @@ struct Cli {
     /// Compare per-day counts and sums between PostgreSQL and the lake; exit 3 on a mismatch.
     #[arg(long)]
     verify: bool,
+    /// Start the next batch over from the whole table (as a first batch does),
+    /// committing only rows bronze does not hold yet; what to run once after a
+    /// batch was refused because 2^31 transactions passed since the last one.
+    #[arg(long, conflicts_with_all = ["date", "from", "verify"])]
+    rebase: bool,
     /// The incremental scan starts this long before the previous batch's snapshot.
     #[arg(long, env = "BRONZE_LOOKBACK", default_value = "24h", value_parser = humantime::parse_duration)]
     lookback: Duration,
@@ -84,6 +89,7 @@ where
             dry_run: cli.dry_run,
             backfill_days: days,
             verify: cli.verify,
+            rebase: cli.rebase,
             lookback: cli.lookback,
             lease: Duration::from_secs(cli.lease_secs),
         };

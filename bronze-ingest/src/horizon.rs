@@ -120,8 +120,7 @@ pub enum HorizonError {
     },
     /// The range is too wide to compare 32-bit xids unambiguously.
     #[error(
-        "{span} transactions passed since the last batch, more than the 2^31 that 32-bit xids can tell apart: \
-         re-export with a backfill of the affected days"
+        "{span} transactions passed since the last batch, more than the 2^31 that 32-bit xids can tell apart"
     )]
     TooWide {
         /// Width of the range.

@@ -64,6 +64,9 @@ pub struct Options {
     pub backfill_days: Vec<NaiveDate>,
     /// Audit instead of export.
     pub verify: bool,
+    /// The next batch selects like a first batch and drops rows already
+    /// captured (after a span of 2^31 transactions was refused).
+    pub rebase: bool,
     /// Incremental scan lower bound: previous snapshot minus this.
     pub lookback: Duration,
     /// Lease of a pending batch.
@@ -420,6 +423,7 @@ async fn export_dataset(
     let settings = BatchSettings {
         dry_run: opts.dry_run,
         backfill_days: opts.backfill_days.clone(),
+        rebase: opts.rebase,
         lookback: opts.lookback,
         lease: opts.lease,
         locked,

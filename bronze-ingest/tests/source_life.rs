@@ -181,6 +181,22 @@ async fn freeze_every_database(pg: &lake_testkit::TestPostgres) {
     }
 }
 
+/// Moves the cluster's next xid to each of `steps` in turn (`pg_resetwal -x` on
+/// the stopped server), freezing every database after each. Steps are
+/// segment-aligned (0x100000 xids per pg_xact segment), so the server creates
+/// the new commit-log segment itself.
+async fn push_xid_counter(pg: &mut lake_testkit::TestPostgres, steps: &[u64]) {
+    for next in steps {
+        pg.stop();
+        let data_dir = pg.data_dir().display().to_string();
+        pg.run_tool("pg_resetwal", &["-x", &next.to_string(), "-D", &data_dir])
+            .await
+            .unwrap();
+        pg.restart().await.unwrap();
+        freeze_every_database(pg).await;
+    }
+}
+
 /// SPEC §5.2 on an old cluster: rows frozen long ago keep their raw xmin
 /// (PostgreSQL ≥ 9.4), which after 2^31 more transactions looks like a *future*
 /// xid to any "the 2^31 below H" rule. Push the xid counter past 2^31 beyond the
@@ -197,17 +213,7 @@ async fn rows_frozen_two_billion_transactions_ago_are_exported_exactly_once() {
         .batch_execute("VACUUM FREEZE")
         .await
         .unwrap();
-    // Segment-aligned (0x100000 xids per pg_xact segment), so the server
-    // creates the new commit-log segment itself.
-    for next in [954_u64 << 20, 2_100 << 20] {
-        h.pg.stop();
-        let data_dir = h.pg.data_dir().display().to_string();
-        h.pg.run_tool("pg_resetwal", &["-x", &next.to_string(), "-D", &data_dir])
-            .await
-            .unwrap();
-        h.pg.restart().await.unwrap();
-        freeze_every_database(&h.pg).await;
-    }
+    push_xid_counter(&mut h.pg, &[954_u64 << 20, 2_100 << 20]).await;
     let c = h.pg.client().await.unwrap();
     let (oldest, now): (i64, i64) = {
         let row = c
@@ -244,5 +250,46 @@ async fn rows_frozen_two_billion_transactions_ago_are_exported_exactly_once() {
         .unwrap()
         .get::<_, String>(0);
     h.run_ok(&["--dataset", "events", "--date", &day]);
+    h.assert_lake_equals_postgres().await;
+}
+
+/// 2^31 transactions between two batches cannot be told apart by 32-bit xmin:
+/// the batch is refused before anything is pinned (exit 2) with the command to
+/// run; `--rebase` then commits exactly the rows bronze does not hold yet.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_span_of_two_billion_transactions_is_refused_and_rebase_recovers_exactly() {
+    let mut h = Harness::new().await;
+    generate_recent(&h.pg, 400, 47).await;
+    h.run_ok(&["--dataset", "events"]);
+    h.pg.client()
+        .await
+        .unwrap()
+        .batch_execute("VACUUM FREEZE")
+        .await
+        .unwrap();
+    push_xid_counter(&mut h.pg, &[954_u64 << 20, 2_100 << 20]).await;
+    generate_recent(&h.pg, 150, 48).await;
+
+    let out = h.run(&["--dataset", "events"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("bronze-ingest --dataset events --rebase"),
+        "says what to run: {}",
+        stderr(&out)
+    );
+    assert_eq!(
+        h.manifests(Dataset::BronzeEvents).await.len(),
+        1,
+        "nothing pinned"
+    );
+
+    let out = h.run_ok(&["--dataset", "events", "--rebase"]);
+    let events = dataset(&report_of(&out), "events");
+    assert_eq!(events["rows"], 150, "{events}");
+    assert_eq!(events["rewrite"]["duplicates_dropped"], 400, "{events}");
+    h.assert_lake_equals_postgres().await;
+    // Back to incremental batches.
+    generate_recent(&h.pg, 20, 49).await;
+    h.run_ok(&["--dataset", "events"]);
     h.assert_lake_equals_postgres().await;
 }
