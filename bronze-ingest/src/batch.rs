@@ -35,6 +35,8 @@ pub struct BatchSettings {
     pub backfill_days: Vec<NaiveDate>,
     /// Select like a first batch, dropping rows already captured (`--rebase`).
     pub rebase: bool,
+    /// A held horizon older than this is logged as a warning.
+    pub horizon_warn: Duration,
     /// How far before the previous snapshot the incremental scan starts.
     pub lookback: Duration,
     /// Lease of a pending batch.
@@ -95,6 +97,10 @@ pub struct DatasetReport {
     pub findings: Findings,
     /// Wall time of this dataset.
     pub seconds: f64,
+    /// Set when the horizon did not move since the last batch although
+    /// transactions ran (an open transaction holds it back, SPEC §5.9).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub horizon_held: Option<HeldHorizon>,
     /// Set when the batch followed a change of the table's file node (a
     /// rewrite, `VACUUM FULL`, `CLUSTER`) and dropped rows already captured.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -102,6 +108,19 @@ pub struct DatasetReport {
     /// Why the dataset failed (outcome `failed` or `busy`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A horizon that does not move: rows committed meanwhile wait for the holder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeldHorizon {
+    /// The snapshot of the batch that reached this horizon: it has not moved since.
+    pub since: chrono::DateTime<Utc>,
+    /// How long that is, in seconds.
+    pub seconds: u64,
+    /// Whether that is past `BRONZE_HORIZON_WARN`.
+    pub warned: bool,
+    /// What holds it, as far as the role can see.
+    pub holders: Vec<horizon::Holder>,
 }
 
 /// What row identity did after a change of the table's file node (SPEC §5.7).
@@ -141,6 +160,7 @@ impl DatasetReport {
             bytes: 0,
             rows_per_day: Default::default(),
             superseded_files: 0,
+            horizon_held: None,
             rewrite: None,
             findings: Findings::default(),
             seconds: 0.0,
@@ -272,6 +292,12 @@ pub async fn run_dataset(
                 if snapshot.xmin == p.h && settings.backfill_days.is_empty() {
                     report.h_prev = Some(p.h);
                     report.h = Some(p.h);
+                    // Transactions ran (xmax moved past H) but H did not: one of
+                    // them is still open and every row committed since waits.
+                    if snapshot.xmax > snapshot.xmin {
+                        report.horizon_held =
+                            Some(held(client, dataset, p, snapshot, settings.horizon_warn).await?);
+                    }
                     report.seconds = started.elapsed().as_secs_f64();
                     return Ok(report);
                 }
@@ -438,6 +464,35 @@ pub async fn run_dataset(
         "Committed batch"
     );
     Ok(report)
+}
+
+/// Describes a horizon that has not moved since batch `p`, warning past `warn`.
+async fn held(
+    client: &Client,
+    dataset: Dataset,
+    p: &BatchManifest,
+    snapshot: &Snapshot,
+    warn: Duration,
+) -> anyhow::Result<HeldHorizon> {
+    let holders = horizon::holders(client, snapshot.xmin).await?;
+    let seconds = (snapshot.time - p.snapshot_time).num_seconds().max(0) as u64;
+    let warned = seconds >= warn.as_secs();
+    let who: Vec<String> = holders.iter().map(ToString::to_string).collect();
+    if warned {
+        tracing::warn!(
+            dataset = %dataset, h = p.h, held_secs = seconds, holders = %who.join(", "),
+            "The transaction horizon has not moved since the last batch: an open transaction holds it \
+             back and rows committed since wait for it. End that transaction (or raise BRONZE_HORIZON_WARN)"
+        );
+    } else {
+        tracing::info!(dataset = %dataset, h = p.h, held_secs = seconds, holders = %who.join(", "), "The transaction horizon has not moved since the last batch");
+    }
+    Ok(HeldHorizon {
+        since: p.snapshot_time,
+        seconds,
+        warned,
+        holders,
+    })
 }
 
 /// Refuses a snapshot behind the latest batch's horizon. If that batch was pinned

@@ -46,6 +46,10 @@ struct Cli {
     /// The incremental scan starts this long before the previous batch's snapshot.
     #[arg(long, env = "BRONZE_LOOKBACK", default_value = "24h", value_parser = humantime::parse_duration)]
     lookback: Duration,
+    /// Warn when the transaction horizon has not moved for this long (an open
+    /// transaction holds back every row committed after it).
+    #[arg(long, env = "BRONZE_HORIZON_WARN", default_value = "1h", value_parser = humantime::parse_duration)]
+    horizon_warn: Duration,
     /// Lease of a pending batch, in seconds (renewed every third of it).
     #[arg(long, env = "BRONZE_LEASE_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(3..))]
     lease_secs: u64,
@@ -55,7 +59,8 @@ fn after_help() -> String {
     format!(
         "Each run exports what committed since the last batch of each dataset (stop_events ->\n\
          bronze/events, outbox -> bronze/outbox) and writes a run report under _runs/.\n\
-         bronze-ingest also reads BRONZE_LOOKBACK (24h) and BRONZE_LEASE_SECS (30).\n\n{}\n\n{}",
+         bronze-ingest also reads BRONZE_LOOKBACK (24h), BRONZE_HORIZON_WARN (1h) and\n\
+         BRONZE_LEASE_SECS (30).\n\n{}\n\n{}",
         lake_common::ENV_HELP,
         lake_common::EXIT_CODES_HELP
     )
@@ -90,6 +95,7 @@ where
             backfill_days: days,
             verify: cli.verify,
             rebase: cli.rebase,
+            horizon_warn: cli.horizon_warn,
             lookback: cli.lookback,
             lease: Duration::from_secs(cli.lease_secs),
         };

@@ -103,6 +103,74 @@ pub async fn begin(client: &Client, lock: &[&SourceTable]) -> anyhow::Result<Sna
     })
 }
 
+/// A transaction that holds the horizon back, as far as the run's role can see
+/// it: for other users' sessions PostgreSQL shows a plain role the pid, user,
+/// `application_name` and xid (not the query or the start time).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Holder {
+    /// `session` (pg_stat_activity) or `prepared` (pg_prepared_xacts).
+    pub kind: String,
+    /// Backend pid (sessions).
+    pub pid: Option<i32>,
+    /// Role that runs or prepared it.
+    pub user: Option<String>,
+    /// `application_name` (sessions).
+    pub application_name: Option<String>,
+    /// Its transaction id (32-bit).
+    pub xid: String,
+    /// When it started (a session's own role, or a superuser, sees it) or was prepared.
+    pub since: Option<DateTime<Utc>>,
+    /// The global id of a prepared transaction.
+    pub gid: Option<String>,
+}
+
+/// The transactions whose xid is the snapshot's `xmin`: what holds `H` back.
+pub async fn holders(client: &Client, xmin: u64) -> anyhow::Result<Vec<Holder>> {
+    let xid = (xmin % WRAP) as i64;
+    let rows = client
+        .query(
+            "SELECT 'session', pid, usename::text, application_name, backend_xid::text, \
+                    xact_start, NULL::text \
+             FROM pg_stat_activity \
+             WHERE backend_xid IS NOT NULL AND backend_xid::text::bigint = $1 \
+             UNION ALL \
+             SELECT 'prepared', NULL, owner::text, NULL, transaction::text, prepared, gid \
+             FROM pg_prepared_xacts WHERE transaction::text::bigint = $1",
+            &[&xid],
+        )
+        .await
+        .context("looking up the transaction that holds the horizon")?;
+    Ok(rows
+        .iter()
+        .map(|r| Holder {
+            kind: r.get(0),
+            pid: r.get(1),
+            user: r.get(2),
+            application_name: r.get(3),
+            xid: r.get(4),
+            since: r.get(5),
+            gid: r.get(6),
+        })
+        .collect())
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.gid, self.pid) {
+            (Some(gid), _) => write!(f, "prepared transaction {gid:?} (xid {})", self.xid)?,
+            (None, Some(pid)) => write!(f, "pid {pid} (xid {})", self.xid)?,
+            (None, None) => write!(f, "xid {}", self.xid)?,
+        }
+        if let Some(u) = &self.user {
+            write!(f, " of {u}")?;
+        }
+        match self.application_name.as_deref() {
+            Some(app) if !app.is_empty() => write!(f, " ({app})"),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Why a range of transaction ids cannot be exported safely.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HorizonError {

@@ -67,6 +67,8 @@ pub struct Options {
     /// The next batch selects like a first batch and drops rows already
     /// captured (after a span of 2^31 transactions was refused).
     pub rebase: bool,
+    /// A horizon held longer than this is a warning.
+    pub horizon_warn: Duration,
     /// Incremental scan lower bound: previous snapshot minus this.
     pub lookback: Duration,
     /// Lease of a pending batch.
@@ -424,6 +426,7 @@ async fn export_dataset(
         dry_run: opts.dry_run,
         backfill_days: opts.backfill_days.clone(),
         rebase: opts.rebase,
+        horizon_warn: opts.horizon_warn,
         lookback: opts.lookback,
         lease: opts.lease,
         locked,
@@ -467,7 +470,23 @@ fn print_summary(r: &RunReport) {
                 )
             }
             Outcome::Committed => format!("committed batch {batch}"),
-            Outcome::NothingNew => "nothing new since the last batch".into(),
+            Outcome::NothingNew => match &d.horizon_held {
+                Some(h) => format!(
+                    "nothing new: the transaction horizon has not moved for {} — held by {}{}",
+                    humantime::format_duration(std::time::Duration::from_secs(h.seconds)),
+                    if h.holders.is_empty() {
+                        "a transaction this role cannot see".to_owned()
+                    } else {
+                        h.holders
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    },
+                    if h.warned { " (WARNING)" } else { "" }
+                ),
+                None => "nothing new since the last batch".into(),
+            },
             Outcome::DryRun => format!("dry run of batch {batch}"),
             Outcome::Busy => "skipped: another run holds it".into(),
             Outcome::Failed => "FAILED".into(),
