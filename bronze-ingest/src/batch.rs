@@ -24,6 +24,7 @@ use tokio_postgres::Client;
 use crate::extract::{self, CHANNEL_CHUNKS, Findings, Selection};
 use crate::horizon::{self, Snapshot};
 use crate::identity;
+use crate::source;
 use crate::write;
 
 /// Settings of a run that every dataset shares.
@@ -201,16 +202,17 @@ pub async fn run_dataset(
         Some(n) => Some(manifest::read(lake, dataset, n).await?),
         None => None,
     };
+    // The same source, with everything the last batch saw (SPEC §5.5)? A
+    // rebase adopts the source as it is now instead.
     if let Some(prev) = &previous
-        && prev.manifest.system_identifier != snapshot.system_identifier
+        && !settings.rebase
     {
-        anyhow::bail!(
-            "{dataset}: the database is another cluster (system_identifier {} , batch {} came from {}): \
-             refusing to mix two databases in one lake; point the job at the right database or at a new lake",
-            snapshot.system_identifier,
-            prev.manifest.batch,
-            prev.manifest.system_identifier
-        );
+        let m = &prev.manifest;
+        let events = (dataset == Dataset::BronzeEvents
+            && m.state == BatchState::Committed
+            && !m.files.is_empty())
+        .then_some(m);
+        source::check(lake, client, table, m, events, snapshot).await?;
     }
 
     let mut report = DatasetReport::empty(table);
@@ -288,8 +290,10 @@ pub async fn run_dataset(
                 if !settings.dry_run {
                     cleanup(lake, p).await?;
                 }
-                check_not_behind(dataset, p, snapshot)?;
-                if snapshot.xmin == p.h && settings.backfill_days.is_empty() {
+                if !settings.rebase {
+                    check_not_behind(dataset, p, snapshot)?;
+                }
+                if snapshot.xmin == p.h && settings.backfill_days.is_empty() && !settings.rebase {
                     report.h_prev = Some(p.h);
                     report.h = Some(p.h);
                     // Transactions ran (xmax moved past H) but H did not: one of
@@ -349,6 +353,8 @@ pub async fn run_dataset(
                         - chrono::Duration::from_std(settings.lookback).unwrap_or_default()
                 }),
                 system_identifier: snapshot.system_identifier.clone(),
+                timeline: snapshot.timeline,
+                wal_lsn: snapshot.wal_lsn.clone(),
                 relfilenode,
                 drop_captured: rewritten || rebase,
                 backfill_days: settings.backfill_days.clone(),
@@ -513,11 +519,11 @@ fn check_not_behind(
             latest.batch
         )));
     }
-    Err(horizon::HorizonError::Backwards {
+    let backwards = horizon::HorizonError::Backwards {
         h_prev: latest.h,
         h: snapshot.xmin,
-    }
-    .into())
+    };
+    Err(Classified::new(ExitStatus::Usage, format!("{dataset}: {backwards}")).into())
 }
 
 type Executed = (write::Written, u64, Findings, Vec<String>);

@@ -28,6 +28,11 @@ pub struct Snapshot {
     pub time: DateTime<Utc>,
     /// The cluster's `system_identifier` (a restore or another cluster changes it).
     pub system_identifier: String,
+    /// The timeline of the server's latest checkpoint (a promotion starts a new one).
+    pub timeline: Option<u32>,
+    /// The WAL position: `pg_current_wal_lsn()`, or on a standby
+    /// `pg_last_wal_replay_lsn()` (`X/Y`, hexadecimal).
+    pub wal_lsn: Option<String>,
     /// `pg_relation_filenode` of each locked source table: a command that
     /// rewrites the table (and re-inserts its rows under a new xmin) changes it.
     pub filenodes: BTreeMap<String, u64>,
@@ -81,6 +86,17 @@ pub async fn begin(client: &Client, lock: &[&SourceTable]) -> anyhow::Result<Sna
         text.parse()
             .map_err(|_| anyhow::anyhow!("PostgreSQL returned a non-numeric xid8 {text:?}"))
     };
+    // A plain role may call these by default; a role stripped of them still
+    // runs, without the timeline and WAL checks.
+    let position = client
+        .query_one(
+            "SELECT (SELECT timeline_id FROM pg_control_checkpoint())::bigint, \
+                    (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+                          ELSE pg_current_wal_lsn() END)::text",
+            &[],
+        )
+        .await
+        .context("reading the timeline and the WAL position")?;
     let mut filenodes = BTreeMap::new();
     for t in lock {
         let row = client
@@ -99,6 +115,8 @@ pub async fn begin(client: &Client, lock: &[&SourceTable]) -> anyhow::Result<Sna
         xmax: parse(1)?,
         time: row.get(2),
         system_identifier: row.get(3),
+        timeline: position.get::<_, Option<i64>>(0).map(|t| t as u32),
+        wal_lsn: position.get(1),
         filenodes,
     })
 }
@@ -177,8 +195,9 @@ pub enum HorizonError {
     /// The horizon moved backwards: a restore or a failover to a lagging replica.
     #[error(
         "the transaction horizon went backwards (previous batch ended at xid {h_prev}, the database is now at {h}): \
-         the database was restored or failed over to a lagging replica; refusing to export to avoid duplicates or gaps. \
-         Investigate, then re-point the lake (a new lake prefix) or repair the manifests by hand"
+         the database was restored or failed over to a lagging replica; nothing was exported. After checking that \
+         this is the lake's source, run `bronze-ingest --rebase` once: it adopts the source as it is now and \
+         commits only rows bronze does not hold yet"
     )]
     Backwards {
         /// End of the previous batch.
@@ -197,6 +216,12 @@ pub enum HorizonError {
 }
 
 const WRAP: u64 = 1 << 32;
+
+/// A WAL position (`X/Y`, two hexadecimal halves) as a number, to compare.
+pub fn lsn_value(lsn: &str) -> Option<u64> {
+    let (hi, lo) = lsn.split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
 
 /// The SQL predicate selecting rows whose xmin lies in `[lo, lo + span)` modulo 2^32.
 fn xmin_in(lo: u64, span: u64) -> String {
@@ -287,6 +312,13 @@ mod tests {
             !past(1000) && !past(1049),
             "the transactions the snapshot cannot call finished below h"
         );
+    }
+
+    #[test]
+    fn lsns_compare_as_numbers() {
+        assert_eq!(lsn_value("0/16B3748"), Some(0x16B3748));
+        assert!(lsn_value("1/0").unwrap() > lsn_value("0/FFFFFFFF").unwrap());
+        assert_eq!(lsn_value("junk"), None);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod decode;
 pub mod extract;
 pub mod horizon;
 pub mod identity;
+pub mod source;
 pub mod verify;
 pub mod write;
 

@@ -56,43 +56,95 @@ async fn tamper(h: &Harness, f: impl FnOnce(&mut manifest::BatchManifest)) {
     generate_recent(&h.pg, 10, 99).await;
 }
 
+/// SPEC §5.5: a horizon or WAL position that went back, another cluster, or a
+/// new timeline that lacks rows of the last batch stop the run (exit 2, nothing
+/// written) with what to do; a new timeline holding every row goes on; and
+/// `--rebase` adopts the source with nothing lost or doubled.
 #[tokio::test(flavor = "multi_thread")]
-async fn horizon_backwards_or_another_cluster_stop_the_run() {
+async fn a_changed_source_stops_the_run_and_rebase_adopts_it() {
     let h = Harness::new().await;
     committed_once(&h).await;
+    let refused = |expect: &'static str| {
+        let h = &h;
+        async move {
+            let before = dataset_listing(h, Dataset::BronzeEvents).await;
+            let out = h.run(&["--dataset", "events"]);
+            assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+            assert!(stderr(&out).contains(expect), "{expect}: {}", stderr(&out));
+            assert!(stderr(&out).contains("--rebase"), "{}", stderr(&out));
+            assert_eq!(
+                dataset_listing(h, Dataset::BronzeEvents).await,
+                before,
+                "nothing written"
+            );
+        }
+    };
 
     tamper(&h, |m| m.h += 1_000_000).await;
-    let before = dataset_listing(&h, Dataset::BronzeEvents).await;
-    let out = h.run(&[]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("transaction horizon went backwards"),
-        "{}",
-        stderr(&out)
-    );
-    assert_eq!(
-        dataset_listing(&h, Dataset::BronzeEvents).await,
-        before,
-        "nothing written"
-    );
+    refused("transaction horizon went backwards").await;
+    tamper(&h, |m| m.h -= 1_000_000).await;
 
-    tamper(&h, |m| {
-        m.h -= 1_000_000;
-        m.system_identifier = "6999999999999999999".into();
-    })
-    .await;
-    let before = dataset_listing(&h, Dataset::BronzeEvents).await;
-    let out = h.run(&[]);
-    assert_eq!(out.status.code(), Some(1));
+    let real = h.manifests(Dataset::BronzeEvents).await[0].clone();
     assert!(
-        stderr(&out).contains("the database is another cluster"),
-        "{}",
-        stderr(&out)
+        real.wal_lsn.is_some() && real.timeline.is_some(),
+        "recorded per batch"
     );
+    tamper(&h, |m| m.wal_lsn = Some("FF/0".into())).await;
+    refused("WAL position went back").await;
+    tamper(&h, |m| m.wal_lsn = real.wal_lsn.clone()).await;
+
+    // A promotion that kept every row of the last batch: a switchover.
+    tamper(&h, |m| m.timeline = Some(real.timeline.unwrap() + 7)).await;
+    h.run_ok(&["--dataset", "events"]);
+    h.assert_lake_equals_postgres().await;
+
+    // A promotion that lost rows of the last batch: a failover to a lagging replica.
+    let last = h.manifests(Dataset::BronzeEvents).await.pop().unwrap();
+    let lake = h.lake();
+    let mut m = last.clone();
+    m.timeline = Some(real.timeline.unwrap() + 9);
+    lake.put(&Dataset::BronzeEvents.manifest(m.batch), m.to_bytes())
+        .await
+        .unwrap();
+    let c = h.pg.client().await.unwrap();
+    let lost: String = c
+        .query_one(
+            "DELETE FROM stop_events WHERE event_id = \
+             (SELECT event_id FROM stop_events s WHERE NOT EXISTS \
+                (SELECT 1 FROM outbox o WHERE o.event_id = s.event_id) \
+              ORDER BY xmin::text::bigint DESC, event_id LIMIT 1) \
+             RETURNING event_id::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    refused("lacks 1 of the").await;
+    let _ = lost;
+
+    // Another cluster (pg_upgrade, a restore into a new one).
+    m.timeline = real.timeline;
+    m.system_identifier = "6999999999999999999".into();
+    lake.put(&Dataset::BronzeEvents.manifest(m.batch), m.to_bytes())
+        .await
+        .unwrap();
+    generate_recent(&h.pg, 10, 98).await;
+    refused("the database is another cluster").await;
+
+    // Adopted: the rows bronze lacks are committed, nothing twice. (The row
+    // deleted above stays in bronze: the source lost it, the lake did not.)
+    h.run_ok(&["--dataset", "events", "--rebase"]);
+    h.run_ok(&["--dataset", "events"]);
+    let mut ids = h.committed_keys(Dataset::BronzeEvents, "event_id").await;
+    let n = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "nothing twice");
+    let pg: i64 = h.pg_count("SELECT count(*) FROM stop_events").await;
     assert_eq!(
-        dataset_listing(&h, Dataset::BronzeEvents).await,
-        before,
-        "nothing written"
+        n as i64,
+        pg + 1,
+        "every source row, plus the one the source lost"
     );
 }
 

@@ -85,6 +85,13 @@ pub struct BatchManifest {
     pub scan_from: Option<DateTime<Utc>>,
     /// `system_identifier` of the PostgreSQL cluster.
     pub system_identifier: String,
+    /// The server's timeline in the batch's snapshot (a promotion changes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<u32>,
+    /// The WAL position of the batch's snapshot (`X/Y`): a restore or a failover
+    /// to a lagging replica moves it back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_lsn: Option<String>,
     /// `pg_relation_filenode` of the source table in the batch's snapshot: a
     /// table rewrite changes it (`None` in lakes written before it was recorded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -322,6 +329,8 @@ mod tests {
             snapshot_time: Utc::now(),
             scan_from: None,
             system_identifier: "7".into(),
+            timeline: None,
+            wal_lsn: None,
             relfilenode: None,
             drop_captured: false,
             backfill_days: vec![],

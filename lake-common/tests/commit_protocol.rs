@@ -27,6 +27,8 @@ fn pending() -> BatchManifest {
         snapshot_time: chrono::Utc::now(),
         scan_from: None,
         system_identifier: "1".into(),
+        timeline: None,
+        wal_lsn: None,
         relfilenode: None,
         drop_captured: false,
         backfill_days: vec![],

@@ -182,6 +182,8 @@ async fn conditional_create_is_refused_the_second_time() {
         snapshot_time: chrono::Utc::now(),
         scan_from: None,
         system_identifier: "1".into(),
+        timeline: None,
+        wal_lsn: None,
         relfilenode: None,
         drop_captured: false,
         backfill_days: vec![],

@@ -313,6 +313,8 @@ async fn write_batch(lake: &Lake, batch: u64, mut evs: Vec<Ev>) {
         snapshot_time: DateTime::<Utc>::from_timestamp_micros(WINDOW_END).unwrap(),
         scan_from: None,
         system_identifier: "bench".into(),
+        timeline: None,
+        wal_lsn: None,
         relfilenode: None,
         drop_captured: false,
         backfill_days: vec![],

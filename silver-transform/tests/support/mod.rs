@@ -356,6 +356,8 @@ fn manifest_of(batch: u64, state: BatchState, files: Vec<DataFile>) -> BatchMani
             .unwrap(),
         scan_from: None,
         system_identifier: "7000000000000000001".into(),
+        timeline: None,
+        wal_lsn: None,
         relfilenode: None,
         drop_captured: false,
         backfill_days: vec![],

@@ -328,6 +328,8 @@ mod tests {
             snapshot_time: at,
             scan_from: None,
             system_identifier: "1".into(),
+            timeline: None,
+            wal_lsn: None,
             relfilenode: None,
             drop_captured: false,
             backfill_days: vec![],

@@ -18,6 +18,8 @@ fn committed(dataset: Dataset, batch: u64, at: DateTime<Utc>) -> BatchManifest {
         snapshot_time: at,
         scan_from: None,
         system_identifier: "7".to_owned(),
+        timeline: None,
+        wal_lsn: None,
         relfilenode: None,
         drop_captured: false,
         backfill_days: vec![],
