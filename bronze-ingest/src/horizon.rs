@@ -28,7 +28,7 @@ pub struct Snapshot {
     pub time: DateTime<Utc>,
     /// The cluster's `system_identifier` (a restore or another cluster changes it).
     pub system_identifier: String,
-    /// The timeline of the server's latest checkpoint (a promotion starts a new one).
+    /// The server's timeline (a promotion starts a new one).
     pub timeline: Option<u32>,
     /// The WAL position: `pg_current_wal_lsn()`, or on a standby
     /// `pg_last_wal_replay_lsn()` (`X/Y`, hexadecimal).
@@ -90,7 +90,12 @@ pub async fn begin(client: &Client, lock: &[&SourceTable]) -> anyhow::Result<Sna
     // runs, without the timeline and WAL checks.
     let position = client
         .query_one(
-            "SELECT (SELECT timeline_id FROM pg_control_checkpoint())::bigint, \
+            // A primary's timeline is in its current WAL file's name (the
+            // checkpoint's lags a promotion until the next checkpoint); a
+            // standby replays the timeline of its latest checkpoint.
+            "SELECT CASE WHEN pg_is_in_recovery() \
+                         THEN (SELECT timeline_id FROM pg_control_checkpoint())::bigint \
+                         ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint END, \
                     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
                           ELSE pg_current_wal_lsn() END)::text",
             &[],

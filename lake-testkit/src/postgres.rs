@@ -212,6 +212,102 @@ impl TestPostgres {
         Ok(())
     }
 
+    /// A streaming replica of `primary`: a base backup (`pg_basebackup -R`,
+    /// WAL streamed) of its own temporary directory, started as a hot standby on
+    /// a free port. Same roles, databases and passwords as the primary.
+    pub async fn replica_of(primary: &TestPostgres) -> Result<Self> {
+        let run_as = RunAs::for_root(&["postgres"])?;
+        let dir = tempfile::Builder::new()
+            .prefix("lake-testkit-pg-replica-")
+            .tempdir()
+            .context("creating a temporary directory for the replica")?;
+        if let Some(run_as) = run_as.as_ref() {
+            run_as.chown(dir.path())?;
+        }
+        let mut pg = Self {
+            child: None,
+            data_dir: dir.path().join("data"),
+            log_file: dir.path().join("postgres.log"),
+            dir: Some(dir),
+            bin_dir: primary.bin_dir.clone(),
+            host: primary.host.clone(),
+            port: 0,
+            user: primary.user.clone(),
+            password: primary.password.clone(),
+            database: primary.database.clone(),
+        };
+        let mut cmd = tokio::process::Command::new(pg.bin_dir.join("pg_basebackup"));
+        cmd.arg("--pgdata")
+            .arg(&pg.data_dir)
+            .args([
+                "--write-recovery-conf",
+                "--wal-method=stream",
+                "--checkpoint=fast",
+                "--no-sync",
+            ])
+            .args(["--host", &primary.host, "--port", &primary.port.to_string()])
+            .args(["--username", &primary.user])
+            .env("PGPASSWORD", &primary.password)
+            .env_remove("PGDATA")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        if let Some(run_as) = run_as.as_ref() {
+            cmd.uid(run_as.uid).gid(run_as.gid);
+        }
+        let out = cmd.output().await.context("running pg_basebackup")?;
+        if !out.status.success() {
+            bail!(
+                "pg_basebackup failed ({}):\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        pg.start_server(run_as.as_ref()).await?;
+        Ok(pg)
+    }
+
+    /// Promotes a standby to primary (`pg_promote()`, waiting for it to finish).
+    pub async fn promote(&self) -> Result<()> {
+        let client = self
+            .connect_to("postgres", &self.user, &self.password)
+            .await?;
+        let done: bool = client
+            .query_one("SELECT pg_promote(true, 60)", &[])
+            .await
+            .context("promoting the standby")?
+            .get(0);
+        anyhow::ensure!(done, "the standby did not finish promotion within 60 s");
+        Ok(())
+    }
+
+    /// Waits until this standby has replayed `primary`'s current WAL position.
+    pub async fn wait_caught_up(&self, primary: &TestPostgres) -> Result<()> {
+        let target: String = primary
+            .client()
+            .await?
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await?
+            .get(0);
+        let me = self.client().await?;
+        let started = Instant::now();
+        loop {
+            let caught_up: bool = me
+                .query_one(
+                    "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)",
+                    &[&target],
+                )
+                .await?
+                .get(0);
+            if caught_up {
+                return Ok(());
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                bail!("the standby did not replay up to {target} within {READY_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stops the server cleanly (a fast shutdown, which writes a shutdown
     /// checkpoint), as tools such as `pg_resetwal` require. [`restart`](Self::restart)
     /// starts it again.

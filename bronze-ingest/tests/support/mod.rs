@@ -42,7 +42,13 @@ impl Harness {
 
     /// The job's environment: the read-only role and the bucket.
     pub fn env(&self) -> Vec<(String, String)> {
-        let mut env = self.pg.env_as("lake_reader", "reader-pw");
+        self.env_for(&self.pg)
+    }
+
+    /// [`Harness::env`] pointed at another server (a replica, a restored copy)
+    /// that has the same read-only role.
+    pub fn env_for(&self, pg: &TestPostgres) -> Vec<(String, String)> {
+        let mut env = pg.env_as("lake_reader", "reader-pw");
         env.extend(self.s3.env(&self.bucket));
         env.push(("LOG_FORMAT".into(), "json".into()));
         env.push(("RUST_LOG".into(), "info".into()));

@@ -1,0 +1,139 @@
+//! Source identity through a real failover and a real switchover (SPEC §5.5),
+//! with a streaming replica made by `pg_basebackup`.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod support;
+
+use lake_common::Dataset;
+use lake_testkit::TestPostgres;
+use support::*;
+
+async fn assert_lake_holds_exactly(h: &Harness, pg: &TestPostgres, extra: usize) {
+    let mut ids = h.committed_keys(Dataset::BronzeEvents, "event_id").await;
+    let n = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "nothing twice");
+    let source: i64 = pg
+        .client()
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM stop_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, source as usize + extra);
+}
+
+/// The replica is stopped while the primary goes on writing and bronze
+/// commits those rows; the primary dies and the lagging replica is promoted.
+/// Its xids above the promotion point are reused, so horizons alone cannot see
+/// the loss: the run stops (exit 2, nothing written); `--rebase` adopts the new
+/// primary and later batches export its new rows exactly once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failover_to_a_lagging_replica_stops_the_run_until_rebase() {
+    let mut h = Harness::new().await;
+    generate_recent(&h.pg, 300, 51).await;
+    h.run_ok(&["--dataset", "events"]);
+    let mut replica = TestPostgres::replica_of(&h.pg).await.unwrap();
+    replica.wait_caught_up(&h.pg).await.unwrap();
+    replica.stop();
+    generate_recent(&h.pg, 100, 52).await;
+    h.run_ok(&["--dataset", "events"]);
+    h.pg.stop(); // the primary is lost
+    replica.restart().await.unwrap();
+    replica.promote().await.unwrap();
+
+    let env = h.env_for(&replica);
+    let out = h.run_with(&env, &["--dataset", "events"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--rebase"), "{}", stderr(&out));
+    assert_eq!(
+        h.manifests(Dataset::BronzeEvents).await.len(),
+        2,
+        "nothing pinned"
+    );
+
+    let out = h.run_with(&env, &["--dataset", "events", "--rebase"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // New rows on the promoted server reuse the lost xids.
+    generate_recent(&replica, 50, 53).await;
+    let out = h.run_with(&env, &["--dataset", "events"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Every row of the new primary, plus the 100 only the lost primary had.
+    assert_lake_holds_exactly(&h, &replica, 100).await;
+}
+
+/// A planned switchover: the replica has everything, the primary stops
+/// cleanly, the replica is promoted. The new timeline holds every row of the
+/// last batch, so bronze goes on without a person.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clean_switchover_goes_on() {
+    let mut h = Harness::new().await;
+    generate_recent(&h.pg, 300, 54).await;
+    h.run_ok(&["--dataset", "events"]);
+    let replica = TestPostgres::replica_of(&h.pg).await.unwrap();
+    generate_recent(&h.pg, 40, 55).await;
+    h.run_ok(&["--dataset", "events"]);
+    replica.wait_caught_up(&h.pg).await.unwrap();
+    h.pg.stop();
+    replica.promote().await.unwrap();
+
+    let env = h.env_for(&replica);
+    generate_recent(&replica, 30, 56).await;
+    let out = h.run_with(&env, &["--dataset", "events"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stderr(&out).contains("switchover"), "{}", stderr(&out));
+    assert_lake_holds_exactly(&h, &replica, 0).await;
+}
+
+/// A dump restored into a new cluster (or pg_upgrade: a new
+/// `system_identifier`, the same rows): the run stops; `--rebase` adopts it
+/// with nothing doubled.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_into_a_new_cluster_is_adopted_by_rebase() {
+    let h = Harness::new().await;
+    generate_recent(&h.pg, 200, 57).await;
+    h.run_ok(&["--dataset", "events"]);
+    let copy = TestPostgres::start().await.unwrap();
+    copy.client()
+        .await
+        .unwrap()
+        .batch_execute("CREATE ROLE lake_reader LOGIN PASSWORD 'reader-pw'")
+        .await
+        .unwrap();
+    let dump = std::env::temp_dir().join(format!("lake-dump-{}.pgdump", std::process::id()));
+    let tool = |name: &str, args: &[&str], pg: &TestPostgres| {
+        let out = std::process::Command::new(h.pg.bin_dir().join(name))
+            .args(args)
+            .args(["--host", pg.host(), "--port", &pg.port().to_string()])
+            .args(["--username", pg.user(), "--dbname", pg.database()])
+            .env("PGPASSWORD", pg.password())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let file = format!("--file={}", dump.display());
+    tool("pg_dump", &["--format=custom", &file], &h.pg);
+    tool(
+        "pg_restore",
+        &["--no-owner", &dump.display().to_string()],
+        &copy,
+    );
+    let _ = std::fs::remove_file(&dump);
+
+    let env = h.env_for(&copy);
+    let out = h.run_with(&env, &["--dataset", "events"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("another cluster"), "{}", stderr(&out));
+    let out = h.run_with(&env, &["--dataset", "events", "--rebase"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    generate_recent(&copy, 25, 58).await;
+    let out = h.run_with(&env, &["--dataset", "events"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_lake_holds_exactly(&h, &copy, 0).await;
+}
