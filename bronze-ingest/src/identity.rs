@@ -115,23 +115,32 @@ impl Captured {
         self.rows.is_empty()
     }
 
-    /// `batch` without the rows already captured; and how many were dropped.
-    pub fn drop_captured(&self, batch: RecordBatch) -> Result<(RecordBatch, u64), IdentityError> {
-        let keys = self.keys(&batch)?;
-        let digests = self.digests(&batch)?;
-        let keep: BooleanArray = (0..batch.num_rows())
+    /// Whether each row of `batch` is captured already: its key (append-only
+    /// tables), or this very version as the last one of its key (the outbox).
+    pub fn captured(&self, batch: &RecordBatch) -> Result<Vec<bool>, IdentityError> {
+        let keys = self.keys(batch)?;
+        let digests = self.digests(batch)?;
+        Ok((0..batch.num_rows())
             .map(|i| {
                 let seen = keys
                     .is_valid(i)
                     .then(|| self.rows.get(keys.value(i)))
                     .flatten();
-                let captured = match (seen, &digests) {
+                match (seen, &digests) {
                     (None, _) => false,
                     (Some(_), None) => true,
                     (Some(last), Some(d)) => *last == Some(d[i]),
-                };
-                Some(!captured)
+                }
             })
+            .collect())
+    }
+
+    /// `batch` without the rows already captured; and how many were dropped.
+    pub fn drop_captured(&self, batch: RecordBatch) -> Result<(RecordBatch, u64), IdentityError> {
+        let keep: BooleanArray = self
+            .captured(&batch)?
+            .into_iter()
+            .map(|c| Some(!c))
             .collect();
         let dropped = keep.false_count() as u64;
         if dropped == 0 {

@@ -2,13 +2,20 @@
 //!
 //! The incremental scan may be bounded in time (`BRONZE_LOOKBACK`); the audit is
 //! not. It compares, per UTC day, what PostgreSQL holds below the last committed
-//! horizon with what the committed bronze files hold: row count and
-//! `sum(quantity)` for events; distinct `outbox_id` for the outbox, whose bronze
-//! rows are row *versions* (a row updated twice is there three times).
+//! horizon with what the committed bronze files hold:
+//!
+//! * events (append-only): row count and `sum(quantity)` (NaN and infinities,
+//!   which bronze stores as NULL, left out of both sums), reading only the sum
+//!   column;
+//! * the outbox (rows updated in place, deleted by its cleanup): every row
+//!   PostgreSQL still holds must be in bronze *in its current version*; rows the
+//!   cleanup deleted are not flagged (bronze keeps them, by design). PostgreSQL's
+//!   rows are streamed through the export's own decoder and compared with the
+//!   last captured version of each `outbox_id` ([`crate::identity`]).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
-use arrow::array::{Array, Decimal128Array, StringArray};
+use arrow::array::{Array, Decimal128Array};
 use chrono::NaiveDate;
 use futures::TryStreamExt;
 use lake_common::manifest::{self, BatchState};
@@ -49,7 +56,7 @@ pub struct Mismatch {
 pub async fn verify_dataset(
     lake: &Lake,
     client: &Client,
-    table: &SourceTable,
+    table: &'static SourceTable,
     xmax: u64,
 ) -> anyhow::Result<(usize, Vec<Mismatch>)> {
     let manifests = manifest::read_all(lake, table.dataset).await?;
@@ -61,15 +68,20 @@ pub async fn verify_dataset(
         tracing::info!(dataset = %table.dataset, "Nothing committed yet; nothing to verify");
         return Ok((0, vec![]));
     };
+    let finished = horizon::finished_before(last.h, xmax)?;
+    if table.updated_in_place {
+        return verify_versions(lake, client, table, &manifests, finished).await;
+    }
     let mut days: BTreeMap<NaiveDate, DayCheck> = BTreeMap::new();
 
-    // PostgreSQL: everything finished below the last committed horizon.
+    // PostgreSQL: everything finished below the last committed horizon. Bronze
+    // stores NaN and ±Infinity as NULL (a quality finding): not in the sums.
     let time = table.time_column;
-    let finished = horizon::finished_before(last.h, xmax)?;
-    let is_outbox = table.verify_sum_column.is_none();
     let measure = match table.verify_sum_column {
-        Some(col) => format!("count(*), sum({col})::text"),
-        None => format!("count(DISTINCT {}), NULL::text", table.key),
+        Some(col) => format!(
+            "count(*), (sum({col}) FILTER (WHERE {col} NOT IN ('NaN', 'Infinity', '-Infinity')))::text"
+        ),
+        None => "count(*), NULL::text".to_owned(),
     };
     let sql = format!(
         "SELECT ({time} AT TIME ZONE 'UTC')::date, {measure} FROM {} WHERE {finished} GROUP BY 1",
@@ -84,7 +96,8 @@ pub async fn verify_dataset(
             .map(|s| normalise_decimal(&s));
     }
 
-    // Lake: the committed, non-superseded files.
+    // Lake: the committed, non-superseded files; rows from the footers, the
+    // sum from its one column.
     let scale = table
         .verify_sum_column
         .and_then(|c| table.column(c))
@@ -94,35 +107,21 @@ pub async fn verify_dataset(
         })
         .unwrap_or(0);
     let mut sums: BTreeMap<NaiveDate, (i128, bool)> = BTreeMap::new();
-    let mut ids: BTreeMap<NaiveDate, HashSet<String>> = BTreeMap::new();
+    let columns: Vec<&str> = table.verify_sum_column.into_iter().collect();
     for file in manifest::live_files(&manifests) {
-        let mut stream = parquet_io::read_stream(lake, &Path::from(file.path.as_str())).await?;
+        let path = Path::from(file.path.as_str());
+        days.entry(file.date).or_default().lake_rows += file.rows;
+        if columns.is_empty() {
+            continue;
+        }
+        let mut stream = parquet_io::read_columns(lake, &path, &columns).await?;
         while let Some(batch) = stream.try_next().await? {
-            let d = days.entry(file.date).or_default();
-            if is_outbox {
-                let col = batch
-                    .column_by_name(table.key)
-                    .and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned());
-                let set = ids.entry(file.date).or_default();
-                if let Some(col) = col {
-                    set.extend(col.iter().flatten().map(str::to_owned));
-                }
-            } else {
-                d.lake_rows += batch.num_rows() as u64;
-                if let Some(col) = table
-                    .verify_sum_column
-                    .and_then(|c| batch.column_by_name(c))
-                    .and_then(|c| c.as_any().downcast_ref::<Decimal128Array>().cloned())
-                {
-                    let e = sums.entry(file.date).or_default();
-                    e.0 += col.iter().flatten().sum::<i128>();
-                    e.1 |= col.null_count() < col.len();
-                }
+            if let Some(col) = batch.column(0).as_any().downcast_ref::<Decimal128Array>() {
+                let e = sums.entry(file.date).or_default();
+                e.0 += col.iter().flatten().sum::<i128>();
+                e.1 |= col.null_count() < col.len();
             }
         }
-    }
-    for (date, set) in ids {
-        days.entry(date).or_default().lake_rows = set.len() as u64;
     }
     for (date, (sum, any)) in sums {
         if any {
@@ -133,6 +132,50 @@ pub async fn verify_dataset(
     let mismatches = days
         .into_iter()
         .filter(|(_, c)| c.postgres_rows != c.lake_rows || c.postgres_sum != c.lake_sum)
+        .map(|(date, check)| Mismatch {
+            dataset: table.dataset.to_string(),
+            date,
+            check,
+        })
+        .collect();
+    Ok((checked, mismatches))
+}
+
+/// The outbox audit: per day, PostgreSQL's rows finished before the horizon,
+/// and how many of them bronze holds in their current version.
+async fn verify_versions(
+    lake: &Lake,
+    client: &Client,
+    table: &'static SourceTable,
+    manifests: &[manifest::BatchManifest],
+    finished: String,
+) -> anyhow::Result<(usize, Vec<Mismatch>)> {
+    let captured = crate::identity::Captured::load(lake, table, manifests, None).await?;
+    let sel = crate::extract::Selection {
+        range: finished,
+        scan_from: None,
+        backfill: None,
+    };
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<crate::extract::Chunk>(crate::extract::CHANNEL_CHUNKS);
+    let count = async {
+        let mut days: BTreeMap<NaiveDate, DayCheck> = BTreeMap::new();
+        while let Some(chunk) = rx.recv().await {
+            let held = captured.captured(&chunk.batch)?;
+            let d = days.entry(chunk.date).or_default();
+            d.postgres_rows += held.len() as u64;
+            d.lake_rows += held.iter().filter(|h| **h).count() as u64;
+        }
+        Ok::<_, crate::identity::IdentityError>(days)
+    };
+    let export = crate::extract::extract(client, table, &sel, 0, chrono::Utc::now(), tx, &|_| {});
+    let (exported, days) = tokio::join!(export, count);
+    exported?;
+    let days = days?;
+    let checked = days.len();
+    let mismatches = days
+        .into_iter()
+        .filter(|(_, c)| c.postgres_rows != c.lake_rows)
         .map(|(date, check)| Mismatch {
             dataset: table.dataset.to_string(),
             date,

@@ -293,3 +293,71 @@ async fn a_span_of_two_billion_transactions_is_refused_and_rebase_recovers_exact
     h.run_ok(&["--dataset", "events"]);
     h.assert_lake_equals_postgres().await;
 }
+
+/// #15 item 3: the outbox audit checks that bronze holds every row PostgreSQL
+/// still has, in its current version. The cleanup deleting published rows is
+/// not a mismatch; a version bronze never captured is. `NaN` in
+/// `stop_events.quantity` (NULL in bronze) does not fail the events audit.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_respects_the_outbox_cleanup_and_nan_quantities() {
+    let h = Harness::new().await;
+    generate_recent(&h.pg, 1_000, 61).await;
+    let c = h.pg.client().await.unwrap();
+    c.batch_execute(
+        "UPDATE stop_events SET quantity = 'NaN' WHERE event_id IN \
+         (SELECT event_id FROM stop_events ORDER BY event_id LIMIT 5)",
+    )
+    .await
+    .unwrap();
+    h.run_ok(&[]);
+    let out = h.run_text_ok(&["--verify"]);
+    assert!(stdout(&out).contains("0 mismatched"), "{}", stdout(&out));
+
+    // The cleanup deletes published rows: bronze keeps them, no mismatch.
+    let deleted = c
+        .execute(
+            "DELETE FROM outbox WHERE outbox_id IN (SELECT outbox_id FROM outbox ORDER BY outbox_id LIMIT 50)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted, 50);
+    let out = h.run_text_ok(&["--verify"]);
+    assert!(stdout(&out).contains("0 mismatched"), "{}", stdout(&out));
+    let before = h
+        .committed_keys(Dataset::BronzeOutbox, "outbox_id")
+        .await
+        .len();
+    h.run_ok(&[]);
+    assert_eq!(
+        h.committed_keys(Dataset::BronzeOutbox, "outbox_id")
+            .await
+            .len(),
+        before,
+        "the cleanup removed nothing from bronze"
+    );
+
+    // A version bronze does not hold (its batch's manifest lost a file).
+    c.batch_execute(
+        "UPDATE outbox SET retry_count = retry_count + 1 WHERE outbox_id = \
+         (SELECT outbox_id FROM outbox ORDER BY outbox_id LIMIT 1)",
+    )
+    .await
+    .unwrap();
+    h.run_ok(&["--dataset", "outbox"]);
+    let lake = h.lake();
+    let mut ms = h.manifests(Dataset::BronzeOutbox).await;
+    let mut last = ms.pop().unwrap();
+    assert_eq!(last.rows, 1);
+    last.files.clear();
+    lake.put(&Dataset::BronzeOutbox.manifest(last.batch), last.to_bytes())
+        .await
+        .unwrap();
+    let out = h.run_text(&["--verify", "--dataset", "outbox"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("MISMATCH bronze/outbox"),
+        "{}",
+        stdout(&out)
+    );
+}

@@ -281,6 +281,24 @@ pub async fn read_stream(
     builder.with_batch_size(8192).build()
 }
 
+/// Streams only the named columns of a lake file (the others are never
+/// fetched), in the order of the file's schema.
+pub async fn read_columns(
+    lake: &Lake,
+    path: &Path,
+    columns: &[&str],
+) -> Result<impl futures::Stream<Item = Result<RecordBatch, ParquetError>> + use<>, ParquetError> {
+    #[allow(deprecated)]
+    let reader = ParquetObjectReader::new(
+        Arc::clone(lake.store()) as Arc<dyn ObjectStore>,
+        path.clone(),
+    );
+    let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+    let mask =
+        parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+    builder.with_projection(mask).with_batch_size(8192).build()
+}
+
 /// Reads a whole (small) lake file into memory.
 pub async fn read_all(lake: &Lake, path: &Path) -> Result<Vec<RecordBatch>, ParquetError> {
     read_stream(lake, path).await?.try_collect().await
