@@ -356,7 +356,9 @@ pub async fn run_dataset(
                 timeline: snapshot.timeline,
                 wal_lsn: snapshot.wal_lsn.clone(),
                 relfilenode,
-                drop_captured: rewritten || rebase,
+                drop_captured: rewritten
+                    || rebase
+                    || (table.updated_in_place && !settings.backfill_days.is_empty()),
                 backfill_days: settings.backfill_days.clone(),
                 claim: Claim::default(),
                 committed_at: None,
@@ -539,8 +541,15 @@ async fn execute(
 ) -> anyhow::Result<Executed> {
     // Files of the backfilled days written by earlier batches: listed before any
     // file of this batch exists, so the list is exactly what the batch replaces.
+    // The outbox's history cannot be re-read (its cleanup deletes rows): an
+    // outbox backfill supersedes nothing and adds only the versions bronze
+    // lacks (SPEC §5.6).
     let mut supersedes = Vec::new();
-    for day in &plan.backfill_days {
+    for day in plan
+        .backfill_days
+        .iter()
+        .filter(|_| !table.updated_in_place)
+    {
         let dir = table.dataset.partition(&Partition::date(*day));
         let files: Vec<_> = lake.store().list(Some(&dir)).try_collect().await?;
         for f in files {
