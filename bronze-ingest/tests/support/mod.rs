@@ -1,6 +1,12 @@
 //! Shared set-up of the bronze-ingest integration tests: a real PostgreSQL, a real
 //! S3 endpoint (moto over HTTP), the binary run as a child process, and readers of
 //! what the lake committed.
+//!
+//! With `LAKE_TEST_STORE=no-conditional-writes` every test runs against a store
+//! that ignores conditional writes (the fault proxy strips `If-None-Match` and
+//! `If-Match` from every request) with `S3_CONDITIONAL_WRITES=disabled`: the
+//! runs then serialise on PostgreSQL advisory locks (#16 item 2). `just
+//! test-fallback` runs the exactly-once suites that way.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -19,6 +25,13 @@ pub struct Harness {
     pub s3: TestS3,
     pub bucket: String,
     pub extra_env: Vec<(String, String)>,
+    /// The proxy of the no-conditional-writes mode (kept alive with the harness).
+    pub fallback: Option<lake_testkit::FaultProxy>,
+}
+
+/// Whether the suite runs against a store without conditional writes.
+pub fn fallback_mode() -> bool {
+    std::env::var("LAKE_TEST_STORE").is_ok_and(|v| v == "no-conditional-writes")
 }
 
 impl Harness {
@@ -32,11 +45,22 @@ impl Harness {
             .await
             .unwrap();
         let bucket = s3.new_bucket().await.unwrap();
+        let mut extra_env = vec![];
+        let fallback = fallback_mode().then(|| {
+            let proxy = lake_testkit::FaultProxy::start(&s3, 1).unwrap();
+            proxy.add_rule(lake_testkit::Rule::new(
+                lake_testkit::Fault::StripConditionalHeaders,
+            ));
+            extra_env.push(("AWS_ENDPOINT".into(), proxy.endpoint()));
+            extra_env.push(("S3_CONDITIONAL_WRITES".into(), "disabled".into()));
+            proxy
+        });
         Self {
             pg,
             s3,
             bucket,
-            extra_env: vec![],
+            extra_env,
+            fallback,
         }
     }
 
