@@ -128,6 +128,11 @@ pub async fn verify_dataset(
             days.entry(date).or_default().lake_sum = Some(format_decimal(sum, scale));
         }
     }
+    Ok(differing(table, days))
+}
+
+/// The days checked, and those whose numbers differ.
+fn differing(table: &SourceTable, days: BTreeMap<NaiveDate, DayCheck>) -> (usize, Vec<Mismatch>) {
     let checked = days.len();
     let mismatches = days
         .into_iter()
@@ -138,7 +143,7 @@ pub async fn verify_dataset(
             check,
         })
         .collect();
-    Ok((checked, mismatches))
+    (checked, mismatches)
 }
 
 /// The outbox audit: per day, PostgreSQL's rows finished before the horizon,
@@ -171,18 +176,7 @@ async fn verify_versions(
     let export = crate::extract::extract(client, table, &sel, 0, chrono::Utc::now(), tx, &|_| {});
     let (exported, days) = tokio::join!(export, count);
     exported?;
-    let days = days?;
-    let checked = days.len();
-    let mismatches = days
-        .into_iter()
-        .filter(|(_, c)| c.postgres_rows != c.lake_rows)
-        .map(|(date, check)| Mismatch {
-            dataset: table.dataset.to_string(),
-            date,
-            check,
-        })
-        .collect();
-    Ok((checked, mismatches))
+    Ok(differing(table, days?))
 }
 
 /// Renders a scaled integer as a decimal string without trailing zeros.

@@ -186,6 +186,9 @@ async fn freeze_every_database(pg: &lake_testkit::TestPostgres) {
 /// segment-aligned (0x100000 xids per pg_xact segment), so the server creates
 /// the new commit-log segment itself.
 async fn push_xid_counter(pg: &mut lake_testkit::TestPostgres, steps: &[u64]) {
+    // The rows written so far must be frozen first, or they would turn into
+    // "future" transactions for PostgreSQL too.
+    freeze_every_database(pg).await;
     for next in steps {
         pg.stop();
         let data_dir = pg.data_dir().display().to_string();
@@ -207,12 +210,6 @@ async fn push_xid_counter(pg: &mut lake_testkit::TestPostgres, steps: &[u64]) {
 async fn rows_frozen_two_billion_transactions_ago_are_exported_exactly_once() {
     let mut h = Harness::new().await;
     generate_recent(&h.pg, 500, 45).await;
-    h.pg.client()
-        .await
-        .unwrap()
-        .batch_execute("VACUUM FREEZE")
-        .await
-        .unwrap();
     push_xid_counter(&mut h.pg, &[954_u64 << 20, 2_100 << 20]).await;
     let c = h.pg.client().await.unwrap();
     let (oldest, now): (i64, i64) = {
@@ -261,12 +258,6 @@ async fn a_span_of_two_billion_transactions_is_refused_and_rebase_recovers_exact
     let mut h = Harness::new().await;
     generate_recent(&h.pg, 400, 47).await;
     h.run_ok(&["--dataset", "events"]);
-    h.pg.client()
-        .await
-        .unwrap()
-        .batch_execute("VACUUM FREEZE")
-        .await
-        .unwrap();
     push_xid_counter(&mut h.pg, &[954_u64 << 20, 2_100 << 20]).await;
     generate_recent(&h.pg, 150, 48).await;
 

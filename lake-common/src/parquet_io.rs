@@ -272,13 +272,7 @@ pub async fn read_stream(
     lake: &Lake,
     path: &Path,
 ) -> Result<impl futures::Stream<Item = Result<RecordBatch, ParquetError>> + use<>, ParquetError> {
-    #[allow(deprecated)]
-    let reader = ParquetObjectReader::new(
-        Arc::clone(lake.store()) as Arc<dyn ObjectStore>,
-        path.clone(),
-    );
-    let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
-    builder.with_batch_size(8192).build()
+    stream_builder(lake, path).await?.build()
 }
 
 /// Streams only the named columns of a lake file (the others are never
@@ -288,15 +282,26 @@ pub async fn read_columns(
     path: &Path,
     columns: &[&str],
 ) -> Result<impl futures::Stream<Item = Result<RecordBatch, ParquetError>> + use<>, ParquetError> {
-    #[allow(deprecated)]
+    let builder = stream_builder(lake, path).await?;
+    let mask =
+        parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+    builder.with_projection(mask).build()
+}
+
+/// The reader is deprecated in favour of a hand-written `AsyncFileReader`;
+/// it is still the maintained object_store bridge of this parquet release.
+#[allow(deprecated)]
+async fn stream_builder(
+    lake: &Lake,
+    path: &Path,
+) -> Result<ParquetRecordBatchStreamBuilder<ParquetObjectReader>, ParquetError> {
     let reader = ParquetObjectReader::new(
         Arc::clone(lake.store()) as Arc<dyn ObjectStore>,
         path.clone(),
     );
-    let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
-    let mask =
-        parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
-    builder.with_projection(mask).with_batch_size(8192).build()
+    Ok(ParquetRecordBatchStreamBuilder::new(reader)
+        .await?
+        .with_batch_size(8192))
 }
 
 /// Reads a whole (small) lake file into memory.
