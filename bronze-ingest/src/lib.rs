@@ -146,8 +146,13 @@ pub fn days(
     to: Option<NaiveDate>,
 ) -> Result<Vec<NaiveDate>, Classified> {
     let usage = |m: &str| Classified::new(ExitStatus::Usage, m);
+    let today = chrono::Utc::now().date_naive();
     match (date, from, to) {
         (None, None, None) => Ok(vec![]),
+        _ if date.or(to).is_some_and(|d| d > today) => Err(usage(&format!(
+            "{} is in the future (today is {today}, UTC): there is nothing to re-export yet",
+            date.or(to).unwrap_or(today)
+        ))),
         (Some(d), None, None) => Ok(vec![d]),
         (None, Some(f), Some(t)) if f <= t => {
             let n = (t - f).num_days() + 1;
@@ -167,7 +172,11 @@ pub fn days(
 pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<ExitStatus> {
     let run = Run::start(JOB);
     let started = Instant::now();
-    let lake = Lake::open(&config.lake)?;
+    let lake = if opts.dry_run {
+        Lake::open_for_dry_run(&config.lake)?
+    } else {
+        Lake::open(&config.lake)?
+    };
     let mut report = RunReport {
         job: JOB,
         version: env!("CARGO_PKG_VERSION"),

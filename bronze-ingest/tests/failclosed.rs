@@ -336,3 +336,31 @@ fn help_lists_the_environment_and_exit_codes_and_version_the_commit() {
     let version = String::from_utf8_lossy(&out.stdout);
     assert!(version.contains("(commit "), "{version}");
 }
+
+/// #14: a dry run creates nothing, not even the lake directory; a backfill of a
+/// day in the future is refused (it would commit an empty batch).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_creates_nothing_and_a_future_date_is_refused() {
+    let h = Harness::new().await;
+    generate_recent(&h.pg, 50, 71).await;
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let mut env = h.pg.env_as("lake_reader", "reader-pw");
+    env.push(("LAKE_URL".into(), format!("file://{}", lake.display())));
+    env.push(("LOG_FORMAT".into(), "text".into()));
+    let out = h.run_with(&env, &["--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!lake.exists(), "the dry run created {}", lake.display());
+
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1))
+        .date_naive()
+        .to_string();
+    let out = h.run(&["--date", &tomorrow]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("is in the future"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(h.manifests(Dataset::BronzeEvents).await.is_empty());
+}

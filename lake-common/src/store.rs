@@ -126,6 +126,23 @@ impl Lake {
         }
     }
 
+    /// [`Lake::open`] for a run that writes nothing (`--dry-run`): a local lake
+    /// directory that does not exist yet is not created — the run sees the
+    /// empty lake it would find, held in memory.
+    pub fn open_for_dry_run(config: &LakeConfig) -> Result<Self, StoreError> {
+        if let LakeLocation::Local(dir) = &config.location
+            && !dir.exists()
+        {
+            tracing::info!(path = %dir.display(), "The lake directory does not exist yet; a dry run does not create it");
+
+            return Ok(Self {
+                description: format!("{config} (does not exist yet)"),
+                ..Self::in_memory()
+            });
+        }
+        Self::open(config)
+    }
+
     /// A fresh in-memory lake (unit tests of pure logic only).
     pub fn in_memory() -> Self {
         Self {

@@ -132,7 +132,12 @@ impl Default for Options {
 /// PostgreSQL advisory lock (its own key per shard, so silver never waits for
 /// bronze), held for the whole run; the database settings are then required.
 pub async fn run_cli(config: LakeConfig, mut options: Options) -> anyhow::Result<ExitStatus> {
-    let lake = Lake::open(&config).context("opening the lake")?;
+    let lake = if options.dry_run {
+        Lake::open_for_dry_run(&config)
+    } else {
+        Lake::open(&config)
+    }
+    .context("opening the lake")?;
     let _lock = if !lake.capabilities().create_if_absent && !options.dry_run {
         let pg = lake_common::PostgresConfig::from_env().context(
             "S3_CONDITIONAL_WRITES=disabled: silver-transform holds a PostgreSQL advisory lock \
