@@ -75,6 +75,7 @@ ALLOWED_ENV = frozenset(
         "RUST_LOG",
         "BRONZE_LEASE_SECS",
         "BRONZE_LOOKBACK",
+        "BRONZE_HORIZON_WARN",
         "SILVER_MAX_VIOLATION_RATIO",
         "SILVER_SHARD_COUNT",
         "JOB_COMPLETION_INDEX",
