@@ -86,8 +86,10 @@ pub async fn begin(client: &Client, lock: &[&SourceTable]) -> anyhow::Result<Sna
         text.parse()
             .map_err(|_| anyhow::anyhow!("PostgreSQL returned a non-numeric xid8 {text:?}"))
     };
-    // A plain role may call these by default; a role stripped of them still
-    // runs, without the timeline and WAL checks.
+    // PUBLIC may call these by default (pg_control_checkpoint, pg_walfile_name,
+    // pg_current_wal_lsn, pg_last_wal_replay_lsn, pg_is_in_recovery); a role
+    // stripped of them fails here with PostgreSQL's "permission denied for
+    // function …", which names the one to grant back.
     let position = client
         .query_one(
             // A primary's timeline is in its current WAL file's name (the
