@@ -258,7 +258,11 @@ pub async fn run_dataset(
                         .unwrap_or_default()
                 )));
             }
-            check_not_behind(dataset, &m, snapshot)?;
+            // A rebase re-plans the pending batch on the source as it is now
+            // (below): it may be behind the old source's pinned horizon.
+            if !settings.rebase {
+                check_not_behind(dataset, &m, snapshot)?;
+            }
             if !settings.backfill_days.is_empty() {
                 tracing::warn!(dataset = %dataset, batch = m.batch, "A pending batch is resumed first; run the backfill again afterwards");
             }
@@ -273,6 +277,26 @@ pub async fn run_dataset(
                     version: prev.version,
                 };
                 match log.take_over(&path, found, &settings.run_id).await {
+                    Ok(p) if settings.rebase => {
+                        // The pinned range belongs to the source being replaced:
+                        // select like a first batch instead and let row identity
+                        // drop what bronze holds (the look-back bound stays).
+                        p.update(|e| {
+                            e.h_prev = None;
+                            e.h = snapshot.xmin;
+                            e.xmax = snapshot.xmax;
+                            e.snapshot_time = snapshot.time;
+                            e.system_identifier = snapshot.system_identifier.clone();
+                            e.timeline = snapshot.timeline;
+                            e.wal_lsn = snapshot.wal_lsn.clone();
+                            e.relfilenode = snapshot.filenodes.get(table.table).copied();
+                            e.drop_captured = true;
+                            e.backfill_days.clear();
+                        })
+                        .await?;
+                        tracing::warn!(dataset = %dataset, batch = p.entry().await.batch, "Rebased the pending batch on the source as it is now");
+                        (p.entry().await, Some(p))
+                    }
                     Ok(p) => (p.entry().await, Some(p)),
                     Err(CommitError::Conflict { owner, .. }) => {
                         return Err(busy(format!(

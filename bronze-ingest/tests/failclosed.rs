@@ -364,3 +364,36 @@ async fn a_dry_run_creates_nothing_and_a_future_date_is_refused() {
     );
     assert!(h.manifests(Dataset::BronzeEvents).await.is_empty());
 }
+
+/// A batch pinned on the old source (its run died) and a source whose horizon is
+/// now behind it: every run refuses (exit 2); `--rebase` re-plans the pending
+/// batch on the source as it is now, with nothing lost or doubled.
+#[tokio::test(flavor = "multi_thread")]
+async fn rebase_re_plans_a_batch_pending_from_the_old_source() {
+    let h = Harness::new().await;
+    committed_once(&h).await;
+    let lake = h.lake();
+    let mut pending = h.manifests(Dataset::BronzeEvents).await[0].clone();
+    pending.batch = 2;
+    pending.state = manifest::BatchState::Pending;
+    pending.h_prev = Some(pending.h);
+    pending.h += 1_000_000;
+    pending.files.clear();
+    pending.rows = 0;
+    lake.put(&Dataset::BronzeEvents.manifest(2), pending.to_bytes())
+        .await
+        .unwrap();
+    generate_recent(&h.pg, 30, 72).await;
+    let out = h.run(&["--dataset", "events"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--rebase"), "{}", stderr(&out));
+
+    h.run_ok(&["--dataset", "events", "--rebase"]);
+    h.run_ok(&["--dataset", "events"]);
+    h.assert_lake_equals_postgres().await;
+    let ms = h.manifests(Dataset::BronzeEvents).await;
+    assert!(
+        ms[1].drop_captured && ms[1].h_prev.is_none(),
+        "batch 2 was re-planned"
+    );
+}
