@@ -172,6 +172,9 @@ pub fn days(
 pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<ExitStatus> {
     let run = Run::start(JOB);
     let started = Instant::now();
+    config
+        .lake
+        .warn_if_timeout_exceeds(opts.lease, "BRONZE_LEASE_SECS");
     let lake = if opts.dry_run {
         Lake::open_for_dry_run(&config.lake)?
     } else {

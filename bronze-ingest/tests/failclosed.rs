@@ -397,3 +397,26 @@ async fn rebase_re_plans_a_batch_pending_from_the_old_source() {
         "batch 2 was re-planned"
     );
 }
+
+/// SPEC §5.4: an S3 request timeout above a third of the lease is named, with
+/// the two settings to change.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_s3_timeout_longer_than_a_third_of_the_lease_is_warned_about() {
+    let mut h = Harness::new().await;
+    h.extra_env.push(("BRONZE_LEASE_SECS".into(), "9".into()));
+    h.extra_env.push(("S3_TIMEOUT_SECS".into(), "10".into()));
+    let out = h.run_ok(&["--dataset", "events"]);
+    assert!(
+        stderr(&out).contains("S3_TIMEOUT_SECS is more than a third of the lease")
+            && stderr(&out).contains("BRONZE_LEASE_SECS"),
+        "{}",
+        stderr(&out)
+    );
+    h.extra_env.clear();
+    let out = h.run_ok(&["--dataset", "events"]);
+    assert!(
+        !stderr(&out).contains("more than a third"),
+        "not with the defaults (10 s, 30 s): {}",
+        stderr(&out)
+    );
+}

@@ -234,6 +234,25 @@ pub struct LakeConfig {
     pub location: LakeLocation,
 }
 
+impl LakeConfig {
+    /// Warns when an S3 request may outlive a third of `lease` (SPEC §5.4: the
+    /// request timeout must stay well below the lease). Fencing still stops a
+    /// run whose renewal came too late, but such a run exits 4 and its work is
+    /// redone, so the operator is told which setting to change.
+    pub fn warn_if_timeout_exceeds(&self, lease: Duration, lease_setting: &str) {
+        if let LakeLocation::S3(s3) = &self.location
+            && s3.timeout > lease / 3
+        {
+            tracing::warn!(
+                s3_timeout_secs = s3.timeout.as_secs_f64(),
+                lease_secs = lease.as_secs_f64(),
+                "S3_TIMEOUT_SECS is more than a third of the lease: a slow request can outlive a renewal \
+                 and make the run lose its lease; lower S3_TIMEOUT_SECS or raise {lease_setting}"
+            );
+        }
+    }
+}
+
 impl fmt::Display for LakeConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.location {

@@ -132,6 +132,7 @@ impl Default for Options {
 /// PostgreSQL advisory lock (its own key per shard, so silver never waits for
 /// bronze), held for the whole run; the database settings are then required.
 pub async fn run_cli(config: LakeConfig, mut options: Options) -> anyhow::Result<ExitStatus> {
+    config.warn_if_timeout_exceeds(options.lease, "--lease-secs");
     let lake = if options.dry_run {
         Lake::open_for_dry_run(&config)
     } else {
