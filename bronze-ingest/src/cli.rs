@@ -27,10 +27,11 @@ struct Cli {
     #[arg(long)]
     dry_run: bool,
     /// Re-export one whole UTC day (backfill); supersedes the day's earlier files.
-    #[arg(long, conflicts_with_all = ["from", "to", "verify"])]
+    /// With --verify: audit only that day.
+    #[arg(long, conflicts_with_all = ["from", "to"])]
     date: Option<NaiveDate>,
-    /// First day of a backfill range (with --to).
-    #[arg(long, requires = "to", conflicts_with = "verify")]
+    /// First day of a backfill range (with --to); with --verify, of the audit.
+    #[arg(long, requires = "to")]
     from: Option<NaiveDate>,
     /// Last day of a backfill range (inclusive).
     #[arg(long, requires = "from")]

@@ -61,7 +61,8 @@ pub struct Options {
     pub datasets: Datasets,
     /// Read and report, write nothing.
     pub dry_run: bool,
-    /// Days to re-export whole (empty: incremental).
+    /// Days to re-export whole (empty: incremental); with `verify`, the days
+    /// to audit (empty: all).
     pub backfill_days: Vec<NaiveDate>,
     /// Audit instead of export.
     pub verify: bool,
@@ -267,7 +268,8 @@ async fn run_with(
         let mut all = Vec::new();
         for table in opts.datasets.tables() {
             let (checked, mismatches) =
-                verify::verify_dataset(&lake, &client, table, snapshot.xmax).await?;
+                verify::verify_dataset(&lake, &client, table, snapshot.xmax, &opts.backfill_days)
+                    .await?;
             report.verified.push(Verified {
                 dataset: table.dataset.to_string(),
                 days_checked: checked as u64,

@@ -63,4 +63,14 @@ async fn backfill_replaces_a_day_and_verify_audits() {
         "{}",
         stdout(&out)
     );
+    // One day at a time: the other days agree, that one does not.
+    let out = h.run_text_ok(&["--verify", "--date", "2025-06-21"]);
+    assert!(stdout(&out).contains("0 mismatched"), "{}", stdout(&out));
+    let out = h.run_text(&["--verify", "--from", "2025-06-19", "--to", "2025-06-20"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("MISMATCH bronze/events 2025-06-20"),
+        "{}",
+        stdout(&out)
+    );
 }
