@@ -25,7 +25,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use arrow::array::{Array, BooleanArray, RecordBatch, StringArray};
 use arrow::row::{RowConverter, SortField};
 use chrono::NaiveDate;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use lake_common::manifest::{self, BatchManifest};
 use lake_common::schema::SourceTable;
 use lake_common::{Lake, parquet_io};
@@ -88,9 +88,18 @@ impl Captured {
                 path: file.path.clone(),
                 source,
             };
-            let mut stream = parquet_io::read_stream(lake, &path)
-                .await
-                .map_err(read_err)?;
+            // Append-only tables need the key alone; the outbox, whole versions.
+            let mut stream = if table.updated_in_place {
+                parquet_io::read_stream(lake, &path)
+                    .await
+                    .map_err(read_err)?
+                    .boxed()
+            } else {
+                parquet_io::read_columns(lake, &path, &[table.key])
+                    .await
+                    .map_err(read_err)?
+                    .boxed()
+            };
             while let Some(batch) = stream.try_next().await.map_err(read_err)? {
                 let keys = out.keys(&batch)?;
                 let digests = out.digests(&batch)?;
