@@ -361,6 +361,12 @@ pub async fn run_dataset(
                 }
                 _ => false,
             };
+            // A rewrite seen by an earlier batch whose horizon was still below
+            // the rewriting xid: this batch's range may hold its rows.
+            let carried = prev
+                .as_ref()
+                .and_then(|p| p.drop_captured_below)
+                .filter(|below| h_prev.is_some_and(|hp| hp < *below));
             let m = BatchManifest {
                 format: MANIFEST_FORMAT,
                 dataset: dataset.to_string(),
@@ -381,8 +387,14 @@ pub async fn run_dataset(
                 wal_lsn: snapshot.wal_lsn.clone(),
                 relfilenode,
                 drop_captured: rewritten
+                    || carried.is_some()
                     || rebase
                     || (table.updated_in_place && !settings.backfill_days.is_empty()),
+                drop_captured_below: if rewritten {
+                    Some(snapshot.xmax)
+                } else {
+                    carried
+                },
                 backfill_days: settings.backfill_days.clone(),
                 claim: Claim::default(),
                 committed_at: None,
@@ -598,9 +610,15 @@ async fn execute(
             .into_iter()
             .filter(|m| m.batch < plan.batch)
             .collect();
-        // Events: only the days the time-bounded scan can select again.
+        // Events: only the days the time-bounded scan can select again, and
+        // not the days a backfill re-exports (it supersedes their files).
         let from = plan.scan_from.map(|t| t.date_naive());
-        let captured = identity::Captured::load(lake, table, &earlier, from).await?;
+        let skip: &[NaiveDate] = if table.updated_in_place {
+            &[]
+        } else {
+            &plan.backfill_days
+        };
+        let captured = identity::Captured::load(lake, table, &earlier, from, skip).await?;
         tracing::info!(dataset = %table.dataset, keys = captured.len(), from = ?from, "Loaded the captured rows to drop after a table rewrite");
         Some(std::sync::Arc::new(captured))
     } else {
@@ -614,10 +632,13 @@ async fn execute(
         let lake = lake.clone();
         let dry_run = settings.dry_run;
         // An events batch re-executes to the same bytes; a backfill (whatever
-        // PostgreSQL holds now) and an outbox batch (rows updated in place) may not.
+        // PostgreSQL holds now), an outbox batch (rows updated in place) and a
+        // batch that drops captured rows (it may be re-planned by a rebase) may not.
         let names = write::FileNames {
             batch: plan.batch,
-            attempt: (!plan.backfill_days.is_empty() || table.updated_in_place)
+            attempt: (!plan.backfill_days.is_empty()
+                || table.updated_in_place
+                || plan.drop_captured)
                 .then(|| settings.run_id.clone()),
         };
         async move {

@@ -67,12 +67,14 @@ pub struct Captured {
 
 impl Captured {
     /// Reads the committed rows of `table` that a batch may select again:
-    /// those of days from `from` on (`None`: every day).
+    /// those of days from `from` on (`None`: every day), except the days in
+    /// `skip` (a backfill's, whose files it supersedes).
     pub async fn load(
         lake: &Lake,
         table: &'static SourceTable,
         manifests: &[BatchManifest],
         from: Option<NaiveDate>,
+        skip: &[NaiveDate],
     ) -> Result<Self, IdentityError> {
         let mut out = Self {
             table,
@@ -80,7 +82,7 @@ impl Captured {
         };
         // Batch order, so a later version of an outbox row replaces an earlier one.
         for file in manifest::live_files(manifests) {
-            if from.is_some_and(|d| file.date < d) {
+            if from.is_some_and(|d| file.date < d) || skip.contains(&file.date) {
                 continue;
             }
             let path = Path::from(file.path.as_str());

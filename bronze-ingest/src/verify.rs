@@ -164,7 +164,7 @@ async fn verify_versions(
     only: &[NaiveDate],
 ) -> anyhow::Result<(usize, Vec<Mismatch>)> {
     let from = only.iter().min().copied();
-    let captured = crate::identity::Captured::load(lake, table, manifests, from).await?;
+    let captured = crate::identity::Captured::load(lake, table, manifests, from, &[]).await?;
     // Only some days: the days' rows alone (the backfill form of the SELECT).
     let sel = if only.is_empty() {
         crate::extract::Selection {

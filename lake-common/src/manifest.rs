@@ -101,6 +101,12 @@ pub struct BatchManifest {
     /// attempt of the batch selects the same rows.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub drop_captured: bool,
+    /// Set by the batch that first saw a new file node: the `xmax` of its
+    /// snapshot. The rewrite's own xid lies below it but possibly above that
+    /// batch's horizon (a transaction older than the rewrite was still open),
+    /// so every later batch whose `h_prev` is below it drops captured rows too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_captured_below: Option<u64>,
     /// Days re-exported whole by a backfill (they supersede earlier files of those days).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backfill_days: Vec<NaiveDate>,
@@ -333,6 +339,7 @@ mod tests {
             wal_lsn: None,
             relfilenode: None,
             drop_captured: false,
+            drop_captured_below: None,
             backfill_days: vec![],
             claim: Claim {
                 owner: "run".into(),

@@ -31,6 +31,7 @@ fn pending() -> BatchManifest {
         wal_lsn: None,
         relfilenode: None,
         drop_captured: false,
+        drop_captured_below: None,
         backfill_days: vec![],
         claim: Default::default(),
         committed_at: None,

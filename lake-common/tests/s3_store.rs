@@ -186,6 +186,7 @@ async fn conditional_create_is_refused_the_second_time() {
         wal_lsn: None,
         relfilenode: None,
         drop_captured: false,
+        drop_captured_below: None,
         backfill_days: vec![],
         claim: lake_common::commit::Claim {
             owner: "a".into(),

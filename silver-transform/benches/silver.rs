@@ -317,6 +317,7 @@ async fn write_batch(lake: &Lake, batch: u64, mut evs: Vec<Ev>) {
         wal_lsn: None,
         relfilenode: None,
         drop_captured: false,
+        drop_captured_below: None,
         backfill_days: vec![],
         claim: lake_common::commit::Claim {
             owner: "bench".into(),

@@ -360,6 +360,7 @@ fn manifest_of(batch: u64, state: BatchState, files: Vec<DataFile>) -> BatchMani
         wal_lsn: None,
         relfilenode: None,
         drop_captured: false,
+        drop_captured_below: None,
         backfill_days: vec![],
         claim: lake_common::commit::Claim {
             owner: "test".into(),

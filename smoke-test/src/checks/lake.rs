@@ -332,6 +332,7 @@ mod tests {
             wal_lsn: None,
             relfilenode: None,
             drop_captured: false,
+            drop_captured_below: None,
             backfill_days: vec![],
             claim: lake_common::commit::Claim {
                 owner: "r".into(),

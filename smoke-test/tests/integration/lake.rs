@@ -22,6 +22,7 @@ fn committed(dataset: Dataset, batch: u64, at: DateTime<Utc>) -> BatchManifest {
         wal_lsn: None,
         relfilenode: None,
         drop_captured: false,
+        drop_captured_below: None,
         backfill_days: vec![],
         claim: lake_common::commit::Claim {
             owner: "test".into(),
