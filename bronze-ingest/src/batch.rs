@@ -208,11 +208,7 @@ pub async fn run_dataset(
         && !settings.rebase
     {
         let m = &prev.manifest;
-        let events = (dataset == Dataset::BronzeEvents
-            && m.state == BatchState::Committed
-            && !m.files.is_empty())
-        .then_some(m);
-        source::check(lake, client, table, m, events, snapshot).await?;
+        source::check(lake, client, table, m, snapshot).await?;
     }
 
     let mut report = DatasetReport::empty(table);

@@ -10,8 +10,9 @@
 //!   that lagged: its xids above the promotion point are reused, so horizons
 //!   alone cannot see it) stops the run;
 //! * a new timeline (a promotion) is accepted if the new primary holds every row
-//!   of the last committed events batch — a planned switchover that lost
-//!   nothing goes on — and stops the run otherwise.
+//!   of the latest committed events batch with rows — a planned switchover that
+//!   lost nothing goes on — and stops the run otherwise (also when there is no
+//!   such batch to check against).
 //!
 //! Each stop is a configuration error (exit 2: the Job is not retried) whose
 //! message says what changed and what to do: after checking, `--rebase` adopts
@@ -19,9 +20,9 @@
 //! (row identity), so nothing is lost that the source still has and nothing is
 //! duplicated over the overlap.
 
-use lake_common::manifest::BatchManifest;
+use lake_common::manifest::{self, BatchManifest, BatchState};
 use lake_common::schema::SourceTable;
-use lake_common::{Classified, ExitStatus, Lake, parquet_io};
+use lake_common::{Classified, Dataset, ExitStatus, Lake, parquet_io};
 use object_store::path::Path;
 use tokio_postgres::Client;
 
@@ -38,14 +39,14 @@ fn stop(message: String) -> anyhow::Error {
 }
 
 /// Checks that `snapshot` comes from the source of `last` (the dataset's
-/// latest batch); `last_events` is the latest committed events batch with
-/// rows, whose keys a new timeline must still hold.
+/// latest batch). On a new timeline the latest committed events batch with
+/// rows (whichever dataset runs: both come from the one database) must still
+/// be whole in the source.
 pub async fn check(
     lake: &Lake,
     client: &Client,
     table: &SourceTable,
     last: &BatchManifest,
-    last_events: Option<&BatchManifest>,
     snapshot: &Snapshot,
 ) -> anyhow::Result<()> {
     let dataset = table.dataset;
@@ -71,11 +72,13 @@ pub async fn check(
         return Ok(());
     }
     // A promotion. Did the new primary replay everything the last batch saw?
-    let Some(events) = last_events else {
-        tracing::warn!(dataset = %dataset, before, now, "New timeline; no committed events batch to check it against");
-        return Ok(());
+    let Some(events) = latest_events_with_rows(lake).await? else {
+        return Err(stop(format!(
+            "{dataset}: the database is on a new timeline ({before} -> {now}: a failover or a \
+             switchover) and the lake has no committed events batch to check it against. {ADOPT}"
+        )));
     };
-    let (present, expected) = keys_present(lake, client, events).await?;
+    let (present, expected) = keys_present(lake, client, &events).await?;
     if present < expected {
         return Err(stop(format!(
             "{dataset}: the database is on a new timeline ({before} -> {now}: a failover) and lacks {} of \
@@ -89,6 +92,21 @@ pub async fn check(
         "New timeline (a switchover): the new primary holds every row of the last batch; going on"
     );
     Ok(())
+}
+
+/// The latest committed events batch that has rows (read newest first; the
+/// latest usually has them).
+async fn latest_events_with_rows(lake: &Lake) -> anyhow::Result<Option<BatchManifest>> {
+    let batches = manifest::list_batches(lake, Dataset::BronzeEvents).await?;
+    for n in batches.into_iter().rev() {
+        let m = manifest::read(lake, Dataset::BronzeEvents, n)
+            .await?
+            .manifest;
+        if m.state == BatchState::Committed && !m.files.is_empty() {
+            return Ok(Some(m));
+        }
+    }
+    Ok(None)
 }
 
 /// How many of the events of `batch` the database still holds, of how many.

@@ -98,10 +98,14 @@ async fn a_changed_source_stops_the_run_and_rebase_adopts_it() {
     h.run_ok(&["--dataset", "events"]);
     h.assert_lake_equals_postgres().await;
 
-    // A promotion that lost rows of the last batch: a failover to a lagging replica.
+    // A promotion that lost rows of the last batch with rows — here under an
+    // empty batch on top — a failover to a lagging replica.
     let last = h.manifests(Dataset::BronzeEvents).await.pop().unwrap();
     let lake = h.lake();
     let mut m = last.clone();
+    m.batch += 1;
+    m.files.clear();
+    m.rows = 0;
     m.timeline = Some(real.timeline.unwrap() + 9);
     lake.put(&Dataset::BronzeEvents.manifest(m.batch), m.to_bytes())
         .await
