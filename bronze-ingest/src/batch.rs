@@ -197,11 +197,10 @@ pub async fn run_dataset(
 ) -> anyhow::Result<DatasetReport> {
     let started = Instant::now();
     let dataset = table.dataset;
-    let latest = manifest::list_batches(lake, dataset).await?.last().copied();
-    let previous = match latest {
-        Some(n) => Some(manifest::read(lake, dataset, n).await?),
-        None => None,
-    };
+    // The latest checkpoint and the few entries after it: a run's requests do
+    // not grow with the dataset's age.
+    let history = manifest::BronzeLog::load(lake, dataset).await?;
+    let previous = history.latest_entry();
     // The same source, with everything the last batch saw (SPEC §5.5)? A
     // rebase adopts the source as it is now instead.
     if let Some(prev) = &previous
@@ -428,8 +427,11 @@ pub async fn run_dataset(
     };
     let result = execute(
         &work,
-        client,
-        table,
+        Source {
+            client,
+            table,
+            history: &history,
+        },
         &plan,
         snapshot.xmax,
         settings,
@@ -497,6 +499,18 @@ pub async fn run_dataset(
     };
     failpoint("after-commit");
     cleanup(lake, &committed).await?;
+    if let Some(checkpoint) = history.checkpoint_after(&committed) {
+        // Best effort: a checkpoint that is not written only means the next
+        // reader reads a few more entries, and the next commit writes it.
+        match manifest::write_checkpoint(lake, &checkpoint).await {
+            Ok(()) => {
+                tracing::debug!(dataset = %dataset, batch = checkpoint.batch, live_files = checkpoint.live.len(), "Wrote a checkpoint")
+            }
+            Err(e) => {
+                tracing::warn!(dataset = %dataset, batch = checkpoint.batch, error = %e, "Could not write the checkpoint; the next commit writes it")
+            }
+        }
+    }
     report.outcome = Outcome::Committed;
     report.seconds = started.elapsed().as_secs_f64();
     tracing::info!(
@@ -562,15 +576,27 @@ fn check_not_behind(
 
 type Executed = (write::Written, u64, Findings, Vec<String>);
 
+/// The table a batch reads and what the lake already holds of it.
+struct Source<'a> {
+    client: &'a Client,
+    table: &'static SourceTable,
+    /// The dataset's log as this run read it (row identity reads its live files).
+    history: &'a manifest::BronzeLog,
+}
+
 async fn execute(
     lake: &Lake,
-    client: &Client,
-    table: &'static SourceTable,
+    source: Source<'_>,
     plan: &BatchManifest,
     xmax: u64,
     settings: &BatchSettings,
     progress: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<Executed> {
+    let Source {
+        client,
+        table,
+        history,
+    } = source;
     // Files of the backfilled days written by earlier batches: listed before any
     // file of this batch exists, so the list is exactly what the batch replaces.
     // The outbox's history cannot be re-read (its cleanup deletes rows): an
@@ -601,10 +627,11 @@ async fn execute(
             .map(|f| (plan.backfill_days.clone(), f)),
     };
     let drop_captured = if plan.drop_captured {
-        let earlier: Vec<BatchManifest> = manifest::read_all(lake, table.dataset)
-            .await?
+        let earlier: Vec<DataFile> = history
+            .live_files()
             .into_iter()
-            .filter(|m| m.batch < plan.batch)
+            .filter(|f| f.batch < plan.batch)
+            .map(|f| f.file)
             .collect();
         // Events: only the days the time-bounded scan can select again, and
         // not the days a backfill re-exports (it supersedes their files).
@@ -697,16 +724,25 @@ async fn cleanup(lake: &Lake, committed: &BatchManifest) -> anyhow::Result<()> {
         .iter()
         .map(|p| Path::from(p.as_str()))
         .collect();
-    let all: Vec<_> = lake
-        .store()
-        .list(Some(&dataset.root()))
-        .try_collect()
-        .await?;
-    doomed.extend(
-        all.into_iter()
-            .map(|m| m.location)
-            .filter(|p| batch_of(p) == Some(committed.batch) && !listed.contains(p.as_ref())),
-    );
+    // Only an earlier attempt can have left files the batch does not list
+    // (a single attempt writes exactly what it commits): a normal run touches
+    // only what the batch superseded, and lists the dataset only after a
+    // takeover (or for a batch written before attempts were counted).
+    if committed.claim.attempts != 1 {
+        let all: Vec<_> = lake
+            .store()
+            .list(Some(&dataset.root()))
+            .try_collect()
+            .await?;
+        doomed.extend(
+            all.into_iter()
+                .map(|m| m.location)
+                .filter(|p| batch_of(p) == Some(committed.batch) && !listed.contains(p.as_ref())),
+        );
+    }
+    if doomed.is_empty() {
+        return Ok(());
+    }
     let n = lake.delete_all(doomed).await?;
     if n > 0 {
         tracing::debug!(files = n, batch = committed.batch, "Deleted obsolete files");

@@ -83,7 +83,7 @@ where
     let cli = Cli::parse_from(args);
     telemetry::init(LogFormat::from_env());
     let result = (|| {
-        telemetry::check_log_format()?;
+        telemetry::check_environment()?;
         let days = crate::days(cli.date, cli.from, cli.to)?;
         let config = lake_common::Config::from_env()?;
         let opts = Options {

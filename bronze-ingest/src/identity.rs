@@ -26,7 +26,7 @@ use arrow::array::{Array, BooleanArray, RecordBatch, StringArray};
 use arrow::row::{RowConverter, SortField};
 use chrono::NaiveDate;
 use futures::{StreamExt, TryStreamExt};
-use lake_common::manifest::{self, BatchManifest};
+use lake_common::manifest::DataFile;
 use lake_common::schema::SourceTable;
 use lake_common::{Lake, parquet_io};
 use object_store::path::Path;
@@ -72,7 +72,7 @@ impl Captured {
     pub async fn load(
         lake: &Lake,
         table: &'static SourceTable,
-        manifests: &[BatchManifest],
+        live: &[DataFile],
         from: Option<NaiveDate>,
         skip: &[NaiveDate],
     ) -> Result<Self, IdentityError> {
@@ -81,7 +81,7 @@ impl Captured {
             rows: HashMap::new(),
         };
         // Batch order, so a later version of an outbox row replaces an earlier one.
-        for file in manifest::live_files(manifests) {
+        for file in live {
             if from.is_some_and(|d| file.date < d) || skip.contains(&file.date) {
                 continue;
             }

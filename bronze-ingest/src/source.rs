@@ -20,7 +20,7 @@
 //! (row identity), so nothing is lost that the source still has and nothing is
 //! duplicated over the overlap.
 
-use lake_common::manifest::{self, BatchManifest, BatchState};
+use lake_common::manifest::{self, BatchManifest};
 use lake_common::schema::SourceTable;
 use lake_common::{Classified, Dataset, ExitStatus, Lake, parquet_io};
 use object_store::path::Path;
@@ -97,16 +97,8 @@ pub async fn check(
 /// The latest committed events batch that has rows (read newest first; the
 /// latest usually has them).
 async fn latest_events_with_rows(lake: &Lake) -> anyhow::Result<Option<BatchManifest>> {
-    let batches = manifest::list_batches(lake, Dataset::BronzeEvents).await?;
-    for n in batches.into_iter().rev() {
-        let m = manifest::read(lake, Dataset::BronzeEvents, n)
-            .await?
-            .manifest;
-        if m.state == BatchState::Committed && !m.files.is_empty() {
-            return Ok(Some(m));
-        }
-    }
-    Ok(None)
+    let history = manifest::BronzeLog::load(lake, Dataset::BronzeEvents).await?;
+    Ok(history.latest_with_files().cloned())
 }
 
 /// How many of the events of `batch` the database still holds, of how many.

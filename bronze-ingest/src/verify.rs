@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use arrow::array::{Array, Decimal128Array};
 use chrono::NaiveDate;
 use futures::TryStreamExt;
-use lake_common::manifest::{self, BatchState};
+use lake_common::manifest;
 use lake_common::schema::SourceTable;
 use lake_common::{Lake, parquet_io};
 use object_store::path::Path;
@@ -60,18 +60,15 @@ pub async fn verify_dataset(
     xmax: u64,
     only: &[NaiveDate],
 ) -> anyhow::Result<(usize, Vec<Mismatch>)> {
-    let manifests = manifest::read_all(lake, table.dataset).await?;
-    let Some(last) = manifests
-        .iter()
-        .rev()
-        .find(|m| m.state == BatchState::Committed)
-    else {
+    let history = manifest::BronzeLog::load(lake, table.dataset).await?;
+    let live: Vec<manifest::DataFile> = history.live_files().into_iter().map(|f| f.file).collect();
+    let Some(last) = history.latest_committed() else {
         tracing::info!(dataset = %table.dataset, "Nothing committed yet; nothing to verify");
         return Ok((0, vec![]));
     };
     let finished = horizon::finished_before(last.h, xmax)?;
     if table.updated_in_place {
-        return verify_versions(lake, client, table, &manifests, finished, only).await;
+        return verify_versions(lake, client, table, &live, finished, only).await;
     }
     let mut days: BTreeMap<NaiveDate, DayCheck> = BTreeMap::new();
 
@@ -112,7 +109,7 @@ pub async fn verify_dataset(
         .unwrap_or(0);
     let mut sums: BTreeMap<NaiveDate, (i128, bool)> = BTreeMap::new();
     let columns: Vec<&str> = table.verify_sum_column.into_iter().collect();
-    for file in manifest::live_files(&manifests) {
+    for file in &live {
         if !only.is_empty() && !only.contains(&file.date) {
             continue;
         }
@@ -159,12 +156,12 @@ async fn verify_versions(
     lake: &Lake,
     client: &Client,
     table: &'static SourceTable,
-    manifests: &[manifest::BatchManifest],
+    live: &[manifest::DataFile],
     finished: String,
     only: &[NaiveDate],
 ) -> anyhow::Result<(usize, Vec<Mismatch>)> {
     let from = only.iter().min().copied();
-    let captured = crate::identity::Captured::load(lake, table, manifests, from, &[]).await?;
+    let captured = crate::identity::Captured::load(lake, table, live, from, &[]).await?;
     // Only some days: the days' rows alone (the backfill form of the SELECT).
     let sel = if only.is_empty() {
         crate::extract::Selection {

@@ -96,14 +96,38 @@ pub async fn write_partitions(
     input: Input,
     after_file: AfterFile<'_>,
 ) -> Result<Written, WriteError> {
-    let mut open: Option<(NaiveDate, u32, FileWriter)> = None;
-    let result = write_all(lake, table, names, dry_run, input, after_file, &mut open).await;
-    if result.is_err()
-        && let Some((_, _, w)) = open.take()
-    {
-        w.abort().await;
+    let mut state = State::default();
+    let result = write_all(lake, table, names, dry_run, input, after_file, &mut state).await;
+    let State { open, out } = state;
+    match result {
+        Ok(()) => Ok(out),
+        Err(e) => {
+            if let Some((_, _, w)) = open {
+                w.abort().await;
+            }
+            // The files finished so far are listed by no manifest: a glob
+            // reader would see them until the retry. Best effort (the retry's
+            // clean-up removes what is left).
+            let done: Vec<Path> = out
+                .files
+                .iter()
+                .map(|f| Path::from(f.path.as_str()))
+                .collect();
+            if !done.is_empty()
+                && let Err(err) = lake.delete_all(done).await
+            {
+                tracing::warn!(error = %err, "Could not delete the files of the failed attempt; the retry does");
+            }
+            Err(e)
+        }
     }
-    result
+}
+
+/// What the writer holds while it runs: the open file and what it finished.
+#[derive(Default)]
+struct State {
+    open: Option<(NaiveDate, u32, FileWriter)>,
+    out: Written,
 }
 
 async fn write_all(
@@ -113,9 +137,9 @@ async fn write_all(
     dry_run: bool,
     mut input: Input,
     after_file: AfterFile<'_>,
-    open: &mut Option<(NaiveDate, u32, FileWriter)>,
-) -> Result<Written, WriteError> {
-    let mut out = Written::default();
+    state: &mut State,
+) -> Result<(), WriteError> {
+    let State { open, out } = state;
     while let Some(mut chunk) = input.chunks.recv().await {
         if let Some(captured) = &input.drop_captured {
             let (kept, dropped) = captured.drop_captured(chunk.batch)?;
@@ -144,7 +168,7 @@ async fn write_all(
         };
         if let Some(n) = next_n {
             if let Some((date, _, w)) = open.take() {
-                finish(&mut out, date, w, after_file).await?;
+                finish(out, date, w, after_file).await?;
             }
             let path = names.path(table, chunk.date, n);
             let w = FileWriter::bronze(lake, table, path.clone()).map_err(|source| {
@@ -168,9 +192,9 @@ async fn write_all(
         return Err(WriteError::InputFailed);
     }
     if let Some((date, _, w)) = open.take() {
-        finish(&mut out, date, w, after_file).await?;
+        finish(out, date, w, after_file).await?;
     }
-    Ok(out)
+    Ok(())
 }
 
 async fn finish(

@@ -424,3 +424,32 @@ async fn an_s3_timeout_longer_than_a_third_of_the_lease_is_warned_about() {
         stderr(&out)
     );
 }
+
+/// #14 item 6: a mistyped variable with one of the project's prefixes is named,
+/// with the nearest known one, in text and in JSON mode; the run still works
+/// (the default is in force, which is why the warning matters).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mistyped_variable_is_warned_about_with_the_nearest_name() {
+    let mut h = Harness::new().await;
+    h.extra_env.push(("DJANGO_DB_PROT".into(), "5433".into()));
+    h.extra_env.push(("AWS_SESSION_TOKEN".into(), "x".into()));
+    for format in ["text", "json"] {
+        h.extra_env.retain(|(k, _)| k != "LOG_FORMAT");
+        h.extra_env.push(("LOG_FORMAT".into(), format.into()));
+        let out = h.run_ok(&["--dataset", "events", "--dry-run"]);
+        let err = stderr(&out);
+        let line = err
+            .lines()
+            .find(|l| l.contains("DJANGO_DB_PROT"))
+            .unwrap_or_else(|| panic!("{format}: no warning in {err}"));
+        assert!(line.contains("did you mean DJANGO_DB_PORT?"), "{line}");
+        assert!(
+            !err.contains("AWS_SESSION_TOKEN"),
+            "AWS_ names are not ours: {err}"
+        );
+        if format == "json" {
+            let v: serde_json::Value = serde_json::from_str(line).expect(line);
+            assert_eq!(v["level"], "WARN", "{line}");
+        }
+    }
+}

@@ -210,9 +210,11 @@ async fn a_backend_terminated_mid_copy_leaves_no_partial_file_and_the_retry_is_e
     assert!(killed >= 1, "the export's backend was found");
     let out = run.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let left = h.data_files(Dataset::BronzeEvents).await;
     assert!(
-        h.data_files(Dataset::BronzeEvents).await.is_empty(),
-        "no partial file"
+        left.is_empty(),
+        "no partial file: {left:?}\n{}",
+        stderr(&out)
     );
     assert_eq!(
         h.s3.incomplete_uploads(&h.bucket).await.unwrap(),

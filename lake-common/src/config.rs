@@ -47,6 +47,57 @@ pub const ENV_VARS: &[&str] = &[
     "JOB_COMPLETION_INDEX",
 ];
 
+/// Prefixes this project owns: a variable with one of them that is not in
+/// [`ENV_VARS`] is almost certainly a typo (`DJANGO_DB_PROT`). `AWS_` is left
+/// alone: the AWS tooling owns many names (`AWS_SESSION_TOKEN`, `AWS_PROFILE`).
+const OWN_PREFIXES: &[&str] = &["DJANGO_DB_", "S3_", "LAKE_", "BRONZE_", "SILVER_", "LOG_"];
+
+/// Names with an own prefix that are not configuration: test hooks, the
+/// benchmark's knobs and the build's commit stamp.
+const NOT_CONFIGURATION: &[&str] = &[
+    "BRONZE_FAILPOINT",
+    "LAKE_GIT_COMMIT",
+    "LAKE_TEST",
+    "LAKE_TESTKIT",
+    "SILVER_BENCH_",
+    "SILVER_TEST_",
+];
+
+/// One line per variable that carries one of the project's prefixes but is not
+/// one the jobs read, with the nearest known name when one is close: a typo in a
+/// Secret would otherwise pass silently and leave the default in force.
+pub fn unknown_variables<I, K>(names: I) -> Vec<String>
+where
+    I: IntoIterator<Item = K>,
+    K: AsRef<str>,
+{
+    let mut lines: Vec<String> = names
+        .into_iter()
+        .filter_map(|name| {
+            let name = name.as_ref();
+            let own = OWN_PREFIXES.iter().any(|p| name.starts_with(p));
+            let exempt = NOT_CONFIGURATION.iter().any(|p| name.starts_with(p));
+            if !own || exempt || ENV_VARS.contains(&name) {
+                return None;
+            }
+            let nearest = ENV_VARS
+                .iter()
+                .map(|known| (strsim::damerau_levenshtein(name, known), *known))
+                .min()
+                .filter(|(distance, _)| *distance <= 3)
+                .map(|(_, known)| known);
+            Some(match nearest {
+                Some(known) => format!("{name} is not a variable the jobs read: did you mean {known}?"),
+                None => format!(
+                    "{name} is not a variable the jobs read (it is ignored): see the README's configuration table"
+                ),
+            })
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
 /// A secret string: never printed by `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Secret(String);
@@ -817,6 +868,39 @@ mod tests {
         let e = err_for(env);
         assert_eq!(e.problems.len(), 2, "{e}");
         assert!(e.mentions("DJANGO_DB_PORT") && e.mentions("DJANGO_DB_SSLMODE"));
+    }
+
+    #[test]
+    fn unknown_variables_name_the_nearest_known_one() {
+        let lines = unknown_variables([
+            "DJANGO_DB_PROT",
+            "DJANGO_DB_PORT",
+            "AWS_SESSION_TOKEN",
+            "S3_BUKET",
+            "LOG_FORMT",
+            "SILVER_SOMETHING_ELSE_ENTIRELY",
+            "LAKE_TEST_STORE",
+            "PATH",
+        ]);
+        assert_eq!(lines.len(), 4, "{lines:#?}");
+        assert!(
+            lines[0].contains("DJANGO_DB_PROT")
+                && lines[0].ends_with("did you mean DJANGO_DB_PORT?")
+        );
+        assert!(
+            lines[1].ends_with("did you mean LOG_FORMAT?"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].ends_with("did you mean S3_BUCKET?"),
+            "{}",
+            lines[2]
+        );
+        assert!(
+            lines[3].contains("SILVER_SOMETHING_ELSE_ENTIRELY is not a variable")
+                && lines[3].contains("README")
+        );
     }
 
     #[test]

@@ -5,7 +5,12 @@
 //! rewriting it with the list of its files. Readers that honour manifests see the
 //! union of the committed batches' files minus the files a later committed batch
 //! superseded (a backfill); they never see a pending batch's files. Silver reads
-//! bronze through [`live_files`] for the same reason.
+//! bronze through the same reduction for the same reason.
+//!
+//! Every [`CHECKPOINT_INTERVAL`] batches a commit also writes a [`Checkpoint`],
+//! the reduced state at that batch, and the `_last_checkpoint` hint; readers go
+//! through [`BronzeLog`], which reads the checkpoint and only the entries after
+//! it, so a run's requests do not grow with the dataset's age.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -298,20 +303,309 @@ fn dataset_of(manifest: &BatchManifest) -> Dataset {
 }
 
 /// The files a manifest-honouring reader sees: every committed batch's files minus
-/// those superseded by a later committed batch, in batch order.
+/// those superseded by a later committed batch, in batch order. For a whole
+/// log as read by [`read_all`] (tests, audits); the jobs read through
+/// [`BronzeLog::live_files`], the same reduction started from a checkpoint.
 pub fn live_files(manifests: &[BatchManifest]) -> Vec<DataFile> {
-    let committed = manifests
-        .iter()
-        .filter(|m| m.state == BatchState::Committed);
+    reduce(std::iter::empty(), manifests.iter())
+        .into_iter()
+        .map(|f| f.file)
+        .collect()
+}
+
+/// The live files after `entries` (ascending; pending ones are skipped) are
+/// applied to the live files `before` them.
+fn reduce<'a>(
+    before: impl Iterator<Item = LiveFile>,
+    entries: impl Iterator<Item = &'a BatchManifest> + Clone,
+) -> Vec<LiveFile> {
+    let committed = entries.filter(|m| m.state == BatchState::Committed);
     let superseded: BTreeSet<&str> = committed
         .clone()
         .flat_map(|m| m.supersedes.iter().map(String::as_str))
         .collect();
-    committed
-        .flat_map(|m| m.files.iter())
-        .filter(|f| !superseded.contains(f.path.as_str()))
-        .cloned()
+    let added = committed.flat_map(|m| {
+        m.files.iter().map(|f| LiveFile {
+            batch: m.batch,
+            file: f.clone(),
+        })
+    });
+    before
+        .chain(added)
+        .filter(|f| !superseded.contains(f.file.path.as_str()))
         .collect()
+}
+
+/// A committed batch's file that no later batch superseded, with its batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveFile {
+    /// The batch that wrote it.
+    pub batch: u64,
+    /// The file as its manifest lists it.
+    #[serde(flatten)]
+    pub file: DataFile,
+}
+
+/// Format of [`Checkpoint`]s, bumped on incompatible change.
+pub const CHECKPOINT_FORMAT: u32 = 1;
+
+/// A commit writes a checkpoint once this many batches were committed after
+/// the last one: a reader then reads one checkpoint and at most this many
+/// entries, whatever the dataset's age (docs/commit-protocol.md).
+pub const CHECKPOINT_INTERVAL: u64 = 10;
+
+/// The reduced state of a bronze dataset through one committed batch: what a
+/// reader would compute from every manifest up to it. Every batch up to it is
+/// committed (only the latest entry of a log may be pending), so the state needs
+/// no list of batches. Its content is a function of the log: two runs writing
+/// the checkpoint of the same batch write the same bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// [`CHECKPOINT_FORMAT`].
+    pub format: u32,
+    /// The dataset (`bronze/events`, …).
+    pub dataset: String,
+    /// The state is that after this committed batch.
+    pub batch: u64,
+    /// The manifest of `batch` itself (horizons, source identity of the latest batch).
+    pub last: BatchManifest,
+    /// The latest committed batch up to `batch` that has files (a failover check
+    /// reads its rows back).
+    pub last_with_files: Option<BatchManifest>,
+    /// Every live file, in batch order.
+    pub live: Vec<LiveFile>,
+}
+
+/// A bronze dataset's log as readers need it: the latest checkpoint and the
+/// entries after it. Loading it costs a few requests whatever the dataset's age:
+/// the `_last_checkpoint` hint, the checkpoint, one listing that starts after
+/// the checkpoint's batch, and the entries it finds.
+#[derive(Debug, Clone)]
+pub struct BronzeLog {
+    dataset: Dataset,
+    checkpoint: Option<Checkpoint>,
+    /// Entries after the checkpoint, ascending; only the last may be pending.
+    after: Vec<Versioned>,
+}
+
+/// The `_last_checkpoint` hint: the batch of the newest checkpoint.
+#[derive(Debug, Serialize, Deserialize)]
+struct LastCheckpoint {
+    format: u32,
+    batch: u64,
+}
+
+impl BronzeLog {
+    /// Reads the dataset's log. The hint is only a hint: a missing or stale one
+    /// costs a longer listing (and a newer checkpoint found there is used), never
+    /// a wrong answer, because every entry after the checkpoint is read.
+    pub async fn load(lake: &Lake, dataset: Dataset) -> Result<Self, ManifestError> {
+        let hint = dataset.last_checkpoint();
+        let hinted = match lake.store().get(&hint).await {
+            Ok(got) => {
+                let bytes = got.bytes().await.map_err(store_err(&hint))?;
+                check_format(hint.as_ref(), &bytes, CHECKPOINT_FORMAT)?;
+                // An unreadable hint is as good as none.
+                serde_json::from_slice::<LastCheckpoint>(&bytes)
+                    .ok()
+                    .map(|h| h.batch)
+            }
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => return Err(store_err(&hint)(e)),
+        };
+        let dir = dataset.manifests_dir();
+        let listed: Vec<Path> = match hinted {
+            Some(b) => lake
+                .store()
+                .list_with_offset(Some(&dir), &dataset.manifest(b)),
+            None => lake.store().list(Some(&dir)),
+        }
+        .map_ok(|meta| meta.location)
+        .try_collect()
+        .await
+        .map_err(store_err(&dir))?;
+        let newest_checkpoint = listed
+            .iter()
+            .filter_map(Dataset::checkpoint_number)
+            .chain(hinted)
+            .max();
+        let checkpoint = match newest_checkpoint {
+            Some(b) => Some(read_checkpoint(lake, dataset, b).await?),
+            None => None,
+        };
+        let from = checkpoint.as_ref().map_or(0, |c| c.batch);
+        let mut numbers: Vec<u64> = listed
+            .iter()
+            .filter_map(Dataset::manifest_number)
+            .filter(|n| *n > from)
+            .collect();
+        numbers.sort_unstable();
+        let after = futures::stream::iter(numbers)
+            .map(|b| read(lake, dataset, b))
+            .buffered(16)
+            .try_collect()
+            .await?;
+        Ok(Self {
+            dataset,
+            checkpoint,
+            after,
+        })
+    }
+
+    /// The dataset.
+    pub fn dataset(&self) -> Dataset {
+        self.dataset
+    }
+
+    /// The batch of the checkpoint the log was read from (`None`: none yet).
+    pub fn checkpoint_batch(&self) -> Option<u64> {
+        self.checkpoint.as_ref().map(|c| c.batch)
+    }
+
+    /// The entries after the checkpoint, with their versions, ascending.
+    pub fn after(&self) -> &[Versioned] {
+        &self.after
+    }
+
+    /// The latest entry (pending or committed).
+    pub fn latest(&self) -> Option<&BatchManifest> {
+        self.after
+            .last()
+            .map(|v| &v.manifest)
+            .or(self.checkpoint.as_ref().map(|c| &c.last))
+    }
+
+    /// The latest entry with its version; an entry only the checkpoint holds
+    /// (committed, so never written again) comes without one.
+    pub fn latest_entry(&self) -> Option<Versioned> {
+        self.after.last().cloned().or_else(|| {
+            self.checkpoint.as_ref().map(|c| Versioned {
+                manifest: c.last.clone(),
+                version: UpdateVersion {
+                    e_tag: None,
+                    version: None,
+                },
+            })
+        })
+    }
+
+    /// The latest entry if it was read with its version (it is after the
+    /// checkpoint): what a takeover needs.
+    pub fn latest_versioned(&self) -> Option<&Versioned> {
+        self.after.last()
+    }
+
+    /// The latest committed batch.
+    pub fn latest_committed(&self) -> Option<&BatchManifest> {
+        self.after
+            .iter()
+            .rev()
+            .map(|v| &v.manifest)
+            .find(|m| m.state == BatchState::Committed)
+            .or(self.checkpoint.as_ref().map(|c| &c.last))
+    }
+
+    /// Committed batch numbers, ascending.
+    pub fn committed(&self) -> BTreeSet<u64> {
+        let through = self.checkpoint_batch().unwrap_or(0);
+        (1..=through)
+            .chain(
+                self.after
+                    .iter()
+                    .filter(|v| v.manifest.state == BatchState::Committed)
+                    .map(|v| v.manifest.batch),
+            )
+            .collect()
+    }
+
+    /// The latest committed batch that has files.
+    pub fn latest_with_files(&self) -> Option<&BatchManifest> {
+        self.after
+            .iter()
+            .rev()
+            .map(|v| &v.manifest)
+            .find(|m| m.state == BatchState::Committed && !m.files.is_empty())
+            .or(self
+                .checkpoint
+                .as_ref()
+                .and_then(|c| c.last_with_files.as_ref()))
+    }
+
+    /// What a manifest-honouring reader sees: the checkpoint's live files and
+    /// those of the committed entries after it, minus what those superseded, in
+    /// batch order.
+    pub fn live_files(&self) -> Vec<LiveFile> {
+        reduce(
+            self.checkpoint.iter().flat_map(|c| c.live.iter().cloned()),
+            self.after.iter().map(|v| &v.manifest),
+        )
+    }
+
+    /// The checkpoint to write once `committed` (the entry that follows this
+    /// log) is committed, if [`CHECKPOINT_INTERVAL`] batches have been since
+    /// the last one. A lost checkpoint is made good by the next commit.
+    pub fn checkpoint_after(&self, committed: &BatchManifest) -> Option<Checkpoint> {
+        let since = committed.batch - self.checkpoint_batch().unwrap_or(0);
+        if committed.state != BatchState::Committed || since < CHECKPOINT_INTERVAL {
+            return None;
+        }
+        let mut next = self.clone();
+        next.after.retain(|v| v.manifest.batch < committed.batch);
+        next.after.push(Versioned {
+            manifest: committed.clone(),
+            version: UpdateVersion {
+                e_tag: None,
+                version: None,
+            },
+        });
+        Some(Checkpoint {
+            format: CHECKPOINT_FORMAT,
+            dataset: committed.dataset.clone(),
+            batch: committed.batch,
+            last: committed.clone(),
+            last_with_files: next.latest_with_files().cloned(),
+            live: next.live_files(),
+        })
+    }
+}
+
+/// Reads the checkpoint of `batch`.
+pub async fn read_checkpoint(
+    lake: &Lake,
+    dataset: Dataset,
+    batch: u64,
+) -> Result<Checkpoint, ManifestError> {
+    let path = dataset.checkpoint(batch);
+    let bytes = lake.get_bytes(&path).await.map_err(store_err(&path))?;
+    check_format(path.as_ref(), &bytes, CHECKPOINT_FORMAT)?;
+    serde_json::from_slice(&bytes).map_err(|source| ManifestError::Parse {
+        path: path.to_string(),
+        source,
+    })
+}
+
+/// Writes a checkpoint, then points `_last_checkpoint` at it. Plain PUTs: the
+/// content is a function of the log, so a concurrent or late writer of the same
+/// checkpoint writes the same bytes, and a crash between the two only costs
+/// the next reader a longer listing.
+pub async fn write_checkpoint(lake: &Lake, checkpoint: &Checkpoint) -> Result<(), ManifestError> {
+    let dataset = dataset_of(&checkpoint.last);
+    let path = dataset.checkpoint(checkpoint.batch);
+    // Compact: a checkpoint of years holds tens of thousands of files.
+    let bytes = serde_json::to_vec(checkpoint).unwrap_or_default();
+    lake.put(&path, Bytes::from(bytes))
+        .await
+        .map_err(store_err(&path))?;
+    let hint = dataset.last_checkpoint();
+    let body = serde_json::to_vec(&LastCheckpoint {
+        format: CHECKPOINT_FORMAT,
+        batch: checkpoint.batch,
+    })
+    .unwrap_or_default();
+    lake.put(&hint, Bytes::from(body))
+        .await
+        .map_err(store_err(&hint))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -380,6 +674,100 @@ mod tests {
         create(&lake, &m).await.unwrap();
         let err = read(&lake, Dataset::BronzeEvents, 1).await.unwrap_err();
         assert!(matches!(err, ManifestError::NewerFormat { .. }), "{err}");
+        assert!(err.to_string().contains("newer release"), "{err}");
+    }
+
+    /// Commits `n` batches (every fourth a backfill superseding a file of an
+    /// earlier one, a few without files), writing checkpoints as the jobs do,
+    /// and checks after each commit that the log read through the checkpoint
+    /// equals the reduction of every manifest.
+    #[tokio::test]
+    async fn the_log_read_through_checkpoints_equals_the_whole_log() {
+        let lake = Lake::in_memory();
+        let ds = Dataset::BronzeEvents;
+        for b in 1..=35u64 {
+            let log = BronzeLog::load(&lake, ds).await.unwrap();
+            let files: Vec<String> = if b % 7 == 0 {
+                vec![]
+            } else {
+                vec![format!("f{b}a"), format!("f{b}b")]
+            };
+            let files: Vec<&str> = files.iter().map(String::as_str).collect();
+            let old = format!("f{}a", b / 2);
+            let supersedes: Vec<&str> = if b % 4 == 0 {
+                vec![old.as_str()]
+            } else {
+                vec![]
+            };
+            let mut m = manifest(b, BatchState::Committed, &files, &supersedes);
+            m.batch = b;
+            create(&lake, &m).await.unwrap().expect("new batch");
+            if let Some(cp) = log.checkpoint_after(&m) {
+                assert_eq!(cp.batch % CHECKPOINT_INTERVAL, 0, "one per interval");
+                write_checkpoint(&lake, &cp).await.unwrap();
+            }
+            let all = read_all(&lake, ds).await.unwrap();
+            let log = BronzeLog::load(&lake, ds).await.unwrap();
+            let via: Vec<DataFile> = log.live_files().into_iter().map(|f| f.file).collect();
+            assert_eq!(via, live_files(&all), "batch {b}");
+            assert!(
+                log.after().len() < CHECKPOINT_INTERVAL as usize,
+                "batch {b}"
+            );
+            assert_eq!(log.latest().map(|m| m.batch), Some(b));
+            assert_eq!(log.committed(), (1..=b).collect::<BTreeSet<_>>());
+            let with_files = all
+                .iter()
+                .rev()
+                .find(|m| !m.files.is_empty())
+                .map(|m| m.batch);
+            assert_eq!(
+                log.latest_with_files().map(|m| m.batch),
+                with_files,
+                "batch {b}"
+            );
+        }
+        assert_eq!(
+            BronzeLog::load(&lake, ds).await.unwrap().checkpoint_batch(),
+            Some(30)
+        );
+        // A lost or stale hint costs a longer listing, never a wrong answer; a
+        // newer checkpoint found in the listing is used.
+        let expected = live_files(&read_all(&lake, ds).await.unwrap());
+        for hint in [None, Some(10u64)] {
+            match hint {
+                None => lake.store().delete(&ds.last_checkpoint()).await.unwrap(),
+                Some(b) => {
+                    let body = serde_json::to_vec(&LastCheckpoint {
+                        format: CHECKPOINT_FORMAT,
+                        batch: b,
+                    })
+                    .unwrap();
+                    lake.put(&ds.last_checkpoint(), Bytes::from(body))
+                        .await
+                        .unwrap();
+                }
+            }
+            let log = BronzeLog::load(&lake, ds).await.unwrap();
+            assert_eq!(log.checkpoint_batch(), Some(30), "{hint:?}");
+            let via: Vec<DataFile> = log.live_files().into_iter().map(|f| f.file).collect();
+            assert_eq!(via, expected, "{hint:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_of_a_newer_format_is_refused_by_name() {
+        let lake = Lake::in_memory();
+        let ds = Dataset::BronzeEvents;
+        let body = serde_json::to_vec(&LastCheckpoint {
+            format: CHECKPOINT_FORMAT + 1,
+            batch: 10,
+        })
+        .unwrap();
+        lake.put(&ds.last_checkpoint(), Bytes::from(body))
+            .await
+            .unwrap();
+        let err = BronzeLog::load(&lake, ds).await.unwrap_err();
         assert!(err.to_string().contains("newer release"), "{err}");
     }
 

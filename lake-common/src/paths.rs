@@ -59,6 +59,27 @@ impl Dataset {
             .flatten()
     }
 
+    /// The checkpoint of the state after batch (or version) `n`:
+    /// `_manifests/<n:010>.checkpoint.json` (it sorts just before the entry of
+    /// `n`, so a listing that starts after that entry skips it).
+    pub fn checkpoint(self, n: u64) -> Path {
+        self.manifests_dir()
+            .join(format!("{n:010}.checkpoint.json"))
+    }
+
+    /// Parses the number back out of a checkpoint path; `None` for other files.
+    pub fn checkpoint_number(path: &Path) -> Option<u64> {
+        let digits = path.filename()?.strip_suffix(".checkpoint.json")?;
+        (digits.len() == 10 && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| digits.parse().ok())
+            .flatten()
+    }
+
+    /// `_manifests/_last_checkpoint`: a hint naming the newest checkpoint.
+    pub fn last_checkpoint(self) -> Path {
+        self.manifests_dir().join("_last_checkpoint")
+    }
+
     /// A Hive partition directory of this dataset.
     pub fn partition(self, partition: &Partition) -> Path {
         let mut path = self.root();

@@ -35,9 +35,20 @@ impl LogFormat {
     }
 }
 
-/// Refuses a `LOG_FORMAT` that is neither `json` nor `text` (a typo would
-/// otherwise silently pick the automatic format).
-pub fn check_log_format() -> Result<(), Classified> {
+/// Checks what the environment says before a job reads its configuration:
+/// refuses a `LOG_FORMAT` that is neither `json` nor `text` (a typo would
+/// otherwise silently pick the automatic format), and warns about every variable
+/// with one of the project's prefixes that no job reads, naming the nearest
+/// known one. Call it after [`init`], so the warnings go through the log.
+pub fn check_environment() -> Result<(), Classified> {
+    let names = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
+    for line in crate::config::unknown_variables(names) {
+        tracing::warn!("{line}");
+    }
+    check_log_format()
+}
+
+fn check_log_format() -> Result<(), Classified> {
     match std::env::var("LOG_FORMAT") {
         Ok(v) if !matches!(v.to_ascii_lowercase().as_str(), "json" | "text") => {
             Err(Classified::new(

@@ -261,6 +261,9 @@ pub struct LoggedRequest {
     /// The status sent to the client (`None`: the connection was closed
     /// without an answer, or the answer was cut short).
     pub status: Option<u16>,
+    /// Bytes of the response body forwarded whole (0 for injected answers): how
+    /// much a listing or a read cost, which the request count alone hides.
+    pub response_bytes: u64,
 }
 
 impl fmt::Display for LoggedRequest {
@@ -333,16 +336,18 @@ impl Plan {
             query: query.to_owned(),
             fault: chosen,
             status: None,
+            response_bytes: 0,
         });
         (seq, chosen)
     }
 
-    fn answered(&mut self, seq: u64, status: u16) {
+    fn answered(&mut self, seq: u64, status: u16, response_bytes: u64) {
         if let Some(entry) = seq
             .checked_sub(1)
             .and_then(|i| self.log.get_mut(i as usize))
         {
             entry.status = Some(status);
+            entry.response_bytes = response_bytes;
         }
     }
 }
@@ -565,7 +570,7 @@ async fn handle(
         path,
     };
     let (seq, fault) = shared.plan().decide(&info, &query);
-    let answer = |status: u16| shared.plan().answered(seq, status);
+    let answer = |status: u16| shared.plan().answered(seq, status, 0);
 
     match fault {
         Some(Fault::Status(code)) => {
@@ -646,7 +651,7 @@ async fn handle(
             ))
         }
         _ => {
-            answer(status);
+            shared.plan().answered(seq, status, body.len() as u64);
             fix_length(&mut parts.headers, &body);
             Ok(Response::from_parts(parts, full(body)))
         }

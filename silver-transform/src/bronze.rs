@@ -15,7 +15,7 @@ use arrow::array::{
     TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Decimal128Type, Int32Type, Int64Type, TimeUnit};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use lake_common::manifest::{self, BatchManifest, BatchState, DataFile};
 use lake_common::{Dataset, Lake, Partition};
 use object_store::path::Path;
@@ -81,52 +81,53 @@ pub struct BronzeView {
 }
 
 impl BronzeView {
-    /// Reads every manifest of `bronze/events`.
-    pub async fn load(lake: &Lake) -> Result<Self, BronzeError> {
-        let manifests = manifest::read_all(lake, Dataset::BronzeEvents).await?;
-        Ok(Self::from_manifests(&manifests))
+    /// Reads `bronze/events` through its latest checkpoint and the entries
+    /// after it. The batches not in `consumed` that the checkpoint already
+    /// folded in are read one by one (by number, no listing): their manifests
+    /// say which days they superseded. A full refresh (`None`) recomputes every
+    /// day and needs none of them. What this costs grows with the new work,
+    /// never with bronze's age.
+    pub async fn load(lake: &Lake, consumed: Option<&BTreeSet<u64>>) -> Result<Self, BronzeError> {
+        let log = manifest::BronzeLog::load(lake, Dataset::BronzeEvents).await?;
+        let inside: Vec<u64> = match consumed {
+            Some(consumed) => (1..=log.checkpoint_batch().unwrap_or(0))
+                .filter(|b| !consumed.contains(b))
+                .collect(),
+            None => vec![],
+        };
+        let folded: Vec<BatchManifest> = futures::stream::iter(inside)
+            .map(|b| manifest::read(lake, Dataset::BronzeEvents, b))
+            .buffered(16)
+            .map_ok(|v| v.manifest)
+            .try_collect()
+            .await?;
+        Ok(Self::from_log(&log, &folded))
     }
 
-    /// The view of a set of manifests: committed batches only, superseded files removed.
-    pub fn from_manifests(manifests: &[BatchManifest]) -> Self {
-        let committed: Vec<&BatchManifest> = manifests
+    /// The view of a log, with the manifests of `folded` batches (inside its
+    /// checkpoint) for the days they superseded.
+    pub fn from_log(log: &manifest::BronzeLog, folded: &[BatchManifest]) -> Self {
+        let after: Vec<&BatchManifest> = log
+            .after()
             .iter()
+            .map(|v| &v.manifest)
             .filter(|m| m.state == BatchState::Committed)
             .collect();
-        let superseded: BTreeSet<&str> = committed
-            .iter()
-            .flat_map(|m| m.supersedes.iter().map(String::as_str))
-            .collect();
-        let live = committed
-            .iter()
-            .flat_map(|m| {
-                m.files.iter().map(|f| BronzeFile {
-                    batch: m.batch,
-                    file: f.clone(),
-                })
-            })
-            .filter(|f| !superseded.contains(f.file.path.as_str()))
-            .collect();
-        let superseded_days = committed
-            .iter()
-            .filter(|m| !m.supersedes.is_empty())
-            .map(|m| {
-                let days = m
-                    .supersedes
-                    .iter()
-                    .filter_map(|p| {
-                        Partition::parse(Dataset::BronzeEvents, &Path::from(p.as_str()))
-                    })
-                    .map(|p| day_of_date(p.date))
-                    .chain(m.backfill_days.iter().map(|d| day_of_date(*d)))
-                    .collect();
-                (m.batch, days)
-            })
-            .collect();
         Self {
-            committed: committed.iter().map(|m| m.batch).collect(),
-            live,
-            superseded_days,
+            committed: log.committed(),
+            live: log
+                .live_files()
+                .into_iter()
+                .map(|f| BronzeFile {
+                    batch: f.batch,
+                    file: f.file,
+                })
+                .collect(),
+            superseded_days: folded
+                .iter()
+                .chain(after)
+                .filter_map(|m| superseded_days_of(m).map(|d| (m.batch, d)))
+                .collect(),
         }
     }
 
@@ -180,6 +181,18 @@ impl BronzeView {
     pub fn days(&self) -> BTreeSet<i32> {
         self.live.iter().map(BronzeFile::day).collect()
     }
+}
+
+/// The days whose earlier files a batch superseded (a backfill), if any.
+fn superseded_days_of(m: &BatchManifest) -> Option<BTreeSet<i32>> {
+    (!m.supersedes.is_empty()).then(|| {
+        m.supersedes
+            .iter()
+            .filter_map(|p| Partition::parse(Dataset::BronzeEvents, &Path::from(p.as_str())))
+            .map(|p| day_of_date(p.date))
+            .chain(m.backfill_days.iter().map(|d| day_of_date(*d)))
+            .collect()
+    })
 }
 
 /// Which columns to read.

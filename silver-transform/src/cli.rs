@@ -141,7 +141,7 @@ where
     let args = Args::parse_from(args);
     telemetry::init(LogFormat::from_env());
     let result = (|| {
-        telemetry::check_log_format()?;
+        telemetry::check_environment()?;
         let options = args.into_options()?;
         let config = lake_common::LakeConfig::from_env()?;
         let rt = tokio::runtime::Builder::new_multi_thread()

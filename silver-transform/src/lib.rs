@@ -302,10 +302,8 @@ async fn execute(
     {
         delete_superseded(lake, m).await;
     }
-    let view = BronzeView::load(lake).await?;
     let full = options.mode == Mode::FullRefresh;
     report.base_version = committed.map(|m| m.version);
-    report.bronze_committed_batches = view.committed().len() as u64;
 
     let mut table: BTreeMap<PartitionKey, PartitionRecord> = committed
         .map(|m| m.partitions.iter().map(|p| (p.key(), p.clone())).collect())
@@ -316,10 +314,9 @@ async fn execute(
     };
     if !full && let Some(m) = committed {
         prior.consumed = from_ranges(&m.consumed_batches);
-        if let Some(ix) = &m.index {
-            prior.index = manifest::read_index(lake, ix).await?;
-        }
     }
+    let view = BronzeView::load(lake, (!full).then_some(&prior.consumed)).await?;
+    report.bronze_committed_batches = view.committed().len() as u64;
     let mut forced: BTreeSet<PartitionKey> = found
         .abandoned
         .iter()
@@ -365,9 +362,13 @@ async fn execute(
     if options.mode == Mode::Incremental && new_batches.is_empty() && forced.is_empty() {
         report.outcome = Outcome::NothingNew;
         report.partitions.total = table.len() as u64;
-        report.rows.index_keys = prior.index.len() as u64;
+        report.rows.index_keys = committed.map_or(0, |m| m.index_keys);
         tracing::info!(%shard, base_version = ?report.base_version, "No new bronze batch: nothing to do");
         return Ok(());
+    }
+    // The key index only when there is work: a run with nothing new reads none.
+    if !full && let Some(ix) = committed.and_then(|m| m.index.as_ref()) {
+        prior.index = manifest::read_index(lake, ix).await?;
     }
 
     let lease = if options.dry_run {

@@ -22,6 +22,7 @@ where
 }
 
 fn run(args: &Args) -> anyhow::Result<lake_common::ExitStatus> {
+    telemetry::check_environment()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -55,6 +55,15 @@ pub struct Claim {
     pub write_id: String,
     /// While pending: until when the owner may write.
     pub lease_expires_at: Option<DateTime<Utc>>,
+    /// How many attempts pinned or took over the entry (`0`: written before it
+    /// was counted). More than one means an earlier attempt may have left
+    /// output the entry does not list, so only then does the clean-up look for it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Claim {
@@ -364,6 +373,9 @@ impl Log {
         run_id: &str,
     ) -> Result<Pinned<E>, CommitError> {
         let mut entry = found.entry;
+        // An entry from before attempts were counted had at least one.
+        let attempts = &mut entry.claim_mut().attempts;
+        *attempts = (*attempts).max(1);
         self.claim(&mut entry, run_id);
         let sent = Instant::now();
         let version = self.write(path, &mut entry, Some(found.version)).await?;
@@ -374,6 +386,7 @@ impl Log {
         let c = entry.claim_mut();
         c.owner = run_id.to_owned();
         c.attempt = fresh_id();
+        c.attempts = c.attempts.saturating_add(1);
         c.lease_expires_at = Some(Utc::now() + self.lease);
     }
 

@@ -169,12 +169,13 @@ async fn run(cli: Cli) -> Result<()> {
         (Dataset::BronzeEvents, &mut summary.bronze_events_rows),
         (Dataset::BronzeOutbox, &mut summary.bronze_outbox_rows),
     ] {
-        let ms = manifest::read_all(&lake, ds).await?;
+        let log = manifest::BronzeLog::load(&lake, ds).await?;
         anyhow::ensure!(
-            ms.iter().all(|m| m.state == BatchState::Committed),
+            log.latest()
+                .is_none_or(|m| m.state == BatchState::Committed),
             "{ds}: a batch is pending"
         );
-        for f in manifest::live_files(&ms) {
+        for f in log.live_files().into_iter().map(|f| f.file) {
             *rows += f.rows;
             summary.bronze_files += 1;
             summary.bronze_bytes += f.bytes;
