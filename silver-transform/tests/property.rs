@@ -241,7 +241,14 @@ fn history(rng: &mut Rng, events: Vec<Ev>) -> (Vec<Step>, Vec<Ev>) {
         let j = rng.below(i as u64 + 1) as usize;
         events.swap(i, j);
     }
-    let batches = 2 + rng.below(4);
+    // Some histories are long enough for bronze checkpoints (every ten
+    // batches), with silver running only now and then (below), so batches a
+    // checkpoint folded in are still new to silver.
+    let batches = if rng.percent(30) {
+        12 + rng.below(14)
+    } else {
+        2 + rng.below(4)
+    };
     let mut steps = Vec::new();
     let mut rest = events;
     let mut committed: Vec<Ev> = Vec::new();
@@ -298,16 +305,23 @@ fn sharded(index: u32) -> Options {
     }
 }
 
-async fn check_seed(seed: u64, executions: usize, lakes: [Lake; 3]) {
+/// Returns whether bronze was read through a checkpoint.
+async fn check_seed(seed: u64, executions: usize, lakes: [Lake; 3]) -> bool {
     let [inc, shards, full] = lakes;
     let mut rng = Rng(seed);
     let events = generate(&mut rng, executions);
     let (steps, live) = history(&mut rng, events.clone());
+    // Long histories: silver runs after about a third of the steps (and the last).
+    let long = steps.len() > 10;
+    let mut when = Rng(seed ^ 0x5EED);
     for (i, step) in steps.iter().enumerate() {
         let batch = i as u64 + 1;
         apply(&inc, batch, step).await;
         apply(&shards, batch, step).await;
         apply(&full, batch, step).await;
+        if long && i + 1 < steps.len() && !when.percent(30) {
+            continue;
+        }
         // Even seeds never take the whole-shard shortcut, odd seeds take it when
         // most executions are affected: both paths must give the same files.
         let whole_shard_ratio = if seed.is_multiple_of(2) {
@@ -360,28 +374,43 @@ async fn check_seed(seed: u64, executions: usize, lakes: [Lake; 3]) {
         want_quarantine.len(),
         reference_files.len()
     );
+    lake_common::manifest::BronzeLog::load(&inc, lake_common::Dataset::BronzeEvents)
+        .await
+        .unwrap()
+        .checkpoint_batch()
+        .is_some()
 }
 
 #[tokio::test]
 async fn incremental_equals_full_recompute_on_s3() {
     let t = TestLake::new().await;
-    for seed in [1, 2, 3] {
+    let mut checkpointed = 0;
+    for seed in [1, 2, 3, 4] {
         let lakes = [
             t.other_bucket().await,
             t.other_bucket().await,
             t.other_bucket().await,
         ];
-        check_seed(seed, 60, lakes).await;
+        checkpointed += usize::from(check_seed(seed, 60, lakes).await);
     }
+    assert!(
+        checkpointed > 0,
+        "some history is long enough for a checkpoint"
+    );
 }
 
 #[tokio::test]
 async fn incremental_equals_full_recompute_on_local_lakes() {
     let dir = tempfile::tempdir().unwrap();
+    let mut checkpointed = 0;
     for seed in 100..130 {
         let lakes = ["inc", "shards", "full"].map(|n| {
             Lake::open(&LakeConfig::local(dir.path().join(format!("{seed}-{n}")))).unwrap()
         });
-        check_seed(seed, 40 + (seed as usize % 5) * 20, lakes).await;
+        checkpointed += usize::from(check_seed(seed, 40 + (seed as usize % 5) * 20, lakes).await);
     }
+    assert!(
+        checkpointed >= 3,
+        "{checkpointed} histories long enough for a checkpoint"
+    );
 }

@@ -377,11 +377,24 @@ fn manifest_of(batch: u64, state: BatchState, files: Vec<DataFile>) -> BatchMani
 pub async fn commit_batch(lake: &Lake, batch: u64, events: &[Ev]) -> BatchManifest {
     let files = write_files(lake, batch, events).await;
     let m = manifest_of(batch, BatchState::Committed, files);
-    assert!(
-        manifest::create(lake, &m).await.unwrap().is_some(),
-        "batch {batch} exists"
-    );
+    commit(lake, &m).await;
     m
+}
+
+/// Commits a bronze manifest and, as bronze-ingest does, writes the checkpoint
+/// when one is due: silver then reads these lakes through checkpoints too.
+async fn commit(lake: &Lake, m: &BatchManifest) {
+    let log = manifest::BronzeLog::load(lake, Dataset::BronzeEvents)
+        .await
+        .unwrap();
+    assert!(
+        manifest::create(lake, m).await.unwrap().is_some(),
+        "batch {} exists",
+        m.batch
+    );
+    if let Some(checkpoint) = log.checkpoint_after(m) {
+        manifest::write_checkpoint(lake, &checkpoint).await.unwrap();
+    }
 }
 
 /// Writes the files of batch `batch` but leaves it pending (silver must ignore it).
@@ -414,7 +427,7 @@ pub async fn commit_backfill(
     let mut m = manifest_of(batch, BatchState::Committed, files);
     m.backfill_days = days.to_vec();
     m.supersedes = supersedes.clone();
-    assert!(manifest::create(lake, &m).await.unwrap().is_some());
+    commit(lake, &m).await;
     for p in supersedes {
         lake.store().delete(&Path::from(p)).await.unwrap();
     }
