@@ -204,10 +204,18 @@ pub fn exit_status_of(err: &(dyn std::error::Error + 'static)) -> ExitStatus {
 /// An error and its causes on one line, each cause once: many errors (the
 /// parquet writer's, object_store's, tokio-postgres's) already print their
 /// source in their own message, so `{:#}` would repeat it at every level.
+///
+/// An object store's answer is shortened to its S3 error code and message (the
+/// XML body, request and host ids go), and the line ends with what to check
+/// for that code: an operator fixes `S3_BUCKET` or the credentials from the
+/// one line, without reading 2 KB of XML five times.
 pub fn error_text(err: &anyhow::Error) -> String {
     let mut out = String::new();
+    let mut hint = None;
     for e in err.chain() {
         let msg = e.to_string();
+        let (msg, h) = tidy_store_answer(&msg);
+        hint = hint.or(h);
         if msg.is_empty() || out.contains(msg.as_str()) {
             continue;
         }
@@ -216,7 +224,68 @@ pub fn error_text(err: &anyhow::Error) -> String {
         }
         out.push_str(&msg);
     }
+    if let Some(h) = hint
+        && !out.contains(h)
+    {
+        out.push_str(" (");
+        out.push_str(h);
+        out.push(')');
+    }
     out
+}
+
+/// Replaces an S3 XML error body in `msg` by `S3 error <Code>: <Message>` and
+/// names what to check for that code (or for a store that cannot be reached).
+fn tidy_store_answer(msg: &str) -> (String, Option<&'static str>) {
+    let tag = |body: &str, name: &str| -> Option<String> {
+        let open = format!("<{name}>");
+        let start = body.find(&open)? + open.len();
+        let len = body[start..].find(&format!("</{name}>"))?;
+        Some(body[start..start + len].to_owned())
+    };
+    let (text, code) = match msg.find("<?xml").or_else(|| msg.find("<Error>")) {
+        Some(at) => {
+            let body = &msg[at..];
+            let code = tag(body, "Code");
+            let head = msg[..at].trim_end().trim_end_matches(':');
+            let text = match (&code, tag(body, "Message")) {
+                (Some(c), Some(m)) => format!("{head}: S3 error {c}: {m}"),
+                (Some(c), None) => format!("{head}: S3 error {c}"),
+                _ => head.to_owned(),
+            };
+            (text, code)
+        }
+        None => (msg.to_owned(), None),
+    };
+    let hint = match code.as_deref() {
+        Some("NoSuchBucket") => Some("check S3_BUCKET (or LAKE_URL): the bucket must exist"),
+        Some(
+            "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "AccessDenied"
+            | "InvalidToken"
+            | "ExpiredToken",
+        ) => Some(
+            "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and that the key may use the bucket",
+        ),
+        Some("NotImplemented" | "PreconditionFailed") => Some(
+            "if the store does not support conditional writes, set S3_CONDITIONAL_WRITES=disabled",
+        ),
+        Some(
+            "PermanentRedirect"
+            | "AuthorizationHeaderMalformed"
+            | "IllegalLocationConstraintException",
+        ) => Some("check AWS_REGION and AWS_ENDPOINT"),
+        _ if msg.contains("error sending request")
+            || msg.contains("Connection refused")
+            || msg.contains("dns error")
+            || msg.contains("connection error") =>
+        {
+            Some("check AWS_ENDPOINT: the store cannot be reached")
+        }
+        _ => None,
+    };
+    (text, hint)
 }
 
 /// Ends a binary: logs the error chain on one line ([`error_text`]) and returns the exit
@@ -241,6 +310,36 @@ pub fn finish(result: Result<ExitStatus, anyhow::Error>) -> ExitCode {
 mod tests {
     use super::*;
     use anyhow::Context;
+
+    #[test]
+    fn an_s3_answer_is_its_code_and_what_to_check() {
+        let raw = "object store error on bronze/events/_manifests: Generic S3 error: Error performing list request: \
+                   Server returned non-2xx status code: 404 Not Found: <?xml version=\"1.0\" encoding=\"utf-8\"?>\n\
+                   <Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message>\
+                   <BucketName>b</BucketName><RequestId>r</RequestId><HostId>h</HostId></Error>";
+        let text = error_text(&anyhow::anyhow!(raw.to_owned()));
+        assert!(!text.contains('<'), "{text}");
+        assert!(
+            text.contains(
+                "404 Not Found: S3 error NoSuchBucket: The specified bucket does not exist"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("(check S3_BUCKET (or LAKE_URL): the bucket must exist)"),
+            "{text}"
+        );
+        let denied = error_text(&anyhow::anyhow!(
+            "put x: 403 Forbidden: <Error><Code>SignatureDoesNotMatch</Code><Message>no</Message></Error>"
+        ));
+        assert!(
+            denied.contains("S3 error SignatureDoesNotMatch")
+                && denied.contains("check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+            "{denied}"
+        );
+        let plain = error_text(&anyhow::anyhow!("no store problem here"));
+        assert_eq!(plain, "no store problem here");
+    }
 
     #[test]
     fn each_cause_is_printed_once() {
