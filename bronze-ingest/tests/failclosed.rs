@@ -467,7 +467,13 @@ async fn a_missing_bucket_is_one_actionable_line() {
     };
     // (moto does not verify signatures, so wrong credentials are covered by
     // lake-common's unit test of the wording only.)
-    for (env, expect) in [(with("S3_BUCKET", "no-such-bucket-here"), "check S3_BUCKET")] {
+    let mut by_url = with("S3_BUCKET", "unused");
+    by_url.retain(|(k, _)| k != "S3_BUCKET");
+    by_url.push(("LAKE_URL".into(), "s3://no-such-bucket-either/lake".into()));
+    for (env, expect) in [
+        (with("S3_BUCKET", "no-such-bucket-here"), "check S3_BUCKET"),
+        (by_url, "no-such-bucket-either"),
+    ] {
         let out = h
             .command_with(&env, &["--dataset", "events"])
             .output()
