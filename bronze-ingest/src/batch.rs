@@ -199,7 +199,7 @@ pub async fn run_dataset(
     let dataset = table.dataset;
     // The latest checkpoint and the few entries after it: a run's requests do
     // not grow with the dataset's age.
-    let history = manifest::BronzeLog::load(lake, dataset).await?;
+    let mut history = manifest::BronzeLog::load(lake, dataset).await?;
     let previous = history.latest_entry();
     // The same source, with everything the last batch saw (SPEC §5.5)? A
     // rebase adopts the source as it is now instead.
@@ -233,7 +233,10 @@ pub async fn run_dataset(
         if left <= LEASE_WAIT {
             tracing::info!(dataset = %dataset, batch = prev.manifest.batch, wait_secs = left.as_secs_f64(), "Waiting for the lease of a pending batch to end");
             tokio::time::sleep(left + Duration::from_millis(100)).await;
-            previous = Some(manifest::read(lake, dataset, prev.manifest.batch).await?);
+            // Read the log again: the owner may have committed meanwhile (and
+            // the checkpoint this run may write must include that batch).
+            history = manifest::BronzeLog::load(lake, dataset).await?;
+            previous = history.latest_entry();
         }
     }
 

@@ -106,8 +106,11 @@ pub async fn write_partitions(
                 w.abort().await;
             }
             // The files finished so far are listed by no manifest: a glob
-            // reader would see them until the retry. Best effort (the retry's
-            // clean-up removes what is left).
+            // reader would see them until the retry. Deleted before the lease
+            // is released, through the fenced store, which drops the request
+            // once the lease can no longer be proved (a deterministic name is
+            // also what a takeover writes and commits). Best effort: the
+            // takeover's clean-up removes what is left.
             let done: Vec<Path> = out
                 .files
                 .iter()

@@ -188,7 +188,17 @@ pub enum ManifestError {
         /// The newest format this binary reads.
         supported: u32,
     },
-    /// A manifest does not parse: the lake was written by something else.
+    /// A checkpoint does not hold what its name says (copied or edited by hand).
+    #[error(
+        "checkpoint {path} does not match its name: {problem}; delete it (the log is read without it)"
+    )]
+    Inconsistent {
+        /// The checkpoint path.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A manifest does not parse (or cannot be encoded): the lake was written by something else.
     #[error("manifest {path} is not a valid batch manifest: {source}")]
     Parse {
         /// The manifest path.
@@ -413,6 +423,15 @@ impl BronzeLog {
             Err(object_store::Error::NotFound { .. }) => None,
             Err(e) => return Err(store_err(&hint)(e)),
         };
+        Self::load_from(lake, dataset, hinted).await
+    }
+
+    /// [`BronzeLog::load`] with the hint read (or `None`: list everything).
+    async fn load_from(
+        lake: &Lake,
+        dataset: Dataset,
+        hinted: Option<u64>,
+    ) -> Result<Self, ManifestError> {
         let dir = dataset.manifests_dir();
         let listed: Vec<Path> = match hinted {
             Some(b) => lake
@@ -430,7 +449,19 @@ impl BronzeLog {
             .chain(hinted)
             .max();
         let checkpoint = match newest_checkpoint {
-            Some(b) => Some(read_checkpoint(lake, dataset, b).await?),
+            Some(b) => match read_checkpoint(lake, dataset, b).await {
+                Ok(c) => Some(c),
+                // The hint names a checkpoint that is gone (removed by hand, a
+                // restored bucket): read the log as if there were no hint.
+                Err(ManifestError::Store {
+                    source: object_store::Error::NotFound { .. },
+                    ..
+                }) if hinted == Some(b) => {
+                    tracing::warn!(dataset = %dataset, batch = b, "_last_checkpoint names a missing checkpoint; reading the whole log");
+                    return Box::pin(Self::load_from(lake, dataset, None)).await;
+                }
+                Err(e) => return Err(e),
+            },
             None => None,
         };
         let from = checkpoint.as_ref().map_or(0, |c| c.batch);
@@ -545,12 +576,25 @@ impl BronzeLog {
     /// log) is committed, if [`CHECKPOINT_INTERVAL`] batches have been since
     /// the last one. A lost checkpoint is made good by the next commit.
     pub fn checkpoint_after(&self, committed: &BatchManifest) -> Option<Checkpoint> {
-        let since = committed.batch - self.checkpoint_batch().unwrap_or(0);
+        let since = committed
+            .batch
+            .saturating_sub(self.checkpoint_batch().unwrap_or(0));
         if committed.state != BatchState::Committed || since < CHECKPOINT_INTERVAL {
             return None;
         }
         let mut next = self.clone();
         next.after.retain(|v| v.manifest.batch < committed.batch);
+        // Every batch before it must be known committed and present: a log
+        // read before an earlier batch was committed (or with a gap) would
+        // reduce to the wrong state, and readers trust a checkpoint for good.
+        let first = self.checkpoint_batch().unwrap_or(0) + 1;
+        let complete = next.after.len() as u64 == committed.batch - first
+            && next.after.iter().enumerate().all(|(i, v)| {
+                v.manifest.state == BatchState::Committed && v.manifest.batch == first + i as u64
+            });
+        if !complete {
+            return None;
+        }
         next.after.push(Versioned {
             manifest: committed.clone(),
             version: UpdateVersion {
@@ -578,10 +622,21 @@ pub async fn read_checkpoint(
     let path = dataset.checkpoint(batch);
     let bytes = lake.get_bytes(&path).await.map_err(store_err(&path))?;
     check_format(path.as_ref(), &bytes, CHECKPOINT_FORMAT)?;
-    serde_json::from_slice(&bytes).map_err(|source| ManifestError::Parse {
-        path: path.to_string(),
-        source,
-    })
+    let checkpoint: Checkpoint =
+        serde_json::from_slice(&bytes).map_err(|source| ManifestError::Parse {
+            path: path.to_string(),
+            source,
+        })?;
+    if checkpoint.batch != batch || checkpoint.dataset != dataset.dir() {
+        return Err(ManifestError::Inconsistent {
+            path: path.to_string(),
+            problem: format!(
+                "it holds the state of {} batch {}",
+                checkpoint.dataset, checkpoint.batch
+            ),
+        });
+    }
+    Ok(checkpoint)
 }
 
 /// Writes a checkpoint, then points `_last_checkpoint` at it. Plain PUTs: the
@@ -592,7 +647,11 @@ pub async fn write_checkpoint(lake: &Lake, checkpoint: &Checkpoint) -> Result<()
     let dataset = dataset_of(&checkpoint.last);
     let path = dataset.checkpoint(checkpoint.batch);
     // Compact: a checkpoint of years holds tens of thousands of files.
-    let bytes = serde_json::to_vec(checkpoint).unwrap_or_default();
+    let encode = |source| ManifestError::Parse {
+        path: path.to_string(),
+        source,
+    };
+    let bytes = serde_json::to_vec(checkpoint).map_err(encode)?;
     lake.put(&path, Bytes::from(bytes))
         .await
         .map_err(store_err(&path))?;
@@ -601,7 +660,7 @@ pub async fn write_checkpoint(lake: &Lake, checkpoint: &Checkpoint) -> Result<()
         format: CHECKPOINT_FORMAT,
         batch: checkpoint.batch,
     })
-    .unwrap_or_default();
+    .map_err(encode)?;
     lake.put(&hint, Bytes::from(body))
         .await
         .map_err(store_err(&hint))?;
@@ -753,6 +812,49 @@ mod tests {
             let via: Vec<DataFile> = log.live_files().into_iter().map(|f| f.file).collect();
             assert_eq!(via, expected, "{hint:?}");
         }
+    }
+
+    /// A log read while batch 10 was still pending must not checkpoint batch
+    /// 11 (it would leave batch 10's files out for good); a hint naming a
+    /// checkpoint that is gone reads the whole log.
+    #[tokio::test]
+    async fn a_stale_log_writes_no_checkpoint_and_a_dangling_hint_is_no_hint() {
+        let lake = Lake::in_memory();
+        let ds = Dataset::BronzeEvents;
+        for b in 1..=9u64 {
+            let mut m = manifest(b, BatchState::Committed, &[&format!("f{b}")], &[]);
+            m.batch = b;
+            create(&lake, &m).await.unwrap();
+        }
+        let mut ten = manifest(10, BatchState::Pending, &["f10"], &[]);
+        ten.batch = 10;
+        create(&lake, &ten).await.unwrap();
+        let stale = BronzeLog::load(&lake, ds).await.unwrap();
+        let mut eleven = manifest(11, BatchState::Committed, &["f11"], &[]);
+        eleven.batch = 11;
+        assert!(
+            stale.checkpoint_after(&eleven).is_none(),
+            "batch 10 is not known committed"
+        );
+        let mut ten_done = ten.clone();
+        ten_done.state = BatchState::Committed;
+        let fresh = BronzeLog::load(&lake, ds).await.unwrap();
+        assert!(
+            fresh.checkpoint_after(&ten_done).is_some(),
+            "the committing run's own log"
+        );
+
+        let body = serde_json::to_vec(&LastCheckpoint {
+            format: CHECKPOINT_FORMAT,
+            batch: 7,
+        })
+        .unwrap();
+        lake.put(&ds.last_checkpoint(), Bytes::from(body))
+            .await
+            .unwrap();
+        let log = BronzeLog::load(&lake, ds).await.unwrap();
+        assert_eq!(log.checkpoint_batch(), None);
+        assert_eq!(log.after().len(), 10);
     }
 
     #[tokio::test]

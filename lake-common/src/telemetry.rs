@@ -268,7 +268,9 @@ fn tidy_store_answer(msg: &str) -> (String, Option<&'static str>) {
         ) => Some(
             "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and that the key may use the bucket",
         ),
-        Some("NotImplemented" | "PreconditionFailed") => Some(
+        // Not PreconditionFailed: that is how a store that does support
+        // conditional writes answers a lost race.
+        Some("NotImplemented") => Some(
             "if the store does not support conditional writes, set S3_CONDITIONAL_WRITES=disabled",
         ),
         Some(
@@ -276,12 +278,15 @@ fn tidy_store_answer(msg: &str) -> (String, Option<&'static str>) {
             | "AuthorizationHeaderMalformed"
             | "IllegalLocationConstraintException",
         ) => Some("check AWS_REGION and AWS_ENDPOINT"),
-        _ if msg.contains("error sending request")
-            || msg.contains("Connection refused")
-            || msg.contains("dns error")
-            || msg.contains("connection error") =>
+        // Only object_store's own errors: a PostgreSQL "Connection refused"
+        // has its own hint (DJANGO_DB_HOST).
+        _ if msg.contains("S3 error")
+            && (msg.contains("error sending request")
+                || msg.contains("Connection refused")
+                || msg.contains("dns error")
+                || msg.contains("connection error")) =>
         {
-            Some("check AWS_ENDPOINT: the store cannot be reached")
+            Some("check AWS_ENDPOINT: the store did not answer")
         }
         _ => None,
     };
@@ -337,6 +342,14 @@ mod tests {
                 && denied.contains("check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
             "{denied}"
         );
+        let pg = error_text(&anyhow::anyhow!(
+            "cannot connect to PostgreSQL at db:5432: Connection refused (os error 111)"
+        ));
+        assert!(!pg.contains("AWS_ENDPOINT"), "{pg}");
+        let raced = error_text(&anyhow::anyhow!(
+            "put m: 412: <Error><Code>PreconditionFailed</Code><Message>At least one of the pre-conditions you specified did not hold</Message></Error>"
+        ));
+        assert!(!raced.contains("S3_CONDITIONAL_WRITES"), "{raced}");
         let plain = error_text(&anyhow::anyhow!("no store problem here"));
         assert_eq!(plain, "no store problem here");
     }

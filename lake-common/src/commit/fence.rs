@@ -268,7 +268,19 @@ impl ObjectStore for FencedStore {
                 Err(_) => Err(fence.error()),
             })
             .boxed();
-        self.inner.delete_stream(checked)
+        // Raced against the fence like every other write: once it is raised the
+        // bulk requests in flight are dropped and none is retried. A late delete
+        // is not harmless the way a late identical PUT is: it could remove a
+        // file a takeover has since written under the same name and committed.
+        let (cut, tail) = (self.fence.clone(), self.fence.clone());
+        self.inner
+            .delete_stream(checked)
+            .take_until(async move { cut.raised().await })
+            .chain(
+                futures::stream::once(async move { tail.is_raised().then(|| Err(tail.error())) })
+                    .filter_map(futures::future::ready),
+            )
+            .boxed()
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
