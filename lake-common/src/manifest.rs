@@ -392,7 +392,6 @@ pub struct Checkpoint {
 /// the checkpoint's batch, and the entries it finds.
 #[derive(Debug, Clone)]
 pub struct BronzeLog {
-    dataset: Dataset,
     checkpoint: Option<Checkpoint>,
     /// Entries after the checkpoint, ascending; only the last may be pending.
     after: Vec<Versioned>,
@@ -476,16 +475,7 @@ impl BronzeLog {
             .buffered(16)
             .try_collect()
             .await?;
-        Ok(Self {
-            dataset,
-            checkpoint,
-            after,
-        })
-    }
-
-    /// The dataset.
-    pub fn dataset(&self) -> Dataset {
-        self.dataset
+        Ok(Self { checkpoint, after })
     }
 
     /// The batch of the checkpoint the log was read from (`None`: none yet).
@@ -518,12 +508,6 @@ impl BronzeLog {
                 },
             })
         })
-    }
-
-    /// The latest entry if it was read with its version (it is after the
-    /// checkpoint): what a takeover needs.
-    pub fn latest_versioned(&self) -> Option<&Versioned> {
-        self.after.last()
     }
 
     /// The latest committed batch.
@@ -595,20 +579,25 @@ impl BronzeLog {
         if !complete {
             return None;
         }
-        next.after.push(Versioned {
-            manifest: committed.clone(),
-            version: UpdateVersion {
-                e_tag: None,
-                version: None,
-            },
-        });
+        let live = reduce(
+            self.checkpoint.iter().flat_map(|c| c.live.iter().cloned()),
+            next.after
+                .iter()
+                .map(|v| &v.manifest)
+                .chain(std::iter::once(committed)),
+        );
+        let last_with_files = if committed.files.is_empty() {
+            next.latest_with_files().cloned()
+        } else {
+            Some(committed.clone())
+        };
         Some(Checkpoint {
             format: CHECKPOINT_FORMAT,
             dataset: committed.dataset.clone(),
             batch: committed.batch,
             last: committed.clone(),
-            last_with_files: next.latest_with_files().cloned(),
-            live: next.live_files(),
+            last_with_files,
+            live,
         })
     }
 }
