@@ -64,3 +64,7 @@ bench: bench-bronze bench-silver
 # Run the smoke test against the configured environment (add --cluster for the cluster checks, --json for JSON).
 smoke *ARGS:
     cargo run -q -p smoke-test -- {{ARGS}}
+
+# Regenerate the data dictionary docs/tables.md from the contracts (a test fails when it is stale).
+tables:
+    @cargo run -q -p lake-common --example tables > docs/tables.md

@@ -11,7 +11,7 @@ use arrow::array::{
     ArrayBuilder, ArrayRef, BooleanBuilder, Decimal128Builder, Int32Builder, Int64Builder,
     StringBuilder, TimestampMicrosecondBuilder,
 };
-use lake_common::schema::{PgType, SourceColumn};
+use lake_common::schema::{Column, PgType};
 
 /// Microseconds between 1970-01-01 and PostgreSQL's epoch 2000-01-01.
 pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
@@ -157,7 +157,7 @@ pub enum Appended {
 
 impl ColumnBuilder {
     /// A builder for `column` with room for `capacity` rows.
-    pub fn new(column: &SourceColumn, capacity: usize) -> Self {
+    pub fn new(column: &Column, capacity: usize) -> Self {
         let strings = || StringBuilder::with_capacity(capacity, capacity * 16);
         match column.pg {
             PgType::Uuid => Self::Uuid(
@@ -350,10 +350,11 @@ mod tests {
 
     #[test]
     fn builders_append_and_null() {
-        let col = SourceColumn {
+        let col = Column {
             name: "q",
             pg: PgType::Numeric(20, 8),
             nullable: true,
+            doc: "",
         };
         let mut b = ColumnBuilder::new(&col, 4);
         assert_eq!(b.append(Some(&encode("1.5"))).unwrap(), Appended::Ok);
@@ -365,10 +366,11 @@ mod tests {
         let a = b.finish();
         assert_eq!((a.len(), a.null_count()), (3, 2));
         let mut u = ColumnBuilder::new(
-            &SourceColumn {
+            &Column {
                 name: "u",
                 pg: PgType::Uuid,
                 nullable: false,
+                doc: "",
             },
             1,
         );
@@ -380,10 +382,11 @@ mod tests {
             .unwrap();
         assert_eq!(s.value(0), "abababab-abab-abab-abab-abababababab");
         let mut j = ColumnBuilder::new(
-            &SourceColumn {
+            &Column {
                 name: "j",
                 pg: PgType::Jsonb,
                 nullable: false,
+                doc: "",
             },
             1,
         );

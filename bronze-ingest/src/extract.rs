@@ -260,7 +260,7 @@ pub async fn extract(
             }
         }
         total += 1;
-        if total.is_multiple_of(65_536) {
+        if total.is_multiple_of(4_096) {
             progress(total);
         }
     }

@@ -448,10 +448,10 @@ async fn export_dataset(
         run_id: run_id.to_owned(),
         fence,
     };
-    let bar = lake_common::telemetry::progress_bar(table.table);
-    let progress = |rows: u64| bar.set_position(rows);
+    let bar = lake_common::telemetry::Progress::new(table.table, "rows");
+    let progress = |rows: u64| bar.set(rows);
     let r = batch::run_dataset(lake, client, table, snapshot, &settings, &progress).await;
-    bar.finish_and_clear();
+    bar.finish();
     r
 }
 

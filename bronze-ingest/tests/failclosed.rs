@@ -493,3 +493,28 @@ async fn a_missing_bucket_is_one_actionable_line() {
         );
     }
 }
+
+/// #14: on a terminal the progress bar and the log lines never share a line
+/// (the bar is cleared around every log line) and its rate is a whole number.
+/// A month of demo data gives a file, and with debug logs a log line, per day
+/// while the bar is up.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_terminal_progress_and_log_lines_never_share_a_line() {
+    let h = Harness::new().await;
+    let client = h.pg.client().await.unwrap();
+    lake_testkit::demo::generate(&client, 300_000, 14)
+        .await
+        .unwrap();
+    let mut env = h.env();
+    env.retain(|(k, _)| k != "LOG_FORMAT" && k != "RUST_LOG");
+    env.push(("LOG_FORMAT".into(), "text".into()));
+    env.push(("RUST_LOG".into(), "info,bronze_ingest=debug".into()));
+    let out = lake_testkit::terminal::run_on_terminal(BIN, &[], &env).unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{seen}");
+    let draws = lake_testkit::terminal::check_progress(&out.stdout, "stop_events")
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("the bar was drawn {draws} times");
+    assert!(seen.contains("Wrote file"), "{seen}");
+    h.assert_lake_equals_postgres().await;
+}

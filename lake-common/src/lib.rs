@@ -8,6 +8,7 @@
 pub mod commit;
 pub mod config;
 pub mod contract;
+pub mod dictionary;
 pub mod manifest;
 pub mod parquet_io;
 pub mod paths;

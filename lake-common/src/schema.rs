@@ -96,20 +96,29 @@ impl PgType {
     }
 }
 
-/// One source column of the contract.
+/// One column of a contract: a source table's (bronze's columns are these) or
+/// silver's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SourceColumn {
+pub struct Column {
     /// Column name, the same in PostgreSQL and in Parquet.
     pub name: &'static str,
-    /// Required PostgreSQL type.
+    /// The PostgreSQL type: required of a source column; for silver, the type
+    /// of the source values it holds. The Arrow type follows from it.
     pub pg: PgType,
     /// Whether NULL is allowed. A source column that allows NULL where the
     /// contract does not is drift too: the Parquet column is declared required.
     pub nullable: bool,
+    /// What the column means, for the data dictionary (`docs/tables.md`).
+    pub doc: &'static str,
 }
 
-const fn col(name: &'static str, pg: PgType, nullable: bool) -> SourceColumn {
-    SourceColumn { name, pg, nullable }
+const fn col(name: &'static str, pg: PgType, nullable: bool, doc: &'static str) -> Column {
+    Column {
+        name,
+        pg,
+        nullable,
+        doc,
+    }
 }
 
 /// A source table and the bronze dataset it feeds.
@@ -120,7 +129,7 @@ pub struct SourceTable {
     /// The bronze dataset.
     pub dataset: Dataset,
     /// Contract columns, in source order.
-    pub columns: &'static [SourceColumn],
+    pub columns: &'static [Column],
     /// Primary key column (unique and non-null, checked on every run).
     pub key: &'static str,
     /// The timestamptz column whose UTC date partitions the dataset and that leads the sort order.
@@ -143,26 +152,101 @@ pub const STOP_EVENTS: SourceTable = SourceTable {
     table: "stop_events",
     dataset: Dataset::BronzeEvents,
     columns: &[
-        col("event_id", Uuid, false),
-        col("event_seq", Int8, true),
-        col("occurred_at", Timestamptz, false),
-        col("operation_id", Id, false),
-        col("client_id", Id, false),
-        col("symbol", Text, false),
-        col("event_type", Text, false),
-        col("trigger_price", Numeric(20, 8), true),
-        col("stop_price", Numeric(20, 8), true),
-        col("quantity", Numeric(20, 8), true),
-        col("side", Text, true),
-        col("execution_token", Text, true),
-        col("payload_json", Jsonb, false),
-        col("request_payload_hash", Text, true),
-        col("exchange_order_id", Text, true),
-        col("fill_price", Numeric(20, 8), true),
-        col("slippage_pct", Numeric(10, 4), true),
-        col("source", Text, false),
-        col("error_message", Text, true),
-        col("retry_count", Int4, false),
+        col(
+            "event_id",
+            Uuid,
+            false,
+            "The event's primary key, canonical lowercase hyphenated text.",
+        ),
+        col(
+            "event_seq",
+            Int8,
+            true,
+            "Sequence number, unique when present; often NULL.",
+        ),
+        col(
+            "occurred_at",
+            Timestamptz,
+            false,
+            "When the app recorded the event (set at insert, before commit).",
+        ),
+        col(
+            "operation_id",
+            Id,
+            false,
+            "The stop operation (foreign key); INT64 even where the source is int4.",
+        ),
+        col("client_id", Id, false, "The tenant."),
+        col("symbol", Text, false, "Trading pair, e.g. BTCUSDC."),
+        col(
+            "event_type",
+            Text,
+            false,
+            "STOP_TRIGGERED, EXECUTION_SUBMITTED, EXECUTED, FAILED, BLOCKED, STALE_PRICE, KILL_SWITCH, SLIPPAGE_BREACH or CIRCUIT_BREAKER.",
+        ),
+        col(
+            "trigger_price",
+            Numeric(20, 8),
+            true,
+            "Price at which the stop triggered.",
+        ),
+        col(
+            "stop_price",
+            Numeric(20, 8),
+            true,
+            "The stop's configured price.",
+        ),
+        col("quantity", Numeric(20, 8), true, "Order quantity."),
+        col("side", Text, true, "BUY or SELL."),
+        col(
+            "execution_token",
+            Text,
+            true,
+            "Shared by all events of one execution (NULL: the execution is its operation).",
+        ),
+        col(
+            "payload_json",
+            Jsonb,
+            false,
+            "The event's payload, as JSON text.",
+        ),
+        col(
+            "request_payload_hash",
+            Text,
+            true,
+            "Hash of the order request sent to the exchange.",
+        ),
+        col("exchange_order_id", Text, true, "The exchange's order id."),
+        col(
+            "fill_price",
+            Numeric(20, 8),
+            true,
+            "Fill price reported by the exchange.",
+        ),
+        col(
+            "slippage_pct",
+            Numeric(10, 4),
+            true,
+            "Slippage of the fill, in percent, as the app computed it.",
+        ),
+        col(
+            "source",
+            Text,
+            false,
+            "What emitted the event: ws, cron or manual.",
+        ),
+        col(
+            "error_message",
+            Text,
+            true,
+            "Error text of a failed or blocked step.",
+        ),
+        col(
+            "retry_count",
+            Int4,
+            false,
+            "The app's retry counter for this step.",
+        ),
     ],
     key: "event_id",
     time_column: "occurred_at",
@@ -186,20 +270,60 @@ pub const OUTBOX: SourceTable = SourceTable {
     table: "outbox",
     dataset: Dataset::BronzeOutbox,
     columns: &[
-        col("outbox_id", Uuid, false),
-        col("aggregate_type", Text, false),
-        col("aggregate_id", Id, false),
-        col("event_type", Text, false),
-        col("correlation_id", Text, false),
-        col("event_id", Uuid, true),
-        col("routing_key", Text, false),
-        col("exchange", Text, false),
-        col("payload", Jsonb, false),
-        col("published", Bool, false),
-        col("published_at", Timestamptz, true),
-        col("retry_count", Int4, false),
-        col("last_error", Text, true),
-        col("created_at", Timestamptz, false),
+        col("outbox_id", Uuid, false, "The outbox row's primary key."),
+        col(
+            "aggregate_type",
+            Text,
+            false,
+            "Kind of the aggregate the message is about.",
+        ),
+        col("aggregate_id", Id, false, "Id of that aggregate."),
+        col("event_type", Text, false, "Type of the message."),
+        col(
+            "correlation_id",
+            Text,
+            false,
+            "Unique correlation id of the message.",
+        ),
+        col(
+            "event_id",
+            Uuid,
+            true,
+            "The stop event the message announces (foreign key to stop_events), if any.",
+        ),
+        col("routing_key", Text, false, "Broker routing key."),
+        col("exchange", Text, false, "Broker exchange."),
+        col("payload", Jsonb, false, "The message body, as JSON text."),
+        col(
+            "published",
+            Bool,
+            false,
+            "Whether the message was published, as of this row version.",
+        ),
+        col(
+            "published_at",
+            Timestamptz,
+            true,
+            "When it was published, as of this row version.",
+        ),
+        col(
+            "retry_count",
+            Int4,
+            false,
+            "Publication attempts, as of this row version.",
+        ),
+        col(
+            "last_error",
+            Text,
+            true,
+            "Last publication error, as of this row version.",
+        ),
+        col(
+            "created_at",
+            Timestamptz,
+            false,
+            "When the outbox row was created (an update does not move it).",
+        ),
     ],
     key: "outbox_id",
     time_column: "created_at",
@@ -221,18 +345,14 @@ pub const SOURCE_TABLES: [SourceTable; 2] = [STOP_EVENTS, OUTBOX];
 impl SourceTable {
     /// The bronze Arrow schema: source columns in order, then the lineage columns.
     pub fn arrow_schema(&self) -> SchemaRef {
-        let mut fields: Vec<Field> = self
-            .columns
-            .iter()
-            .map(|c| Field::new(c.name, c.pg.arrow_type(), c.nullable))
-            .collect();
+        let mut fields = fields(self.columns);
         fields.push(Field::new(BATCH_COLUMN, DataType::Int64, false));
         fields.push(Field::new(INGESTED_AT_COLUMN, utc_micros(), false));
         Arc::new(Schema::new(fields))
     }
 
     /// The contract column named `name`.
-    pub fn column(&self, name: &str) -> Option<&SourceColumn> {
+    pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
     }
 }
@@ -242,35 +362,129 @@ pub fn utc_micros() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-static SILVER: LazyLock<SchemaRef> = LazyLock::new(|| {
-    let ts = utc_micros;
-    Arc::new(Schema::new(vec![
-        Field::new("execution_id", DataType::Utf8, false),
-        Field::new("execution_key", DataType::Utf8, false),
-        Field::new("operation_id", DataType::Int64, false),
-        Field::new("symbol", DataType::Utf8, false),
-        Field::new("side", DataType::Utf8, true),
-        Field::new("status", DataType::Utf8, false),
-        Field::new("triggered_at", ts(), true),
-        Field::new("submitted_at", ts(), true),
-        Field::new("executed_at", ts(), true),
-        Field::new("failed_at", ts(), true),
-        Field::new("blocked_at", ts(), true),
-        Field::new("stop_price", DataType::Decimal128(20, 8), true),
-        Field::new("trigger_price", DataType::Decimal128(20, 8), true),
-        Field::new("quantity", DataType::Decimal128(20, 8), true),
-        Field::new("exchange_order_id", DataType::Utf8, true),
-        Field::new("fill_price", DataType::Decimal128(20, 8), true),
-        Field::new("slippage_pct", DataType::Decimal128(10, 4), true),
-        Field::new("source", DataType::Utf8, false),
-        Field::new("error_message", DataType::Utf8, true),
-        Field::new("retry_count", DataType::Int32, false),
-        Field::new("event_count", DataType::Int64, false),
-        Field::new("first_event_at", ts(), false),
-        Field::new("last_event_at", ts(), false),
-        Field::new("last_event_id", DataType::Utf8, false),
-    ]))
-});
+/// `silver.stop_executions` (SPEC §6), in file order. `pg` is the source type
+/// the values come from; the Arrow type follows from it as for bronze.
+pub const SILVER_COLUMNS: &[Column] = &[
+    col(
+        "execution_id",
+        Uuid,
+        false,
+        "event_id of the execution's first event: stable across runs.",
+    ),
+    col(
+        "execution_key",
+        Text,
+        false,
+        "execution_token, or operation:<operation_id> when the token is NULL.",
+    ),
+    col("operation_id", Int8, false, "From the first event."),
+    col("symbol", Text, false, "From the first event."),
+    col("side", Text, true, "From the first event."),
+    col(
+        "status",
+        Text,
+        false,
+        "From the latest event: STOP_TRIGGERED→PENDING, EXECUTION_SUBMITTED→SUBMITTED, EXECUTED, FAILED, BLOCKED.",
+    ),
+    col(
+        "triggered_at",
+        Timestamptz,
+        true,
+        "occurred_at of the first STOP_TRIGGERED event.",
+    ),
+    col(
+        "submitted_at",
+        Timestamptz,
+        true,
+        "occurred_at of the first EXECUTION_SUBMITTED event.",
+    ),
+    col(
+        "executed_at",
+        Timestamptz,
+        true,
+        "occurred_at of the first EXECUTED event.",
+    ),
+    col(
+        "failed_at",
+        Timestamptz,
+        true,
+        "occurred_at of the first FAILED event.",
+    ),
+    col(
+        "blocked_at",
+        Timestamptz,
+        true,
+        "occurred_at of the first BLOCKED event.",
+    ),
+    col("stop_price", Numeric(20, 8), true, "Latest non-null value."),
+    col(
+        "trigger_price",
+        Numeric(20, 8),
+        true,
+        "Latest non-null value.",
+    ),
+    col("quantity", Numeric(20, 8), true, "Latest non-null value."),
+    col(
+        "exchange_order_id",
+        Text,
+        true,
+        "Latest non-null value among EXECUTED events.",
+    ),
+    col(
+        "fill_price",
+        Numeric(20, 8),
+        true,
+        "Latest non-null value among EXECUTED events.",
+    ),
+    col(
+        "slippage_pct",
+        Numeric(10, 4),
+        true,
+        "Latest non-null value among EXECUTED events.",
+    ),
+    col("source", Text, false, "From the latest event."),
+    col("error_message", Text, true, "Latest non-null value."),
+    col(
+        "retry_count",
+        Int4,
+        false,
+        "Maximum over the execution's events.",
+    ),
+    col(
+        "event_count",
+        Int8,
+        false,
+        "Events folded into the execution (an event_id found twice in bronze counts once).",
+    ),
+    col(
+        "first_event_at",
+        Timestamptz,
+        false,
+        "occurred_at of the first event; its UTC date is the partition's date.",
+    ),
+    col(
+        "last_event_at",
+        Timestamptz,
+        false,
+        "occurred_at of the latest event.",
+    ),
+    col(
+        "last_event_id",
+        Uuid,
+        false,
+        "event_id of the latest event.",
+    ),
+];
+
+static SILVER: LazyLock<SchemaRef> =
+    LazyLock::new(|| Arc::new(Schema::new(fields(SILVER_COLUMNS))));
+
+fn fields(columns: &[Column]) -> Vec<Field> {
+    columns
+        .iter()
+        .map(|c| Field::new(c.name, c.pg.arrow_type(), c.nullable))
+        .collect()
+}
 
 /// `silver.stop_executions` (SPEC §6) as stored in a partition file: the partition
 /// columns `client_id` and `date` live in the path, not in the file.

@@ -68,7 +68,7 @@ pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(StderrAboveBars)
         .with_span_events(FmtSpan::NONE);
     let _ = match format {
         LogFormat::Json => builder
@@ -117,21 +117,106 @@ pub fn emit_summary(job: &str, text: &str, report: &impl serde::Serialize) {
     let _ = out.flush();
 }
 
-/// A progress bar for long runs: rows and rows/s on a terminal with text logs,
-/// hidden otherwise (JSON logs go to a log pipeline, where a bar is noise).
-pub fn progress_bar(label: &str) -> indicatif::ProgressBar {
-    if LogFormat::from_env() != LogFormat::Text || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
+/// Every progress bar of the process, drawn on stderr. Log lines go through
+/// [`StderrAboveBars`], which clears the bars, writes the line and redraws
+/// them, so a log line never lands on the bar's line.
+static BARS: std::sync::LazyLock<indicatif::MultiProgress> =
+    std::sync::LazyLock::new(indicatif::MultiProgress::new);
+
+/// The log writer: stderr, one whole formatted event per write, with the
+/// progress bars suspended around it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StderrAboveBars;
+
+impl std::io::Write for StderrAboveBars {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        BARS.suspend(|| std::io::stderr().lock().write_all(buf))?;
+        Ok(buf.len())
     }
-    let bar = indicatif::ProgressBar::new_spinner();
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{spinner} {msg}: {human_pos} rows ({per_sec}, {elapsed})",
-    ) {
-        bar.set_style(style);
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
-    bar.set_message(label.to_owned());
-    bar.enable_steady_tick(std::time::Duration::from_millis(200));
-    bar
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for StderrAboveBars {
+    type Writer = Self;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        *self
+    }
+}
+
+/// Progress of a long step on a terminal: `label: 1,234,567 rows (105,000/s, 12s)`,
+/// redrawn five times a second; hidden with JSON logs or when stderr is not a
+/// terminal (a log pipeline gets the run's log lines and summary instead).
+#[derive(Debug, Clone)]
+pub struct Progress(indicatif::ProgressBar);
+
+impl Progress {
+    /// A spinner counting `unit` for `label`, shown only on a terminal with text logs.
+    pub fn new(label: &str, unit: &str) -> Self {
+        if LogFormat::from_env() != LogFormat::Text || !std::io::stderr().is_terminal() {
+            return Self::hidden();
+        }
+        // Cleared when the last handle drops, also on an error path.
+        let bar = BARS.add(
+            indicatif::ProgressBar::new_spinner().with_finish(indicatif::ProgressFinish::AndClear),
+        );
+        let progress = Self(bar);
+        progress.stage(label, unit);
+        progress
+    }
+
+    /// A progress that shows nothing (tests, library callers).
+    pub fn hidden() -> Self {
+        Self(indicatif::ProgressBar::hidden())
+    }
+
+    /// Starts counting another kind of thing from zero (silver: events folded,
+    /// then partitions written).
+    pub fn stage(&self, label: &str, unit: &str) {
+        let template = format!("{{spinner}} {label}: {{count}} {unit} ({{rate}}, {{elapsed}})");
+        if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+            self.0.set_style(
+                style
+                    .with_key(
+                        "count",
+                        |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                            let _ = write!(w, "{}", indicatif::HumanCount(s.pos()));
+                        },
+                    )
+                    .with_key(
+                        "rate",
+                        |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                            let _ = write!(
+                                w,
+                                "{}/s",
+                                indicatif::HumanCount(s.per_sec().round() as u64)
+                            );
+                        },
+                    ),
+            );
+        }
+        self.0.reset();
+        self.0
+            .enable_steady_tick(std::time::Duration::from_millis(200));
+    }
+
+    /// Sets the count.
+    pub fn set(&self, n: u64) {
+        self.0.set_position(n);
+    }
+
+    /// Adds to the count.
+    pub fn add(&self, n: u64) {
+        self.0.inc(n);
+    }
+
+    /// Removes the bar from the terminal.
+    pub fn finish(&self) {
+        self.0.finish_and_clear();
+    }
 }
 
 /// The process exit statuses of SPEC §8.

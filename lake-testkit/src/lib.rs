@@ -11,6 +11,7 @@
 //! * [`FaultProxy`]: a fault-injecting proxy in front of it (lost answers,
 //!   `503 SlowDown`, resets, slow answers, truncated bodies, ignored
 //!   conditional headers), with a request log;
+//! * [`terminal`]: a job run on a pseudo-terminal, and the screen it leaves;
 //! * [`demo`]: the Django source tables of SPEC §2 and a deterministic generator of
 //!   realistic data that loads a million rows in seconds.
 //!
@@ -42,6 +43,7 @@ mod http;
 mod postgres;
 mod process;
 mod s3;
+pub mod terminal;
 
 pub use allocator::{JemallocSettings, jemalloc_settings};
 pub use faults::{Fault, FaultProxy, LoggedRequest, Rule, S3Op};

@@ -87,6 +87,8 @@ pub struct Request {
     /// An unsharded run that must fold more than this share of the indexed
     /// executions folds everything instead (same result, less work).
     pub whole_shard_ratio: f64,
+    /// Counts the events folded, on a terminal.
+    pub progress: lake_common::telemetry::Progress,
 }
 
 /// Counters of the work done.
@@ -419,6 +421,7 @@ async fn fold_days(
     while let Some(day) = results.next().await {
         let day = day??;
         stats.events_folded += day.events;
+        req.progress.add(day.events);
         stats.duplicate_events += day.duplicates;
         combine(&mut total, day.folded);
     }

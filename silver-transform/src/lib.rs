@@ -38,7 +38,7 @@ use chrono::{NaiveDate, Utc};
 use futures::{StreamExt, TryStreamExt};
 use lake_common::parquet_io::FileWriter;
 use lake_common::report::Run;
-use lake_common::telemetry::exit_status_of;
+use lake_common::telemetry::{Progress, exit_status_of};
 use lake_common::{Classified, Dataset, ExitStatus, Lake, LakeConfig, Partition};
 use object_store::path::Path;
 
@@ -396,6 +396,7 @@ async fn execute(
         forced,
         parallel_days: options.parallel_days,
         whole_shard_ratio: options.whole_shard_ratio,
+        progress: Progress::new(&format!("{shard} folding"), "events"),
     };
     let rec = match recompute(lake, &view, prior, &req).await {
         Ok(r) => r,
@@ -474,8 +475,20 @@ async fn execute(
             "Deleted objects of crashed runs that no manifest lists"
         );
     }
-    let published =
-        or_release!(publish_all(lake, &lease, &rows, &run.id, options.pause_after_publish).await);
+    let progress = &req.progress;
+    progress.stage(&format!("{shard} publishing"), "partitions");
+    let published = or_release!(
+        publish_all(
+            lake,
+            &lease,
+            &rows,
+            &run.id,
+            options.pause_after_publish,
+            progress
+        )
+        .await
+    );
+    progress.finish();
     report
         .timings_ms
         .insert("publish", t.elapsed().as_millis() as u64);
@@ -602,6 +615,7 @@ async fn publish_all(
     rows: &BTreeMap<PartitionKey, PartitionRows<'_>>,
     run: &str,
     pause: Option<Duration>,
+    progress: &Progress,
 ) -> anyhow::Result<Vec<(PartitionKey, Published)>> {
     // Every partition write goes through the version's fence.
     let lake = &lake.fenced(lease.fence());
@@ -613,6 +627,7 @@ async fn publish_all(
                 lease.check()?;
                 let out = tokio::spawn(publish(lake, prepared?)).await??;
                 tracing::debug!(partition = %p, "Published partition");
+                progress.add(1);
                 if let Some(d) = pause {
                     tokio::time::sleep(d).await;
                 }

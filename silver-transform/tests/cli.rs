@@ -179,3 +179,35 @@ async fn summary_in_text_and_json_and_a_warning_on_a_lake_without_bronze() {
         assert!(v["level"].is_string());
     }
 }
+
+/// #14: silver shows progress on a terminal (events folded, then partitions
+/// published), never on a log line's line, with whole rates. Forty partitions,
+/// each publish paused, keep the bar up while debug lines are logged.
+#[tokio::test]
+async fn on_a_terminal_progress_and_log_lines_never_share_a_line() {
+    let t = TestLake::new().await;
+    let events: Vec<Ev> = (0..40)
+        .map(|n| {
+            Ev::new(
+                n + 1,
+                "2025-06-01T06:00:00Z",
+                Some(&format!("tok{n}")),
+                "STOP_TRIGGERED",
+            )
+            .client(n as i64 + 1)
+        })
+        .collect();
+    commit_batch(&t.lake, 1, &events).await;
+    let mut env = t.env();
+    env.retain(|(k, _)| k != "LOG_FORMAT");
+    env.push(("LOG_FORMAT".into(), "text".into()));
+    env.push(("SILVER_TEST_PAUSE_AFTER_PUBLISH_MS".into(), "150".into()));
+    let out = lake_testkit::terminal::run_on_terminal(BIN, &[], &env).unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{seen}");
+    let draws = lake_testkit::terminal::check_progress(&out.stdout, "shard-0-of-1 publishing")
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("the bar was drawn {draws} times");
+    assert!(seen.contains("Published partition"), "{seen}");
+    assert!(seen.contains("40 partitions recomputed"), "{seen}");
+}
