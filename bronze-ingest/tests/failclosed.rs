@@ -507,8 +507,26 @@ async fn on_a_terminal_progress_and_log_lines_never_share_a_line() {
         .unwrap();
     let mut env = h.env();
     env.retain(|(k, _)| k != "LOG_FORMAT" && k != "RUST_LOG");
-    env.push(("LOG_FORMAT".into(), "text".into()));
     env.push(("RUST_LOG".into(), "info,bronze_ingest=debug".into()));
+
+    // JSON logs on a terminal: no bar, only JSON lines.
+    let mut json = env.clone();
+    json.push(("LOG_FORMAT".into(), "json".into()));
+    let out = lake_testkit::terminal::run_on_terminal(BIN, &["--dry-run"], &json).unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{seen}");
+    assert!(
+        lake_testkit::terminal::check_progress(&out.stdout, "stop_events").is_err(),
+        "a bar in JSON mode: {seen}"
+    );
+    for line in lake_testkit::terminal::screen(&out.stdout) {
+        if !line.is_empty() {
+            serde_json::from_str::<serde_json::Value>(&line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        }
+    }
+
+    env.push(("LOG_FORMAT".into(), "text".into()));
     let out = lake_testkit::terminal::run_on_terminal(BIN, &[], &env).unwrap();
     let seen = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{seen}");
