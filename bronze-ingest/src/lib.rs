@@ -22,6 +22,7 @@ use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
 use lake_common::commit::fence::Fence;
 use lake_common::commit::lock::AdvisoryLock;
+use lake_common::metrics::{Pushgateway, RunMetrics};
 use lake_common::report::Run;
 use lake_common::schema::{OUTBOX, STOP_EVENTS, SourceTable};
 use lake_common::{Classified, Config, ExitStatus, Lake, contract, postgres};
@@ -173,6 +174,7 @@ pub fn days(
 pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<ExitStatus> {
     let run = Run::start(JOB);
     let started = Instant::now();
+    let gateway = Pushgateway::from_env()?;
     config
         .lake
         .warn_if_timeout_exceeds(opts.lease, "BRONZE_LEASE_SECS");
@@ -220,8 +222,112 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<ExitStatus> 
             }
             Err(e) => return Err(e.context("writing the run report")),
         }
+        let exit = match &result {
+            Ok(status) => *status,
+            Err(e) => lake_common::telemetry::exit_status_of(e.as_ref()),
+        };
+        for m in metrics(&report, opts, exit) {
+            if !m.push(gateway.as_ref()).await {
+                break;
+            }
+        }
     }
     result
+}
+
+/// The run's metrics (docs/deploy.md, Monitoring). One Pushgateway group for
+/// the run and one per dataset, each within its mode (the daily audit and the
+/// hourly export do not replace each other's series): a push replaces the
+/// series of its own group only, so a dataset this run did not reach keeps its
+/// last values.
+fn metrics(r: &RunReport, opts: &Options, exit: ExitStatus) -> Vec<RunMetrics> {
+    let mode = if opts.verify { "verify" } else { "ingest" };
+    let mut run = RunMetrics::new(JOB, &[("mode", mode.to_owned())]);
+    run.set_run(r.finished_at, r.seconds, exit as u8);
+    let mut all = vec![run];
+    let group = |dataset: &str| {
+        let short = dataset.rsplit('/').next().unwrap_or(dataset).to_owned();
+        RunMetrics::new(JOB, &[("mode", mode.to_owned()), ("dataset", short)])
+    };
+    for d in &r.datasets {
+        let mut m = group(&d.dataset);
+        m.set(
+            "bronze_rows",
+            "Rows the latest run exported.",
+            &[],
+            d.rows as f64,
+        );
+        m.set(
+            "bronze_bytes",
+            "Parquet bytes the latest run wrote.",
+            &[],
+            d.bytes as f64,
+        );
+        m.set(
+            "bronze_files",
+            "Files the latest run wrote.",
+            &[],
+            d.files as f64,
+        );
+        m.set(
+            "bronze_dataset_failed",
+            "1 if the dataset failed in the latest run.",
+            &[],
+            f64::from(u8::from(matches!(d.outcome, Outcome::Failed))),
+        );
+        if matches!(d.outcome, Outcome::Committed | Outcome::NothingNew) {
+            if let Some(t) = r.snapshot_time {
+                m.set(
+                    "bronze_fresh_as_of_timestamp_seconds",
+                    "The snapshot time the dataset is complete up to (its latest batch or no-op).",
+                    &[],
+                    t.timestamp_millis() as f64 / 1000.0,
+                );
+            }
+            if let Some(b) = d.batch.filter(|_| matches!(d.outcome, Outcome::Committed)) {
+                m.set(
+                    "bronze_committed_batch",
+                    "The latest committed batch.",
+                    &[],
+                    b as f64,
+                );
+            }
+            let (held, warned) = d
+                .horizon_held
+                .as_ref()
+                .map_or((0, false), |h| (h.seconds, h.warned));
+            m.set(
+                "bronze_horizon_held_seconds",
+                "How long the transaction horizon has not moved (0: it moves).",
+                &[],
+                held as f64,
+            );
+            m.set(
+                "bronze_horizon_held_warning",
+                "1 if the horizon has been held past BRONZE_HORIZON_WARN.",
+                &[],
+                f64::from(u8::from(warned)),
+            );
+        }
+        all.push(m);
+    }
+    for v in &r.verified {
+        let mut m = group(&v.dataset);
+        m.set(
+            "bronze_verify_days_checked",
+            "Days the latest --verify compared with PostgreSQL.",
+            &[],
+            v.days_checked as f64,
+        );
+        m.set(
+            "bronze_verify_mismatched_days",
+            "Days whose counts or sums differ from PostgreSQL in the latest --verify.",
+            &[],
+            v.mismatched as f64,
+        );
+        all.push(m);
+    }
+    all
 }
 
 async fn run_with(

@@ -45,6 +45,7 @@ pub const ENV_VARS: &[&str] = &[
     "SILVER_MAX_VIOLATION_RATIO",
     "SILVER_SHARD_COUNT",
     "JOB_COMPLETION_INDEX",
+    "PUSHGATEWAY_URL",
 ];
 
 /// Prefixes this project owns: a variable with one of them that is not in

@@ -10,6 +10,7 @@ pub mod config;
 pub mod contract;
 pub mod dictionary;
 pub mod manifest;
+pub mod metrics;
 pub mod parquet_io;
 pub mod paths;
 pub mod postgres;
@@ -43,7 +44,8 @@ pub const ENV_HELP: &str = "Environment (the cluster secrets' names):
               AWS_ENDPOINT (AWS; https unless http:// is given), AWS_REGION (us-east-1),
               AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, S3_CONDITIONAL_WRITES (enabled),
               S3_MAX_RETRIES (10), S3_TIMEOUT_SECS (10)
-  Logs        LOG_FORMAT (text on a terminal, else json), RUST_LOG (info)";
+  Logs        LOG_FORMAT (text on a terminal, else json), RUST_LOG (info)
+  Metrics     PUSHGATEWAY_URL (unset: no pushes)";
 
 pub use config::{Config, ConfigError, LakeConfig, PostgresConfig, Secret, SslMode};
 pub use paths::{Dataset, Partition};

@@ -11,6 +11,7 @@
 //! * [`FaultProxy`]: a fault-injecting proxy in front of it (lost answers,
 //!   `503 SlowDown`, resets, slow answers, truncated bodies, ignored
 //!   conditional headers), with a request log;
+//! * [`TestPushgateway`]: a Prometheus Pushgateway, for the jobs' metrics;
 //! * [`terminal`]: a job run on a pseudo-terminal, and the screen it leaves;
 //! * [`demo`]: the Django source tables of SPEC §2 and a deterministic generator of
 //!   realistic data that loads a million rows in seconds.
@@ -42,6 +43,7 @@ mod faults;
 mod http;
 mod postgres;
 mod process;
+mod pushgateway;
 mod s3;
 pub mod terminal;
 
@@ -49,6 +51,7 @@ pub use allocator::{JemallocSettings, jemalloc_settings};
 pub use faults::{Fault, FaultProxy, LoggedRequest, Rule, S3Op};
 pub use http::HttpResponse;
 pub use postgres::TestPostgres;
+pub use pushgateway::TestPushgateway;
 pub use s3::TestS3;
 
 /// A random number from the standard library's per-process hash keys (enough for

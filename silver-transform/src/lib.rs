@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chrono::{NaiveDate, Utc};
 use futures::{StreamExt, TryStreamExt};
+use lake_common::metrics::{Pushgateway, RunMetrics};
 use lake_common::parquet_io::FileWriter;
 use lake_common::report::Run;
 use lake_common::telemetry::{Progress, exit_status_of};
@@ -108,6 +109,8 @@ pub struct Options {
     /// Set when this run holds the shard's advisory lock (stores without
     /// conditional writes): the lock's loss fences the run.
     pub lock_fence: Option<lake_common::commit::fence::Fence>,
+    /// Where the run pushes its metrics (`PUSHGATEWAY_URL`), if anywhere.
+    pub pushgateway: Option<Pushgateway>,
 }
 
 impl Default for Options {
@@ -122,6 +125,7 @@ impl Default for Options {
             pause_after_publish: None,
             whole_shard_ratio: 0.5,
             lock_fence: None,
+            pushgateway: None,
         }
     }
 }
@@ -234,12 +238,17 @@ pub async fn run(lake: &Lake, options: &Options) -> anyhow::Result<RunReport> {
     report
         .timings_ms
         .insert("total", started.elapsed().as_millis() as u64);
+    let elapsed = started.elapsed().as_secs_f64();
     match result {
         Ok(()) => {
             log_outcome(&report);
             if !options.dry_run {
                 let path = run.write_report(lake, &report).await?;
                 tracing::info!(report = %path, "Wrote run report");
+                let status = exit_status_of_report(&report);
+                let _ = metrics(&report, elapsed, status)
+                    .push(options.pushgateway.as_ref())
+                    .await;
             }
             Ok(report)
         }
@@ -252,9 +261,81 @@ pub async fn run(lake: &Lake, options: &Options) -> anyhow::Result<RunReport> {
                     tracing::warn!(error = %e, "Could not write the run report of the failed run");
                 }
             }
+            if !options.dry_run {
+                let _ = metrics(&report, elapsed, status)
+                    .push(options.pushgateway.as_ref())
+                    .await;
+            }
             Err(err)
         }
     }
+}
+
+fn exit_status_of_report(report: &RunReport) -> ExitStatus {
+    if report.quality.breached {
+        ExitStatus::Quality
+    } else {
+        ExitStatus::Success
+    }
+}
+
+/// The run's metrics (docs/deploy.md, Monitoring), one group per shard.
+fn metrics(r: &RunReport, seconds: f64, exit: ExitStatus) -> RunMetrics {
+    let mut m = RunMetrics::new(JOB, &[("shard", r.shard.index.to_string())]);
+    m.set_run(r.finished_at.unwrap_or_else(Utc::now), seconds, exit as u8);
+    if exit != ExitStatus::Success && exit != ExitStatus::Quality {
+        return m;
+    }
+    if let Some(v) = r.committed_version {
+        m.set(
+            "silver_committed_version",
+            "The shard's latest committed version.",
+            &[],
+            v as f64,
+        );
+    }
+    let gauges: [(&'static str, &str, u64); 6] = [
+        (
+            "silver_executions_written",
+            "Executions the latest run wrote to silver.",
+            r.rows.silver,
+        ),
+        (
+            "silver_quarantine_rows",
+            "Quarantine rows the latest run wrote (one per broken rule).",
+            r.rows.quarantine_rows,
+        ),
+        (
+            "silver_partitions_recomputed",
+            "Partitions the latest run recomputed.",
+            r.partitions.recomputed,
+        ),
+        (
+            "silver_partitions",
+            "The shard's partitions after the latest run.",
+            r.partitions.total,
+        ),
+        (
+            "silver_index_keys",
+            "Executions in the shard's key index.",
+            r.rows.index_keys,
+        ),
+        (
+            "silver_events_folded",
+            "Bronze events the latest run folded.",
+            r.work.events_folded,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        m.set(name, help, &[], value as f64);
+    }
+    m.set(
+        "silver_violation_ratio",
+        "Share of the latest run's executions that broke a quality rule.",
+        &[],
+        r.quality.violation_ratio,
+    );
+    m
 }
 
 async fn execute(

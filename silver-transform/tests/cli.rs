@@ -211,3 +211,50 @@ async fn on_a_terminal_progress_and_log_lines_never_share_a_line() {
     assert!(seen.contains("Published partition"), "{seen}");
     assert!(seen.contains("40 partitions recomputed"), "{seen}");
 }
+
+/// #18: a run pushes its metrics to the Pushgateway, one group per shard; a
+/// malformed `PUSHGATEWAY_URL` is a configuration error (exit 2).
+#[tokio::test]
+async fn a_run_pushes_its_metrics_per_shard() {
+    let t = TestLake::new().await;
+    let gw = lake_testkit::TestPushgateway::start().await.unwrap();
+    commit_batch(
+        &t.lake,
+        1,
+        &[
+            Ev::new(1, "2025-06-01T06:00:00Z", Some("a"), "STOP_TRIGGERED").qty("1"),
+            Ev::new(2, "2025-06-01T07:00:00Z", Some("b"), "STOP_TRIGGERED").qty("1"),
+        ],
+    )
+    .await;
+    let url = gw.url();
+    let out = t.run_bin(&["--shard-count", "1"], &[("PUSHGATEWAY_URL", &url)]);
+    assert_eq!(out.status.code(), Some(0));
+    let shard = [("job", "silver-transform"), ("shard", "0")];
+    let value = |name: &'static str| {
+        let gw = &gw;
+        let shard = &shard;
+        async move { gw.value(name, shard).await.unwrap() }
+    };
+    assert_eq!(value("robson_lake_run_exit_code").await, Some(0.0));
+    assert_eq!(
+        value("robson_lake_silver_executions_written").await,
+        Some(2.0)
+    );
+    assert_eq!(
+        value("robson_lake_silver_committed_version").await,
+        Some(1.0)
+    );
+    assert!(
+        value("robson_lake_last_success_timestamp_seconds")
+            .await
+            .is_some()
+    );
+
+    let out = t.run_bin(&[], &[("PUSHGATEWAY_URL", "localhost:9091")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PUSHGATEWAY_URL"),
+        "names the variable"
+    );
+}
