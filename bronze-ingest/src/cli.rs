@@ -39,6 +39,15 @@ struct Cli {
     /// Compare per-day counts and sums between PostgreSQL and the lake; exit 3 on a mismatch.
     #[arg(long)]
     verify: bool,
+    /// With --verify: audit only the last N UTC days, today included (what the
+    /// daily verify CronJob runs: a window that does not grow with the lake).
+    #[arg(
+        long,
+        requires = "verify",
+        conflicts_with_all = ["date", "from", "to"],
+        value_parser = clap::value_parser!(u32).range(1..=400)
+    )]
+    last_days: Option<u32>,
     /// Start the next batch over from the whole table (as a first batch does),
     /// committing only rows bronze does not hold yet; what to run once after a
     /// batch was refused because 2^31 transactions passed since the last one.
@@ -84,7 +93,17 @@ where
     telemetry::init(LogFormat::from_env());
     let result = (|| {
         telemetry::check_environment()?;
-        let days = crate::days(cli.date, cli.from, cli.to)?;
+        let (from, to) = match cli.last_days {
+            Some(n) => {
+                let today = chrono::Utc::now().date_naive();
+                (
+                    today.checked_sub_days(chrono::Days::new(u64::from(n) - 1)),
+                    Some(today),
+                )
+            }
+            None => (cli.from, cli.to),
+        };
+        let days = crate::days(cli.date, from, to)?;
         let config = lake_common::Config::from_env()?;
         let opts = Options {
             datasets: match cli.dataset {

@@ -81,12 +81,24 @@ async fn runs_push_their_metrics_and_a_failure_keeps_the_last_success() {
     );
 
     // The audit pushes to its own group: the export's series stay.
-    let out = h.run_with(&env, &["--verify"]);
+    // (The daily CronJob's window: the last days only.)
+    let out = h.run_with(&env, &["--verify", "--last-days", "2"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let days = h
+        .pg_count(
+            "SELECT count(DISTINCT (occurred_at AT TIME ZONE 'UTC')::date) FROM stop_events \
+             WHERE occurred_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' - interval '1 day'",
+        )
+        .await as f64;
     let verify = [("mode", "verify"), ("dataset", "events")];
     assert_eq!(
         val(&gw, "robson_lake_bronze_verify_mismatched_days", &verify).await,
         Some(0.0)
+    );
+    assert_eq!(
+        val(&gw, "robson_lake_bronze_verify_days_checked", &verify).await,
+        Some(days),
+        "--last-days 2 audits today and yesterday only"
     );
     assert_eq!(
         val(&gw, "robson_lake_run_exit_code", &ingest).await,

@@ -20,7 +20,11 @@ What is checked, and why (issue 5; the original design got several of these wron
   namespace AND pod selector; no "block" policies (NetworkPolicies only allow);
 * no Secret carrying data in anything applied; secret templates hold placeholders;
 * every environment variable a container gets is one the binaries read, and the
-  required ones are all there.
+  required ones are all there;
+* monitoring (deploy/monitoring, deploy/overlays/monitoring): the alert rules
+  pass `promtool check rules` and their unit tests (`promtool test rules`), the
+  PrometheusRule holds exactly the rule file's groups, and with the overlay every
+  scheduled pod pushes to the Pushgateway through an egress policy that selects it.
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ KUBERNETES_VERSION = "1.31.0"
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 SECRET_TEMPLATES = DEPLOY / "base" / "secrets"
+MONITORING = DEPLOY / "monitoring"
+MONITORING_RULES = MONITORING / "rules"
+MONITORING_OVERLAY = DEPLOY / "overlays" / "monitoring"
+PUSHGATEWAY_PORT = 9091
 KUSTOMIZATION_NAMES = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 # `kubectl apply -f <dir>` reads only files with these extensions.
 KUBECTL_EXTENSIONS = (".yaml", ".yml", ".json")
@@ -111,11 +119,13 @@ def load_docs(path: Path) -> list[dict]:
 
 
 def manifest_files() -> list[Path]:
-    """Every Kubernetes manifest under deploy/ (secret templates included)."""
+    """Every Kubernetes manifest under deploy/ (secret templates included; not
+    the Prometheus rule files of deploy/monitoring/rules)."""
     files = []
     for path in sorted(DEPLOY.rglob("*")):
         if path.is_file() and path.suffix in (".yaml", ".yml") and path.name not in KUSTOMIZATION_NAMES:
-            if "tests" not in path.relative_to(DEPLOY).parts:
+            parts = path.relative_to(DEPLOY).parts
+            if "tests" not in parts and path.parent != MONITORING_RULES:
                 files.append(path)
     return files
 
@@ -431,6 +441,16 @@ def test_schedules_bronze_hourly_silver_daily() -> None:
     assert minute.isdigit() and (hour, dom, month, dow) == ("*", "*", "*", "*")
     minute, hour, dom, month, dow = schedules["silver-transform"]
     assert minute.isdigit() and hour.isdigit() and (dom, month, dow) == ("*", "*", "*")
+    minute, hour, dom, month, dow = schedules["bronze-verify"]
+    assert minute.isdigit() and hour.isdigit() and (dom, month, dow) == ("*", "*", "*")
+
+
+def test_a_daily_verify_audits_a_window_that_does_not_grow_with_the_lake() -> None:
+    (verify,) = [c for c in objects("CronJob") if c["metadata"]["name"] == "bronze-verify"]
+    (container,) = pod_template(verify)["spec"]["containers"]
+    args = container.get("args", [])
+    assert args[:1] == ["--verify"] and "--last-days" in args, args
+    assert 1 <= int(args[args.index("--last-days") + 1]) <= 31, args
 
 
 # --------------------------------------------------------------------------- resources
@@ -718,3 +738,67 @@ def test_just_deploy_dry_run_renders_in_order_without_a_cluster() -> None:
     rendered = {(d["kind"], d["metadata"]["name"]) for d in docs}
     expected = {(d["kind"], d["metadata"]["name"]) for d in kustomize_build(DEPLOY)[1]}
     assert rendered == expected | {("Job", "smoke-test")}
+
+
+# --------------------------------------------------------------------------- monitoring
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool not found: `just setup` installs Debian's prometheus package")
+    return path
+
+
+def test_alert_rules_pass_promtool_check_and_unit_tests() -> None:
+    rules = MONITORING_RULES / "robson-lake.rules.yml"
+    for args in (["check", "rules", str(rules)], ["test", "rules", "tests.yml"]):
+        result = subprocess.run(
+            [promtool(), *args], cwd=MONITORING_RULES, capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, f"promtool {' '.join(args)}:\n{result.stdout}{result.stderr}"
+
+
+def test_prometheus_rule_holds_exactly_the_rule_file() -> None:
+    (rule,) = [d for d in load_docs(MONITORING / "prometheus-rule.yaml") if d["kind"] == "PrometheusRule"]
+    plain = yaml.safe_load((MONITORING_RULES / "robson-lake.rules.yml").read_text())
+    assert rule["spec"] == plain, "deploy/monitoring/prometheus-rule.yaml and rules/robson-lake.rules.yml differ"
+
+
+def test_every_alert_has_a_runbook_section() -> None:
+    runbook = (ROOT / "docs" / "deploy.md").read_text()
+    plain = yaml.safe_load((MONITORING_RULES / "robson-lake.rules.yml").read_text())
+    for group in plain["groups"]:
+        for rule in group["rules"]:
+            url = rule["annotations"]["runbook_url"]
+            anchor = url.split("#", 1)[1]
+            assert f'<a id="{anchor}"></a>' in runbook, f"{rule['alert']}: docs/deploy.md has no #{anchor}"
+            assert rule["alert"] in runbook, f"{rule['alert']} is not explained in docs/deploy.md"
+
+
+def test_with_monitoring_every_scheduled_pod_pushes_through_an_allowed_egress() -> None:
+    docs = kustomize_build(MONITORING_OVERLAY)[1]
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["namespace"] == "analytics-jobs"]
+    opening = [
+        p
+        for p in policies
+        for rule in p["spec"].get("egress", [])
+        if any(port.get("port") == PUSHGATEWAY_PORT for port in rule.get("ports", []))
+    ]
+    assert opening, "no egress policy opens the Pushgateway's port"
+    cronjobs = [d for d in docs if d["kind"] == "CronJob"]
+    assert {c["metadata"]["name"] for c in cronjobs} >= {"bronze-ingest", "silver-transform"}
+    for cronjob in cronjobs:
+        pod = pod_template(cronjob)
+        for c in pod["spec"]["containers"]:
+            env = {v["name"]: v.get("value") for v in c.get("env", [])}
+            assert env.get("PUSHGATEWAY_URL", "").startswith("http://"), f"{obj_id(cronjob)}: no PUSHGATEWAY_URL"
+        labels = pod["metadata"].get("labels", {})
+        assert any(
+            all(labels.get(k) == v for k, v in p["spec"]["podSelector"].get("matchLabels", {}).items())
+            for p in opening
+        ), f"{obj_id(cronjob)}: no Pushgateway egress policy selects its pods"
+    # Nothing else changes: the overlay is the deployment plus monitoring.
+    base = {(d["kind"], d["metadata"]["name"]) for d in kustomize_build(DEPLOY)[1]}
+    extra = {(d["kind"], d["metadata"]["name"]) for d in docs} - base
+    assert extra == {("NetworkPolicy", "allow-pushgateway-egress"), ("PrometheusRule", "robson-lake")}
