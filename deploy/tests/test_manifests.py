@@ -420,6 +420,32 @@ def test_exit_4_is_retried_and_only_2_and_3_fail_the_job(obj: dict) -> None:
     assert job_spec["backoffLimit"] >= 3, "room for retries of exit 1 and 4"
 
 
+@pytest.mark.parametrize(
+    "obj",
+    [w for w in workloads() if w["metadata"]["labels"].get("app.kubernetes.io/name") == "silver-transform"],
+    ids=obj_id,
+)
+def test_silver_is_an_indexed_job_with_one_shard_per_completion(obj: dict) -> None:
+    job_spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+    assert job_spec.get("completionMode") == "Indexed", "silver shards run as an Indexed Job"
+    assert isinstance(job_spec.get("backoffLimitPerIndex"), int), "retries per shard"
+    (container,) = pod_template(obj)["spec"]["containers"]
+    env = {v["name"]: v.get("value") for v in container.get("env", [])}
+    assert env.get("SILVER_SHARD_COUNT") == str(job_spec["completions"]), (
+        f"SILVER_SHARD_COUNT {env.get('SILVER_SHARD_COUNT')} must equal completions {job_spec['completions']}"
+    )
+    assert "JOB_COMPLETION_INDEX" not in env, "Kubernetes sets JOB_COMPLETION_INDEX itself"
+
+
+def test_every_silver_workload_has_the_same_shard_count() -> None:
+    counts = set()
+    for w in workloads():
+        if w["metadata"]["labels"].get("app.kubernetes.io/name") == "silver-transform":
+            (container,) = pod_template(w)["spec"]["containers"]
+            counts |= {v.get("value") for v in container.get("env", []) if v["name"] == "SILVER_SHARD_COUNT"}
+    assert len(counts) == 1, f"the CronJob and the manual Job disagree on SILVER_SHARD_COUNT: {counts}"
+
+
 @pytest.mark.parametrize("obj", [w for w in workloads() if w["kind"] in ("Job", "CronJob")], ids=obj_id)
 def test_job_limits_its_runtime_and_cleans_up(obj: dict) -> None:
     job_spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
