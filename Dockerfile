@@ -1,7 +1,9 @@
+# syntax=docker/dockerfile:1
 # One image, all binaries (bronze-ingest, silver-transform, smoke-test), static
 # musl executables on `scratch`: no shell, no package manager, no libc, non-root.
 #
 #   docker build -t ghcr.io/robson/deep-storage:0.1.0 .            # full build (default target)
+#   docker buildx build --platform linux/arm64 -t … .              # another architecture
 #   buildah build -t ghcr.io/robson/deep-storage:0.1.0 .           # same, without a Docker engine
 #   buildah build --target runtime-prebuilt -t … .                 # from host-built binaries
 #
@@ -44,14 +46,24 @@ CMD ["/usr/local/bin/bronze-ingest", "--help"]
 
 # ---------------------------------------------------------------------------
 FROM docker.io/library/rust:1-bookworm AS builder
-ARG TARGET=x86_64-unknown-linux-musl
+# The musl target of the platform being built (BuildKit and buildah set
+# TARGETARCH: amd64 on x86_64, arm64 on Apple silicon and Graviton); the builder
+# runs on that platform too, so no cross compiler is needed. TARGET overrides it.
+ARG TARGETARCH
+ARG TARGET
 # The commit `--version` names (.git is not in the build context).
 ARG REVISION=unknown
 # musl-gcc compiles the C parts (zstd, aws-lc) for the musl target.
-RUN apt-get update \
+RUN case "${TARGET:-${TARGETARCH:-amd64}}" in \
+      amd64) echo x86_64-unknown-linux-musl ;; \
+      arm64) echo aarch64-unknown-linux-musl ;; \
+      *-linux-musl) echo "${TARGET}" ;; \
+      *) echo "unsupported platform ${TARGETARCH} (amd64 or arm64, or set TARGET)" >&2; exit 1 ;; \
+    esac > /rust-target \
+ && apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends musl-tools ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && rustup target add "${TARGET}"
+ && rustup target add "$(cat /rust-target)"
 WORKDIR /src
 COPY . .
 # `rustup target add` again: a no-op unless a rust-toolchain.toml in the sources
@@ -60,12 +72,13 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    rustup target add "${TARGET}" \
- && LAKE_GIT_COMMIT="${REVISION}" cargo build --locked --release --target "${TARGET}" \
+    target="$(cat /rust-target)" \
+ && rustup target add "${target}" \
+ && LAKE_GIT_COMMIT="${REVISION}" cargo build --locked --release --target "${target}" \
       -p robson-lake \
  && mkdir -p /rootfs/usr/local/bin /rootfs/etc/ssl/certs /rootfs/tmp \
  && chmod 1777 /rootfs/tmp \
- && install -m 0755 "target/${TARGET}/release/robson-lake" /rootfs/usr/local/bin/robson-lake \
+ && install -m 0755 "target/${target}/release/robson-lake" /rootfs/usr/local/bin/robson-lake \
  && for bin in bronze-ingest silver-transform smoke-test; do \
       ln -s robson-lake "/rootfs/usr/local/bin/${bin}"; \
     done \

@@ -58,8 +58,12 @@ bench-bronze-image rows="1000000": setup
 bench-silver: setup
     SILVER_BENCH_REPORT={{justfile_directory()}}/docs/benchmarks-silver.md cargo bench -p silver-transform --bench silver
 
+# The same with all events in one UTC day (the fold's time windows; writes docs/benchmarks-silver-one-day.md).
+bench-silver-day events="1000000": setup
+    SILVER_BENCH_EVENTS={{events}} SILVER_BENCH_DAYS=1 SILVER_BENCH_REPORT={{justfile_directory()}}/docs/benchmarks-silver-one-day.md cargo bench -p silver-transform --bench silver
+
 # All benchmarks.
-bench: bench-bronze bench-silver
+bench: bench-bronze bench-silver bench-silver-day
 
 # Run the smoke test against the configured environment (add --cluster for the cluster checks, --json for JSON).
 smoke *ARGS:

@@ -157,6 +157,18 @@ if grep -qE '^(bin|usr/bin)/(sh|bash|busybox)$' <<<"$files"; then
 fi
 echo "files: $(wc -l <<<"$files") entries, no shell"
 
+# The archive `just image-save` writes for `k3s ctr images import` (nodes
+# without a registry): it must load back as the same image.
+step "Saving $IMAGE as a docker-archive (what k3s ctr images import reads)"
+archive=target/image-test.tar
+rm -f "$archive"
+"${BUILDAH[@]}" push "$IMAGE" "docker-archive:$archive:$IMAGE" >/dev/null || die "buildah push docker-archive failed"
+tar -tf "$archive" | grep -qx manifest.json || die "$archive has no manifest.json (not a docker-archive)"
+loaded=$("${PODMAN[@]}" load -i "$archive" 2>&1) || die "podman load of $archive failed: $loaded"
+grep -q "$IMAGE" <<<"$loaded" || die "loading $archive did not give back $IMAGE: $loaded"
+echo "archive: $(du -h "$archive" | cut -f1), loads back as $IMAGE"
+rm -f "$archive"
+
 # --- 5. run -------------------------------------------------------------------
 step "podman run $IMAGE bronze-ingest --version"
 out=$("${RUN[@]}" "$IMAGE" bronze-ingest --version 2>&1) \

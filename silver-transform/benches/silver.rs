@@ -17,7 +17,8 @@
 //!    day's executions and late events of the last two days) and a worst case
 //!    (0.5 % late events spread over all 30 days, so every partition is affected).
 //!
-//! Environment: `SILVER_BENCH_DIR` (work directory, kept; default a temporary
+//! Environment: `SILVER_BENCH_EVENTS` (1 000 000), `SILVER_BENCH_DAYS` (30: the
+//! days the events span; 1 puts them all in one UTC day), `SILVER_BENCH_DIR` (work directory, kept; default a temporary
 //! one), `LAKE_TEST_PYTHON` (a Python with `duckdb`; default `.venv/bin/python`),
 //! `SILVER_BENCH_REPORT` (also write the Markdown table to this file).
 // Benchmark driver: a failed unwrap aborts the benchmark with its location.
@@ -42,7 +43,6 @@ use lake_common::{Dataset, Lake, LakeConfig, Partition};
 const BIN: &str = env!("CARGO_BIN_EXE_silver-transform");
 const SQL: &str = include_str!("silver_duckdb.sql");
 const WINDOW_END: i64 = 1_751_241_600_000_000; // 2025-06-30T00:00:00Z
-const WINDOW: i64 = 30 * 86_400_000_000;
 const SYMBOLS: [&str; 25] = [
     "BTCUSDC",
     "ETHUSDC",
@@ -422,6 +422,11 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
+    let days: i64 = std::env::var("SILVER_BENCH_DAYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let window = days * 86_400_000_000;
     let keep = std::env::var_os("SILVER_BENCH_DIR").map(PathBuf::from);
     let tmp = tempfile::tempdir().unwrap();
     let dir = keep.clone().unwrap_or_else(|| tmp.path().to_owned());
@@ -433,7 +438,7 @@ fn main() {
 
     let t = Instant::now();
     let mut rng = Rng(42);
-    let evs = generate(&mut rng, events, 0, WINDOW_END - WINDOW, WINDOW_END);
+    let evs = generate(&mut rng, events, 0, WINDOW_END - window, WINDOW_END);
     let n = evs.len();
     rt.block_on(write_batch(&lake, 1, evs.clone()));
     let bronze_bytes = dir_size(&lake_dir.join("bronze/events"));
@@ -453,6 +458,18 @@ fn main() {
         "silver full refresh: {:.2} s, {:.0} MiB",
         silver.wall.as_secs_f64(),
         silver.max_rss_mib
+    );
+    // The same with every day read and folded whole (no time windows): what
+    // the windows save, and what they cost.
+    let whole_days = measure(
+        "silver-transform (whole days)",
+        &[BIN, "--full-refresh", "--fold-window-rows", "1000000000000"],
+        &env,
+    );
+    eprintln!(
+        "silver full refresh, whole days: {:.2} s, {:.0} MiB",
+        whole_days.wall.as_secs_f64(),
+        whole_days.max_rss_mib
     );
 
     let py = python();
@@ -542,19 +559,19 @@ fn main() {
         inc.wall.as_secs_f64(),
         inc.max_rss_mib
     );
-    let spread = late_events(&mut rng, &evs, n / 200, WINDOW_END - WINDOW);
+    let spread = late_events(&mut rng, &evs, n / 200, WINDOW_END - window);
     let added_spread = spread.len();
     rt.block_on(write_batch(&lake, 3, spread));
     let wide = measure("silver-transform incremental (spread)", &[BIN], &env);
     eprintln!(
-        "silver incremental (+{added_spread} late events over 30 days): {:.2} s, {:.0} MiB",
+        "silver incremental (+{added_spread} late events over {days} days): {:.2} s, {:.0} MiB",
         wide.wall.as_secs_f64(),
         wide.max_rss_mib
     );
 
     let mut md = String::new();
     md.push_str(&format!(
-        "Input: {n} bronze events ({:.1} MiB of Parquet, one batch, 30 days, 20 clients), local disk, {} CPUs.\n\n",
+        "Input: {n} bronze events ({:.1} MiB of Parquet, one batch, {days} days, 20 clients), local disk, {} CPUs.\n\n",
         bronze_bytes as f64 / 1048576.0,
         std::thread::available_parallelism().map(|p| p.get()).unwrap_or(1)
     ));
@@ -563,6 +580,11 @@ fn main() {
         "| silver-transform `--full-refresh` | {:.2} s | {:.0} MiB |\n",
         silver.wall.as_secs_f64(),
         silver.max_rss_mib
+    ));
+    md.push_str(&format!(
+        "| silver-transform `--full-refresh`, every day read whole (`--fold-window-rows 10^12`) | {:.2} s | {:.0} MiB |\n",
+        whole_days.wall.as_secs_f64(),
+        whole_days.max_rss_mib
     ));
     if let Some((version, m, _)) = &duck_result {
         md.push_str(&format!(
@@ -577,7 +599,7 @@ fn main() {
         inc.max_rss_mib
     ));
     md.push_str(&format!(
-        "| silver-transform incremental: +{added_spread} late events spread over all 30 days (every partition) | {:.2} s | {:.0} MiB |\n",
+        "| silver-transform incremental: +{added_spread} late events spread over all {days} days (every partition) | {:.2} s | {:.0} MiB |\n",
         wide.wall.as_secs_f64(),
         wide.max_rss_mib
     ));

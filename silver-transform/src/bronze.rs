@@ -11,10 +11,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, AsArray, Decimal128Array, Int32Array, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
+    Array, AsArray, BooleanArray, Decimal128Array, Int32Array, Int64Array, RecordBatch,
+    StringArray, TimestampMicrosecondArray,
 };
-use arrow::datatypes::{DataType, Decimal128Type, Int32Type, Int64Type, TimeUnit};
+use arrow::datatypes::{
+    DataType, Decimal128Type, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType,
+};
 use futures::{StreamExt, TryStreamExt};
 use lake_common::manifest::{self, BatchManifest, BatchState, DataFile};
 use lake_common::{Dataset, Lake, Partition};
@@ -24,6 +26,8 @@ use object_store::path::Path;
 #[allow(deprecated)]
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+use parquet::file::metadata::ParquetMetaData;
+use parquet::file::statistics::Statistics;
 
 use crate::key::{EventId, EventType, ExecutionKey, OrderKey, day_of_date, parse_event_id};
 
@@ -228,11 +232,19 @@ const FOLD_COLUMNS: [&str; 12] = [
     lake_common::schema::BATCH_COLUMN,
 ];
 
-/// Reads the projected columns of one live bronze file.
+/// A half-open range of `occurred_at` (microseconds since the epoch).
+pub type TimeRange = (i64, i64);
+
+/// Reads the projected columns of one live bronze file; with `window`, only the
+/// events whose `occurred_at` lies in it: the row groups whose statistics
+/// overlap the window are read (bronze files are sorted by `occurred_at`, so
+/// that is about the window's share of the file), then the rows outside it
+/// dropped.
 pub async fn read_file(
     lake: &Lake,
     file: &BronzeFile,
     projection: Projection,
+    window: Option<TimeRange>,
 ) -> Result<Vec<EventColumns>, BronzeError> {
     let path = Path::from(file.file.path.as_str());
     let read_err = |source| BronzeError::Read {
@@ -263,12 +275,29 @@ pub async fn read_file(
         roots.push(idx);
     }
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+    let builder = match window {
+        Some(w) => {
+            let groups = row_groups_overlapping(builder.metadata(), w);
+            builder.with_row_groups(groups)
+        }
+        None => builder,
+    };
     let stream = builder
         .with_projection(mask)
         .with_batch_size(READ_BATCH_ROWS)
         .build()
         .map_err(read_err)?;
-    let batches: Vec<RecordBatch> = stream.try_collect().await.map_err(read_err)?;
+    let mut batches: Vec<RecordBatch> = stream.try_collect().await.map_err(read_err)?;
+    if let Some(w) = window {
+        batches = batches
+            .iter()
+            .map(|b| keep_window(b, w))
+            .collect::<Result<_, _>>()
+            .map_err(|problem| BronzeError::Contract {
+                path: file.file.path.clone(),
+                problem,
+            })?;
+    }
     batches
         .iter()
         .map(|b| {
@@ -278,6 +307,41 @@ pub async fn read_file(
             })
         })
         .collect()
+}
+
+/// The row groups whose `occurred_at` statistics overlap `window` (all of
+/// those without statistics).
+fn row_groups_overlapping(meta: &ParquetMetaData, (start, end): TimeRange) -> Vec<usize> {
+    let leaf = meta
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.name() == "occurred_at");
+    (0..meta.num_row_groups())
+        .filter(|&i| {
+            let Some(leaf) = leaf else { return true };
+            match meta.row_group(i).column(leaf).statistics() {
+                Some(Statistics::Int64(v)) => match (v.min_opt(), v.max_opt()) {
+                    (Some(&min), Some(&max)) => max >= start && min < end,
+                    _ => true,
+                },
+                _ => true,
+            }
+        })
+        .collect()
+}
+
+/// The rows of `batch` whose `occurred_at` lies in `window`.
+fn keep_window(batch: &RecordBatch, (start, end): TimeRange) -> Result<RecordBatch, String> {
+    let at = column(batch, "occurred_at")?
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or("column occurred_at is not TIMESTAMP(MICROS)")?;
+    let keep: BooleanArray = at
+        .iter()
+        .map(|t| Some(t.is_some_and(|t| t >= start && t < end)))
+        .collect();
+    arrow::compute::filter_record_batch(batch, &keep).map_err(|e| e.to_string())
 }
 
 /// The decoded columns of one record batch of bronze events. The fold columns are
@@ -514,4 +578,49 @@ pub struct Event<'a> {
     pub retry_count: i32,
     /// `_batch`: the bronze batch that exported the event.
     pub batch: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{Field, Schema};
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    /// Ten rows, occurred_at 0..10, in row groups of three.
+    fn file() -> (RecordBatch, ParquetMetaData) {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "occurred_at",
+            lake_common::schema::utc_micros(),
+            false,
+        )]));
+        let at =
+            TimestampMicrosecondArray::from((0..10).collect::<Vec<i64>>()).with_timezone("UTC");
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(at)]).unwrap();
+        let mut buf = Vec::new();
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(3))
+            .build();
+        let mut w = ArrowWriter::try_new(&mut buf, schema, Some(props)).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let reader = SerializedFileReader::new(bytes::Bytes::from(buf)).unwrap();
+        (batch, reader.metadata().clone())
+    }
+
+    #[test]
+    fn a_window_reads_the_row_groups_it_overlaps_and_keeps_its_rows() {
+        let (batch, meta) = file();
+        assert_eq!(meta.num_row_groups(), 4);
+        // Groups hold [0,2], [3,5], [6,8], [9].
+        assert_eq!(row_groups_overlapping(&meta, (3, 6)), [1]);
+        assert_eq!(row_groups_overlapping(&meta, (2, 7)), [0, 1, 2]);
+        assert_eq!(row_groups_overlapping(&meta, (i64::MIN, 1)), [0]);
+        assert_eq!(row_groups_overlapping(&meta, (9, i64::MAX)), [3]);
+        assert!(row_groups_overlapping(&meta, (10, 20)).is_empty());
+        let kept = keep_window(&batch, (2, 7)).unwrap();
+        let at = kept.column(0).as_primitive::<TimestampMicrosecondType>();
+        assert_eq!(at.values().to_vec(), [2, 3, 4, 5, 6]);
+    }
 }

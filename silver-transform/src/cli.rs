@@ -70,6 +70,11 @@ pub struct Args {
     /// Days folded concurrently (memory grows with it).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub parallel_days: u64,
+    /// Bronze rows read and folded at a time: a day holding more is folded in
+    /// time windows. Memory follows it (~350 bytes a row, --parallel-days
+    /// windows in flight); a larger value is faster on very large days.
+    #[arg(long, default_value_t = crate::incremental::FOLD_WINDOW_ROWS, value_parser = clap::value_parser!(u64).range(1000..))]
+    pub fold_window_rows: u64,
     /// TEST ONLY: sleep this long after publishing each partition, so a test can
     /// kill the process in the middle of a rewrite. Never set it in production.
     #[arg(long, env = "SILVER_TEST_PAUSE_AFTER_PUBLISH_MS", hide = true)]
@@ -123,6 +128,7 @@ impl Args {
             parallel_days: self.parallel_days as usize,
             pause_after_publish: self.test_pause_after_publish_ms.map(Duration::from_millis),
             pushgateway: lake_common::metrics::Pushgateway::from_env()?,
+            window_rows: self.fold_window_rows,
             ..Options::default()
         })
     }

@@ -37,13 +37,23 @@ use lake_common::Lake;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 
-use crate::bronze::{BronzeError, BronzeFile, BronzeView, Projection, read_file};
+use crate::bronze::{BronzeError, BronzeFile, BronzeView, Projection, TimeRange, read_file};
 use crate::fold::{FoldError, Folded, KeyFilter, combine, fold_day};
 use crate::index::{KeyIndex, KeyInfo};
 use crate::key::{KeyHash, PartitionKey, Shard};
 
 /// Files scanned for keys concurrently.
 const SCAN_CONCURRENCY: usize = 8;
+
+/// Bronze rows folded at a time by default: what bounds silver's working set
+/// for the bronze it reads, whatever a day holds (a decoded row is ~350 bytes,
+/// `parallel_days` units are in flight; docs/silver.md, "Memory and speed").
+pub const FOLD_WINDOW_ROWS: u64 = 200_000;
+
+/// Windows are at least a minute long (a day of 288 M events would still fold).
+const MAX_WINDOWS_PER_DAY: u64 = 24 * 60;
+
+const DAY_MICROS: i64 = 86_400_000_000;
 
 /// Errors of recomputing.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +97,9 @@ pub struct Request {
     /// An unsharded run that must fold more than this share of the indexed
     /// executions folds everything instead (same result, less work).
     pub whole_shard_ratio: f64,
+    /// Bronze rows read and folded at a time: a larger day is folded in time
+    /// windows ([`FOLD_WINDOW_ROWS`] by default).
+    pub window_rows: u64,
     /// Counts the events folded, on a terminal.
     pub progress: lake_common::telemetry::Progress,
 }
@@ -110,6 +123,21 @@ pub struct WorkStats {
     pub events_folded: u64,
     /// Events found more than once in bronze, identical, and folded once.
     pub duplicate_events: u64,
+    /// Units read and folded: one per day, more for a day holding more than
+    /// the window's rows.
+    pub fold_windows: u64,
+}
+
+impl WorkStats {
+    /// Counts one fold round whose own counters are `round`'s.
+    fn add_fold_round(&mut self, round: &WorkStats) {
+        self.fold_rounds += 1;
+        self.days_read += round.days_read;
+        self.files_read += round.files_read;
+        self.events_folded += round.events_folded;
+        self.duplicate_events += round.duplicate_events;
+        self.fold_windows += round.fold_windows;
+    }
 }
 
 /// The result of [`recompute`].
@@ -250,11 +278,7 @@ pub async fn recompute(
         if let Ok(KeyFilter::Keys(keys)) = Arc::try_unwrap(filter) {
             attempted.extend(keys);
         }
-        out.stats.fold_rounds += 1;
-        out.stats.days_read += stats.days_read;
-        out.stats.files_read += stats.files_read;
-        out.stats.events_folded += stats.events_folded;
-        out.stats.duplicate_events += stats.duplicate_events;
+        out.stats.add_fold_round(&stats);
         let before = partitions.len();
         partitions.extend(round.values().map(|a| a.partition()).filter(owned));
         folded.extend(round);
@@ -291,11 +315,7 @@ async fn fold_everything(
     mut partitions: BTreeSet<PartitionKey>,
 ) -> Result<Recomputed, RecomputeError> {
     let (folded, stats) = fold_days(lake, view, view.days(), Arc::new(KeyFilter::All), req).await?;
-    out.stats.fold_rounds += 1;
-    out.stats.days_read += stats.days_read;
-    out.stats.files_read += stats.files_read;
-    out.stats.events_folded += stats.events_folded;
-    out.stats.duplicate_events += stats.duplicate_events;
+    out.stats.add_fold_round(&stats);
     partitions.extend(folded.values().map(|a| a.partition()));
     out.partitions = partitions;
     out.executions = folded;
@@ -345,7 +365,7 @@ pub async fn scan_keys(
         .map(|f| {
             let lake = lake.clone();
             tokio::spawn(async move {
-                let cols = read_file(&lake, &f, Projection::Keys).await?;
+                let cols = read_file(&lake, &f, Projection::Keys, None).await?;
                 let mut by_text: FxHashMap<Box<str>, KeyInfo> = FxHashMap::default();
                 let mut buf = String::new();
                 for c in &cols {
@@ -387,8 +407,45 @@ pub async fn scan_keys(
     Ok(out)
 }
 
+/// A day's files and the part of the day to read from them (`None`: all of it).
+type Unit = (Arc<[BronzeFile]>, Option<TimeRange>);
+
+/// Splits one day's files into units of about `window_rows` bronze rows: a
+/// day holding more is read and folded in time windows of equal length (the
+/// files are sorted by `occurred_at`, so each window reads about its share).
+/// Every event of a window precedes every event of the next, which is what
+/// [`combine`] needs: windows are to a day what days are to the history. The
+/// first and last window are open-ended, so no row is ever outside all of them.
+fn windows(files: Vec<BronzeFile>, window_rows: u64) -> Vec<Unit> {
+    let rows: u64 = files.iter().map(|f| f.file.rows).sum();
+    let n = rows
+        .div_ceil(window_rows.max(1))
+        .clamp(1, MAX_WINDOWS_PER_DAY);
+    let Some(day) = files.first().map(BronzeFile::day) else {
+        return Vec::new();
+    };
+    let files: Arc<[BronzeFile]> = files.into();
+    if n == 1 {
+        return vec![(files, None)];
+    }
+    let start = i64::from(day) * DAY_MICROS;
+    let span = DAY_MICROS / n as i64;
+    (0..n as i64)
+        .map(|k| {
+            let from = if k == 0 { i64::MIN } else { start + k * span };
+            let to = if k == n as i64 - 1 {
+                i64::MAX
+            } else {
+                start + (k + 1) * span
+            };
+            (Arc::clone(&files), Some((from, to)))
+        })
+        .collect()
+}
+
 /// Folds the executions passing `filter` from all live bronze files of `days`,
-/// several days at a time, combining the days in order.
+/// several days (or windows of a large day, see [`windows`]) at a time,
+/// combining them in order.
 async fn fold_days(
     lake: &Lake,
     view: &BronzeView,
@@ -402,12 +459,19 @@ async fn fold_days(
         files_read: by_day.values().map(|f| f.len() as u64).sum(),
         ..Default::default()
     };
-    let mut results = futures::stream::iter(by_day.into_values())
-        .map(|files| {
+    let units: Vec<_> = by_day
+        .into_values()
+        .flat_map(|files| windows(files, req.window_rows))
+        .collect();
+    stats.fold_windows = units.len() as u64;
+    let mut results = futures::stream::iter(units)
+        .map(|(files, window)| {
             let lake = lake.clone();
             let filter = Arc::clone(&filter);
             tokio::spawn(async move {
-                let reads = files.iter().map(|f| read_file(&lake, f, Projection::Full));
+                let reads = files
+                    .iter()
+                    .map(|f| read_file(&lake, f, Projection::Full, window));
                 let columns: Vec<_> = futures::future::try_join_all(reads)
                     .await?
                     .into_iter()

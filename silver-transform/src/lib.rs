@@ -111,6 +111,8 @@ pub struct Options {
     pub lock_fence: Option<lake_common::commit::fence::Fence>,
     /// Where the run pushes its metrics (`PUSHGATEWAY_URL`), if anywhere.
     pub pushgateway: Option<Pushgateway>,
+    /// Bronze rows folded at a time ([`incremental::FOLD_WINDOW_ROWS`]).
+    pub window_rows: u64,
 }
 
 impl Default for Options {
@@ -126,6 +128,7 @@ impl Default for Options {
             whole_shard_ratio: 0.5,
             lock_fence: None,
             pushgateway: None,
+            window_rows: incremental::FOLD_WINDOW_ROWS,
         }
     }
 }
@@ -477,6 +480,7 @@ async fn execute(
         forced,
         parallel_days: options.parallel_days,
         whole_shard_ratio: options.whole_shard_ratio,
+        window_rows: options.window_rows,
         progress: Progress::new(&format!("{shard} folding"), "events"),
     };
     let rec = match recompute(lake, &view, prior, &req).await {

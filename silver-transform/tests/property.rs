@@ -298,15 +298,27 @@ async fn apply(lake: &Lake, batch: u64, step: &Step) {
     }
 }
 
+/// The sharded runs fold in tiny time windows (a few events each): the
+/// windows of a large day must give the same files as whole days.
 fn sharded(index: u32) -> Options {
     Options {
         shard: Shard { index, count: 2 },
+        window_rows: 5,
         ..incremental()
     }
 }
 
-/// Returns whether bronze was read through a checkpoint.
-async fn check_seed(seed: u64, executions: usize, lakes: [Lake; 3]) -> bool {
+/// What a seed exercised besides the result.
+#[derive(Default)]
+struct Covered {
+    /// Bronze was read through a checkpoint.
+    checkpoint: bool,
+    /// A run folded a day in several time windows.
+    windows: bool,
+}
+
+async fn check_seed(seed: u64, executions: usize, lakes: [Lake; 3]) -> Covered {
+    let mut covered = Covered::default();
     let [inc, shards, full] = lakes;
     let mut rng = Rng(seed);
     let events = generate(&mut rng, executions);
@@ -337,8 +349,10 @@ async fn check_seed(seed: u64, executions: usize, lakes: [Lake; 3]) -> bool {
             },
         )
         .await;
-        run(&shards, &sharded(0)).await;
-        run(&shards, &sharded(1)).await;
+        for index in [0, 1] {
+            let r = run(&shards, &sharded(index)).await;
+            covered.windows |= r.work.fold_windows > r.work.days_read;
+        }
     }
     run(&full, &full_refresh()).await;
 
@@ -374,43 +388,51 @@ async fn check_seed(seed: u64, executions: usize, lakes: [Lake; 3]) -> bool {
         want_quarantine.len(),
         reference_files.len()
     );
-    lake_common::manifest::BronzeLog::load(&inc, lake_common::Dataset::BronzeEvents)
-        .await
-        .unwrap()
-        .checkpoint_batch()
-        .is_some()
+    covered.checkpoint =
+        lake_common::manifest::BronzeLog::load(&inc, lake_common::Dataset::BronzeEvents)
+            .await
+            .unwrap()
+            .checkpoint_batch()
+            .is_some();
+    covered
 }
 
 #[tokio::test]
 async fn incremental_equals_full_recompute_on_s3() {
     let t = TestLake::new().await;
-    let mut checkpointed = 0;
+    let (mut checkpointed, mut windowed) = (0, 0);
     for seed in [1, 2, 3, 4] {
         let lakes = [
             t.other_bucket().await,
             t.other_bucket().await,
             t.other_bucket().await,
         ];
-        checkpointed += usize::from(check_seed(seed, 60, lakes).await);
+        let c = check_seed(seed, 60, lakes).await;
+        checkpointed += usize::from(c.checkpoint);
+        windowed += usize::from(c.windows);
     }
     assert!(
         checkpointed > 0,
         "some history is long enough for a checkpoint"
     );
+    assert!(windowed > 0, "some run folded a day in windows");
 }
 
 #[tokio::test]
 async fn incremental_equals_full_recompute_on_local_lakes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut checkpointed = 0;
+    let (mut checkpointed, mut windowed) = (0, 0);
     for seed in 100..130 {
         let lakes = ["inc", "shards", "full"].map(|n| {
             Lake::open(&LakeConfig::local(dir.path().join(format!("{seed}-{n}")))).unwrap()
         });
-        checkpointed += usize::from(check_seed(seed, 40 + (seed as usize % 5) * 20, lakes).await);
+        let c = check_seed(seed, 40 + (seed as usize % 5) * 20, lakes).await;
+        checkpointed += usize::from(c.checkpoint);
+        windowed += usize::from(c.windows);
     }
     assert!(
         checkpointed >= 3,
         "{checkpointed} histories long enough for a checkpoint"
     );
+    assert!(windowed >= 3, "{windowed} seeds folded days in windows");
 }
