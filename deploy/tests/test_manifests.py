@@ -828,3 +828,41 @@ def test_with_monitoring_every_scheduled_pod_pushes_through_an_allowed_egress() 
     base = {(d["kind"], d["metadata"]["name"]) for d in kustomize_build(DEPLOY)[1]}
     extra = {(d["kind"], d["metadata"]["name"]) for d in docs} - base
     assert extra == {("NetworkPolicy", "allow-pushgateway-egress"), ("PrometheusRule", "robson-lake")}
+
+
+# --------------------------------------------------------------------------- the smoke gate
+
+SMOKE_GATE = DEPLOY / "smoke-gate.sh"
+# The table format of smoke-test/src/report.rs (its unit test pins the same lines).
+SMOKE_WARNED = """PASS  config                 all set
+WARN  postgres.privileges     lake_reader is a superuser; fix: use a role with SELECT only
+WARN  s3.conditional          the store ignores If-None-Match; fix: S3_CONDITIONAL_WRITES=disabled
+PASS  s3.bucket              robson-lake
+
+smoke-test OK: 2 passed, 2 warnings, 0 failed, 0 skipped
+"""
+
+
+def smoke_gate(table: str, accepted: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(SMOKE_GATE), accepted], input=table, capture_output=True, text=True, check=False
+    )
+
+
+def test_the_smoke_gate_stops_on_warnings_unless_each_is_accepted() -> None:
+    stopped = smoke_gate(SMOKE_WARNED)
+    assert stopped.returncode == 1, stopped.stderr
+    assert "postgres.privileges,s3.conditional" in stopped.stderr
+    assert "--accept-warnings=" in stopped.stderr
+    partly = smoke_gate(SMOKE_WARNED, "postgres.privileges")
+    assert partly.returncode == 1 and "s3.conditional" in partly.stderr
+    assert "postgres.privileges" not in partly.stderr.split("warned about:")[1]
+    assert smoke_gate(SMOKE_WARNED, "postgres.privileges,s3.conditional").returncode == 0
+    clean = SMOKE_WARNED.replace("WARN", "PASS")
+    assert smoke_gate(clean).returncode == 0
+    assert smoke_gate("no table here\n").returncode == 2, "a log without a verdict never passes"
+
+
+def test_just_deploy_runs_the_gate_after_the_smoke_test() -> None:
+    recipe = (DEPLOY / "deploy.just").read_text()
+    assert "deploy/smoke-gate.sh" in recipe and "--accept-warnings=" in recipe
