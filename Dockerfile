@@ -79,7 +79,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
  && mkdir -p /rootfs/usr/local/bin /rootfs/etc/ssl/certs /rootfs/tmp \
  && chmod 1777 /rootfs/tmp \
  && install -m 0755 "target/${target}/release/robson-lake" /rootfs/usr/local/bin/robson-lake \
- && for bin in bronze-ingest silver-transform smoke-test; do \
+ && for bin in bronze-ingest silver-transform smoke-test lake; do \
       ln -s robson-lake "/rootfs/usr/local/bin/${bin}"; \
     done \
  && install -m 0644 /etc/ssl/certs/ca-certificates.crt /rootfs/etc/ssl/certs/ca-certificates.crt

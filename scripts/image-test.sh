@@ -30,7 +30,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 TARGET=x86_64-unknown-linux-musl
-BINS=(bronze-ingest silver-transform smoke-test)
+BINS=(bronze-ingest silver-transform smoke-test lake)
 IMAGE=${IMAGE:-localhost/robson/deep-storage:image-test}
 MAX_IMAGE_BYTES=${MAX_IMAGE_BYTES:-50000000}
 BIN_DIR=${BIN_DIR:-target/$TARGET/release}

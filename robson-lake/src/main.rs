@@ -1,9 +1,9 @@
-//! `robson-lake`: the three jobs in one static executable.
+//! `robson-lake`: the three jobs (and `lake status`) in one static executable.
 //!
 //! Three static binaries repeat the same ~20 MB of dependencies (arrow, parquet,
 //! object_store, rustls); one multi-call binary keeps the image well under the
-//! 50 MB budget (SPEC §10). The image links `bronze-ingest`, `silver-transform`
-//! and `smoke-test` to it; it runs the job named by `argv[0]`, or by its first
+//! 50 MB budget (SPEC §10). The image links `bronze-ingest`, `silver-transform`,
+//! `smoke-test` and `lake` to it; it runs the job named by `argv[0]`, or by its first
 //! argument (`robson-lake bronze-ingest --dry-run`).
 
 use std::ffi::OsString;
@@ -21,7 +21,7 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-const JOBS: [&str; 3] = ["bronze-ingest", "silver-transform", "smoke-test"];
+const JOBS: [&str; 4] = ["bronze-ingest", "silver-transform", "smoke-test", "lake"];
 
 fn main() -> ExitCode {
     let mut args: Vec<OsString> = std::env::args_os().collect();
@@ -44,6 +44,7 @@ fn main() -> ExitCode {
         "bronze-ingest" => bronze_ingest::cli::main_from(args),
         "silver-transform" => silver_transform::cli::main_from(args),
         "smoke-test" => smoke_test::cli::main_from(args),
+        "lake" => smoke_test::cli::lake_main_from(args),
         _ => {
             eprintln!(
                 "robson-lake {}: run one of {} (or call this binary by one of those names)",

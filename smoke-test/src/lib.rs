@@ -18,6 +18,7 @@
 pub mod checks;
 pub mod cli;
 pub mod report;
+pub mod status;
 
 use std::time::Duration;
 

@@ -245,7 +245,7 @@ fn bronze_freshness(manifests: &Manifests, now: DateTime<Utc>) -> CheckResult {
 
 /// The start time in a run report's name, `<%Y%m%dT%H%M%S%.6fZ>-<id>.json`
 /// (`lake_common::paths::run_report`).
-fn report_time(file_name: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn report_time(file_name: &str) -> Option<DateTime<Utc>> {
     let stamp = file_name.split_once('-')?.0;
     NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%S%.fZ")
         .ok()

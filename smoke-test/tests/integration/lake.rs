@@ -134,3 +134,89 @@ async fn fresh_lake_passes_stale_lake_warns_corrupt_manifest_fails() {
     );
     out.assert_line("lake.silver_freshness", "PASS", &[]);
 }
+
+/// #18: `lake status` shows each bronze dataset's newest batch and how fresh it
+/// is, a pending batch with its lease, and the newest run of each job with its
+/// outcome; it exits 1 while something is stale and 0 once all is fresh.
+#[tokio::test]
+async fn lake_status_shows_freshness_and_exits_1_when_stale() {
+    let s3 = lake_testkit::TestS3::start().await.unwrap();
+    let bucket = s3.new_bucket().await.unwrap();
+    let lake = Lake::open(&LakeConfig::from_vars(s3.env(&bucket)).unwrap()).unwrap();
+    let now = Utc::now();
+    let events = Dataset::BronzeEvents;
+    lake.put(
+        &events.manifest(1),
+        committed(events, 1, now - Duration::minutes(40)).to_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut pending = committed(events, 2, now);
+    pending.state = BatchState::Pending;
+    pending.committed_at = None;
+    pending.claim.owner = "run-abc".into();
+    pending.claim.lease_expires_at = Some(now + Duration::seconds(30));
+    lake.put(&events.manifest(2), pending.to_bytes())
+        .await
+        .unwrap();
+    let outbox = Dataset::BronzeOutbox;
+    lake.put(
+        &outbox.manifest(1),
+        committed(outbox, 1, now - Duration::hours(3)).to_bytes(),
+    )
+    .await
+    .unwrap();
+    let bronze_report =
+        paths::run_report("bronze-ingest", now - Duration::minutes(40), "0123456789ab");
+    lake.put(
+        &bronze_report,
+        r#"{"outcome":"failed","error":"outbox: permission denied"}"#.into(),
+    )
+    .await
+    .unwrap();
+    let silver_report =
+        paths::run_report("silver-transform", now - Duration::hours(2), "0123456789ac");
+    lake.put(&silver_report, r#"{"outcome":"success"}"#.into())
+        .await
+        .unwrap();
+
+    let mut env = s3.env(&bucket);
+    env.push(("LOG_FORMAT".into(), "json".into()));
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_lake"))
+            .env_clear()
+            .envs(env.iter().cloned())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "stale outbox: {out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["bronze"][0]["dataset"], "bronze/events");
+    assert_eq!(v["bronze"][0]["committed_batch"], 1);
+    assert_eq!(v["bronze"][0]["pending"]["batch"], 2);
+    assert_eq!(v["bronze"][0]["pending"]["owner"], "run-abc");
+    assert_eq!(v["bronze"][0]["stale"], false);
+    assert_eq!(v["bronze"][1]["stale"], true);
+    assert_eq!(v["stale"].as_array().unwrap().len(), 1, "{}", v["stale"]);
+    assert_eq!(v["jobs"][0]["outcome"], "failed");
+    assert_eq!(v["jobs"][0]["error"], "outbox: permission denied");
+    assert_eq!(v["jobs"][1]["outcome"], "success");
+
+    lake.put(
+        &outbox.manifest(2),
+        committed(outbox, 2, now - Duration::minutes(5)).to_bytes(),
+    )
+    .await
+    .unwrap();
+    let out = run(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("status: fresh"), "{text}");
+    assert!(
+        text.contains("batch 2 pending (run-abc, lease until"),
+        "{text}"
+    );
+    assert!(text.contains("silver-transform last run"), "{text}");
+}
