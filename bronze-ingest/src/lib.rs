@@ -174,7 +174,7 @@ pub fn days(
 pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<ExitStatus> {
     let run = Run::start(JOB);
     let started = Instant::now();
-    let gateway = Pushgateway::from_env()?;
+    let gateway = Pushgateway::from_env_or_warn();
     config
         .lake
         .warn_if_timeout_exceeds(opts.lease, "BRONZE_LEASE_SECS");
@@ -276,10 +276,17 @@ fn metrics(r: &RunReport, opts: &Options, exit: ExitStatus) -> Vec<RunMetrics> {
             f64::from(u8::from(matches!(d.outcome, Outcome::Failed))),
         );
         if matches!(d.outcome, Outcome::Committed | Outcome::NothingNew) {
-            if let Some(t) = r.snapshot_time {
+            // Complete up to this run's snapshot, unless an open transaction
+            // holds the horizon: then only up to the batch that reached it
+            // (rows committed since wait), so the staleness alert still fires.
+            let fresh = match &d.horizon_held {
+                Some(h) => Some(h.since),
+                None => r.snapshot_time,
+            };
+            if let Some(t) = fresh {
                 m.set(
                     "bronze_fresh_as_of_timestamp_seconds",
-                    "The snapshot time the dataset is complete up to (its latest batch or no-op).",
+                    "The snapshot time the dataset is complete up to (its latest batch or no-op; with a held horizon, the batch that reached it).",
                     &[],
                     t.timestamp_millis() as f64 / 1000.0,
                 );

@@ -106,17 +106,21 @@ async fn runs_push_their_metrics_and_a_failure_keeps_the_last_success() {
     );
 }
 
-/// A malformed `PUSHGATEWAY_URL` is a configuration error naming the variable;
-/// an unreachable gateway is a warning, never a failed run.
+/// A malformed `PUSHGATEWAY_URL` and an unreachable gateway are warnings
+/// naming the variable, never a failed run: metrics must not stop the export.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_bad_pushgateway_url_exits_2_and_an_unreachable_one_only_warns() {
+async fn a_bad_or_unreachable_pushgateway_only_warns() {
     let h = Harness::new().await;
     generate_recent(&h.pg, 50, 19).await;
     let mut env = h.env();
     env.push(("PUSHGATEWAY_URL".into(), "pushgateway:9091".into()));
     let out = h.run_with(&env, &[]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("PUSHGATEWAY_URL"), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("PUSHGATEWAY_URL") && stderr(&out).contains("pushes no metrics"),
+        "{}",
+        stderr(&out)
+    );
 
     env.pop();
     env.push(("PUSHGATEWAY_URL".into(), "http://127.0.0.1:1".into()));

@@ -413,8 +413,10 @@ def test_exit_4_is_retried_and_only_2_and_3_fail_the_job(obj: dict) -> None:
     fail_codes = set()
     for rule in job_spec["podFailurePolicy"]["rules"]:
         codes = rule.get("onExitCodes")
-        if codes and rule["action"] == "FailJob":
+        # FailIndex (an Indexed Job's shard) ends that shard without retry.
+        if codes and rule["action"] in ("FailJob", "FailIndex"):
             assert codes["operator"] == "In"
+            assert rule["action"] == "FailJob" or "backoffLimitPerIndex" in job_spec, "FailIndex needs it"
             fail_codes |= set(codes["values"])
     assert fail_codes == {2, 3}, fail_codes
     assert job_spec["backoffLimit"] >= 3, "room for retries of exit 1 and 4"

@@ -8,8 +8,9 @@
 //! `robson_lake_last_success_timestamp_seconds`, so the time of the last success
 //! survives the failure and the staleness alerts can count from it.
 //!
-//! A push that fails is a warning, never a failed run: the data is fine, and
-//! the staleness alerts fire anyway when pushes stop arriving.
+//! A push that fails, or a `PUSHGATEWAY_URL` that is not a URL, is a warning,
+//! never a failed run: the data is fine, and the staleness and "metrics
+//! absent" alerts fire anyway when pushes stop arriving.
 
 use std::time::Duration;
 
@@ -157,6 +158,16 @@ impl Pushgateway {
     /// Reads `PUSHGATEWAY_URL` from the process environment: `None` when unset.
     pub fn from_env() -> Result<Option<Self>, ConfigError> {
         Self::from_value(std::env::var(PUSHGATEWAY_URL).ok().as_deref())
+    }
+
+    /// [`Pushgateway::from_env`], with a bad value a warning (naming the
+    /// variable and the fix) and no pushes: metrics must never stop a data job
+    /// (the "metrics absent" alerts notice the silence).
+    pub fn from_env_or_warn() -> Option<Self> {
+        Self::from_env().unwrap_or_else(|e| {
+            tracing::warn!("{e}; this run pushes no metrics");
+            None
+        })
     }
 
     /// Validates a `PUSHGATEWAY_URL` value (`None` or blank: no pushes).

@@ -150,3 +150,50 @@ pub(crate) fn looks_like_port_in_use(log: &str) -> bool {
     let log = log.to_ascii_lowercase();
     log.contains("address already in use") || log.contains("could not bind")
 }
+
+/// How a child server's start ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Started {
+    /// It answers.
+    Ready,
+    /// It exited because its port was taken: pick another and retry.
+    PortTaken,
+}
+
+/// Waits until `probe` says the server answers, the child exits (its log tail
+/// then says why, or that the port was taken), or `timeout` passes. Shared by
+/// the HTTP servers of the harness (moto, the Pushgateway).
+pub(crate) async fn wait_started<F, Fut>(
+    child: &mut Child,
+    log_file: &Path,
+    what: &str,
+    timeout: Duration,
+    mut probe: F,
+) -> Result<Started>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            if looks_like_port_in_use(&log_tail(log_file, 4096)) {
+                return Ok(Started::PortTaken);
+            }
+            anyhow::bail!(
+                "{what} exited during start-up ({status}); {}",
+                with_log(log_file)
+            );
+        }
+        if probe().await {
+            return Ok(Started::Ready);
+        }
+        if started.elapsed() > timeout {
+            anyhow::bail!(
+                "{what} did not answer within {timeout:?}; {}",
+                with_log(log_file)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

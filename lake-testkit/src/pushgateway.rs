@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use nix::sys::signal::Signal;
@@ -100,32 +100,23 @@ impl TestPushgateway {
 
     /// `Ok(false)`: the port was taken.
     async fn wait_ready(&mut self) -> Result<bool> {
-        let started = Instant::now();
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                if process::looks_like_port_in_use(&process::log_tail(&self.log_file, 4096)) {
-                    return Ok(false);
-                }
-                bail!(
-                    "the Pushgateway exited during start-up ({status}); {}",
-                    process::with_log(&self.log_file)
-                );
-            }
-            if let Ok(r) = http::request(self.port, "GET", "/-/ready", Duration::from_secs(2)).await
-                && r.is_success()
-            {
-                return Ok(true);
-            }
-            if started.elapsed() > READY_TIMEOUT {
-                bail!(
-                    "the Pushgateway did not become ready within {READY_TIMEOUT:?}; {}",
-                    process::with_log(&self.log_file)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let Some(child) = self.child.as_mut() else {
+            bail!("the Pushgateway is not running");
+        };
+        let port = self.port;
+        let started = process::wait_started(
+            child,
+            &self.log_file,
+            "the Pushgateway",
+            READY_TIMEOUT,
+            || async move {
+                http::request(port, "GET", "/-/ready", Duration::from_secs(2))
+                    .await
+                    .is_ok_and(|r| r.is_success())
+            },
+        )
+        .await?;
+        Ok(started == process::Started::Ready)
     }
 
     fn stop(&mut self) {

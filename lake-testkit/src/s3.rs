@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use nix::sys::signal::Signal;
@@ -212,31 +212,26 @@ impl TestS3 {
 
     /// Waits until moto answers. `Err(None)` means the port was taken.
     async fn wait_ready(&mut self) -> Result<(), Option<anyhow::Error>> {
-        let started = Instant::now();
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                if process::looks_like_port_in_use(&process::log_tail(&self.log_file, 4096)) {
-                    return Err(None);
-                }
-                return Err(Some(anyhow!(
-                    "moto_server exited during start-up ({status}); {}",
-                    process::with_log(&self.log_file)
-                )));
-            }
-            let probe = http::request(self.port, "GET", "/", Duration::from_secs(2)).await;
-            if probe.is_ok() {
-                return Ok(());
-            }
-            if started.elapsed() > READY_TIMEOUT {
-                return Err(Some(anyhow!(
-                    "moto_server did not answer on 127.0.0.1:{} within {READY_TIMEOUT:?}; {}",
-                    self.port,
-                    process::with_log(&self.log_file)
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let Some(child) = self.child.as_mut() else {
+            return Err(Some(anyhow!("moto_server is not running")));
+        };
+        let port = self.port;
+        let started = process::wait_started(
+            child,
+            &self.log_file,
+            "moto_server",
+            READY_TIMEOUT,
+            || async move {
+                http::request(port, "GET", "/", Duration::from_secs(2))
+                    .await
+                    .is_ok()
+            },
+        )
+        .await
+        .map_err(Some)?;
+        match started {
+            process::Started::Ready => Ok(()),
+            process::Started::PortTaken => Err(None),
         }
     }
 

@@ -337,6 +337,11 @@ fn keep_window(batch: &RecordBatch, (start, end): TimeRange) -> Result<RecordBat
     let at = column(batch, "occurred_at")?
         .as_primitive_opt::<TimestampMicrosecondType>()
         .ok_or("column occurred_at is not TIMESTAMP(MICROS)")?;
+    // The contract's NOT NULL check runs after this filter: do it here, or a
+    // NULL would be dropped instead of refused.
+    if at.null_count() > 0 {
+        return Err("column occurred_at is NULL, the contract says NOT NULL".to_owned());
+    }
     let keep: BooleanArray = at
         .iter()
         .map(|t| Some(t.is_some_and(|t| t >= start && t < end)))

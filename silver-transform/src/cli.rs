@@ -127,7 +127,7 @@ impl Args {
             lease: Duration::from_secs(self.lease_secs),
             parallel_days: self.parallel_days as usize,
             pause_after_publish: self.test_pause_after_publish_ms.map(Duration::from_millis),
-            pushgateway: lake_common::metrics::Pushgateway::from_env()?,
+            pushgateway: lake_common::metrics::Pushgateway::from_env_or_warn(),
             window_rows: self.fold_window_rows,
             ..Options::default()
         })

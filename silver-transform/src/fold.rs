@@ -399,6 +399,10 @@ pub struct Day {
     /// files: a lake written before bronze dropped rows a table rewrite
     /// re-inserted); each is folded once.
     pub duplicates: u64,
+    /// The ids of the events folded: the windows of one day check with them
+    /// that no event is in two windows (two versions with different
+    /// `occurred_at`), as [`fold_day`] checks within one.
+    pub ids: Vec<EventId>,
 }
 
 /// Folds all execution events of one UTC day (all live files of the day, in any
@@ -449,6 +453,7 @@ pub fn fold_day(columns: &[EventColumns], filter: &KeyFilter) -> Result<Day, Fol
         folded: out,
         events: rows.len() as u64,
         duplicates,
+        ids: rows.iter().map(|r| r.0.id).collect(),
     })
 }
 
@@ -459,17 +464,20 @@ fn check_unique_ids(rows: &[(OrderKey, u32, u32, EventType)]) -> Result<(), Fold
     ids.sort_unstable();
     match ids.windows(2).find(|w| w[0] == w[1]) {
         None => Ok(()),
-        Some(w) => {
-            let mut buf = [0u8; 36];
-            crate::key::write_event_id(w[0], &mut buf);
-            Err(FoldError::Contract(format!(
-                "event {} is in bronze twice with different occurred_at or event_seq: \
-                 bronze holds two versions of one event; re-export its day with \
-                 `bronze-ingest --date`",
-                String::from_utf8_lossy(&buf)
-            )))
-        }
+        Some(w) => Err(two_versions(w[0])),
     }
+}
+
+/// The error for an event that bronze holds in two versions.
+pub fn two_versions(id: &EventId) -> FoldError {
+    let mut buf = [0u8; 36];
+    crate::key::write_event_id(id, &mut buf);
+    FoldError::Contract(format!(
+        "event {} is in bronze twice with different occurred_at or event_seq: \
+         bronze holds two versions of one event; re-export its day with \
+         `bronze-ingest --date`",
+        String::from_utf8_lossy(&buf)
+    ))
 }
 
 /// Adds one day's partial executions to the running result; `day` must be later

@@ -38,9 +38,9 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 
 use crate::bronze::{BronzeError, BronzeFile, BronzeView, Projection, TimeRange, read_file};
-use crate::fold::{FoldError, Folded, KeyFilter, combine, fold_day};
+use crate::fold::{FoldError, Folded, KeyFilter, combine, fold_day, two_versions};
 use crate::index::{KeyIndex, KeyInfo};
-use crate::key::{KeyHash, PartitionKey, Shard};
+use crate::key::{EventId, KeyHash, PartitionKey, Shard};
 
 /// Files scanned for keys concurrently.
 const SCAN_CONCURRENCY: usize = 8;
@@ -468,7 +468,8 @@ async fn fold_days(
         .map(|(files, window)| {
             let lake = lake.clone();
             let filter = Arc::clone(&filter);
-            tokio::spawn(async move {
+            let day_of_unit = files.first().map(BronzeFile::day);
+            let unit = tokio::spawn(async move {
                 let reads = files
                     .iter()
                     .map(|f| read_file(&lake, f, Projection::Full, window));
@@ -478,12 +479,24 @@ async fn fold_days(
                     .flatten()
                     .collect();
                 Ok::<_, RecomputeError>(fold_day(&columns, &filter)?)
-            })
+            });
+            async move { (day_of_unit, window.is_some(), unit.await) }
         })
         .buffered(req.parallel_days.max(1));
     let mut total = Folded::default();
-    while let Some(day) = results.next().await {
+    // The ids folded so far in the current windowed day: an id in two of its
+    // windows is one event in two versions (different occurred_at).
+    let mut seen: (Option<i32>, FxHashSet<EventId>) = (None, FxHashSet::default());
+    while let Some((unit_day, windowed, day)) = results.next().await {
         let day = day??;
+        if windowed {
+            if seen.0 != unit_day {
+                seen = (unit_day, FxHashSet::default());
+            }
+            if let Some(id) = day.ids.iter().find(|id| !seen.1.insert(**id)) {
+                return Err(two_versions(id).into());
+            }
+        }
         stats.events_folded += day.events;
         req.progress.add(day.events);
         stats.duplicate_events += day.duplicates;

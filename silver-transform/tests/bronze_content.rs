@@ -85,3 +85,32 @@ async fn one_event_id_with_two_versions_is_a_clear_error() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(objects(&t.lake, "silver/stop_executions").await.is_empty());
 }
+
+/// The same when the two versions fall into different fold windows of a large
+/// day (here: windows of one row): the windows check each other's ids.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_versions_in_two_fold_windows_are_the_same_clear_error() {
+    let t = TestLake::new().await;
+    let version = |batch: u64, at: &'static str| {
+        let lake = t.lake.clone();
+        async move {
+            commit_batch(
+                &lake,
+                batch,
+                &[Ev::new(7, at, Some("tok-a"), "STOP_TRIGGERED")],
+            )
+            .await
+        }
+    };
+    version(1, "2025-06-01T08:00:00Z").await;
+    version(2, "2025-06-01T20:00:00Z").await;
+    let opts = silver_transform::Options {
+        window_rows: 1,
+        ..full_refresh()
+    };
+    let err = silver_transform::run(&t.lake, &opts)
+        .await
+        .expect_err("two versions of one event");
+    assert!(format!("{err:#}").contains(&uuid(7)), "{err:#}");
+    assert!(objects(&t.lake, "silver/stop_executions").await.is_empty());
+}

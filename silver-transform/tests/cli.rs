@@ -213,7 +213,7 @@ async fn on_a_terminal_progress_and_log_lines_never_share_a_line() {
 }
 
 /// #18: a run pushes its metrics to the Pushgateway, one group per shard; a
-/// malformed `PUSHGATEWAY_URL` is a configuration error (exit 2).
+/// malformed `PUSHGATEWAY_URL` is only a warning.
 #[tokio::test]
 async fn a_run_pushes_its_metrics_per_shard() {
     let t = TestLake::new().await;
@@ -251,8 +251,9 @@ async fn a_run_pushes_its_metrics_per_shard() {
             .is_some()
     );
 
+    // A malformed URL is a warning naming the variable, not a failed run.
     let out = t.run_bin(&[], &[("PUSHGATEWAY_URL", "localhost:9091")]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(0));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("PUSHGATEWAY_URL"),
         "names the variable"

@@ -63,7 +63,10 @@ pub struct JobStatus {
     pub outcome: Option<String>,
     /// Its `error`, if it failed.
     pub error: Option<String>,
-    /// For silver: older than its SLA, or no run within a week.
+    /// When a run last succeeded (for silver: the oldest of its shards' last
+    /// successes), within a week.
+    pub last_success: Option<DateTime<Utc>>,
+    /// For silver: a shard without a success within its SLA.
     pub stale: bool,
 }
 
@@ -133,13 +136,18 @@ impl LakeStatus {
         for j in &self.jobs {
             let line = match (j.started_at, &j.outcome) {
                 (Some(t), outcome) => format!(
-                    "last run {}: {}{}",
+                    "last run {}: {}{}{}",
                     at(t),
                     outcome.as_deref().unwrap_or("unknown"),
                     j.error
                         .as_deref()
                         .map(|e| format!(" — {e}"))
-                        .unwrap_or_default()
+                        .unwrap_or_default(),
+                    match j.last_success {
+                        Some(s) if s != t => format!("; last success {}", at(s)),
+                        None => "; no success within a week".to_owned(),
+                        _ => String::new(),
+                    }
                 ),
                 (None, _) => "no run in the last week".to_owned(),
             };
@@ -168,6 +176,8 @@ pub async fn read(lake: &Lake, now: DateTime<Utc>) -> anyhow::Result<LakeStatus>
         jobs: Vec::new(),
         stale: Vec::new(),
     };
+    let bronze_reports = Reports::list(lake, "bronze-ingest", now).await?;
+    let silver_reports = Reports::list(lake, "silver-transform", now).await?;
     for dataset in [Dataset::BronzeEvents, Dataset::BronzeOutbox] {
         let log = BronzeLog::load(lake, dataset).await?;
         let committed = log.latest_committed();
@@ -180,13 +190,29 @@ pub async fn read(lake: &Lake, now: DateTime<Utc>) -> anyhow::Result<LakeStatus>
                 owner: m.claim.owner.clone(),
                 lease_expires_at: m.claim.lease_expires_at,
             });
-        let fresh_as_of = committed.map(|m| m.snapshot_time);
-        let stale = fresh_as_of.is_none_or(|t| (now - t).to_std().unwrap_or_default() > BRONZE_SLA);
+        // Complete up to the newest committed batch, or to a later run that
+        // found nothing new (a quiet source writes no batch), unless that run
+        // saw the horizon held: then only up to the batch that reached it.
+        let quiet = bronze_reports
+            .newest(lake, |r| {
+                let d = r["datasets"]
+                    .as_array()?
+                    .iter()
+                    .find(|d| d["dataset"] == dataset.to_string())?;
+                match (d["outcome"].as_str()?, d.get("horizon_held")) {
+                    ("committed" | "nothing_new", Some(h)) => time(&h["since"]),
+                    ("committed" | "nothing_new", None) => time(&r["snapshot_time"]),
+                    _ => None,
+                }
+            })
+            .await?;
+        let fresh_as_of = committed.map(|m| m.snapshot_time).max(quiet);
+        let stale = fresh_as_of.is_none_or(|t| age(now, t) > BRONZE_SLA);
         if stale {
             status.stale.push(match fresh_as_of {
                 Some(t) => format!(
                     "{dataset} complete only up to {} ago (SLA {})",
-                    human_duration((now - t).to_std().unwrap_or_default()),
+                    human_duration(age(now, t)),
                     human_duration(BRONZE_SLA)
                 ),
                 None => format!("{dataset} has no committed batch"),
@@ -202,58 +228,137 @@ pub async fn read(lake: &Lake, now: DateTime<Utc>) -> anyhow::Result<LakeStatus>
             stale,
         });
     }
-    for job in ["bronze-ingest", "silver-transform"] {
-        let newest = newest_report(lake, job, now).await?;
+    for (job, reports) in [
+        ("bronze-ingest", &bronze_reports),
+        ("silver-transform", &silver_reports),
+    ] {
+        let newest = reports.read_newest(lake).await?;
         let field = |name: &str| {
             newest
                 .as_ref()
                 .and_then(|(_, r)| r.get(name)?.as_str().map(str::to_owned))
         };
-        let started_at = newest.as_ref().map(|(t, _)| *t);
-        let stale = job == "silver-transform"
-            && started_at.is_none_or(|t| (now - t).to_std().unwrap_or_default() > SILVER_SLA);
-        if stale {
-            status.stale.push(format!(
-                "no {job} run within its SLA of {}",
-                human_duration(SILVER_SLA)
-            ));
-        }
+        let success = |r: &serde_json::Value| {
+            matches!(r["outcome"].as_str(), Some("success" | "nothing_new"))
+        };
+        let (last_success, stale) = if job == "silver-transform" {
+            // Every shard must have succeeded within the SLA.
+            let count = newest
+                .as_ref()
+                .and_then(|(_, r)| r["shard"]["count"].as_u64())
+                .unwrap_or(1);
+            let mut oldest: Option<DateTime<Utc>> = None;
+            let mut missing = Vec::new();
+            for shard in 0..count {
+                let t = reports
+                    .newest(lake, |r| {
+                        (r["shard"]["index"].as_u64().unwrap_or(0) == shard && success(r))
+                            .then(|| time(&r["started_at"]))?
+                    })
+                    .await?;
+                match t {
+                    Some(t) if age(now, t) <= SILVER_SLA => {
+                        oldest = Some(oldest.map_or(t, |o| o.min(t)));
+                    }
+                    Some(t) => {
+                        oldest = Some(oldest.map_or(t, |o| o.min(t)));
+                        missing.push(format!("shard {shard}"));
+                    }
+                    None => missing.push(format!("shard {shard}")),
+                }
+            }
+            if !missing.is_empty() {
+                status.stale.push(format!(
+                    "no successful {job} run of {} within its SLA of {}",
+                    missing.join(", "),
+                    human_duration(SILVER_SLA)
+                ));
+            }
+            (oldest, !missing.is_empty())
+        } else {
+            let t = reports
+                .newest(lake, |r| success(r).then(|| time(&r["started_at"]))?)
+                .await?;
+            (t, false)
+        };
         status.jobs.push(JobStatus {
             job: job.to_owned(),
-            started_at,
+            started_at: newest.as_ref().map(|(t, _)| *t),
             outcome: field("outcome"),
             error: field("error"),
+            last_success,
             stale,
         });
     }
     Ok(status)
 }
 
-/// The newest run report of `job` started within [`REPORTS_SINCE`], with its
-/// start time (from its name) and content.
-async fn newest_report(
-    lake: &Lake,
-    job: &str,
-    now: DateTime<Utc>,
-) -> anyhow::Result<Option<(DateTime<Utc>, serde_json::Value)>> {
-    let since = now - chrono::Duration::from_std(REPORTS_SINCE)?;
-    let offset = run_report(job, since, "");
-    let dir = run_reports_dir(job);
-    let listed: Vec<_> = lake
-        .store()
-        .list_with_offset(Some(&dir), &offset)
-        .try_collect()
-        .await?;
-    let Some(newest) = listed
-        .iter()
-        .filter_map(|m| {
-            let name = m.location.filename()?.strip_suffix(".json")?;
-            Some((crate::checks::lake::report_time(name)?, m.location.clone()))
-        })
-        .max_by_key(|(t, _)| *t)
-    else {
-        return Ok(None);
-    };
-    let bytes = lake.get_bytes(&newest.1).await?;
-    Ok(Some((newest.0, serde_json::from_slice(&bytes)?)))
+fn age(now: DateTime<Utc>, t: DateTime<Utc>) -> Duration {
+    (now - t).to_std().unwrap_or_default()
+}
+
+fn time(v: &serde_json::Value) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(v.as_str()?)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// How many of a job's newest reports are read at most to find a success.
+const MAX_REPORTS_READ: usize = 48;
+
+/// A job's run reports of the last [`REPORTS_SINCE`], newest first.
+struct Reports(Vec<(DateTime<Utc>, object_store::path::Path)>);
+
+impl Reports {
+    /// Lists them from a week back (names start with the start time, so the
+    /// listing does not grow with the lake's age).
+    async fn list(lake: &Lake, job: &str, now: DateTime<Utc>) -> anyhow::Result<Self> {
+        let since = now - chrono::Duration::from_std(REPORTS_SINCE)?;
+        let offset = run_report(job, since, "");
+        let dir = run_reports_dir(job);
+        let listed: Vec<_> = lake
+            .store()
+            .list_with_offset(Some(&dir), &offset)
+            .try_collect()
+            .await?;
+        let mut reports: Vec<_> = listed
+            .iter()
+            .filter_map(|m| {
+                let name = m.location.filename()?.strip_suffix(".json")?;
+                Some((crate::checks::lake::report_time(name)?, m.location.clone()))
+            })
+            .collect();
+        reports.sort_by_key(|r| std::cmp::Reverse(r.0));
+        Ok(Self(reports))
+    }
+
+    /// The newest report, with its start time.
+    async fn read_newest(
+        &self,
+        lake: &Lake,
+    ) -> anyhow::Result<Option<(DateTime<Utc>, serde_json::Value)>> {
+        match self.0.first() {
+            None => Ok(None),
+            Some((t, path)) => Ok(Some((
+                *t,
+                serde_json::from_slice(&lake.get_bytes(path).await?)?,
+            ))),
+        }
+    }
+
+    /// `pick` of the newest report (of the [`MAX_REPORTS_READ`] newest) for
+    /// which it gives something.
+    async fn newest<T>(
+        &self,
+        lake: &Lake,
+        pick: impl Fn(&serde_json::Value) -> Option<T>,
+    ) -> anyhow::Result<Option<T>> {
+        for (_, path) in self.0.iter().take(MAX_REPORTS_READ) {
+            let report: serde_json::Value = serde_json::from_slice(&lake.get_bytes(path).await?)?;
+            if let Some(found) = pick(&report) {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
 }

@@ -166,19 +166,53 @@ async fn lake_status_shows_freshness_and_exits_1_when_stale() {
     )
     .await
     .unwrap();
-    let bronze_report =
-        paths::run_report("bronze-ingest", now - Duration::minutes(40), "0123456789ab");
-    lake.put(
-        &bronze_report,
-        r#"{"outcome":"failed","error":"outbox: permission denied"}"#.into(),
+    let report =
+        |job: &'static str, started: DateTime<Utc>, id: &'static str, body: serde_json::Value| {
+            let lake = lake.clone();
+            async move {
+                let mut body = body;
+                body["started_at"] = serde_json::json!(started.to_rfc3339());
+                let path = paths::run_report(job, started, id);
+                lake.put(&path, serde_json::to_vec(&body).unwrap().into())
+                    .await
+                    .unwrap();
+            }
+        };
+    report(
+        "bronze-ingest",
+        now - Duration::minutes(40),
+        "00000000000a",
+        serde_json::json!({
+            "outcome": "failed", "error": "outbox: permission denied",
+            "snapshot_time": (now - Duration::minutes(40)).to_rfc3339(),
+            "datasets": [{"dataset": "bronze/outbox", "outcome": "failed"}],
+        }),
     )
-    .await
-    .unwrap();
-    let silver_report =
-        paths::run_report("silver-transform", now - Duration::hours(2), "0123456789ac");
-    lake.put(&silver_report, r#"{"outcome":"success"}"#.into())
-        .await
-        .unwrap();
+    .await;
+    // Silver, two shards: shard 0 succeeded 2 h ago; shard 1 failed an hour
+    // ago and last succeeded 30 h ago.
+    let shard = |i: u64, outcome: &str| serde_json::json!({"outcome": outcome, "shard": {"index": i, "count": 2}});
+    report(
+        "silver-transform",
+        now - Duration::hours(30),
+        "00000000000b",
+        shard(1, "success"),
+    )
+    .await;
+    report(
+        "silver-transform",
+        now - Duration::hours(2),
+        "00000000000c",
+        shard(0, "success"),
+    )
+    .await;
+    report(
+        "silver-transform",
+        now - Duration::hours(1),
+        "00000000000d",
+        shard(1, "failed"),
+    )
+    .await;
 
     let mut env = s3.env(&bucket);
     env.push(("LOG_FORMAT".into(), "json".into()));
@@ -191,7 +225,11 @@ async fn lake_status_shows_freshness_and_exits_1_when_stale() {
             .unwrap()
     };
     let out = run(&["status", "--json"]);
-    assert_eq!(out.status.code(), Some(1), "stale outbox: {out:?}");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stale outbox and silver shard 1: {out:?}"
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["bronze"][0]["dataset"], "bronze/events");
     assert_eq!(v["bronze"][0]["committed_batch"], 1);
@@ -199,17 +237,38 @@ async fn lake_status_shows_freshness_and_exits_1_when_stale() {
     assert_eq!(v["bronze"][0]["pending"]["owner"], "run-abc");
     assert_eq!(v["bronze"][0]["stale"], false);
     assert_eq!(v["bronze"][1]["stale"], true);
-    assert_eq!(v["stale"].as_array().unwrap().len(), 1, "{}", v["stale"]);
+    let stale = v["stale"].to_string();
+    assert_eq!(v["stale"].as_array().unwrap().len(), 2, "{stale}");
+    assert!(
+        stale.contains("bronze/outbox") && stale.contains("shard 1"),
+        "{stale}"
+    );
     assert_eq!(v["jobs"][0]["outcome"], "failed");
     assert_eq!(v["jobs"][0]["error"], "outbox: permission denied");
-    assert_eq!(v["jobs"][1]["outcome"], "success");
+    assert_eq!(v["jobs"][1]["outcome"], "failed", "the newest silver run");
+    assert_eq!(v["jobs"][1]["stale"], true);
 
-    lake.put(
-        &outbox.manifest(2),
-        committed(outbox, 2, now - Duration::minutes(5)).to_bytes(),
+    // A quiet source: the next bronze run finds nothing new for the outbox and
+    // writes no batch, yet the outbox is complete up to its snapshot. Silver's
+    // shard 1 succeeds again.
+    report(
+        "bronze-ingest",
+        now - Duration::minutes(5),
+        "00000000000e",
+        serde_json::json!({
+            "outcome": "success",
+            "snapshot_time": (now - Duration::minutes(5)).to_rfc3339(),
+            "datasets": [{"dataset": "bronze/outbox", "outcome": "nothing_new"}],
+        }),
     )
-    .await
-    .unwrap();
+    .await;
+    report(
+        "silver-transform",
+        now - Duration::minutes(30),
+        "00000000000f",
+        shard(1, "success"),
+    )
+    .await;
     let out = run(&["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
