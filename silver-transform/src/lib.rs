@@ -352,6 +352,9 @@ async fn execute(
     let mut found = manifest::find(lake, shard)
         .await
         .context("reading silver's manifests")?;
+    if found.max_version == 0 && options.mode != Mode::FullRefresh {
+        refuse_another_shard_count(lake, shard).await?;
+    }
     // A lease that ends within LEASE_WAIT (a crashed attempt, a lost release):
     // wait for it once rather than exit 4.
     if let Some(left) = found
@@ -644,6 +647,37 @@ async fn execute(
         .insert("commit", t.elapsed().as_millis() as u64);
     report.outcome = outcome_of(report);
     Ok(())
+}
+
+/// A shard's first incremental run refuses to start when the lake's silver was
+/// built with another shard count: its partitions would be published next to
+/// the old shards', and a glob reader would count them twice. Re-sharding is a
+/// `--full-refresh` of every new shard, which deletes the old layout's objects
+/// of its clients (docs/silver.md, "Sharding").
+async fn refuse_another_shard_count(lake: &Lake, shard: Shard) -> anyhow::Result<()> {
+    let counts = manifest::shard_counts(lake)
+        .await
+        .context("listing silver's shard logs")?;
+    let others: Vec<String> = counts
+        .iter()
+        .filter(|n| **n != shard.count)
+        .map(ToString::to_string)
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    Err(Classified::new(
+        ExitStatus::Usage,
+        format!(
+            "{} was built with {} shard(s), this run has SILVER_SHARD_COUNT={}: keep the count the lake was \
+             built with, or re-shard by running every new shard once with --full-refresh (docs/silver.md, \
+             \"Sharding\"); this run wrote nothing",
+            Dataset::SilverStopExecutions,
+            others.join(" and "),
+            shard.count
+        ),
+    )
+    .into())
 }
 
 /// The recomputed partitions' executions, checked and routed to silver or quarantine.

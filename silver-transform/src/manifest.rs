@@ -243,6 +243,25 @@ pub fn shard_dir(shard: Shard) -> Path {
         .join(shard.to_string())
 }
 
+/// The shard counts of the shard logs already in the lake (`shard-<i>-of-<n>`
+/// directories under `_manifests/`), one LIST with a delimiter.
+pub async fn shard_counts(lake: &Lake) -> Result<BTreeSet<u32>, ManifestError> {
+    let dir = Dataset::SilverStopExecutions.manifests_dir();
+    let listed = lake
+        .store()
+        .list_with_delimiter(Some(&dir))
+        .await
+        .map_err(store_err(&dir))?;
+    Ok(listed
+        .common_prefixes
+        .iter()
+        .filter_map(|p| {
+            let name = p.filename()?.strip_prefix("shard-")?;
+            name.split_once("-of-")?.1.parse().ok()
+        })
+        .collect())
+}
+
 /// The manifest of a version.
 pub fn manifest_path(shard: Shard, version: u64) -> Path {
     shard_dir(shard).join(format!("{version:010}.json"))

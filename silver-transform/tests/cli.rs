@@ -259,3 +259,54 @@ async fn a_run_pushes_its_metrics_per_shard() {
         "names the variable"
     );
 }
+
+/// A shard count changed on an existing lake is refused before anything is
+/// written (the new shards would publish their partitions next to the old
+/// shard's, and a glob reader would count every execution twice), unless the
+/// new shards re-shard with --full-refresh.
+#[tokio::test]
+async fn a_changed_shard_count_is_refused_unless_re_sharded_by_a_full_refresh() {
+    let t = TestLake::new().await;
+    commit_batch(
+        &t.lake,
+        1,
+        &[
+            Ev::new(1, "2025-06-01T06:00:00Z", Some("a"), "STOP_TRIGGERED").client(1),
+            Ev::new(2, "2025-06-01T07:00:00Z", Some("b"), "STOP_TRIGGERED").client(2),
+        ],
+    )
+    .await;
+    assert_eq!(t.run_bin(&[], &[]).status.code(), Some(0));
+    let before = objects(&t.lake, "silver").await;
+    for index in ["0", "1"] {
+        let out = t.run_bin(&["--shard-count", "2", "--shard-index", index], &[]);
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("built with 1 shard(s)") && stderr.contains("SILVER_SHARD_COUNT=2"),
+            "{stderr}"
+        );
+    }
+    assert_eq!(objects(&t.lake, "silver").await, before, "nothing written");
+    // The count it was built with still runs.
+    assert_eq!(t.run_bin(&[], &[]).status.code(), Some(0));
+
+    // Re-sharding: each new shard once with --full-refresh; it replaces the
+    // old layout's objects of its clients, then incremental runs go on.
+    for index in ["0", "1"] {
+        let args = ["--shard-count", "2", "--shard-index", index];
+        let out = t.run_bin(&[&args[..], &["--full-refresh"]].concat(), &[]);
+        assert_eq!(out.status.code(), Some(0));
+        assert_eq!(t.run_bin(&args, &[]).status.code(), Some(0));
+    }
+    let files: Vec<String> = objects(&t.lake, "silver/stop_executions")
+        .await
+        .into_keys()
+        .filter(|k| !k.contains("/_manifests/"))
+        .collect();
+    assert_eq!(
+        files.len(),
+        2,
+        "one object per partition, none left twice: {files:?}"
+    );
+}
