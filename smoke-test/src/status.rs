@@ -176,8 +176,8 @@ pub async fn read(lake: &Lake, now: DateTime<Utc>) -> anyhow::Result<LakeStatus>
         jobs: Vec::new(),
         stale: Vec::new(),
     };
-    let bronze_reports = Reports::list(lake, "bronze-ingest", now).await?;
-    let silver_reports = Reports::list(lake, "silver-transform", now).await?;
+    let mut bronze_reports = Reports::list(lake, "bronze-ingest", now).await?;
+    let mut silver_reports = Reports::list(lake, "silver-transform", now).await?;
     for dataset in [Dataset::BronzeEvents, Dataset::BronzeOutbox] {
         let log = BronzeLog::load(lake, dataset).await?;
         let committed = log.latest_committed();
@@ -229,8 +229,8 @@ pub async fn read(lake: &Lake, now: DateTime<Utc>) -> anyhow::Result<LakeStatus>
         });
     }
     for (job, reports) in [
-        ("bronze-ingest", &bronze_reports),
-        ("silver-transform", &silver_reports),
+        ("bronze-ingest", &mut bronze_reports),
+        ("silver-transform", &mut silver_reports),
     ] {
         let newest = reports.read_newest(lake).await?;
         let field = |name: &str| {
@@ -306,8 +306,12 @@ fn time(v: &serde_json::Value) -> Option<DateTime<Utc>> {
 /// How many of a job's newest reports are read at most to find a success.
 const MAX_REPORTS_READ: usize = 48;
 
-/// A job's run reports of the last [`REPORTS_SINCE`], newest first.
-struct Reports(Vec<(DateTime<Utc>, object_store::path::Path)>);
+/// A job's run reports of the last [`REPORTS_SINCE`], newest first. Each is
+/// fetched at most once, on first use, however many questions are asked of it.
+struct Reports {
+    listed: Vec<(DateTime<Utc>, object_store::path::Path)>,
+    read: Vec<serde_json::Value>,
+}
 
 impl Reports {
     /// Lists them from a week back (names start with the start time, so the
@@ -316,46 +320,55 @@ impl Reports {
         let since = now - chrono::Duration::from_std(REPORTS_SINCE)?;
         let offset = run_report(job, since, "");
         let dir = run_reports_dir(job);
-        let listed: Vec<_> = lake
+        let found: Vec<_> = lake
             .store()
             .list_with_offset(Some(&dir), &offset)
             .try_collect()
             .await?;
-        let mut reports: Vec<_> = listed
+        let mut listed: Vec<_> = found
             .iter()
             .filter_map(|m| {
                 let name = m.location.filename()?.strip_suffix(".json")?;
                 Some((crate::checks::lake::report_time(name)?, m.location.clone()))
             })
             .collect();
-        reports.sort_by_key(|r| std::cmp::Reverse(r.0));
-        Ok(Self(reports))
+        listed.sort_by_key(|r| std::cmp::Reverse(r.0));
+        Ok(Self {
+            listed,
+            read: Vec::new(),
+        })
+    }
+
+    /// The `i`-th newest report, fetched if it was not yet.
+    async fn get(&mut self, lake: &Lake, i: usize) -> anyhow::Result<&serde_json::Value> {
+        while self.read.len() <= i {
+            let path = &self.listed[self.read.len()].1;
+            self.read
+                .push(serde_json::from_slice(&lake.get_bytes(path).await?)?);
+        }
+        Ok(&self.read[i])
     }
 
     /// The newest report, with its start time.
     async fn read_newest(
-        &self,
+        &mut self,
         lake: &Lake,
     ) -> anyhow::Result<Option<(DateTime<Utc>, serde_json::Value)>> {
-        match self.0.first() {
-            None => Ok(None),
-            Some((t, path)) => Ok(Some((
-                *t,
-                serde_json::from_slice(&lake.get_bytes(path).await?)?,
-            ))),
-        }
+        let Some(&(t, _)) = self.listed.first() else {
+            return Ok(None);
+        };
+        Ok(Some((t, self.get(lake, 0).await?.clone())))
     }
 
     /// `pick` of the newest report (of the [`MAX_REPORTS_READ`] newest) for
     /// which it gives something.
     async fn newest<T>(
-        &self,
+        &mut self,
         lake: &Lake,
         pick: impl Fn(&serde_json::Value) -> Option<T>,
     ) -> anyhow::Result<Option<T>> {
-        for (_, path) in self.0.iter().take(MAX_REPORTS_READ) {
-            let report: serde_json::Value = serde_json::from_slice(&lake.get_bytes(path).await?)?;
-            if let Some(found) = pick(&report) {
+        for i in 0..self.listed.len().min(MAX_REPORTS_READ) {
+            if let Some(found) = pick(self.get(lake, i).await?) {
                 return Ok(Some(found));
             }
         }
