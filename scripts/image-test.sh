@@ -97,7 +97,7 @@ RUN=("${PODMAN[@]}" run --rm --runtime runc --network host
 if [ "${SKIP_CARGO_BUILD:-0}" != 1 ]; then
   step "Building static binaries ($TARGET)"
   command -v cargo >/dev/null || die "cargo not found: install Rust (rustup) first"
-  if ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
+  if ! grep -qx "$TARGET" <<<"$(rustup target list --installed 2>/dev/null)"; then
     rustup target add "$TARGET" || die "rustup target add $TARGET failed"
   fi
   cargo build --locked --release --target "$TARGET" -p robson-lake \
@@ -163,7 +163,10 @@ step "Saving $IMAGE as a docker-archive (what k3s ctr images import reads)"
 archive=target/image-test.tar
 rm -f "$archive"
 "${BUILDAH[@]}" push "$IMAGE" "docker-archive:$archive:$IMAGE" >/dev/null || die "buildah push docker-archive failed"
-tar -tf "$archive" | grep -qx manifest.json || die "$archive has no manifest.json (not a docker-archive)"
+# Listed into a variable first: `tar | grep -q` fails under pipefail when grep
+# stops reading early and tar dies of SIGPIPE (CI saw exactly that).
+members=$(tar -tf "$archive") || die "$archive is not a tar archive"
+grep -qx manifest.json <<<"$members" || die "$archive has no manifest.json (not a docker-archive)"
 loaded=$("${PODMAN[@]}" load -i "$archive" 2>&1) || die "podman load of $archive failed: $loaded"
 grep -q "$IMAGE" <<<"$loaded" || die "loading $archive did not give back $IMAGE: $loaded"
 echo "archive: $(du -h "$archive" | cut -f1), loads back as $IMAGE"
