@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
-# One image, all binaries (bronze-ingest, silver-transform, smoke-test), static
-# musl executables on `scratch`: no shell, no package manager, no libc, non-root.
+# One image, all jobs (bronze-ingest, silver-transform, smoke-test, lake) in one
+# glibc executable on `scratch` with only the C library it links (loader, libc,
+# libm, libgcc_s): no shell, no package manager, non-root. glibc, not static
+# musl: musl ran bronze at 1.32x the time (docs/benchmarks.md).
 #
 #   docker build -t ghcr.io/robson/deep-storage:0.1.0 .            # full build (default target)
 #   docker buildx build --platform linux/arm64 -t … .              # another architecture
@@ -12,7 +14,8 @@
 #                     target/image-rootfs/ by scripts/image-test.sh. It comes first and
 #                     uses no base image, so building it needs neither a registry nor
 #                     a container runtime for RUN steps (CI: buildah without Docker).
-#   builder           compiles the static binaries (rust:1-bookworm + musl-tools).
+#   builder           compiles the binary (rust:1-bookworm) and stages the root file
+#                     system with scripts/stage-rootfs.sh, as scripts/image-test.sh does.
 #   runtime           the runtime image from the builder (the default, last stage).
 # Both runtime stages must stay identical apart from where the root file system
 # comes from; scripts/image-test.sh checks the user, labels and files.
@@ -26,8 +29,9 @@ FROM scratch AS runtime-prebuilt
 ARG VERSION
 ARG REVISION
 ARG CREATED
-# target/image-rootfs = usr/local/bin/{bronze-ingest,silver-transform,smoke-test},
-# etc/ssl/certs/ca-certificates.crt and tmp/ (1777), see scripts/image-test.sh.
+# target/image-rootfs = usr/local/bin/robson-lake and its links, the C library,
+# etc/nsswitch.conf, etc/ssl/certs/ca-certificates.crt and tmp/ (1777), staged by
+# scripts/stage-rootfs.sh.
 COPY target/image-rootfs/ /
 LABEL org.opencontainers.image.title="robson-deep-storage" \
       org.opencontainers.image.description="Robson deep storage batch jobs: bronze-ingest, silver-transform, smoke-test" \
@@ -46,43 +50,20 @@ CMD ["/usr/local/bin/bronze-ingest", "--help"]
 
 # ---------------------------------------------------------------------------
 FROM docker.io/library/rust:1-bookworm AS builder
-# The musl target of the platform being built (BuildKit and buildah set
-# TARGETARCH: amd64 on x86_64, arm64 on Apple silicon and Graviton); the builder
-# runs on that platform too, so no cross compiler is needed. TARGET overrides it.
-ARG TARGETARCH
-ARG TARGET
+# Builds for the platform it runs on (amd64 or arm64 alike, `docker buildx build
+# --platform …` for another one): the binary and the C library staged next to it
+# come from this same image, so their versions match.
 # The commit `--version` names (.git is not in the build context).
 ARG REVISION=unknown
-# musl-gcc compiles the C parts (zstd, aws-lc) for the musl target.
-RUN case "${TARGET:-${TARGETARCH:-amd64}}" in \
-      amd64) echo x86_64-unknown-linux-musl ;; \
-      arm64) echo aarch64-unknown-linux-musl ;; \
-      *-linux-musl) echo "${TARGET}" ;; \
-      *) echo "unsupported platform ${TARGETARCH} (amd64 or arm64, or set TARGET)" >&2; exit 1 ;; \
-    esac > /rust-target \
- && apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends musl-tools ca-certificates \
- && rm -rf /var/lib/apt/lists/* \
- && rustup target add "$(cat /rust-target)"
 WORKDIR /src
 COPY . .
-# `rustup target add` again: a no-op unless a rust-toolchain.toml in the sources
-# pins another toolchain, which then gets the musl target too. target/ and the
-# cargo registry are cache mounts, so the binaries are copied out to /rootfs.
+# target/ and the cargo registry are cache mounts, so the root file system is
+# staged out to /rootfs.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    target="$(cat /rust-target)" \
- && rustup target add "${target}" \
- && LAKE_GIT_COMMIT="${REVISION}" cargo build --locked --release --target "${target}" \
-      -p robson-lake \
- && mkdir -p /rootfs/usr/local/bin /rootfs/etc/ssl/certs /rootfs/tmp \
- && chmod 1777 /rootfs/tmp \
- && install -m 0755 "target/${target}/release/robson-lake" /rootfs/usr/local/bin/robson-lake \
- && for bin in bronze-ingest silver-transform smoke-test lake; do \
-      ln -s robson-lake "/rootfs/usr/local/bin/${bin}"; \
-    done \
- && install -m 0644 /etc/ssl/certs/ca-certificates.crt /rootfs/etc/ssl/certs/ca-certificates.crt
+    LAKE_GIT_COMMIT="${REVISION}" cargo build --locked --release -p robson-lake \
+ && scripts/stage-rootfs.sh target/release/robson-lake /rootfs
 
 # ---------------------------------------------------------------------------
 FROM scratch AS runtime

@@ -46,13 +46,12 @@ bench-bronze rows="1000000": setup
     cargo build -q --release -p bronze-ingest -p lake-testkit --bin bronze-ingest --bin lake-bench
     target/release/lake-bench bronze --rows {{rows}} --report docs/benchmarks.md
 
-# The same benchmark on the image's static musl binary (needs the musl target and musl-tools, as `just test-image`).
+# The image's binary (staged by scripts/stage-rootfs.sh, glibc) against the host build, interleaved on one server (section of docs/benchmarks.md).
 bench-bronze-image rows="1000000": setup
-    cargo build -q --release -p lake-testkit --bin lake-bench
-    cargo build -q --release --target x86_64-unknown-linux-musl -p robson-lake
-    ln -sf robson-lake target/x86_64-unknown-linux-musl/release/bronze-ingest
-    target/release/lake-bench bronze --rows {{rows}} --bin target/x86_64-unknown-linux-musl/release/bronze-ingest \
-        --report docs/benchmarks.md --section "bronze-ingest, the image's static musl binary"
+    cargo build -q --release -p robson-lake -p bronze-ingest -p lake-testkit --bin robson-lake --bin bronze-ingest --bin lake-bench
+    scripts/stage-rootfs.sh target/release/robson-lake target/bench-rootfs
+    target/release/lake-bench binaries --rows {{rows}} --bin host=target/release/bronze-ingest \
+        --bin image=target/bench-rootfs/usr/local/bin/bronze-ingest --report docs/benchmarks.md
 
 # Benchmark silver-transform against DuckDB running benches/silver_duckdb.sql on the same bronze (1M events).
 bench-silver: setup

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import re
 import shutil
 import subprocess
@@ -281,6 +282,14 @@ def test_manifest_validates_strict(path: Path) -> None:
 
 @pytest.mark.parametrize("directory", kustomization_dirs(), ids=rel)
 def test_kustomization_builds_and_validates(directory: Path, tmp_path: Path) -> None:
+    spec = yaml.safe_load(kustomization_file(directory).read_text())
+    if spec["kind"] == "Component" and not spec.get("resources"):
+        # Only transforms (deploy/components/image): it must be used somewhere.
+        users = [d for d in kustomization_dirs() if directory.resolve() in {
+            (d / c).resolve() for c in yaml.safe_load(kustomization_file(d).read_text()).get("components", [])
+        }]
+        assert users, f"{rel(directory)} is a component no kustomization uses"
+        return
     rendered, docs = kustomize_build(directory)
     assert docs, f"{rel(directory)} renders nothing"
     # Validate the rendered objects as well: patches added later are covered too.
@@ -746,12 +755,16 @@ def test_runbook_states_the_validated_kubernetes_version() -> None:
     assert f"**{major_minor}**" in runbook, f"docs/deploy.md must state Kubernetes {major_minor}"
 
 
+def just() -> str:
+    path = shutil.which("just") or str(Path(sys.executable).parent / "just")
+    if not Path(path).exists():
+        pytest.fail("just not installed: pip install rust-just into the virtualenv")
+    return path
+
+
 def test_just_deploy_dry_run_renders_in_order_without_a_cluster() -> None:
-    just = shutil.which("just") or str(Path(sys.executable).parent / "just")
-    if not Path(just).exists():
-        pytest.skip("just not installed (pip install rust-just)")
     result = subprocess.run(
-        [just, "-f", str(DEPLOY / "deploy.just"), "deploy", "--dry-run"],
+        [just(), "-f", str(DEPLOY / "deploy.just"), "deploy", "--dry-run"],
         capture_output=True,
         text=True,
         check=False,
@@ -760,12 +773,123 @@ def test_just_deploy_dry_run_renders_in_order_without_a_cluster() -> None:
     )
     assert result.returncode == 0, result.stderr
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
-    order = ["Namespace", "NetworkPolicy", "ServiceAccount", "Job", "CronJob"]
-    ranks = [order.index(d["kind"]) for d in docs if d["kind"] in order]
-    assert ranks == sorted(ranks), "just deploy must apply namespaces, policies, RBAC, smoke test, CronJobs in order"
+    steps = [(d["kind"], d["metadata"]["name"], d.get("spec", {}).get("suspend", False)) for d in docs]
+    kinds = [k for k, _, _ in steps]
+    order = ["Namespace", "NetworkPolicy", "ServiceAccount"]
+    ranks = [order.index(k) for k in kinds if k in order]
+    assert ranks == sorted(ranks), "namespaces, policies, RBAC come first, in that order"
+    tail = [(k, n, s) for k, n, s in steps if k in ("Job", "CronJob")]
+    cronjobs = sorted({n for k, n, _ in tail if k == "CronJob"})
+    assert tail == (
+        [("Job", "smoke-test", False)]
+        + [("CronJob", n, True) for n in cronjobs]
+        + [("Job", "bronze-ingest-manual", False), ("Job", "silver-transform-manual", False)]
+        + [("CronJob", n, False) for n in cronjobs]
+    ), "smoke test, CronJobs suspended, the first export (bronze, then silver), CronJobs running"
     rendered = {(d["kind"], d["metadata"]["name"]) for d in docs}
     expected = {(d["kind"], d["metadata"]["name"]) for d in kustomize_build(DEPLOY)[1]}
-    assert rendered == expected | {("Job", "smoke-test")}
+    manual = {("Job", "smoke-test"), ("Job", "bronze-ingest-manual"), ("Job", "silver-transform-manual")}
+    assert rendered == expected | manual
+
+
+def run_deploy(tmp_path: Path, *args: str, **state) -> tuple[subprocess.CompletedProcess, dict]:
+    """`just deploy` against tests/fake_kubectl.py (a recording stand-in: no cluster here)."""
+    state_file = tmp_path / "kubectl-state.json"
+    initial = {"secrets": ["lake-postgres", "lake-s3"], "annotations": {}, "jobs": {}, "applied": []}
+    initial.update(state)
+    state_file.write_text(json.dumps(initial))
+    result = subprocess.run(
+        [just(), "-f", str(DEPLOY / "deploy.just"), "deploy", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "KUBECTL": f"{sys.executable} {DEPLOY / 'tests' / 'fake_kubectl.py'}",
+            "FAKE_KUBECTL_STATE": str(state_file),
+            "REAL_KUBECTL": kubectl(),
+        },
+    )
+    return result, json.loads(state_file.read_text())
+
+
+def test_just_deploy_runs_the_first_export_before_the_schedules(tmp_path: Path) -> None:
+    result, state = run_deploy(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    applied = [(k, n, s) for k, n, s in state["applied"] if k in ("Job", "CronJob")]
+    first_running = min(i for i, (k, _, s) in enumerate(applied) if k == "CronJob" and not s)
+    before = applied[:first_running]
+    assert ("Job", "silver-transform-manual", False) in before, "the schedules start only after the first export"
+    assert before.index(("Job", "bronze-ingest-manual", False)) < before.index(
+        ("Job", "silver-transform-manual", False)
+    )
+    assert all(s for k, _, s in before if k == "CronJob"), "every CronJob applied before that is suspended"
+    assert state["annotations"].get("robson.io/first-export-completed"), "the marker is set"
+    # The next deploy sees the marker: no Job, the CronJobs applied as they are (not suspended).
+    again, state = run_deploy(tmp_path, annotations=state["annotations"])
+    assert again.returncode == 0, again.stdout + again.stderr
+    kinds = {(k, s) for k, _, s in state["applied"] if k in ("Job", "CronJob")}
+    assert kinds == {("Job", False), ("CronJob", False)}, "only the smoke test runs again"
+    assert {n for k, n, _ in state["applied"] if k == "Job"} == {"smoke-test"}
+
+
+def test_just_deploy_keeps_the_schedules_suspended_when_the_first_export_fails(tmp_path: Path) -> None:
+    result, state = run_deploy(tmp_path, fail_jobs=["bronze-ingest-manual"])
+    assert result.returncode == 1
+    assert "job/bronze-ingest-manual failed" in result.stderr and "stay suspended" in result.stderr
+    assert all(s for k, _, s in state["applied"] if k == "CronJob")
+    assert not any(n == "silver-transform-manual" for _, n, _ in state["applied"])
+    assert "robson.io/first-export-completed" not in state["annotations"]
+    # Run again without deleting it: the failed Job is reported, not re-applied or waited for.
+    again, _ = run_deploy(tmp_path, jobs={"bronze-ingest-manual": "Failed"})
+    assert again.returncode == 1 and "failed earlier" in again.stderr
+
+
+def test_just_deploy_no_first_export_leaves_the_schedules_suspended(tmp_path: Path) -> None:
+    result, state = run_deploy(tmp_path, "--no-first-export")
+    assert result.returncode == 0, result.stderr
+    assert {n for k, n, _ in state["applied"] if k == "Job"} == {"smoke-test"}
+    assert all(s for k, _, s in state["applied"] if k == "CronJob")
+    # The first export run by hand: the next deploy finds the Jobs complete and starts the schedules.
+    done = {"bronze-ingest-manual": "Complete", "silver-transform-manual": "Complete"}
+    again, state = run_deploy(tmp_path, jobs=done)
+    assert again.returncode == 0, again.stderr
+    assert "already completed" in again.stdout
+    assert {n for k, n, _ in state["applied"] if k == "Job"} == {"smoke-test"}
+    assert state["applied"][-1][0] == "CronJob" and not state["applied"][-1][2]
+    assert state["annotations"].get("robson.io/first-export-completed")
+
+
+def test_just_deploy_stops_before_anything_runs_when_a_secret_is_missing(tmp_path: Path) -> None:
+    result, state = run_deploy(tmp_path, secrets=["lake-postgres"])
+    assert result.returncode == 1
+    assert "Secret analytics-jobs/lake-s3 is missing" in result.stderr
+    assert not any(k in ("Job", "CronJob") for k, _, _ in state["applied"])
+
+
+def test_the_image_is_named_once_in_a_component(tmp_path: Path) -> None:
+    component = yaml.safe_load((DEPLOY / "components" / "image" / "kustomization.yaml").read_text())
+    (image,) = component["images"]
+    default = f"{image['newName']}:{image['newTag']}"
+    # `kubectl apply -f` of a file gets the same image as the kustomizations.
+    for w in workloads():
+        for c in containers(pod_template(w)["spec"]):
+            assert c["image"] == default, f"{obj_id(w)}: {c['image']} is not the component's {default}"
+    # Changing the component changes every rendered pod template.
+    copy = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, copy, ignore=shutil.ignore_patterns("tests", "__pycache__"))
+    edited = dict(image, newName="registry.example.com/robson/deep-storage", newTag="9.9.9")
+    component["images"] = [edited]
+    (copy / "components" / "image" / "kustomization.yaml").write_text(yaml.safe_dump(component))
+    for directory in ("", "jobs", "cronjobs", "overlays/monitoring", "overlays/suspended"):
+        out = subprocess.run(
+            [kubectl(), "kustomize", str(copy / directory)], capture_output=True, text=True, check=True
+        ).stdout
+        docs = [d for d in yaml.safe_load_all(out) if d and d["kind"] in POD_KINDS]
+        assert docs, directory
+        for d in docs:
+            for c in containers(pod_template(d)["spec"]):
+                assert c["image"] == "registry.example.com/robson/deep-storage:9.9.9", (directory, obj_id(d))
 
 
 # --------------------------------------------------------------------------- monitoring

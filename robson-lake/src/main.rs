@@ -1,23 +1,22 @@
-//! `robson-lake`: the three jobs (and `lake status`) in one static executable.
+//! `robson-lake`: the three jobs (and `lake status`) in one executable.
 //!
-//! Three static binaries repeat the same ~20 MB of dependencies (arrow, parquet,
-//! object_store, rustls); one multi-call binary keeps the image well under the
-//! 50 MB budget (SPEC §10). The image links `bronze-ingest`, `silver-transform`,
-//! `smoke-test` and `lake` to it; it runs the job named by `argv[0]`, or by its first
-//! argument (`robson-lake bronze-ingest --dry-run`).
+//! Separate binaries repeat the same ~20 MB of dependencies (arrow, parquet,
+//! object_store, rustls); one multi-call binary keeps the image under 30 MB. The
+//! image links `bronze-ingest`, `silver-transform`, `smoke-test` and `lake` to
+//! it; it runs the job named by `argv[0]`, or by its first argument
+//! (`robson-lake bronze-ingest --dry-run`). It is a glibc build with its C
+//! library staged next to it (scripts/stage-rootfs.sh): a static musl build ran
+//! bronze at 1.32x the time (docs/benchmarks.md).
 
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::ExitCode;
 
-/// jemalloc, not the C library's allocator. The image is static musl, whose
-/// allocator maps and unmaps every block over 128 KiB and takes one global
-/// lock: the bronze export ran at half speed there (1 M rows: 6.3 s against
-/// 3.6 s with glibc), nearly all of it in `mmap`/`munmap` system time. With
-/// jemalloc the musl binary runs as fast as the glibc one, and in less memory
-/// than glibc's allocator keeps. In the musl build it also serves the C code's
-/// `malloc` (zstd's contexts; `Cargo.toml`). The host binaries use it too, so
-/// the benchmarks measure the allocator that ships. Settings: `.cargo/config.toml`.
+/// jemalloc, not the C library's allocator: with one arena and a short decay
+/// (`.cargo/config.toml`) a container's memory follows the job's working set,
+/// in less memory than glibc's allocator keeps (and musl's, which maps and
+/// unmaps every block over 128 KiB, halved bronze's speed). The host binaries
+/// use it too, so the benchmarks measure the allocator that ships.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -6,7 +6,8 @@
 //! jobs' loader, connects to PostgreSQL with the configured sslmode, checks the
 //! source tables against the bronze contract, opens a REPEATABLE READ snapshot,
 //! writes, reads, multipart-uploads and conditionally creates objects in the lake,
-//! and reads the manifests. Every finding is one line with a fix.
+//! and reads the manifests. Last, it proves the NetworkPolicies are enforced by
+//! trying an egress they forbid. Every finding is one line with a fix.
 //!
 //! With `--cluster` it checks the Kubernetes side instead, from a workstation with
 //! a kubeconfig: namespaces, quotas, default-deny policies, Secrets (by name), and
@@ -32,7 +33,7 @@ pub use report::{CheckResult, Report, Status};
     name = "smoke-test",
     version,
     about = "Checks that the lake jobs can reach and use PostgreSQL and S3 from here; prints a fix for every failure",
-    after_help = "Checks: config, dns.*, postgres.*, s3.*, lake.* (or cluster.* with --cluster).\n\
+    after_help = "Checks: config, dns.*, postgres.*, s3.*, lake.*, network.egress_blocked (or cluster.* with --cluster).\n\
                   Each prints PASS, WARN, FAIL or SKIP (not run because a check it needs failed).\n\
                   Exit codes: 0 no failure (warnings allowed), 1 a check failed, 2 bad configuration or arguments.\n\
                   Configuration: the environment of the jobs (DJANGO_DB_*, AWS_*, S3_BUCKET or LAKE_URL; see the README)."
@@ -76,6 +77,7 @@ pub async fn run(args: &Args, vars: Vec<(String, String)>) -> Report {
         return report;
     }
 
+    let api_server = checks::network::api_server(&vars);
     let (result, config) = checks::config::check(vars);
     report.push(result);
     let Some(config) = config else {
@@ -84,6 +86,7 @@ pub async fn run(args: &Args, vars: Vec<(String, String)>) -> Report {
         report.skip_all(checks::postgres::NAMES, &why);
         report.skip_all(checks::s3::NAMES, &why);
         report.skip_all(checks::lake::NAMES, &why);
+        report.skip_all(checks::network::NAMES, &why);
         return report;
     };
 
@@ -93,6 +96,7 @@ pub async fn run(args: &Args, vars: Vec<(String, String)>) -> Report {
         report.skip_all(checks::postgres::NAMES, why);
         report.skip_all(checks::s3::NAMES, why);
         report.skip_all(checks::lake::NAMES, why);
+        report.skip_all(checks::network::NAMES, why);
         return report;
     }
 
@@ -103,7 +107,7 @@ pub async fn run(args: &Args, vars: Vec<(String, String)>) -> Report {
     // dns.s3 is skipped for a local lake, which still gets the store checks.
     let dns_pg = !report.failed(checks::dns::POSTGRES);
     let dns_s3 = !report.failed(checks::dns::S3);
-    tokio::join!(
+    let (_, _, network) = tokio::join!(
         async {
             if dns_pg {
                 checks::postgres::run(&config.postgres, limit, &mut pg_report).await;
@@ -121,11 +125,13 @@ pub async fn run(args: &Args, vars: Vec<(String, String)>) -> Report {
                 lake_report.skip_all(checks::s3::NAMES, &why);
                 lake_report.skip_all(checks::lake::NAMES, &why);
             }
-        }
+        },
+        checks::network::check(api_server, limit)
     );
     for r in pg_report.results().iter().chain(lake_report.results()) {
         report.push(r.clone());
     }
+    report.push(network);
     report
 }
 

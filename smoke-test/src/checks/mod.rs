@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod config;
 pub mod dns;
 pub mod lake;
+pub mod network;
 pub mod postgres;
 pub mod s3;
 

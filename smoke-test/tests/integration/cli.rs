@@ -34,6 +34,14 @@ async fn all_green_passes_every_check_but_freshness_and_json_has_one_entry_per_c
     out.assert_line("postgres.privileges", "PASS", &["lake_reader is read-only"]);
     out.assert_line("s3.multipart", "PASS", &["2-part upload of 6 MiB"]);
     out.assert_line(
+        "network.egress_blocked",
+        "PASS",
+        &[
+            "Kubernetes API server at 127.0.0.1:",
+            "blocked as it must be",
+        ],
+    );
+    out.assert_line(
         "s3.conditional",
         "PASS",
         &["refused (If-None-Match)", "(If-Match)"],
@@ -50,7 +58,7 @@ async fn all_green_passes_every_check_but_freshness_and_json_has_one_entry_per_c
     );
     assert!(
         out.stdout
-            .contains("smoke-test OK: 15 passed, 2 warnings, 0 failed"),
+            .contains("smoke-test OK: 16 passed, 2 warnings, 0 failed"),
         "{}",
         out.stdout
     );
@@ -142,6 +150,43 @@ async fn dry_run_checks_config_and_dns_only() {
             "no-such-db.invalid (DJANGO_DB_HOST) does not resolve",
             "fix:",
         ],
+    );
+}
+
+/// The smoke-test Job runs under the jobs' NetworkPolicies: a connection to
+/// the API server that opens means they are not enforced. Reproduced with a
+/// listener standing in for an unprotected API server; a refused connection
+/// (a rejecting policy) passes; outside a pod the check is skipped.
+#[tokio::test]
+async fn an_egress_the_policies_forbid_must_be_blocked() {
+    let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = open.local_addr().unwrap().port().to_string();
+    let env = with(&offline_env(), "KUBERNETES_SERVICE_HOST", Some("127.0.0.1"));
+    let out = smoke(&with(&env, "KUBERNETES_SERVICE_PORT", Some(&port)), &[]).await;
+    out.assert_code(1);
+    out.assert_line(
+        "network.egress_blocked",
+        "FAIL",
+        &[
+            "reached the Kubernetes API server at 127.0.0.1:",
+            "not enforced",
+            "fix:",
+            "--disable-network-policy",
+        ],
+    );
+    drop(open);
+
+    // (A dropped connection, the timeout branch, cannot be staged here: this
+    // machine's network answers connections to any outside address on 443.)
+    let env = crate::util::blocked_api_server();
+    let out = smoke(&[offline_env(), env].concat(), &[]).await;
+    out.assert_line("network.egress_blocked", "PASS", &["blocked as it must be"]);
+
+    let out = smoke(&offline_env(), &[]).await;
+    out.assert_line(
+        "network.egress_blocked",
+        "SKIP",
+        &["not in a Kubernetes pod"],
     );
 }
 

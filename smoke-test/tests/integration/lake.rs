@@ -85,7 +85,7 @@ async fn fresh_lake_passes_stale_lake_warns_corrupt_manifest_fails() {
         &["last silver-transform run started", "(3h 00m ago)"],
     );
     assert!(
-        out.stdout.contains("smoke-test OK: 17 passed, 0 warnings"),
+        out.stdout.contains("smoke-test OK: 18 passed, 0 warnings"),
         "{}",
         out.stdout
     );

@@ -33,6 +33,7 @@ pub const ALL_CHECKS: &[&str] = &[
     "lake.manifests",
     "lake.bronze_freshness",
     "lake.silver_freshness",
+    "network.egress_blocked",
 ];
 
 /// A deployment on which every check passes (freshness aside: the lake is empty).
@@ -63,6 +64,7 @@ impl Green {
         [
             self.pg.env_as(READER, READER_PASSWORD),
             self.s3.env(&self.bucket),
+            blocked_api_server(),
         ]
         .concat()
     }
@@ -72,6 +74,19 @@ impl Green {
         let client = self.pg.client().await.expect("superuser connection");
         client.batch_execute(sql).await.expect(sql);
     }
+}
+
+/// A pod's API-server variables pointing at a port nobody listens on: what the
+/// smoke test sees when a NetworkPolicy rejects the connection.
+pub fn blocked_api_server() -> Vec<(String, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    vec![
+        ("KUBERNETES_SERVICE_HOST".into(), "127.0.0.1".into()),
+        ("KUBERNETES_SERVICE_PORT".into(), port.to_string()),
+    ]
 }
 
 /// `env` with `key` set to `value` (or removed with `None`).
