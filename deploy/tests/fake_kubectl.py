@@ -8,7 +8,9 @@ it records are exactly what a cluster would receive), remembers Jobs, Secrets an
 annotations in a JSON state file, and answers the few queries the recipe makes.
 
 State file (FAKE_KUBECTL_STATE): {"secrets": [...], "annotations": {...},
-"jobs": {name: conditions}, "fail_jobs": [...], "applied": [[kind, name, suspend]]}.
+"jobs": {name: conditions}, "fail_jobs": [...], "applied": [[kind, name, suspend]],
+"env": {cronjob: [the variables of its container, as last applied]},
+"deleted": [what delete was called with]}.
 A Job applied here completes at once, or fails when its name is in fail_jobs.
 """
 
@@ -68,15 +70,20 @@ def main(args: list[str]) -> int:
                     continue
             name = obj["metadata"]["name"]
             state["applied"].append([obj["kind"], name, obj.get("spec", {}).get("suspend", False)])
+            if obj["kind"] == "CronJob":
+                container = obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+                state.setdefault("env", {})[name] = [v["name"] for v in container.get("env", [])]
             if obj["kind"] == "Job":
                 state["jobs"][name] = "Failed" if name in state.get("fail_jobs", []) else "Complete"
             print(f"{obj['kind'].lower()}/{name} configured")
     elif verb == "get" and words[1:2] == ["secret"]:
         code = 0 if words[2] in state["secrets"] else 1
     elif verb == "get" and words[1:2] == ["namespace"]:
+        # -o jsonpath={.metadata.annotations.robson\.io/NAME}
         jsonpath = option(args, "-o") or ""
-        if "first-export-completed" in jsonpath:
-            print(state["annotations"].get("robson.io/first-export-completed", ""), end="")
+        if ".metadata.annotations." in jsonpath:
+            key = jsonpath.split(".metadata.annotations.", 1)[1].rstrip("}").replace("\\.", ".")
+            print(state["annotations"].get(key, ""), end="")
     elif verb == "get" and words[1:2] == ["job"]:
         name = words[2]
         if name in state["jobs"]:
@@ -85,12 +92,20 @@ def main(args: list[str]) -> int:
         print("NAME  SCHEDULE  SUSPEND")
     elif verb == "delete" and words[1:2] == ["job"]:
         state["jobs"].pop(words[2], None)
+    elif verb == "delete":
+        # Recorded as what was deleted: ["-k", DIR] or [kind, name-or-selector].
+        target = ["-k", option(args, "-k")] if option(args, "-k") else words[1:] + [option(args, "-l") or ""]
+        state.setdefault("deleted", []).append([t for t in target if t])
     elif verb == "logs":
         job = words[1].split("/", 1)[1]
         if job == "smoke-test":
             print("PASS  config  all set\n\nsmoke-test OK: 1 passed, 0 warnings, 0 failed, 0 skipped")
         else:
             print(f"{job}: error: the last lines of a failed run")
+    elif verb == "annotate" and words[-1].endswith("-"):
+        if state["annotations"].pop(words[-1][:-1], None) is None:
+            print(f"error: annotation {words[-1][:-1]!r} not found", file=sys.stderr)
+            code = 1
     elif verb == "annotate":
         key, value = words[-1].split("=", 1)
         state["annotations"][key] = value

@@ -860,6 +860,57 @@ def test_just_deploy_no_first_export_leaves_the_schedules_suspended(tmp_path: Pa
     assert state["annotations"].get("robson.io/first-export-completed")
 
 
+def test_just_deploy_keeps_monitoring_once_deployed_with_it(tmp_path: Path) -> None:
+    result, state = run_deploy(tmp_path, "--monitoring")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ["NetworkPolicy", "allow-pushgateway-egress", False] in state["applied"]
+    assert ["PrometheusRule", "robson-lake", False] in state["applied"]
+    assert all("PUSHGATEWAY_URL" in env for env in state["env"].values()), "the running CronJobs push"
+    assert state["annotations"].get("robson.io/monitoring") == "enabled"
+    # A later plain `just deploy` must not drop the metrics (deploy/cronjobs alone would).
+    again, state = run_deploy(tmp_path, annotations=state["annotations"])
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "enabled by an earlier deploy" in again.stdout
+    assert state["env"] and all("PUSHGATEWAY_URL" in env for env in state["env"].values())
+    # --no-monitoring drops it, and the choice is forgotten.
+    off, state = run_deploy(tmp_path, "--no-monitoring", annotations=state["annotations"])
+    assert off.returncode == 0, off.stdout + off.stderr
+    assert state["env"] and not any("PUSHGATEWAY_URL" in env for env in state["env"].values())
+    assert "robson.io/monitoring" not in state["annotations"]
+
+
+def run_undeploy(tmp_path: Path, annotations: dict) -> tuple[subprocess.CompletedProcess, dict]:
+    state_file = tmp_path / "kubectl-state.json"
+    state_file.write_text(json.dumps({"secrets": [], "annotations": annotations, "jobs": {}, "applied": []}))
+    result = subprocess.run(
+        [just(), "-f", str(DEPLOY / "deploy.just"), "undeploy"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "KUBECTL": f"{sys.executable} {DEPLOY / 'tests' / 'fake_kubectl.py'}",
+            "FAKE_KUBECTL_STATE": str(state_file),
+            "REAL_KUBECTL": kubectl(),
+        },
+    )
+    return result, json.loads(state_file.read_text())
+
+
+def test_just_undeploy_removes_the_alert_rules_of_a_monitored_deployment(tmp_path: Path) -> None:
+    result, state = run_undeploy(tmp_path, {"robson.io/monitoring": "enabled"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    deleted = state["deleted"]
+    assert ["-k", "deploy/cronjobs"] in deleted
+    assert ["prometheusrule", "robson-lake"] in deleted, "left behind, its alerts would fire for stopped jobs"
+    assert ["networkpolicy", "allow-pushgateway-egress"] in deleted
+    assert "robson.io/monitoring" not in state["annotations"]
+    # Without monitoring, nothing of it is touched (the PrometheusRule kind may not even exist).
+    plain, state = run_undeploy(tmp_path, {})
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    assert not any(d[0] == "prometheusrule" for d in state["deleted"])
+
+
 def test_just_deploy_stops_before_anything_runs_when_a_secret_is_missing(tmp_path: Path) -> None:
     result, state = run_deploy(tmp_path, secrets=["lake-postgres"])
     assert result.returncode == 1
@@ -890,6 +941,11 @@ def test_the_image_is_named_once_in_a_component(tmp_path: Path) -> None:
         for d in docs:
             for c in containers(pod_template(d)["spec"]):
                 assert c["image"] == "registry.example.com/robson/deep-storage:9.9.9", (directory, obj_id(d))
+    # `just image` and `just image-save` build and save that same name.
+    shutil.copy(DEPLOY.parent / "Cargo.toml", tmp_path / "Cargo.toml")
+    named = subprocess.run([copy / "image-name.sh"], capture_output=True, text=True, check=True).stdout
+    assert named.strip() == "registry.example.com/robson/deep-storage:9.9.9"
+    assert subprocess.run([DEPLOY / "image-name.sh"], capture_output=True, text=True, check=True).stdout.strip() == default
 
 
 # --------------------------------------------------------------------------- monitoring
