@@ -80,7 +80,9 @@ pub async fn begin(client: &Client, lock: &[&SourceTable]) -> anyhow::Result<Sna
              FROM pg_current_snapshot() AS s",
             &[],
         )
-        .await?;
+        .await
+        .map_err(function_privilege)
+        .context("reading the snapshot")?;
     let parse = |i: usize| -> anyhow::Result<u64> {
         let text: String = row.get(i);
         text.parse()
@@ -88,8 +90,8 @@ pub async fn begin(client: &Client, lock: &[&SourceTable]) -> anyhow::Result<Sna
     };
     // PUBLIC may call these by default (pg_control_checkpoint, pg_walfile_name,
     // pg_current_wal_lsn, pg_last_wal_replay_lsn, pg_is_in_recovery); a role
-    // stripped of them fails here with PostgreSQL's "permission denied for
-    // function …", which names the one to grant back.
+    // stripped of them fails with PostgreSQL's "permission denied for function
+    // …", which names the one to grant back (`function_privilege`).
     let position = client
         .query_one(
             // A primary's timeline is in its current WAL file's name (the
@@ -103,6 +105,7 @@ pub async fn begin(client: &Client, lock: &[&SourceTable]) -> anyhow::Result<Sna
             &[],
         )
         .await
+        .map_err(function_privilege)
         .context("reading the timeline and the WAL position")?;
     let mut filenodes = BTreeMap::new();
     for t in lock {
@@ -112,6 +115,7 @@ pub async fn begin(client: &Client, lock: &[&SourceTable]) -> anyhow::Result<Sna
                 &[&t.table],
             )
             .await
+            .map_err(function_privilege)
             .with_context(|| format!("reading the file node of {}", t.table))?;
         if let Some(node) = row.get::<_, Option<i64>>(0) {
             filenodes.insert(t.table.to_owned(), node as u64);
@@ -220,6 +224,25 @@ pub enum HorizonError {
         /// Width of the range.
         span: u64,
     },
+}
+
+/// A function the role may not call (an administrator revoked PUBLIC's default
+/// `EXECUTE`), said with its fix; any other error unchanged.
+fn function_privilege(err: tokio_postgres::Error) -> anyhow::Error {
+    match err.as_db_error() {
+        Some(db)
+            if *db.code() == tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE
+                && db.message().starts_with("permission denied for function") =>
+        {
+            anyhow::anyhow!(
+                "{}: the role cannot call a function bronze reads its snapshot and position \
+                 with (PUBLIC's EXECUTE was revoked); grant it to the role with `GRANT EXECUTE \
+                 ON FUNCTION …` (docs/deploy.md, \"The database role\", lists every one)",
+                db.message()
+            )
+        }
+        _ => err.into(),
+    }
 }
 
 const WRAP: u64 = 1 << 32;

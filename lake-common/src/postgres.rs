@@ -47,6 +47,27 @@ pub enum PostgresError {
 /// A pool of connections to the source database.
 pub type PgPool = Pool;
 
+/// The functions the jobs call beyond `SELECT` on the source tables: bronze's
+/// snapshot, identity, timeline and WAL position, the tables' file nodes, and
+/// the advisory lock of the no-conditional-writes mode. PUBLIC may call them on
+/// a fresh cluster; where an administrator revoked that, the role needs each
+/// granted (docs/deploy.md, "The database role", lists exactly these, and the
+/// smoke test checks them; robson-lake/tests/least_privilege.rs keeps the three
+/// equal).
+pub const FUNCTIONS: &[&str] = &[
+    "pg_current_snapshot()",
+    "pg_snapshot_xmin(pg_snapshot)",
+    "pg_snapshot_xmax(pg_snapshot)",
+    "pg_control_system()",
+    "pg_control_checkpoint()",
+    "pg_is_in_recovery()",
+    "pg_current_wal_lsn()",
+    "pg_last_wal_replay_lsn()",
+    "pg_walfile_name(pg_lsn)",
+    "pg_relation_filenode(regclass)",
+    "pg_try_advisory_lock(integer, integer)",
+];
+
 /// Builds the `tokio_postgres` configuration (no I/O).
 pub fn pg_config(config: &PostgresConfig, application_name: &str) -> tokio_postgres::Config {
     let mut pg = tokio_postgres::Config::new();

@@ -225,7 +225,7 @@ fn bronze_freshness(manifests: &Manifests, now: DateTime<Utc>) -> CheckResult {
         return CheckResult::warn(
             BRONZE_FRESHNESS,
             lines.join("; "),
-            "run bronze-ingest once (kubectl apply -f deploy/jobs/bronze-ingest.yaml); the hourly CronJob \
+            "run bronze-ingest once (kubectl apply -k deploy/jobs -l app.kubernetes.io/name=bronze-ingest); the hourly CronJob \
              keeps it fresh after that",
         );
     }
@@ -277,7 +277,7 @@ async fn silver_freshness(lake: &Lake, now: DateTime<Utc>) -> CheckResult {
         None => CheckResult::warn(
             SILVER_FRESHNESS,
             format!("no silver-transform run report in {dir}/"),
-            "run silver-transform once after bronze (kubectl apply -f deploy/jobs/silver-transform.yaml); the \
+            "run silver-transform once after bronze (kubectl apply -k deploy/jobs -l app.kubernetes.io/name=silver-transform); the \
              daily CronJob keeps it fresh after that",
         ),
         Some(t) => {

@@ -70,7 +70,7 @@ pub async fn run(config: &PostgresConfig, limit: Duration, report: &mut Report) 
         }
     };
     report.push(timed(CONNECT, limit, QUERY_TIMEOUT_FIX, session(&client, config)).await);
-    report.push(timed(VERSION, limit, QUERY_TIMEOUT_FIX, version(&client)).await);
+    report.push(timed(VERSION, limit, QUERY_TIMEOUT_FIX, version(&client, config)).await);
     report.push(timed(SELECT, limit, QUERY_TIMEOUT_FIX, select(&client, config)).await);
     report.push(timed(CONTRACT, limit, QUERY_TIMEOUT_FIX, contract_check(&client)).await);
     report.push(
@@ -226,7 +226,16 @@ async fn session(client: &Client, config: &PostgresConfig) -> CheckResult {
     }
 }
 
-async fn version(client: &Client) -> CheckResult {
+/// The fix for a function the role may not call: grant every one the jobs use.
+fn function_grant_fix(config: &PostgresConfig) -> String {
+    format!(
+        "as a superuser: GRANT EXECUTE ON FUNCTION {} TO {} (docs/deploy.md, \"The database role\")",
+        lake_common::postgres::FUNCTIONS.join(", "),
+        config.user
+    )
+}
+
+async fn version(client: &Client, config: &PostgresConfig) -> CheckResult {
     let row = match client
         .query_one(
             "SELECT current_setting('server_version_num')::int, current_setting('server_version'), \
@@ -237,10 +246,14 @@ async fn version(client: &Client) -> CheckResult {
     {
         Ok(row) => row,
         Err(err) => {
+            let fix = match err.code() {
+                Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => function_grant_fix(config),
+                _ => "check the server log".to_owned(),
+            };
             return CheckResult::fail(
                 VERSION,
                 format!("cannot read the server version: {}", error_chain(&err)),
-                "check the server log",
+                fix,
             );
         }
     };
@@ -394,20 +407,51 @@ async fn snapshot(client: &Client, config: &PostgresConfig) -> CheckResult {
                 &[],
             )
             .await?;
+        // The other functions the jobs call, without calling them (an advisory
+        // lock taken here could collide with a running job's).
+        let functions: Vec<String> = lake_common::postgres::FUNCTIONS
+            .iter()
+            .map(|f| (*f).to_owned())
+            .collect();
+        let denied = client
+            .query(
+                "SELECT f FROM unnest($1::text[]) WITH ORDINALITY AS t(f, i) \
+                 WHERE NOT has_function_privilege(f, 'EXECUTE') ORDER BY i",
+                &[&functions],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>();
         Ok::<_, tokio_postgres::Error>((
             row.get::<_, String>(0),
             row.get::<_, String>(1),
             id.get::<_, String>(0),
+            denied,
         ))
     }
     .await;
     let _ = client.batch_execute("ROLLBACK").await;
     match result {
-        Ok((xmin, xmax, system_id)) => CheckResult::pass(
+        Ok((_, _, _, denied)) if !denied.is_empty() => CheckResult::fail(
+            SNAPSHOT,
+            format!(
+                "role {} may not call {} (PUBLIC's EXECUTE was revoked): bronze-ingest stops on it",
+                config.user,
+                denied.join(", ")
+            ),
+            format!(
+                "as a superuser: GRANT EXECUTE ON FUNCTION {} TO {} (docs/deploy.md, \"The database role\")",
+                denied.join(", "),
+                config.user
+            ),
+        ),
+        Ok((xmin, xmax, system_id, _)) => CheckResult::pass(
             SNAPSHOT,
             format!(
                 "REPEATABLE READ READ ONLY snapshot: pg_current_snapshot() horizon {xmin} (xmax {xmax}), \
-                 system identifier {system_id}"
+                 system identifier {system_id}; the role may call the {} functions the jobs use",
+                lake_common::postgres::FUNCTIONS.len()
             ),
         ),
         Err(err) => {
@@ -416,11 +460,7 @@ async fn snapshot(client: &Client, config: &PostgresConfig) -> CheckResult {
                     "pg_current_snapshot() needs PostgreSQL 13 or later: upgrade the database"
                         .to_owned()
                 }
-                Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => format!(
-                    "as a superuser: GRANT EXECUTE ON FUNCTION pg_control_system() TO {} (the ingest checks \
-                     the cluster's identity on every run)",
-                    config.user
-                ),
+                Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => function_grant_fix(config),
                 _ => "check the server log".to_owned(),
             };
             CheckResult::fail(
