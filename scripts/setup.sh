@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 stamp=.venv/.setup-v1
 have_servers() {
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 &&
-    command -v promtool >/dev/null && command -v prometheus-pushgateway >/dev/null
+    command -v promtool >/dev/null && command -v prometheus-pushgateway >/dev/null &&
+    command -v openssl >/dev/null
 }
 if [ -f "$stamp" ] && have_servers; then
   exit 0
@@ -22,10 +23,10 @@ fi
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 if ! have_servers; then
-  echo "==> installing the PostgreSQL server, promtool and the Pushgateway (apt)"
+  echo "==> installing the PostgreSQL server, promtool, the Pushgateway and openssl (apt)"
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq \
-    postgresql prometheus prometheus-pushgateway >/dev/null
+    postgresql prometheus prometheus-pushgateway openssl >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then

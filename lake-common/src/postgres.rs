@@ -216,28 +216,47 @@ pub fn explain_connect_error(
     config: &PostgresConfig,
     err: &(dyn std::error::Error + 'static),
 ) -> String {
-    let text = error_chain(err);
-    let hint = if text.contains("password authentication failed") || text.contains("no password") {
-        "check DJANGO_DB_USER and DJANGO_DB_PASSWORD"
+    // deadpool's wrapper says nothing the person at the terminal can use.
+    let text = error_chain(err).replace("Error occurred while creating a new object: ", "");
+    let hint = if text.contains("server does not support TLS") {
+        "the server offers no TLS: set DJANGO_DB_SSLMODE=prefer (an in-cluster server without TLS; the \
+         NetworkPolicies protect the traffic) or turn ssl on in the server"
+            .to_owned()
+    } else if text.contains("UnknownIssuer") || text.contains("unknown issuer") {
+        "the server's certificate is not signed by a CA the job trusts: point DJANGO_DB_SSLROOTCERT at \
+         the CA certificate that signed it"
+            .to_owned()
+    } else if text.contains("NotValidForName") || text.contains("not valid for name") {
+        format!(
+            "the server's certificate is not valid for {}: set DJANGO_DB_HOST to a name the \
+             certificate lists, or use DJANGO_DB_SSLMODE=require to encrypt without checking",
+            config.host
+        )
+    } else if text.contains("certificate expired") || text.contains("Expired") {
+        "the server's certificate has expired: renew it on the server (DJANGO_DB_SSLMODE=verify-full \
+         refuses it)"
+            .to_owned()
+    } else if text.contains("password authentication failed") || text.contains("no password") {
+        "check DJANGO_DB_USER and DJANGO_DB_PASSWORD".to_owned()
     } else if text.contains("does not exist") && text.contains("database") {
-        "check DJANGO_DB_NAME"
+        "check DJANGO_DB_NAME".to_owned()
     } else if text.contains("role") && text.contains("does not exist") {
-        "check DJANGO_DB_USER"
+        "check DJANGO_DB_USER".to_owned()
     } else if text.contains("refused") || text.contains("timed out") || text.contains("timeout") {
-        "check DJANGO_DB_HOST/DJANGO_DB_PORT and the NetworkPolicy egress to PostgreSQL"
+        "check DJANGO_DB_HOST/DJANGO_DB_PORT and the NetworkPolicy egress to PostgreSQL".to_owned()
     } else if text.contains("failed to lookup")
         || text.contains("resolve")
         || text.contains("Name or service")
     {
-        "check DJANGO_DB_HOST and cluster DNS"
+        "check DJANGO_DB_HOST and cluster DNS".to_owned()
     } else if text.contains("certificate")
         || text.contains("tls")
         || text.contains("TLS")
         || text.contains("ssl")
     {
-        "check DJANGO_DB_SSLMODE and DJANGO_DB_SSLROOTCERT"
+        "check DJANGO_DB_SSLMODE and DJANGO_DB_SSLROOTCERT".to_owned()
     } else {
-        "check the DJANGO_DB_* settings"
+        "check the DJANGO_DB_* settings".to_owned()
     };
     format!("cannot connect to PostgreSQL at {config}: {text} ({hint})")
 }

@@ -46,6 +46,7 @@ mod process;
 mod pushgateway;
 mod s3;
 pub mod terminal;
+mod tls;
 
 pub use allocator::{JemallocSettings, jemalloc_settings};
 pub use faults::{Fault, FaultProxy, LoggedRequest, Rule, S3Op};
@@ -53,6 +54,7 @@ pub use http::HttpResponse;
 pub use postgres::TestPostgres;
 pub use pushgateway::TestPushgateway;
 pub use s3::TestS3;
+pub use tls::{ServerCert, TestCa};
 
 /// A random number from the standard library's per-process hash keys (enough for
 /// unique names and throwaway passwords, without a `rand` dependency).

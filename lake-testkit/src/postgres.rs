@@ -212,6 +212,59 @@ impl TestPostgres {
         Ok(())
     }
 
+    /// Turns TLS on with `cert` (copied into the data directory, readable by the
+    /// server only, as PostgreSQL requires of the key) and reloads; calling it
+    /// again replaces the certificate. Plain connections keep working
+    /// (`pg_hba.conf`'s `host` lines match both).
+    pub async fn enable_tls(&self, cert: &crate::ServerCert) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let run_as = RunAs::for_root(&["postgres"])?;
+        // Named after the certificate, so that a new session showing the new
+        // name proves the postmaster has reloaded (and loaded this one).
+        let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned());
+        let (Some(cert_name), Some(key_name)) = (name(&cert.cert), name(&cert.key)) else {
+            bail!("certificate paths without a file name");
+        };
+        for (from, to) in [(&cert.cert, &cert_name), (&cert.key, &key_name)] {
+            let dest = self.data_dir.join(to);
+            std::fs::copy(from, &dest)
+                .with_context(|| format!("copying {} into the data directory", from.display()))?;
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("chmod 600 {}", dest.display()))?;
+            if let Some(run_as) = run_as.as_ref() {
+                run_as.chown(&dest)?;
+            }
+        }
+        let client = self.client().await?;
+        // One statement at a time: ALTER SYSTEM refuses a transaction block.
+        for sql in [
+            "ALTER SYSTEM SET ssl = on".to_owned(),
+            format!("ALTER SYSTEM SET ssl_cert_file = '{cert_name}'"),
+            format!("ALTER SYSTEM SET ssl_key_file = '{key_name}'"),
+            "SELECT pg_reload_conf()".to_owned(),
+        ] {
+            client.batch_execute(&sql).await.context("turning ssl on")?;
+        }
+        for _ in 0..50 {
+            let row = self
+                .client()
+                .await?
+                .query_one(
+                    "SELECT current_setting('ssl'), current_setting('ssl_cert_file')",
+                    &[],
+                )
+                .await?;
+            if row.get::<_, String>(0) == "on" && row.get::<_, String>(1) == cert_name {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!(
+            "ssl with {cert_name} did not take effect; see the server log {}",
+            self.log_file.display()
+        )
+    }
+
     /// A streaming replica of `primary`: a base backup (`pg_basebackup -R`,
     /// WAL streamed) of its own temporary directory, started as a hot standby on
     /// a free port. Same roles, databases and passwords as the primary.
