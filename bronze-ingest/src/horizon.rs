@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use lake_common::postgres::missing_function_grant;
 use lake_common::schema::SourceTable;
 use tokio_postgres::Client;
 
@@ -50,7 +51,7 @@ pub const LOCK_TIMEOUT_SECS: u64 = 120;
 /// run to end — it can neither make the table look empty to the run nor hide
 /// itself (SPEC §5.1). The snapshot query is then the first statement that
 /// needs a snapshot, so it *is* the snapshot every later statement sees.
-pub async fn begin(client: &Client, lock: &[&SourceTable]) -> anyhow::Result<Snapshot> {
+pub async fn begin(client: &Client, role: &str, lock: &[&SourceTable]) -> anyhow::Result<Snapshot> {
     client
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL TIME ZONE 'UTC'; \
@@ -81,7 +82,7 @@ pub async fn begin(client: &Client, lock: &[&SourceTable]) -> anyhow::Result<Sna
             &[],
         )
         .await
-        .map_err(function_privilege)
+        .map_err(|e| missing_function_grant(e, role))
         .context("reading the snapshot")?;
     let parse = |i: usize| -> anyhow::Result<u64> {
         let text: String = row.get(i);
@@ -91,7 +92,7 @@ pub async fn begin(client: &Client, lock: &[&SourceTable]) -> anyhow::Result<Sna
     // PUBLIC may call these by default (pg_control_checkpoint, pg_walfile_name,
     // pg_current_wal_lsn, pg_last_wal_replay_lsn, pg_is_in_recovery); a role
     // stripped of them fails with PostgreSQL's "permission denied for function
-    // …", which names the one to grant back (`function_privilege`).
+    // …", which names the one to grant back (`missing_function_grant`).
     let position = client
         .query_one(
             // A primary's timeline is in its current WAL file's name (the
@@ -105,7 +106,7 @@ pub async fn begin(client: &Client, lock: &[&SourceTable]) -> anyhow::Result<Sna
             &[],
         )
         .await
-        .map_err(function_privilege)
+        .map_err(|e| missing_function_grant(e, role))
         .context("reading the timeline and the WAL position")?;
     let mut filenodes = BTreeMap::new();
     for t in lock {
@@ -115,7 +116,7 @@ pub async fn begin(client: &Client, lock: &[&SourceTable]) -> anyhow::Result<Sna
                 &[&t.table],
             )
             .await
-            .map_err(function_privilege)
+            .map_err(|e| missing_function_grant(e, role))
             .with_context(|| format!("reading the file node of {}", t.table))?;
         if let Some(node) = row.get::<_, Option<i64>>(0) {
             filenodes.insert(t.table.to_owned(), node as u64);
@@ -224,25 +225,6 @@ pub enum HorizonError {
         /// Width of the range.
         span: u64,
     },
-}
-
-/// A function the role may not call (an administrator revoked PUBLIC's default
-/// `EXECUTE`), said with its fix; any other error unchanged.
-fn function_privilege(err: tokio_postgres::Error) -> anyhow::Error {
-    match err.as_db_error() {
-        Some(db)
-            if *db.code() == tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE
-                && db.message().starts_with("permission denied for function") =>
-        {
-            anyhow::anyhow!(
-                "{}: the role cannot call a function bronze reads its snapshot and position \
-                 with (PUBLIC's EXECUTE was revoked); grant it to the role with `GRANT EXECUTE \
-                 ON FUNCTION …` (docs/deploy.md, \"The database role\", lists every one)",
-                db.message()
-            )
-        }
-        _ => err.into(),
-    }
 }
 
 const WRAP: u64 = 1 << 32;

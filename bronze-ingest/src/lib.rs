@@ -360,7 +360,7 @@ async fn run_with(
             lockable.push(table);
         }
     }
-    let snapshot = horizon::begin(&client, &lockable)
+    let snapshot = horizon::begin(&client, &config.postgres.user, &lockable)
         .await
         .context("opening the snapshot transaction")?;
     tracing::info!(xmin = snapshot.xmin, xmax = snapshot.xmax, time = %snapshot.time, "Snapshot taken");
@@ -534,7 +534,10 @@ async fn export_dataset(
             .await
             .map_err(|e| anyhow::anyhow!(postgres::explain_connect_error(&config.postgres, &e)))?;
         let name = format!("{JOB}/{}", table.dataset);
-        match AdvisoryLock::try_acquire(conn, &name, fence.clone()).await? {
+        match AdvisoryLock::try_acquire(conn, &name, fence.clone())
+            .await
+            .map_err(|e| postgres::missing_function_grant(e, &config.postgres.user))?
+        {
             Some(lock) => Some(lock),
             None => {
                 return Err(Classified::new(

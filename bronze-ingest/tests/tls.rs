@@ -63,9 +63,23 @@ async fn sslmodes_against_a_server_with_and_without_tls() {
     assert_refused(
         &h,
         &with_tls(&h, "require", None),
-        &["does not support TLS", "DJANGO_DB_SSLMODE=prefer"],
+        &[
+            "does not support TLS",
+            "inside the cluster only, set DJANGO_DB_SSLMODE=prefer",
+        ],
     )
     .await;
+    // verify-full is never told to fall back.
+    let out = h.run_with(
+        &with_tls(&h, "verify-full", Some(&ca.cert())),
+        &["--dataset", "events"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let line = error_line(&out);
+    assert!(
+        line.contains("verify-full requires it: turn ssl on") && !line.contains("=prefer"),
+        "{line}"
+    );
     let out = h.run_with(&with_tls(&h, "prefer", None), &["--dry-run"]);
     assert_eq!(
         out.status.code(),

@@ -10,7 +10,7 @@ annotations in a JSON state file, and answers the few queries the recipe makes.
 State file (FAKE_KUBECTL_STATE): {"secrets": [...], "annotations": {...},
 "jobs": {name: conditions}, "fail_jobs": [...], "applied": [[kind, name, suspend]],
 "env": {cronjob: [the variables of its container, as last applied]},
-"deleted": [what delete was called with]}.
+"deleted": [what delete was called with], "no_prometheus_operator": true to lack its CRDs}.
 A Job applied here completes at once, or fails when its name is in fail_jobs.
 """
 
@@ -58,6 +58,12 @@ def main(args: list[str]) -> int:
     code = 0
     if words[:2] == ["config", "current-context"]:
         print("fake-cluster")
+    elif verb == "kustomize":
+        print(subprocess.run([REAL, "kustomize", words[1]], capture_output=True, text=True, check=True).stdout)
+    elif verb == "api-resources":
+        # The Prometheus operator's kinds, unless the state says it is not installed.
+        if not state.get("no_prometheus_operator"):
+            print("alertmanagers.monitoring.coreos.com\nprometheusrules.monitoring.coreos.com")
     elif verb == "apply":
         directory = option(args, "-k")
         selector = option(args, "-l")

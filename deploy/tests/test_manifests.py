@@ -794,12 +794,17 @@ def test_just_deploy_dry_run_renders_in_order_without_a_cluster() -> None:
 
 def run_deploy(tmp_path: Path, *args: str, **state) -> tuple[subprocess.CompletedProcess, dict]:
     """`just deploy` against tests/fake_kubectl.py (a recording stand-in: no cluster here)."""
+    return run_recipe(tmp_path, "deploy", *args, **state)
+
+
+def run_recipe(tmp_path: Path, recipe: str, *args: str, **state) -> tuple[subprocess.CompletedProcess, dict]:
+    """A deploy.just recipe against the stand-in, from `state` (its defaults: both Secrets)."""
     state_file = tmp_path / "kubectl-state.json"
     initial = {"secrets": ["lake-postgres", "lake-s3"], "annotations": {}, "jobs": {}, "applied": []}
     initial.update(state)
     state_file.write_text(json.dumps(initial))
     result = subprocess.run(
-        [just(), "-f", str(DEPLOY / "deploy.just"), "deploy", *args],
+        [just(), "-f", str(DEPLOY / "deploy.just"), recipe, *args],
         capture_output=True,
         text=True,
         check=False,
@@ -872,33 +877,45 @@ def test_just_deploy_keeps_monitoring_once_deployed_with_it(tmp_path: Path) -> N
     assert again.returncode == 0, again.stdout + again.stderr
     assert "enabled by an earlier deploy" in again.stdout
     assert state["env"] and all("PUSHGATEWAY_URL" in env for env in state["env"].values())
-    # --no-monitoring drops it, and the choice is forgotten.
+    # --no-monitoring drops it, its rules and egress too (the stopped pushes would
+    # otherwise raise "stale"), and the choice is forgotten.
     off, state = run_deploy(tmp_path, "--no-monitoring", annotations=state["annotations"])
     assert off.returncode == 0, off.stdout + off.stderr
     assert state["env"] and not any("PUSHGATEWAY_URL" in env for env in state["env"].values())
+    assert ["prometheusrule", "robson-lake"] in state["deleted"]
+    assert ["networkpolicy", "allow-pushgateway-egress"] in state["deleted"]
     assert "robson.io/monitoring" not in state["annotations"]
 
 
-def run_undeploy(tmp_path: Path, annotations: dict) -> tuple[subprocess.CompletedProcess, dict]:
-    state_file = tmp_path / "kubectl-state.json"
-    state_file.write_text(json.dumps({"secrets": [], "annotations": annotations, "jobs": {}, "applied": []}))
-    result = subprocess.run(
-        [just(), "-f", str(DEPLOY / "deploy.just"), "undeploy"],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "KUBECTL": f"{sys.executable} {DEPLOY / 'tests' / 'fake_kubectl.py'}",
-            "FAKE_KUBECTL_STATE": str(state_file),
-            "REAL_KUBECTL": kubectl(),
-        },
+def test_just_deploy_remembers_monitoring_when_it_stops_early(tmp_path: Path) -> None:
+    # --no-first-export stops at step 6 and says "run just deploy again": that
+    # plain rerun must still deploy with monitoring.
+    result, state = run_deploy(tmp_path, "--monitoring", "--no-first-export")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert state["annotations"].get("robson.io/monitoring") == "enabled"
+    done = {"bronze-ingest-manual": "Complete", "silver-transform-manual": "Complete"}
+    again, state = run_deploy(tmp_path, annotations=state["annotations"], jobs=done)
+    assert again.returncode == 0, again.stdout + again.stderr
+    running = [n for k, n, s in state["applied"] if k == "CronJob" and not s]
+    assert running and all("PUSHGATEWAY_URL" in state["env"][n] for n in running)
+
+
+def test_just_deploy_monitoring_without_the_operator_stops_before_scheduling(tmp_path: Path) -> None:
+    result, state = run_deploy(tmp_path, "--monitoring", no_prometheus_operator=True)
+    assert result.returncode == 1
+    assert "PrometheusRule kind" in result.stderr and "rules/robson-lake.rules.yml" in result.stderr
+    assert not any(k in ("Job", "CronJob", "PrometheusRule") for k, _, _ in state["applied"])
+    # undeploy of such a cluster skips the kind it does not have.
+    gone, state = run_recipe(
+        tmp_path, "undeploy", annotations={"robson.io/monitoring": "enabled"}, no_prometheus_operator=True
     )
-    return result, json.loads(state_file.read_text())
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert not any(d[0] == "prometheusrule" for d in state["deleted"])
+    assert ["networkpolicy", "allow-pushgateway-egress"] in state["deleted"]
 
 
 def test_just_undeploy_removes_the_alert_rules_of_a_monitored_deployment(tmp_path: Path) -> None:
-    result, state = run_undeploy(tmp_path, {"robson.io/monitoring": "enabled"})
+    result, state = run_recipe(tmp_path, "undeploy", annotations={"robson.io/monitoring": "enabled"})
     assert result.returncode == 0, result.stdout + result.stderr
     deleted = state["deleted"]
     assert ["-k", "deploy/cronjobs"] in deleted
@@ -906,7 +923,7 @@ def test_just_undeploy_removes_the_alert_rules_of_a_monitored_deployment(tmp_pat
     assert ["networkpolicy", "allow-pushgateway-egress"] in deleted
     assert "robson.io/monitoring" not in state["annotations"]
     # Without monitoring, nothing of it is touched (the PrometheusRule kind may not even exist).
-    plain, state = run_undeploy(tmp_path, {})
+    plain, state = run_recipe(tmp_path, "undeploy")
     assert plain.returncode == 0, plain.stdout + plain.stderr
     assert not any(d[0] == "prometheusrule" for d in state["deleted"])
 

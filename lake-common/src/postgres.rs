@@ -68,6 +68,39 @@ pub const FUNCTIONS: &[&str] = &[
     "pg_try_advisory_lock(integer, integer)",
 ];
 
+/// A call of one of [`FUNCTIONS`] the role may not make (an administrator
+/// revoked PUBLIC's default `EXECUTE`) as exit 2 with the `GRANT` that fixes
+/// it: retrying cannot help. Any other error is returned unchanged.
+///
+/// The function is recognised by its name in the server's message (names are
+/// not translated; the rest of the message may be).
+pub fn missing_function_grant(err: tokio_postgres::Error, role: &str) -> anyhow::Error {
+    let Some(db) = err.as_db_error() else {
+        return err.into();
+    };
+    if *db.code() != tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE {
+        return err.into();
+    }
+    let message = db.message();
+    let named = |signature: &&&str| {
+        let name = signature.split('(').next().unwrap_or(signature);
+        message.match_indices(name).any(|(at, _)| {
+            !message[at + name.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+        })
+    };
+    match FUNCTIONS.iter().find(named) {
+        Some(signature) => anyhow::Error::new(crate::Classified::new(
+            crate::ExitStatus::Usage,
+            format!(
+                "{message}: role {role} may not call {signature}, which the jobs need (PUBLIC's \
+                 EXECUTE was revoked); as a superuser: GRANT EXECUTE ON FUNCTION {signature} TO \
+                 {role} (docs/deploy.md, \"The database role\", lists every function)"
+            ),
+        )),
+        None => err.into(),
+    }
+}
+
 /// Builds the `tokio_postgres` configuration (no I/O).
 pub fn pg_config(config: &PostgresConfig, application_name: &str) -> tokio_postgres::Config {
     let mut pg = tokio_postgres::Config::new();
@@ -219,9 +252,15 @@ pub fn explain_connect_error(
     // deadpool's wrapper says nothing the person at the terminal can use.
     let text = error_chain(err).replace("Error occurred while creating a new object: ", "");
     let hint = if text.contains("server does not support TLS") {
-        "the server offers no TLS: set DJANGO_DB_SSLMODE=prefer (an in-cluster server without TLS; the \
-         NetworkPolicies protect the traffic) or turn ssl on in the server"
-            .to_owned()
+        match config.sslmode {
+            // Falling back is only an answer where the network is the cluster's own.
+            SslMode::Require => "the server offers no TLS: turn ssl on in the server, or, for a server \
+                                 inside the cluster only, set DJANGO_DB_SSLMODE=prefer"
+                .to_owned(),
+            _ => "the server offers no TLS and DJANGO_DB_SSLMODE=verify-full requires it: turn ssl on in \
+                  the server"
+                .to_owned(),
+        }
     } else if text.contains("UnknownIssuer") || text.contains("unknown issuer") {
         "the server's certificate is not signed by a CA the job trusts: point DJANGO_DB_SSLROOTCERT at \
          the CA certificate that signed it"
@@ -229,7 +268,7 @@ pub fn explain_connect_error(
     } else if text.contains("NotValidForName") || text.contains("not valid for name") {
         format!(
             "the server's certificate is not valid for {}: set DJANGO_DB_HOST to a name the \
-             certificate lists, or use DJANGO_DB_SSLMODE=require to encrypt without checking",
+             certificate lists, or have the certificate reissued for it",
             config.host
         )
     } else if text.contains("certificate expired") || text.contains("Expired") {

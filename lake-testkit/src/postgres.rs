@@ -214,8 +214,13 @@ impl TestPostgres {
 
     /// Turns TLS on with `cert` (copied into the data directory, readable by the
     /// server only, as PostgreSQL requires of the key) and reloads; calling it
-    /// again replaces the certificate. Plain connections keep working
-    /// (`pg_hba.conf`'s `host` lines match both).
+    /// again with another certificate (other file names) replaces it. Plain
+    /// connections keep working (`pg_hba.conf`'s `host` lines match both).
+    ///
+    /// It waits until new sessions see the new file names, which proves the
+    /// reload happened, not that the certificate loaded: a certificate the
+    /// server rejects leaves the previous one in use (see the server log), and
+    /// the test's handshakes then show it.
     pub async fn enable_tls(&self, cert: &crate::ServerCert) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let run_as = RunAs::for_root(&["postgres"])?;

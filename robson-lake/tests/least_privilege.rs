@@ -115,6 +115,17 @@ fn run(env: &[(String, String)], args: &[&str]) -> Output {
     out
 }
 
+/// The smoke test fails; its first FAIL line.
+fn first_failed_check(env: &[(String, String)]) -> String {
+    let out = run(env, &["smoke-test"]);
+    assert_ne!(out.status.code(), Some(0), "the smoke test must fail");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("FAIL"))
+        .expect("a failed check")
+        .to_owned()
+}
+
 fn assert_success(env: &[(String, String)], args: &[&str]) -> Output {
     let out = run(env, args);
     assert_eq!(out.status.code(), Some(0), "robson-lake {args:?} failed");
@@ -158,7 +169,7 @@ async fn hardened_source() -> TestPostgres {
         .expect("reload")
         .get(0);
     assert!(reloaded);
-    // The configuration in force is what was written (a typo would keep the old one).
+    // The file parses (a line with an error would be skipped, not applied).
     let errors: i64 = client
         .query_one(
             "SELECT count(*) FROM pg_hba_file_rules WHERE error IS NOT NULL",
@@ -180,17 +191,25 @@ async fn the_pipeline_runs_with_exactly_the_runbooks_role() {
     env.extend(s3.env(&bucket));
     env.push(("LOG_FORMAT".into(), "json".into()));
 
-    // The pg_hba line admits the role to its database only.
-    let refused = tokio_postgres::Config::new()
-        .host(pg.host())
-        .port(pg.port())
-        .dbname("postgres")
-        .user("lake_reader")
-        .password(PASSWORD)
-        .connect(tokio_postgres::NoTls)
-        .await
-        .err()
-        .and_then(|e| e.as_db_error().map(|d| d.message().to_owned()));
+    // The pg_hba line admits the role to its database only (the reload is
+    // asynchronous: wait for the new rules to be in force).
+    let mut refused = None;
+    for _ in 0..50 {
+        refused = tokio_postgres::Config::new()
+            .host(pg.host())
+            .port(pg.port())
+            .dbname("postgres")
+            .user("lake_reader")
+            .password(PASSWORD)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .err()
+            .and_then(|e| e.as_db_error().map(|d| d.message().to_owned()));
+        if refused.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         refused
             .as_deref()
@@ -200,7 +219,11 @@ async fn the_pipeline_runs_with_exactly_the_runbooks_role() {
 
     // Without the runbook's function grants, bronze stops and says which one.
     let out = run(&env, &["bronze-ingest"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a missing grant is configuration: no retry"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     let error = stderr
         .lines()
@@ -208,19 +231,14 @@ async fn the_pipeline_runs_with_exactly_the_runbooks_role() {
         .expect("an error line");
     assert!(
         error.contains("permission denied for function pg_")
-            && error.contains("GRANT EXECUTE ON FUNCTION")
+            && error.contains("GRANT EXECUTE ON FUNCTION pg_")
+            && error.contains(") TO lake_reader")
             && error.contains("docs/deploy.md"),
         "the error names the function and the fix: {error}"
     );
 
     // The smoke gate says the same, with the fix.
-    let out = run(&env, &["smoke-test"]);
-    assert_ne!(out.status.code(), Some(0));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let failed = stdout
-        .lines()
-        .find(|l| l.starts_with("FAIL"))
-        .expect("a failed check");
+    let failed = first_failed_check(&env);
     assert!(
         failed.contains("GRANT EXECUTE ON FUNCTION pg_current_snapshot()"),
         "{failed}"
@@ -235,13 +253,7 @@ async fn the_pipeline_runs_with_exactly_the_runbooks_role() {
         )
         .await
         .expect("grant");
-    let out = run(&env, &["smoke-test"]);
-    assert_ne!(out.status.code(), Some(0));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let failed = stdout
-        .lines()
-        .find(|l| l.starts_with("FAIL"))
-        .expect("a failed check");
+    let failed = first_failed_check(&env);
     assert!(
         failed.contains("postgres.snapshot")
             && failed.contains("pg_control_checkpoint()")

@@ -159,7 +159,8 @@ pub async fn run_cli(config: LakeConfig, mut options: Options) -> anyhow::Result
         let fence = lake_common::commit::fence::Fence::new();
         let name = format!("{JOB}/{}", options.shard);
         match lake_common::commit::lock::AdvisoryLock::try_acquire(conn, &name, fence.clone())
-            .await?
+            .await
+            .map_err(|e| lake_common::postgres::missing_function_grant(e, &pg.user))?
         {
             Some(lock) => {
                 options.lock_fence = Some(fence);

@@ -252,7 +252,10 @@ async fn version(client: &Client, config: &PostgresConfig) -> CheckResult {
             };
             return CheckResult::fail(
                 VERSION,
-                format!("cannot read the server version: {}", error_chain(&err)),
+                format!(
+                    "cannot read the server version and whether it is a standby: {}",
+                    error_chain(&err)
+                ),
                 fix,
             );
         }
