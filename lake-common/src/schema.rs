@@ -202,7 +202,7 @@ pub const STOP_EVENTS: SourceTable = SourceTable {
             "execution_token",
             Text,
             true,
-            "Shared by all events of one execution (NULL: the execution is its operation).",
+            "Shared by all events of one execution (NULL or empty: the execution is its operation).",
         ),
         col(
             "payload_json",
@@ -375,7 +375,7 @@ pub const SILVER_COLUMNS: &[Column] = &[
         "execution_key",
         Text,
         false,
-        "execution_token, or operation:<operation_id> when the token is NULL.",
+        "execution_token, or operation:<operation_id> when the token is NULL or empty.",
     ),
     col("operation_id", Int8, false, "From the first event."),
     col("symbol", Text, false, "From the first event."),

@@ -13,7 +13,7 @@ CREATE TEMP TABLE executions AS
 WITH e AS (
     SELECT
         *,
-        coalesce(execution_token, 'operation:' || operation_id) AS execution_key,
+        coalesce(nullif(execution_token, ''), 'operation:' || operation_id) AS execution_key,
         -- Event order: occurred_at, event_seq NULLS LAST, event_id.
         {'t': occurred_at, 'n': event_seq IS NULL, 's': coalesce(event_seq, 0), 'i': event_id} AS o
     FROM read_parquet('{bronze}/*/*.parquet')

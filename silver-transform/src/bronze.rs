@@ -492,8 +492,13 @@ impl EventColumns {
     }
 
     /// The execution key of row `i`.
+    ///
+    /// An empty token counts as none: `''` is a common Django default for a
+    /// token that was never set, and as a key it would merge every such event
+    /// of all history into one execution (and make each run that touches it
+    /// read every day). Such events fall back to `operation:<id>` like NULL ones.
     pub fn key(&self, i: usize) -> ExecutionKey<'_> {
-        if self.execution_token.is_null(i) {
+        if self.execution_token.is_null(i) || self.execution_token.value(i).is_empty() {
             ExecutionKey::Operation(self.operation_id.value(i))
         } else {
             ExecutionKey::Token(self.execution_token.value(i))

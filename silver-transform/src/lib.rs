@@ -151,35 +151,43 @@ pub async fn run_cli(config: LakeConfig, mut options: Options) -> anyhow::Result
             "S3_CONDITIONAL_WRITES=disabled: silver-transform holds a PostgreSQL advisory lock \
              instead, and needs the DJANGO_DB_* settings for it",
         )?;
-        let pool = lake_common::postgres::pool(&pg, JOB)?;
-        let conn = pool
-            .get()
-            .await
-            .map_err(|e| anyhow::anyhow!(lake_common::postgres::explain_connect_error(&pg, &e)))?;
-        let fence = lake_common::commit::fence::Fence::new();
-        let name = format!("{JOB}/{}", options.shard);
-        match lake_common::commit::lock::AdvisoryLock::try_acquire(conn, &name, fence.clone())
-            .await
-            .map_err(|e| lake_common::postgres::missing_function_grant(e, &pg.user))?
-        {
-            Some(lock) => {
-                options.lock_fence = Some(fence);
-                Some(lock)
-            }
-            None => {
-                return Err(anyhow::Error::new(Classified::new(
-                    ExitStatus::Busy,
-                    format!(
-                        "another silver-transform run holds the advisory lock {name}; this run wrote nothing"
-                    ),
-                )));
-            }
-        }
+        Some(lock_shard(&pg, &mut options).await?)
     } else {
         None
     };
     let report = run(&lake, &options).await?;
     exit_status(&report)
+}
+
+/// Takes the shard's PostgreSQL advisory lock (stores without conditional
+/// writes) and arms `options.lock_fence` with its loss; held until dropped.
+/// Another session holding it is exit 4, this run having written nothing.
+pub async fn lock_shard(
+    pg: &lake_common::PostgresConfig,
+    options: &mut Options,
+) -> anyhow::Result<lake_common::commit::lock::AdvisoryLock> {
+    let pool = lake_common::postgres::pool(pg, JOB)?;
+    let conn = pool
+        .get()
+        .await
+        .map_err(|e| anyhow::anyhow!(lake_common::postgres::explain_connect_error(pg, &e)))?;
+    let fence = lake_common::commit::fence::Fence::new();
+    let name = format!("{JOB}/{}", options.shard);
+    match lake_common::commit::lock::AdvisoryLock::try_acquire(conn, &name, fence.clone())
+        .await
+        .map_err(|e| lake_common::postgres::missing_function_grant(e, &pg.user))?
+    {
+        Some(lock) => {
+            options.lock_fence = Some(fence);
+            Ok(lock)
+        }
+        None => Err(anyhow::Error::new(Classified::new(
+            ExitStatus::Busy,
+            format!(
+                "another silver-transform run holds the advisory lock {name}; this run wrote nothing"
+            ),
+        ))),
+    }
 }
 
 /// The exit status of a finished run: a quality breach is an error (exit 3).
@@ -457,6 +465,19 @@ async fn execute(
     // The key index only when there is work: a run with nothing new reads none.
     if !full && let Some(ix) = committed.and_then(|m| m.index.as_ref()) {
         prior.index = manifest::read_index(lake, ix).await?;
+        // Built by a release that took an empty token for a key of its own: its
+        // executions of '' would never be recomputed under today's rule (an
+        // empty token means none), so the shard is rebuilt once, on purpose.
+        if prior.index.get(&key::KeyHash::of("")).is_some() {
+            return Err(anyhow::Error::new(Classified::new(
+                ExitStatus::Usage,
+                format!(
+                    "shard {shard}'s silver was built when an empty execution_token was a key of its own; \
+                     empty tokens now count as none (SPEC §6, docs/silver.md): run silver-transform \
+                     --full-refresh once for every shard (nothing was written)"
+                ),
+            )));
+        }
     }
 
     let lease = if options.dry_run {

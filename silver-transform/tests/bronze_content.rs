@@ -114,3 +114,110 @@ async fn two_versions_in_two_fold_windows_are_the_same_clear_error() {
     assert!(format!("{err:#}").contains(&uuid(7)), "{err:#}");
     assert!(objects(&t.lake, "silver/stop_executions").await.is_empty());
 }
+
+/// An empty `execution_token` (Django's default for a token never set) is no
+/// token: each such event belongs to its operation, as a NULL one does, instead
+/// of all of them, across all history, merging into one execution `''`.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_token_counts_as_none() {
+    let t = TestLake::new().await;
+    let events = vec![
+        Ev::new(1, "2025-06-01T08:00:00Z", Some(""), "STOP_TRIGGERED").op(10),
+        Ev::new(2, "2025-06-01T08:01:00Z", None, "EXECUTED")
+            .op(10)
+            .fill("10"),
+        Ev::new(3, "2025-06-20T09:00:00Z", Some(""), "STOP_TRIGGERED").op(11),
+    ];
+    commit_batch(&t.lake, 1, &events).await;
+    run(&t.lake, &incremental()).await;
+    let rows = silver(&t.lake).await;
+    assert_eq!(
+        rows.keys().collect::<Vec<_>>(),
+        ["operation:10", "operation:11"],
+        "{rows:?}"
+    );
+    assert_eq!(
+        rows["operation:10"].event_count, 2,
+        "'' and NULL: one operation"
+    );
+    assert_eq!(rows["operation:10"].status, "EXECUTED");
+    assert_eq!(rows["operation:11"].event_count, 1);
+}
+
+/// A shard whose key index holds the key `''` was built by a release that
+/// merged empty tokens: an incremental run refuses (exit 2, nothing written)
+/// and says to rebuild; the full refresh it asks for fixes the lake.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lake_built_with_empty_tokens_as_keys_is_rebuilt_once() {
+    use silver_transform::key::{KeyHash, Shard};
+    use silver_transform::manifest;
+
+    let t = TestLake::new().await;
+    let events = vec![Ev::new(
+        1,
+        "2025-06-01T08:00:00Z",
+        Some("tok-a"),
+        "STOP_TRIGGERED",
+    )];
+    commit_batch(&t.lake, 1, &events).await;
+    run(&t.lake, &incremental()).await;
+    // What the old release left: '' in the committed version's key index.
+    let found = manifest::find(&t.lake, Shard::ALL).await.unwrap();
+    let mut committed = found.committed.unwrap();
+    let record = committed.index.clone().unwrap();
+    let mut index = manifest::read_index(&t.lake, &record).await.unwrap();
+    let (_, info) = index.iter().next().map(|(k, i)| (*k, *i)).unwrap();
+    index.insert(KeyHash::of(""), info);
+    let index = index.finish(vec![]);
+    let path = object_store::path::Path::from(record.path.as_str());
+    let mut w = lake_common::parquet_io::FileWriter::create(
+        &t.lake,
+        path.clone(),
+        silver_transform::index::KeyIndex::schema(),
+    )
+    .unwrap();
+    w.write(&index.to_batch().unwrap()).await.unwrap();
+    let f = w.finish().await.unwrap();
+    committed.index = Some(silver_transform::publish::FileRecord {
+        path: f.path.to_string(),
+        rows: f.rows,
+        bytes: f.bytes,
+        sha256: f.sha256,
+    });
+    committed.index_keys += 1;
+    t.lake
+        .put(
+            &manifest::manifest_path(Shard::ALL, committed.version),
+            serde_json::to_vec(&committed).unwrap().into(),
+        )
+        .await
+        .unwrap();
+
+    commit_batch(
+        &t.lake,
+        2,
+        &[Ev::new(2, "2025-06-02T08:00:00Z", Some(""), "STOP_TRIGGERED").op(7)],
+    )
+    .await;
+    let before = published(&t.lake).await;
+    let out = t.run_bin(&[], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--full-refresh once"), "{stderr}");
+    assert_eq!(published(&t.lake).await, before, "nothing written");
+
+    let out = t.run_bin(&["--full-refresh"], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = silver(&t.lake).await;
+    assert!(
+        rows.contains_key("operation:7") && rows.contains_key("tok-a"),
+        "{rows:?}"
+    );
+    let out = t.run_bin(&[], &[]);
+    assert_eq!(out.status.code(), Some(0), "incremental runs go on");
+}

@@ -65,7 +65,7 @@ async fn demo_data_through_bronze_and_silver() {
 
     let expected: i64 = client
         .query_one(
-            "SELECT count(DISTINCT coalesce(execution_token, 'operation:' || operation_id)) FROM stop_events
+            "SELECT count(DISTINCT coalesce(nullif(execution_token, ''), 'operation:' || operation_id)) FROM stop_events
              WHERE event_type IN ('STOP_TRIGGERED','EXECUTION_SUBMITTED','EXECUTED','FAILED','BLOCKED')",
             &[],
         )

@@ -33,7 +33,15 @@ fn generate(rng: &mut Rng, executions: usize) -> Vec<Ev> {
     let mut seqs = BTreeSet::new();
     let mut out = Vec::new();
     for x in 0..executions {
-        let token = (!rng.percent(12)).then(|| format!("tok-{x}-{}", rng.below(1000)));
+        // Some tokens NULL, some '' (Django's default for "never set"): both
+        // mean "no token".
+        let token = if rng.percent(12) {
+            None
+        } else if rng.percent(5) {
+            Some(String::new())
+        } else {
+            Some(format!("tok-{x}-{}", rng.below(1000)))
+        };
         let op = 1000 + rng.below(executions as u64 / 2 + 1) as i64;
         let client = 1 + rng.below(5) as i64;
         let symbol = *rng.pick(&["BTCUSDC", "ETHUSDC", "SOLUSDC", "PEPEUSDC"]);
@@ -125,6 +133,7 @@ fn reference(events: &[&Ev]) -> (BTreeMap<String, SilverRow>, Vec<SilverRow>) {
         let key = e
             .execution_token
             .clone()
+            .filter(|t| !t.is_empty())
             .unwrap_or_else(|| format!("operation:{}", e.operation_id));
         groups.entry(key).or_default().push(e);
     }

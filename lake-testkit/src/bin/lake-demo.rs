@@ -158,7 +158,7 @@ async fn run(cli: Cli) -> Result<()> {
         .get(0);
     summary.postgres_executions = client
         .query_one(
-            "SELECT count(DISTINCT coalesce(execution_token, 'operation:' || operation_id)) FROM stop_events \
+            "SELECT count(DISTINCT coalesce(nullif(execution_token, ''), 'operation:' || operation_id)) FROM stop_events \
              WHERE event_type IN ('STOP_TRIGGERED','EXECUTION_SUBMITTED','EXECUTED','FAILED','BLOCKED')",
             &[],
         )

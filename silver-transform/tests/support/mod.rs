@@ -2,6 +2,13 @@
 //! (moto over HTTP), bronze batches written exactly as bronze-ingest writes them
 //! (same schema, sort order, file names, committed manifests), and readers of
 //! what silver published.
+//!
+//! With `LAKE_TEST_STORE=no-conditional-writes` (`just test-fallback`) silver
+//! runs as it does on a store that ignores conditional writes: through a proxy
+//! that strips `If-None-Match` and `If-Match`, with
+//! `S3_CONDITIONAL_WRITES=disabled`, holding its shard's PostgreSQL advisory
+//! lock (#16 item 2). The bronze fixtures keep writing straight to the store,
+//! as bronze-ingest would, so every test checks the same lake either way.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,7 +39,26 @@ pub struct TestLake {
     pub s3: TestS3,
     pub bucket: String,
     pub lake: Lake,
+    /// The no-conditional-writes mode's parts (see the module docs).
+    pub fallback: Option<Fallback>,
 }
+
+/// What silver runs through without conditional writes: the proxy that strips
+/// them and the PostgreSQL server of the advisory locks.
+pub struct Fallback {
+    pub proxy: lake_testkit::FaultProxy,
+    pub pg: lake_testkit::TestPostgres,
+}
+
+/// Whether the suite runs against a store without conditional writes.
+pub fn fallback_mode() -> bool {
+    std::env::var("LAKE_TEST_STORE").is_ok_and(|v| v == "no-conditional-writes")
+}
+
+/// For [`run`]: each test lake's counterpart through the proxy, with the
+/// database settings of its locks (by the lake's description).
+static FALLBACK_LAKES: std::sync::Mutex<BTreeMap<String, (Lake, lake_common::PostgresConfig)>> =
+    std::sync::Mutex::new(BTreeMap::new());
 
 impl TestLake {
     pub async fn new() -> Self {
@@ -40,18 +66,62 @@ impl TestLake {
         let s3 = TestS3::start().await.expect("moto_server");
         let bucket = s3.new_bucket().await.unwrap();
         let lake = Lake::open(&LakeConfig::from_vars(s3.env(&bucket)).unwrap()).unwrap();
-        Self { s3, bucket, lake }
+        let fallback = if fallback_mode() {
+            let proxy = lake_testkit::FaultProxy::start(&s3, 1).unwrap();
+            proxy.add_rule(lake_testkit::Rule::new(
+                lake_testkit::Fault::StripConditionalHeaders,
+            ));
+            let pg = lake_testkit::TestPostgres::start().await.unwrap();
+            Some(Fallback { proxy, pg })
+        } else {
+            None
+        };
+        let t = Self {
+            s3,
+            bucket,
+            lake,
+            fallback,
+        };
+        t.register(&t.lake, &t.bucket);
+        t
     }
 
     /// Another empty bucket on the same server.
     pub async fn other_bucket(&self) -> Lake {
         let bucket = self.s3.new_bucket().await.unwrap();
-        Lake::open(&LakeConfig::from_vars(self.s3.env(&bucket)).unwrap()).unwrap()
+        let lake = Lake::open(&LakeConfig::from_vars(self.s3.env(&bucket)).unwrap()).unwrap();
+        self.register(&lake, &bucket);
+        lake
+    }
+
+    /// In the fallback mode, remembers how silver reaches `lake` (for [`run`]).
+    fn register(&self, lake: &Lake, bucket: &str) {
+        if let Some(f) = &self.fallback {
+            let env = self.fallback_env(bucket);
+            let silver_lake = Lake::open(&LakeConfig::from_vars(env.clone()).unwrap()).unwrap();
+            assert!(!silver_lake.capabilities().create_if_absent);
+            let pg = lake_common::PostgresConfig::from_vars(f.pg.env()).unwrap();
+            FALLBACK_LAKES
+                .lock()
+                .unwrap()
+                .insert(lake.description().to_owned(), (silver_lake, pg));
+        }
+    }
+
+    /// The store variables silver runs with (through the proxy in the fallback mode).
+    fn fallback_env(&self, bucket: &str) -> Vec<(String, String)> {
+        let mut env = self.s3.env(bucket);
+        if let Some(f) = &self.fallback {
+            env.push(("AWS_ENDPOINT".into(), f.proxy.endpoint()));
+            env.push(("S3_CONDITIONAL_WRITES".into(), "disabled".into()));
+            env.extend(f.pg.env());
+        }
+        env
     }
 
     /// The job's environment for the binary.
     pub fn env(&self) -> Vec<(String, String)> {
-        let mut env = self.s3.env(&self.bucket);
+        let mut env = self.fallback_env(&self.bucket);
         env.push(("LOG_FORMAT".into(), "json".into()));
         env.push(("RUST_LOG".into(), "info,silver_transform=debug".into()));
         env
@@ -87,9 +157,27 @@ impl TestLake {
 
 /// Runs silver in-process.
 pub async fn run(lake: &Lake, opts: &Options) -> RunReport {
-    match silver_transform::run(lake, opts).await {
+    match try_run(lake, opts).await {
         Ok(r) => r,
         Err(e) => panic!("silver run failed: {e:#}"),
+    }
+}
+
+/// A run in-process, as the binary does it: in the fallback mode through the
+/// proxy and under the shard's advisory lock.
+pub async fn try_run(lake: &Lake, opts: &Options) -> anyhow::Result<RunReport> {
+    let fallback = FALLBACK_LAKES
+        .lock()
+        .unwrap()
+        .get(lake.description())
+        .cloned();
+    match fallback {
+        Some((silver_lake, pg)) if !opts.dry_run => {
+            let mut opts = opts.clone();
+            let _lock = silver_transform::lock_shard(&pg, &mut opts).await?;
+            silver_transform::run(&silver_lake, &opts).await
+        }
+        _ => silver_transform::run(lake, opts).await,
     }
 }
 
