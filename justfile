@@ -35,11 +35,11 @@ lint:
 test-rust:
     cargo nextest run --workspace --no-fail-fast
 
-# bronze-ingest's whole suite again against a store that ignores conditional
+# bronze-ingest's and silver-transform's whole suites again against a store that ignores conditional
 # writes (a proxy strips them; S3_CONDITIONAL_WRITES=disabled): runs serialise
 # on PostgreSQL advisory locks.
 test-fallback:
-    LAKE_TEST_STORE=no-conditional-writes cargo nextest run -p bronze-ingest --no-fail-fast
+    LAKE_TEST_STORE=no-conditional-writes cargo nextest run -p bronze-ingest -p silver-transform --no-fail-fast
 
 # Benchmark bronze-ingest against PostgreSQL's own binary COPY (writes docs/benchmarks.md).
 bench-bronze rows="1000000": setup

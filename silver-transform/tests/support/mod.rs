@@ -112,6 +112,7 @@ impl TestLake {
     fn fallback_env(&self, bucket: &str) -> Vec<(String, String)> {
         let mut env = self.s3.env(bucket);
         if let Some(f) = &self.fallback {
+            env.retain(|(k, _)| k != "AWS_ENDPOINT");
             env.push(("AWS_ENDPOINT".into(), f.proxy.endpoint()));
             env.push(("S3_CONDITIONAL_WRITES".into(), "disabled".into()));
             env.extend(f.pg.env());
