@@ -118,8 +118,23 @@ pub async fn verify_dataset(
         if columns.is_empty() {
             continue;
         }
-        let mut stream = parquet_io::read_columns(lake, &path, &columns).await?;
-        while let Some(batch) = stream.try_next().await? {
+        // A file that cannot be read is named, with what its manifest says it
+        // should be: read here, it has been changed or damaged outside bronze.
+        let unreadable = |e: &dyn std::fmt::Display| {
+            anyhow::anyhow!(
+                "cannot read bronze file {} ({e}); its manifest lists {} bytes with sha256 {}: \
+                 if the object differs it was changed outside bronze: restore it (a backup, the \
+                 bucket's versioning), or re-export its day with --date {}",
+                file.path,
+                file.bytes,
+                file.sha256,
+                file.date
+            )
+        };
+        let mut stream = parquet_io::read_columns(lake, &path, &columns)
+            .await
+            .map_err(|e| unreadable(&e))?;
+        while let Some(batch) = stream.try_next().await.map_err(|e| unreadable(&e))? {
             if let Some(col) = batch.column(0).as_any().downcast_ref::<Decimal128Array>() {
                 let e = sums.entry(file.date).or_default();
                 e.0 += col.iter().flatten().sum::<i128>();

@@ -87,9 +87,9 @@ async fn a_clean_switchover_goes_on() {
     assert_lake_holds_exactly(&h, &replica, 0).await;
 }
 
-/// A dump restored into a new cluster (or pg_upgrade: a new
-/// `system_identifier`, the same rows): the run stops; `--rebase` adopts it
-/// with nothing doubled.
+/// A dump restored into a new cluster (a new `system_identifier`, the same
+/// rows under new xids): the run stops; `--rebase` adopts it with nothing
+/// doubled.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_into_a_new_cluster_is_adopted_by_rebase() {
     let h = Harness::new().await;
@@ -136,4 +136,53 @@ async fn a_restore_into_a_new_cluster_is_adopted_by_rebase() {
     let out = h.run_with(&env, &["--dataset", "events"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_lake_holds_exactly(&h, &copy, 0).await;
+}
+
+/// A major upgrade with `pg_upgrade` (15 → 15 here): a new `system_identifier`
+/// but the same rows, xmins, xid counter and file nodes. The run stops (exit 2,
+/// nothing pinned) naming the change; `--rebase` adopts the upgraded cluster
+/// with nothing doubled, and later rows are exported exactly once. Both
+/// datasets: the outbox keeps its versions through the upgrade.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pg_upgrade_into_a_new_cluster_is_adopted_by_rebase() {
+    let mut h = Harness::new().await;
+    generate_recent(&h.pg, 200, 59).await;
+    h.run_ok(&[]);
+    let before = h.manifests(Dataset::BronzeEvents).await.len();
+    let upgraded = h.pg.upgrade_into_new_cluster().await.unwrap();
+
+    let env = h.env_for(&upgraded);
+    let out = h.run_with(&env, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("another cluster"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--rebase"), "{}", stderr(&out));
+    assert_eq!(
+        h.manifests(Dataset::BronzeEvents).await.len(),
+        before,
+        "nothing pinned"
+    );
+
+    let out = h.run_with(&env, &["--rebase"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    generate_recent(&upgraded, 30, 60).await;
+    let out = h.run_with(&env, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_lake_holds_exactly(&h, &upgraded, 0).await;
+    let outbox: i64 = upgraded
+        .client()
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mut ids = h.committed_keys(Dataset::BronzeOutbox, "outbox_id").await;
+    let n = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        (n, ids.len()),
+        (outbox as usize, outbox as usize),
+        "each outbox row once"
+    );
 }

@@ -199,7 +199,10 @@ pub enum ManifestError {
         problem: String,
     },
     /// A manifest does not parse (or cannot be encoded): the lake was written by something else.
-    #[error("manifest {path} is not a valid batch manifest: {source}")]
+    #[error(
+        "manifest {path} is not a valid batch manifest: {source}; it was changed outside the jobs: \
+         restore it (a backup, the bucket's versioning), never edit manifests by hand"
+    )]
     Parse {
         /// The manifest path.
         path: String,

@@ -251,7 +251,25 @@ pub fn explain_connect_error(
 ) -> String {
     // deadpool's wrapper says nothing the person at the terminal can use.
     let text = error_chain(err).replace("Error occurred while creating a new object: ", "");
-    let hint = if text.contains("server does not support TLS") {
+    let code = {
+        let mut cur = Some(err);
+        let mut code = None;
+        while let Some(e) = cur {
+            if let Some(pg) = e.downcast_ref::<tokio_postgres::Error>() {
+                code = pg.code().cloned();
+                break;
+            }
+            cur = e.source();
+        }
+        code
+    };
+    let hint = if code == Some(tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS) {
+        "the server's connection limit is reached (max_connections, or the role's CONNECTION LIMIT; \
+         a job needs up to 2 connections): the Job retries, and a limit of 0 is a setting to fix"
+            .to_owned()
+    } else if code == Some(tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW) {
+        "the server is starting up or shutting down: the Job retries".to_owned()
+    } else if text.contains("server does not support TLS") {
         match config.sslmode {
             // Falling back is only an answer where the network is the cluster's own.
             SslMode::Require => "the server offers no TLS: turn ssl on in the server, or, for a server \

@@ -298,6 +298,7 @@ pub fn error_text(err: &anyhow::Error) -> String {
     let mut out = String::new();
     let mut hint = None;
     for e in err.chain() {
+        hint = hint.or_else(|| postgres_hint(e));
         let msg = e.to_string();
         let (msg, h) = tidy_store_answer(&msg);
         hint = hint.or(h);
@@ -317,6 +318,47 @@ pub fn error_text(err: &anyhow::Error) -> String {
         out.push(')');
     }
     out
+}
+
+/// What to do about a PostgreSQL error, by its SQLSTATE (the server's message
+/// may be translated; the code is not).
+fn postgres_hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    use tokio_postgres::error::SqlState;
+    let pg = e.downcast_ref::<tokio_postgres::Error>()?;
+    if pg.is_closed() {
+        // The server's reason went to the connection, not to the query.
+        return Some(
+            "the server closed the connection: it restarted or failed over, an administrator ended \
+             the session, or the session sat idle in its transaction longer than \
+             DJANGO_DB_STATEMENT_TIMEOUT (which bounds that too: raise it); nothing was committed, \
+             the Job retries",
+        );
+    }
+    let code = pg.code()?;
+    if *code == SqlState::QUERY_CANCELED {
+        Some(
+            "a statement was cancelled, by DJANGO_DB_STATEMENT_TIMEOUT (raise it, e.g. to 2h for the \
+             first export of a large table) or by an administrator; nothing was committed, the Job retries",
+        )
+    } else if *code == SqlState::T_R_SERIALIZATION_FAILURE {
+        Some(
+            "a standby cancelled the export's snapshot to replay WAL: set hot_standby_feedback = on on \
+             the standby or raise its max_standby_streaming_delay, or read from the primary; the Job retries",
+        )
+    } else if [
+        SqlState::ADMIN_SHUTDOWN,
+        SqlState::CRASH_SHUTDOWN,
+        SqlState::CANNOT_CONNECT_NOW,
+    ]
+    .contains(code)
+    {
+        Some(
+            "the server shut down or restarted, or an administrator ended the session; nothing was \
+             committed, the Job retries the batch",
+        )
+    } else {
+        None
+    }
 }
 
 /// Replaces an S3 XML error body in `msg` by `S3 error <Code>: <Message>` and

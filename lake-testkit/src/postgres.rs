@@ -324,6 +324,74 @@ impl TestPostgres {
         Ok(pg)
     }
 
+    /// Upgrades this cluster into a new one with `pg_upgrade`, as a major-version
+    /// upgrade does (here 15 → 15, the one version installed): a new
+    /// `system_identifier`, the same rows with the same xmins, xid counter and
+    /// file nodes, the same roles and passwords. This server is stopped cleanly
+    /// first (pg_upgrade refuses a crashed one); the new one runs on a fresh
+    /// port.
+    pub async fn upgrade_into_new_cluster(&mut self) -> Result<TestPostgres> {
+        let run_as = RunAs::for_root(&["postgres"])?;
+        let dir = tempfile::Builder::new()
+            .prefix("lake-testkit-pg-upgraded-")
+            .tempdir()
+            .context("creating a temporary directory for the upgraded cluster")?;
+        let work = dir.path().join("pg_upgrade");
+        let mut new = Self {
+            child: None,
+            data_dir: dir.path().join("data"),
+            log_file: dir.path().join("postgres.log"),
+            dir: Some(dir),
+            bin_dir: self.bin_dir.clone(),
+            host: self.host.clone(),
+            port: 0,
+            user: self.user.clone(),
+            password: self.password.clone(),
+            database: self.database.clone(),
+        };
+        new.init_cluster(run_as.as_ref()).await?;
+        std::fs::create_dir_all(&work).context("creating pg_upgrade's working directory")?;
+        if let Some(run_as) = run_as.as_ref() {
+            run_as.chown(&work)?;
+        }
+        self.stop();
+        // Its own ports: the defaults (50432, 50433) would collide with
+        // another test upgrading at the same time.
+        let (old_port, new_port) = (process::free_port()?, process::free_port()?);
+        let mut cmd = tokio::process::Command::new(self.bin_dir.join("pg_upgrade"));
+        cmd.arg("--old-datadir")
+            .arg(&self.data_dir)
+            .arg("--new-datadir")
+            .arg(&new.data_dir)
+            .arg("--old-bindir")
+            .arg(&self.bin_dir)
+            .arg("--new-bindir")
+            .arg(&self.bin_dir)
+            .arg("--socketdir")
+            .arg(&work)
+            .args(["--old-port", &old_port.to_string()])
+            .args(["--new-port", &new_port.to_string()])
+            .args(["--username", &self.user])
+            .current_dir(&work)
+            .env_remove("PGDATA")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        if let Some(run_as) = run_as.as_ref() {
+            cmd.uid(run_as.uid).gid(run_as.gid);
+        }
+        let out = cmd.output().await.context("running pg_upgrade")?;
+        if !out.status.success() {
+            bail!(
+                "pg_upgrade failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        new.start_server(run_as.as_ref()).await?;
+        Ok(new)
+    }
+
     /// Promotes a standby to primary (`pg_promote()`, waiting for it to finish).
     pub async fn promote(&self) -> Result<()> {
         let client = self

@@ -20,6 +20,7 @@ use arrow::datatypes::{
 use futures::{StreamExt, TryStreamExt};
 use lake_common::manifest::{self, BatchManifest, BatchState, DataFile};
 use lake_common::{Dataset, Lake, Partition};
+use object_store::ObjectStoreExt;
 use object_store::path::Path;
 // Deprecated in parquet 60 in favour of a hand-written AsyncFileReader; it does
 // exactly what is needed here (ranged GETs of the projected column chunks only).
@@ -48,6 +49,21 @@ pub enum BronzeError {
         path: String,
         /// Why.
         source: parquet::errors::ParquetError,
+    },
+    /// A bronze file is no longer the object its manifest lists (another size,
+    /// or not Parquet at that size): overwritten or damaged outside bronze.
+    #[error(
+        "bronze file {path} is not the file bronze committed: {why}; restore it (a backup, the \
+         bucket's versioning), or re-export its day with bronze-ingest --date {date} (for an outbox \
+         day read docs/source-life.md first); nothing was published"
+    )]
+    Replaced {
+        /// The file.
+        path: String,
+        /// What differs.
+        why: String,
+        /// Its day.
+        date: chrono::NaiveDate,
     },
     /// A bronze file does not match the bronze contract (SPEC §4).
     #[error("bronze file {path} breaks the bronze contract: {problem}")]
@@ -241,6 +257,48 @@ pub type TimeRange = (i64, i64);
 /// that is about the window's share of the file), then the rows outside it
 /// dropped.
 pub async fn read_file(
+    lake: &Lake,
+    file: &BronzeFile,
+    projection: Projection,
+    window: Option<TimeRange>,
+) -> Result<Vec<EventColumns>, BronzeError> {
+    match read_listed_file(lake, file, projection, window).await {
+        Err(BronzeError::Read { path, source }) => {
+            Err(explain_read_error(lake, file, path, source).await)
+        }
+        other => other,
+    }
+}
+
+/// A failed read of a listed file: said as [`BronzeError::Replaced`] when the
+/// object is not what the manifest lists (its size differs, or at the listed
+/// size it is not Parquet); a failure of the store itself stays a read error.
+async fn explain_read_error(
+    lake: &Lake,
+    file: &BronzeFile,
+    path: String,
+    source: parquet::errors::ParquetError,
+) -> BronzeError {
+    let from_store = matches!(source, parquet::errors::ParquetError::External(_));
+    let why = match lake.store().head(&Path::from(path.as_str())).await {
+        Ok(meta) if meta.size != file.file.bytes => Some(format!(
+            "it has {} bytes, the manifest of batch {} lists {}",
+            meta.size, file.batch, file.file.bytes
+        )),
+        Ok(_) if !from_store => Some(format!("it is not readable Parquet ({source})")),
+        _ => None,
+    };
+    match why {
+        Some(why) => BronzeError::Replaced {
+            path,
+            why,
+            date: file.file.date,
+        },
+        None => BronzeError::Read { path, source },
+    }
+}
+
+async fn read_listed_file(
     lake: &Lake,
     file: &BronzeFile,
     projection: Projection,
