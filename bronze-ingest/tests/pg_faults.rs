@@ -137,3 +137,80 @@ async fn a_server_restarted_mid_export_fails_the_run_and_the_retry_is_exact() {
     proxy.clear_rules();
     assert_failed_cleanly_then_retry(&h, &out, "restarted").await;
 }
+
+/// A hot standby that cancels the export's snapshot to replay WAL
+/// (`max_standby_streaming_delay = 0`, no `hot_standby_feedback`): rows the
+/// snapshot still sees are vacuumed away on the primary mid-export. The run
+/// fails with the standby settings to change; the retry is exact.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_standby_cancelling_the_snapshot_is_explained_and_the_retry_is_exact() {
+    let mut h = Harness::new().await;
+    let client = h.pg.client().await.unwrap();
+    let opts = lake_testkit::demo::GenerateOptions::new(300_000, 85)
+        .window_end(std::time::SystemTime::now())
+        .window(Duration::from_secs(20 * 3600));
+    lake_testkit::demo::generate_with(&client, &opts)
+        .await
+        .unwrap();
+    let replica = lake_testkit::TestPostgres::replica_of(&h.pg).await.unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(replica.data_dir().join("postgresql.auto.conf"))
+        .and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(b"max_standby_streaming_delay = 0\nhot_standby_feedback = off\n")
+        })
+        .unwrap();
+    replica
+        .client()
+        .await
+        .unwrap()
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    replica.wait_caught_up(&h.pg).await.unwrap();
+    let proxy = FaultProxy::start(&h.s3, 9).unwrap();
+    h.extra_env.push(("AWS_ENDPOINT".into(), proxy.endpoint()));
+    proxy.add_rule(Rule::new(Fault::Delay(Duration::from_millis(400))).op(S3Op::UploadPart));
+    let env = h.env_for(&replica);
+    let run = h
+        .command_with(&env, &["--dataset", "events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !proxy.log().iter().any(|r| r.op == S3Op::UploadPart) {
+        assert!(Instant::now() < deadline, "no multipart upload started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Row versions the standby's snapshot still sees, vacuumed away on the primary.
+    for sql in [
+        "UPDATE stop_events SET retry_count = retry_count WHERE event_seq % 10 = 0",
+        "VACUUM stop_events",
+    ] {
+        client.batch_execute(sql).await.unwrap();
+    }
+    let out = run.wait_with_output().unwrap();
+    if out.status.code() == Some(0) {
+        eprintln!("the export ended before the standby replayed the clean-up: no fault injected");
+        return;
+    }
+    proxy.clear_rules();
+    replica.wait_caught_up(&h.pg).await.unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let line = error_line(&out);
+    assert!(line.contains("hot_standby_feedback"), "{line}");
+    assert!(
+        h.data_files(Dataset::BronzeEvents).await.is_empty(),
+        "no data object"
+    );
+    assert!(h.s3.incomplete_uploads(&h.bucket).await.unwrap().is_empty());
+    // The retry resumes the pinned batch (rows below its H); the updated rows
+    // carry the UPDATE's newer xid, so the next batch takes them.
+    let out = h.run_with(&env, &["--dataset", "events"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = h.run_with(&env, &["--dataset", "events"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    h.assert_lake_equals_postgres().await;
+}

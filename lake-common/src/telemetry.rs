@@ -328,10 +328,10 @@ fn postgres_hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> 
     if pg.is_closed() {
         // The server's reason went to the connection, not to the query.
         return Some(
-            "the server closed the connection: it restarted or failed over, an administrator ended \
-             the session, or the session sat idle in its transaction longer than \
-             DJANGO_DB_STATEMENT_TIMEOUT (which bounds that too: raise it); nothing was committed, \
-             the Job retries",
+            "the server closed the connection: it restarted or failed over, a standby ended the \
+             session to replay WAL (set hot_standby_feedback = on there), an administrator ended \
+             it, or it sat idle in its transaction longer than DJANGO_DB_STATEMENT_TIMEOUT (which \
+             bounds that too: raise it); nothing was committed, the Job retries",
         );
     }
     let code = pg.code()?;
