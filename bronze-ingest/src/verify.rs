@@ -15,12 +15,14 @@
 
 use std::collections::BTreeMap;
 
+use anyhow::Context;
 use arrow::array::{Array, Decimal128Array};
 use chrono::NaiveDate;
 use futures::TryStreamExt;
 use lake_common::manifest;
 use lake_common::schema::SourceTable;
 use lake_common::{Lake, parquet_io};
+use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use serde::Serialize;
 use tokio_postgres::Client;
@@ -118,23 +120,35 @@ pub async fn verify_dataset(
         if columns.is_empty() {
             continue;
         }
-        // A file that cannot be read is named, with what its manifest says it
-        // should be: read here, it has been changed or damaged outside bronze.
-        let unreadable = |e: &dyn std::fmt::Display| {
-            anyhow::anyhow!(
-                "cannot read bronze file {} ({e}); its manifest lists {} bytes with sha256 {}: \
-                 if the object differs it was changed outside bronze: restore it (a backup, the \
-                 bucket's versioning), or re-export its day with --date {}",
+        // The object must be the one the manifest lists: one of another size
+        // would read fine and only show as a day with wrong numbers.
+        let size = lake
+            .store()
+            .head(&path)
+            .await
+            .with_context(|| format!("reading bronze file {}", file.path))?
+            .size;
+        if size != file.bytes {
+            anyhow::bail!(
+                "bronze file {} is not the file bronze committed: it has {size} bytes, its manifest \
+                 lists {}; restore it (a backup, the bucket's versioning), or re-export its day with \
+                 --date {}",
                 file.path,
                 file.bytes,
-                file.sha256,
                 file.date
+            );
+        }
+        let reading = || {
+            format!(
+                "reading bronze file {} (its manifest lists {} bytes with sha256 {}: if the object's \
+                 differs, it was changed outside bronze; restore it, or re-export its day with --date {})",
+                file.path, file.bytes, file.sha256, file.date
             )
         };
         let mut stream = parquet_io::read_columns(lake, &path, &columns)
             .await
-            .map_err(|e| unreadable(&e))?;
-        while let Some(batch) = stream.try_next().await.map_err(|e| unreadable(&e))? {
+            .with_context(reading)?;
+        while let Some(batch) = stream.try_next().await.with_context(reading)? {
             if let Some(col) = batch.column(0).as_any().downcast_ref::<Decimal128Array>() {
                 let e = sums.entry(file.date).or_default();
                 e.0 += col.iter().flatten().sum::<i128>();

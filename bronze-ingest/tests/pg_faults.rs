@@ -8,11 +8,7 @@
 
 mod support;
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
-
 use lake_common::Dataset;
-use lake_testkit::{Fault, FaultProxy, Rule, S3Op};
 use support::*;
 
 /// The run's error line (JSON logs: the last ERROR record's message).
@@ -100,28 +96,8 @@ async fn the_connection_limit_is_named_and_the_retry_is_exact() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_restarted_mid_export_fails_the_run_and_the_retry_is_exact() {
     let mut h = Harness::new().await;
-    let client = h.pg.client().await.unwrap();
-    let opts = lake_testkit::demo::GenerateOptions::new(300_000, 83)
-        .window_end(std::time::SystemTime::now())
-        .window(Duration::from_secs(20 * 3600));
-    lake_testkit::demo::generate_with(&client, &opts)
-        .await
-        .unwrap();
-    drop(client);
-    let proxy = FaultProxy::start(&h.s3, 9).unwrap();
-    h.extra_env.push(("AWS_ENDPOINT".into(), proxy.endpoint()));
-    proxy.add_rule(Rule::new(Fault::Delay(Duration::from_millis(400))).op(S3Op::UploadPart));
-    let run = h
-        .command(&["--dataset", "events"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !proxy.log().iter().any(|r| r.op == S3Op::UploadPart) {
-        assert!(Instant::now() < deadline, "no multipart upload started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    generate_big_day(&h.pg, 83).await;
+    let (proxy, run) = h.spawn_slow_export(None);
     h.pg.restart().await.unwrap();
     let out = run.wait_with_output().unwrap();
     if out.status.code() == Some(0) {
@@ -141,13 +117,7 @@ async fn a_server_restarted_mid_export_fails_the_run_and_the_retry_is_exact() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_cancelling_the_snapshot_is_explained_and_the_retry_is_exact() {
     let mut h = Harness::new().await;
-    let client = h.pg.client().await.unwrap();
-    let opts = lake_testkit::demo::GenerateOptions::new(300_000, 85)
-        .window_end(std::time::SystemTime::now())
-        .window(Duration::from_secs(20 * 3600));
-    lake_testkit::demo::generate_with(&client, &opts)
-        .await
-        .unwrap();
+    generate_big_day(&h.pg, 85).await;
     let replica = lake_testkit::TestPostgres::replica_of(&h.pg).await.unwrap();
     std::fs::OpenOptions::new()
         .append(true)
@@ -165,21 +135,9 @@ async fn a_standby_cancelling_the_snapshot_is_explained_and_the_retry_is_exact()
         .await
         .unwrap();
     replica.wait_caught_up(&h.pg).await.unwrap();
-    let proxy = FaultProxy::start(&h.s3, 9).unwrap();
-    h.extra_env.push(("AWS_ENDPOINT".into(), proxy.endpoint()));
-    proxy.add_rule(Rule::new(Fault::Delay(Duration::from_millis(400))).op(S3Op::UploadPart));
+    let (proxy, run) = h.spawn_slow_export(Some(&replica));
     let env = h.env_for(&replica);
-    let run = h
-        .command_with(&env, &["--dataset", "events"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !proxy.log().iter().any(|r| r.op == S3Op::UploadPart) {
-        assert!(Instant::now() < deadline, "no multipart upload started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let client = h.pg.client().await.unwrap();
     // Row versions the standby's snapshot still sees, vacuumed away on the primary.
     for sql in [
         "UPDATE stop_events SET retry_count = retry_count WHERE event_seq % 10 = 0",

@@ -172,32 +172,9 @@ async fn a_run_frozen_past_its_lease_is_fenced_when_it_wakes() {
 async fn a_backend_terminated_mid_copy_leaves_no_partial_file_and_the_retry_is_exact() {
     let mut h = Harness::new().await;
     let client = h.pg.client().await.unwrap();
-    // Enough rows for files of several S3 parts (5 MiB), one day of them.
-    let opts = lake_testkit::demo::GenerateOptions::new(300_000, 3)
-        .window_end(std::time::SystemTime::now())
-        .window(Duration::from_secs(20 * 3600));
-    lake_testkit::demo::generate_with(&client, &opts)
-        .await
-        .unwrap();
-    let proxy = FaultProxy::start(&h.s3, 9).unwrap();
-    h.extra_env.push(("AWS_ENDPOINT".into(), proxy.endpoint()));
+    generate_big_day(&h.pg, 3).await;
     // Slow parts, so the COPY is still running when the backend is killed.
-    proxy.add_rule(Rule::new(Fault::Delay(Duration::from_millis(400))).op(S3Op::UploadPart));
-    let run = h
-        .command(&["--dataset", "events"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !proxy.log().iter().any(|r| r.op == S3Op::UploadPart) {
-        assert!(
-            Instant::now() < deadline,
-            "no multipart upload started:\n{}",
-            proxy.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (proxy, run) = h.spawn_slow_export(None);
     // Only a COPY still running: on a loaded machine the export can end before
     // the first part is sent, and killing the idle-in-transaction session
     // afterwards is another case (the batch is committed by then).

@@ -905,6 +905,7 @@ def test_just_deploy_monitoring_without_the_operator_stops_before_scheduling(tmp
     assert result.returncode == 1
     assert "PrometheusRule kind" in result.stderr and "rules/robson-lake.rules.yml" in result.stderr
     assert not any(k in ("Job", "CronJob", "PrometheusRule") for k, _, _ in state["applied"])
+    assert "robson.io/monitoring" not in state["annotations"], "a refused choice is not remembered"
     # undeploy of such a cluster skips the kind it does not have.
     gone, state = run_recipe(
         tmp_path, "undeploy", annotations={"robson.io/monitoring": "enabled"}, no_prometheus_operator=True

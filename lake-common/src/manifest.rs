@@ -188,10 +188,9 @@ pub enum ManifestError {
         /// The newest format this binary reads.
         supported: u32,
     },
-    /// A checkpoint does not hold what its name says (copied or edited by hand).
-    #[error(
-        "checkpoint {path} does not match its name: {problem}; delete it (the log is read without it)"
-    )]
+    /// A checkpoint is not what its name says, or does not parse (copied,
+    /// edited or damaged by hand): derived data, so deleting it is the fix.
+    #[error("checkpoint {path} is unusable: {problem}; delete it (the log is read without it)")]
     Inconsistent {
         /// The checkpoint path.
         path: String,
@@ -615,15 +614,15 @@ pub async fn read_checkpoint(
     let bytes = lake.get_bytes(&path).await.map_err(store_err(&path))?;
     check_format(path.as_ref(), &bytes, CHECKPOINT_FORMAT)?;
     let checkpoint: Checkpoint =
-        serde_json::from_slice(&bytes).map_err(|source| ManifestError::Parse {
+        serde_json::from_slice(&bytes).map_err(|e| ManifestError::Inconsistent {
             path: path.to_string(),
-            source,
+            problem: format!("it does not parse ({e})"),
         })?;
     if checkpoint.batch != batch || checkpoint.dataset != dataset.dir() {
         return Err(ManifestError::Inconsistent {
             path: path.to_string(),
             problem: format!(
-                "it holds the state of {} batch {}",
+                "it does not match its name: it holds the state of {} batch {}",
                 checkpoint.dataset, checkpoint.batch
             ),
         });

@@ -88,6 +88,16 @@ pub fn missing_function_grant(err: tokio_postgres::Error, role: &str) -> anyhow:
             !message[at + name.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
         })
     };
+    // The role as an identifier: quoted unless it is a plain lowercase name.
+    let plain = role
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !role.starts_with(|c: char| c.is_ascii_digit());
+    let role = if plain {
+        role.to_owned()
+    } else {
+        format!("\"{}\"", role.replace('"', "\"\""))
+    };
     match FUNCTIONS.iter().find(named) {
         Some(signature) => anyhow::Error::new(crate::Classified::new(
             crate::ExitStatus::Usage,
@@ -264,11 +274,14 @@ pub fn explain_connect_error(
         code
     };
     let hint = if code == Some(tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS) {
-        "the server's connection limit is reached (max_connections, or the role's CONNECTION LIMIT; \
-         a job needs up to 2 connections): the Job retries, and a limit of 0 is a setting to fix"
+        "the server's connection limit is reached (max_connections, or the role's or the database's \
+         CONNECTION LIMIT; a job needs up to 2 connections): the Job retries, and a limit of 0 is a \
+         setting to fix"
             .to_owned()
     } else if code == Some(tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW) {
-        "the server is starting up or shutting down: the Job retries".to_owned()
+        "the server is starting up or shutting down (the Job retries), or it is a standby with \
+         hot_standby = off, which accepts no connections (point DJANGO_DB_HOST at one that does)"
+            .to_owned()
     } else if text.contains("server does not support TLS") {
         match config.sslmode {
             // Falling back is only an answer where the network is the cluster's own.

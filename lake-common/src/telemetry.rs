@@ -328,17 +328,18 @@ fn postgres_hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> 
     if pg.is_closed() {
         // The server's reason went to the connection, not to the query.
         return Some(
-            "the server closed the connection: it restarted or failed over, a standby ended the \
-             session to replay WAL (set hot_standby_feedback = on there), an administrator ended \
-             it, or it sat idle in its transaction longer than DJANGO_DB_STATEMENT_TIMEOUT (which \
-             bounds that too: raise it); nothing was committed, the Job retries",
+            "the connection to PostgreSQL closed: the network or a proxy dropped it, the server \
+             restarted or failed over, a standby ended the session to replay WAL (set \
+             hot_standby_feedback = on there), an administrator ended it, or it sat idle in its \
+             transaction longer than DJANGO_DB_STATEMENT_TIMEOUT (which bounds that too); the run \
+             report says what was committed, the Job retries the rest",
         );
     }
     let code = pg.code()?;
     if *code == SqlState::QUERY_CANCELED {
         Some(
             "a statement was cancelled, by DJANGO_DB_STATEMENT_TIMEOUT (raise it, e.g. to 2h for the \
-             first export of a large table) or by an administrator; nothing was committed, the Job retries",
+             first export of a large table) or by an administrator; the Job retries",
         )
     } else if *code == SqlState::T_R_SERIALIZATION_FAILURE {
         Some(
@@ -353,8 +354,8 @@ fn postgres_hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> 
     .contains(code)
     {
         Some(
-            "the server shut down or restarted, or an administrator ended the session; nothing was \
-             committed, the Job retries the batch",
+            "the server shut down or restarted, or an administrator ended the session; the run \
+             report says what was committed, the Job retries the rest",
         )
     } else {
         None

@@ -271,8 +271,10 @@ pub async fn read_file(
 }
 
 /// A failed read of a listed file: said as [`BronzeError::Replaced`] when the
-/// object is not what the manifest lists (its size differs, or at the listed
-/// size it is not Parquet); a failure of the store itself stays a read error.
+/// object is not what the manifest lists (its size differs, or its SHA-256
+/// does, checked only on this path); anything else — the store failing, or a
+/// file that is the committed one but that this build cannot read — stays a
+/// read error, so nobody restores good data.
 async fn explain_read_error(
     lake: &Lake,
     file: &BronzeFile,
@@ -285,7 +287,16 @@ async fn explain_read_error(
             "it has {} bytes, the manifest of batch {} lists {}",
             meta.size, file.batch, file.file.bytes
         )),
-        Ok(_) if !from_store => Some(format!("it is not readable Parquet ({source})")),
+        Ok(_) if !from_store => match lake.get_bytes(&Path::from(path.as_str())).await {
+            Ok(bytes) if lake_common::parquet_io::sha256_hex(&bytes) != file.file.sha256 => {
+                Some(format!(
+                    "its SHA-256 differs from the one the manifest of batch {} lists, and it does not read \
+                 as Parquet ({source})",
+                    file.batch
+                ))
+            }
+            _ => None,
+        },
         _ => None,
     };
     match why {

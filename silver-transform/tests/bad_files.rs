@@ -85,13 +85,7 @@ async fn a_corrupt_or_replaced_bronze_file_is_named_and_nothing_is_published() {
         .put(&Path::from(file.as_str()), original)
         .await
         .unwrap();
-    let out = t.run_bin(&[], &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    t.run_bin_ok(&[], &[]);
     assert_eq!(silver(&t.lake).await.len(), 45);
 }
 
@@ -113,13 +107,7 @@ async fn a_foreign_file_in_bronze_is_ignored_and_kept() {
         .await
         .unwrap();
 
-    let out = t.run_bin(&[], &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    t.run_bin_ok(&[], &[]);
     assert_eq!(
         silver(&t.lake).await.len(),
         20,

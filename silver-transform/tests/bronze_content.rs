@@ -30,13 +30,7 @@ async fn an_event_present_twice_is_folded_once_and_counted() {
             .fill("10"),
     );
     commit_batch(&t.lake, 2, &again).await;
-    let out = t.run_bin(&[], &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    t.run_bin_ok(&[], &[]);
     let report = latest_report(&t.lake).await;
     assert_eq!(report["work"]["duplicate_events"], 2, "{report}");
     let rows = silver(&t.lake).await;
@@ -206,13 +200,7 @@ async fn a_lake_built_with_empty_tokens_as_keys_is_rebuilt_once() {
     assert!(stderr.contains("--full-refresh once"), "{stderr}");
     assert_eq!(published(&t.lake).await, before, "nothing written");
 
-    let out = t.run_bin(&["--full-refresh"], &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    t.run_bin_ok(&["--full-refresh"], &[]);
     let rows = silver(&t.lake).await;
     assert!(
         rows.contains_key("operation:7") && rows.contains_key("tok-a"),

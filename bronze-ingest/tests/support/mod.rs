@@ -282,3 +282,52 @@ pub async fn generate_recent(pg: &TestPostgres, n: u64, seed: u64) {
         .window(std::time::Duration::from_secs(6 * 3600));
     demo::generate_with(&client, &opts).await.unwrap();
 }
+
+/// Fills `stop_events` with enough rows for files of several S3 parts (5 MiB),
+/// so an export can be interrupted mid-upload ([`Harness::spawn_slow_export`]).
+pub async fn generate_big_day(pg: &TestPostgres, seed: u64) {
+    let client = pg.client().await.unwrap();
+    let opts = demo::GenerateOptions::new(300_000, seed)
+        .window_end(std::time::SystemTime::now())
+        .window(std::time::Duration::from_secs(20 * 3600));
+    demo::generate_with(&client, &opts).await.unwrap();
+}
+
+impl Harness {
+    /// Starts `bronze-ingest --dataset events` against `pg` (the harness's
+    /// server when `None`) through a proxy that holds every S3 part 400 ms, and
+    /// returns once the first part is on the wire: the COPY is then running, for
+    /// a fault to hit it. Later runs keep the proxy (`clear_rules` lifts the delay).
+    pub fn spawn_slow_export(
+        &mut self,
+        pg: Option<&TestPostgres>,
+    ) -> (lake_testkit::FaultProxy, std::process::Child) {
+        use lake_testkit::{Fault, FaultProxy, Rule, S3Op};
+        let proxy = FaultProxy::start(&self.s3, 9).unwrap();
+        self.extra_env
+            .push(("AWS_ENDPOINT".into(), proxy.endpoint()));
+        proxy.add_rule(
+            Rule::new(Fault::Delay(std::time::Duration::from_millis(400))).op(S3Op::UploadPart),
+        );
+        let env = match pg {
+            Some(pg) => self.env_for(pg),
+            None => self.env(),
+        };
+        let run = self
+            .command_with(&env, &["--dataset", "events"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !proxy.log().iter().any(|r| r.op == S3Op::UploadPart) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no multipart upload started:\n{}",
+                proxy.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        (proxy, run)
+    }
+}

@@ -142,6 +142,18 @@ impl TestLake {
         cmd
     }
 
+    /// [`run_bin`](Self::run_bin), which must exit 0.
+    pub fn run_bin_ok(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
+        let out = self.run_bin(args, extra_env);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "silver-transform {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
     pub fn run_bin(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
         let out = self
             .command(args, extra_env)
