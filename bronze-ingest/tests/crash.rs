@@ -151,24 +151,29 @@ async fn two_runs_started_together_commit_once() {
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     // Datasets are independent: each run may win one dataset and lose the
     // other (exit 4 for the loss), but every dataset is committed exactly once.
+    // Under the advisory lock the loser asks again for a moment (a session that
+    // just ended may still hold it), so it may find the work done instead: 0.
     let codes = [a.status.code(), b.status.code()];
     assert!(
-        codes.iter().all(|c| matches!(c, Some(0) | Some(4))) && codes.contains(&Some(4)),
+        codes.iter().all(|c| matches!(c, Some(0) | Some(4)))
+            && (codes.contains(&Some(4)) || fallback_mode()),
         "{codes:?}\na: {}\nb: {}",
         stderr(&a),
         stderr(&b)
     );
-    let (loser, winner) = if a.status.code() == Some(4) {
-        (&a, &b)
-    } else {
-        (&b, &a)
-    };
-    assert!(
-        stderr(loser).contains("exiting without writing"),
-        "loser: {}\nwinner: {}",
-        stderr(loser),
-        stderr(winner)
-    );
+    if codes.contains(&Some(4)) {
+        let (loser, winner) = if a.status.code() == Some(4) {
+            (&a, &b)
+        } else {
+            (&b, &a)
+        };
+        assert!(
+            stderr(loser).contains("exiting without writing"),
+            "loser: {}\nwinner: {}",
+            stderr(loser),
+            stderr(winner)
+        );
+    }
     for ds in [Dataset::BronzeEvents, Dataset::BronzeOutbox] {
         assert_eq!(h.manifests(ds).await.len(), 1, "{ds}: one batch");
     }

@@ -38,6 +38,10 @@ pub struct AdvisoryLock {
     watcher: Option<JoinHandle<()>>,
 }
 
+/// How long a held lock is asked for again before another run is taken to
+/// hold it (see [`AdvisoryLock::try_acquire`]).
+pub const RELEASE_GRACE: Duration = Duration::from_secs(2);
+
 impl AdvisoryLock {
     /// Tries to take the lock `name` on `conn` (a connection of its own, held
     /// until the lock is dropped). `Ok(None)`: another session holds it. While
@@ -50,12 +54,23 @@ impl AdvisoryLock {
         // Detached from the pool: dropping it closes the session, and the lock with it.
         let conn = Object::take(conn);
         let (a, b) = lock_keys(name);
-        let got: bool = conn
-            .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&a, &b])
-            .await?
-            .get(0);
-        if !got {
-            return Ok(None);
+        // A run that just ended may still hold it for a moment: its process is
+        // gone, but the server ends its session (and the lock) only when it sees
+        // the connection close. A Job's immediate retry must not take that for
+        // a rival, so a held lock is asked for again for up to RELEASE_GRACE.
+        let started = std::time::Instant::now();
+        loop {
+            let got: bool = conn
+                .query_one("SELECT pg_try_advisory_lock($1, $2)", &[&a, &b])
+                .await?
+                .get(0);
+            if got {
+                break;
+            }
+            if started.elapsed() >= RELEASE_GRACE {
+                return Ok(None);
+            }
+            tokio::time::sleep(RELEASE_GRACE / 10).await;
         }
         let lock_name = name.to_owned();
         let watcher = tokio::spawn(async move {
