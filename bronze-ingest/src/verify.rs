@@ -15,14 +15,12 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Context;
 use arrow::array::{Array, Decimal128Array};
 use chrono::NaiveDate;
 use futures::TryStreamExt;
 use lake_common::manifest;
 use lake_common::schema::SourceTable;
 use lake_common::{Lake, parquet_io};
-use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use serde::Serialize;
 use tokio_postgres::Client;
@@ -120,40 +118,35 @@ pub async fn verify_dataset(
         if columns.is_empty() {
             continue;
         }
-        // The object must be the one the manifest lists: one of another size
-        // would read fine and only show as a day with wrong numbers.
-        let size = lake
-            .store()
-            .head(&path)
-            .await
-            .with_context(|| format!("reading bronze file {}", file.path))?
-            .size;
-        if size != file.bytes {
-            anyhow::bail!(
-                "bronze file {} is not the file bronze committed: it has {size} bytes, its manifest \
-                 lists {}; restore it (a backup, the bucket's versioning), or re-export its day with \
-                 --date {}",
-                file.path,
-                file.bytes,
-                file.date
-            );
-        }
-        let reading = || {
-            format!(
-                "reading bronze file {} (its manifest lists {} bytes with sha256 {}: if the object's \
-                 differs, it was changed outside bronze; restore it, or re-export its day with --date {})",
-                file.path, file.bytes, file.sha256, file.date
-            )
-        };
-        let mut stream = parquet_io::read_columns(lake, &path, &columns)
-            .await
-            .with_context(reading)?;
-        while let Some(batch) = stream.try_next().await.with_context(reading)? {
-            if let Some(col) = batch.column(0).as_any().downcast_ref::<Decimal128Array>() {
-                let e = sums.entry(file.date).or_default();
-                e.0 += col.iter().flatten().sum::<i128>();
-                e.1 |= col.null_count() < col.len();
+        // Read at the listed size: an object of another size (even valid
+        // Parquet, which would only show as a day with wrong numbers) fails.
+        let read = async {
+            let mut stream =
+                parquet_io::read_listed_columns(lake, &path, file.bytes, &columns).await?;
+            while let Some(batch) = stream.try_next().await? {
+                if let Some(col) = batch.column(0).as_any().downcast_ref::<Decimal128Array>() {
+                    let e = sums.entry(file.date).or_default();
+                    e.0 += col.iter().flatten().sum::<i128>();
+                    e.1 |= col.null_count() < col.len();
+                }
             }
+            Ok::<_, parquet::errors::ParquetError>(())
+        };
+        if let Err(err) = read.await {
+            let hash = !matches!(err, parquet::errors::ParquetError::External(_));
+            if let Some(why) =
+                parquet_io::differs_from_listed(lake, &path, file.bytes, &file.sha256, hash).await
+            {
+                anyhow::bail!(
+                    "bronze file {} is not the file bronze committed: {why} ({err}); restore it (a \
+                     backup, the bucket's versioning), or re-export its day with --date {}",
+                    file.path,
+                    file.date
+                );
+            }
+            return Err(
+                anyhow::Error::new(err).context(format!("reading bronze file {}", file.path))
+            );
         }
     }
     for (date, (sum, any)) in sums {

@@ -63,7 +63,10 @@ async fn verify_names_a_data_file_that_is_not_what_its_manifest_lists() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
-        err.contains(&format!("reading bronze file {file}")) && err.contains("restore it"),
+        err.contains(&format!(
+            "bronze file {file} is not the file bronze committed"
+        )) && err.contains("SHA-256 differs")
+            && err.contains("restore it"),
         "names the file and the fix: {err}"
     );
     assert_eq!(

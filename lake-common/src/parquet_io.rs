@@ -288,6 +288,56 @@ pub async fn read_columns(
     builder.with_projection(mask).build()
 }
 
+/// [`read_columns`] of a file a manifest lists with `size` bytes: no HEAD
+/// request, and an object of another size fails to read (its footer is not
+/// where the manifest says), which [`differs_from_listed`] then explains.
+#[allow(deprecated)]
+pub async fn read_listed_columns(
+    lake: &Lake,
+    path: &Path,
+    size: u64,
+    columns: &[&str],
+) -> Result<impl futures::Stream<Item = Result<RecordBatch, ParquetError>> + use<>, ParquetError> {
+    let reader = ParquetObjectReader::new(
+        Arc::clone(lake.store()) as Arc<dyn ObjectStore>,
+        path.clone(),
+    )
+    .with_file_size(size);
+    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await?
+        .with_batch_size(8192);
+    let mask =
+        parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
+    builder.with_projection(mask).build()
+}
+
+/// Why the object at `path` is not the file its manifest lists (`size` bytes,
+/// `sha256`), or `None` when it is or the store cannot say. For the path after
+/// a read failed: a HEAD, and, when the size matches and `hash` is set, a GET
+/// to compare the SHA-256 (so a genuine file that this build cannot read is
+/// never called replaced).
+pub async fn differs_from_listed(
+    lake: &Lake,
+    path: &Path,
+    size: u64,
+    sha256: &str,
+    hash: bool,
+) -> Option<String> {
+    let meta = lake.store().head(path).await.ok()?;
+    if meta.size != size {
+        return Some(format!(
+            "it has {} bytes, its manifest lists {size}",
+            meta.size
+        ));
+    }
+    if !hash {
+        return None;
+    }
+    let bytes = lake.get_bytes(path).await.ok()?;
+    (sha256_hex(&bytes) != sha256)
+        .then(|| "its SHA-256 differs from the one its manifest lists".to_owned())
+}
+
 /// The reader is deprecated in favour of a hand-written `AsyncFileReader`;
 /// it is still the maintained object_store bridge of this parquet release.
 #[allow(deprecated)]

@@ -20,7 +20,6 @@ use arrow::datatypes::{
 use futures::{StreamExt, TryStreamExt};
 use lake_common::manifest::{self, BatchManifest, BatchState, DataFile};
 use lake_common::{Dataset, Lake, Partition};
-use object_store::ObjectStoreExt;
 use object_store::path::Path;
 // Deprecated in parquet 60 in favour of a hand-written AsyncFileReader; it does
 // exactly what is needed here (ranged GETs of the projected column chunks only).
@@ -281,24 +280,17 @@ async fn explain_read_error(
     path: String,
     source: parquet::errors::ParquetError,
 ) -> BronzeError {
-    let from_store = matches!(source, parquet::errors::ParquetError::External(_));
-    let why = match lake.store().head(&Path::from(path.as_str())).await {
-        Ok(meta) if meta.size != file.file.bytes => Some(format!(
-            "it has {} bytes, the manifest of batch {} lists {}",
-            meta.size, file.batch, file.file.bytes
-        )),
-        Ok(_) if !from_store => match lake.get_bytes(&Path::from(path.as_str())).await {
-            Ok(bytes) if lake_common::parquet_io::sha256_hex(&bytes) != file.file.sha256 => {
-                Some(format!(
-                    "its SHA-256 differs from the one the manifest of batch {} lists, and it does not read \
-                 as Parquet ({source})",
-                    file.batch
-                ))
-            }
-            _ => None,
-        },
-        _ => None,
-    };
+    // A store failure on an object of the listed size says nothing about its bytes.
+    let hash = !matches!(source, parquet::errors::ParquetError::External(_));
+    let why = lake_common::parquet_io::differs_from_listed(
+        lake,
+        &Path::from(path.as_str()),
+        file.file.bytes,
+        &file.file.sha256,
+        hash,
+    )
+    .await
+    .map(|why| format!("{why} (batch {}; {source})", file.batch));
     match why {
         Some(why) => BronzeError::Replaced {
             path,
