@@ -341,6 +341,11 @@ fn postgres_hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> 
             "a statement was cancelled, by DJANGO_DB_STATEMENT_TIMEOUT (raise it, e.g. to 2h for the \
              first export of a large table) or by an administrator; the Job retries",
         )
+    } else if *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT {
+        Some(
+            "the server ended the session after it sat idle in its transaction longer than \
+             DJANGO_DB_STATEMENT_TIMEOUT (which bounds that too): raise it; the Job retries",
+        )
     } else if *code == SqlState::T_R_SERIALIZATION_FAILURE {
         Some(
             "a standby cancelled the export's snapshot to replay WAL: set hot_standby_feedback = on on \
