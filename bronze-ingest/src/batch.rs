@@ -13,8 +13,9 @@ use chrono::{NaiveDate, Utc};
 use futures::TryStreamExt;
 use lake_common::commit::fence::Fence;
 use lake_common::commit::{Claim, CommitError, LEASE_WAIT, Log, Mode, Pinned, Stored};
+use lake_common::contract::{self, ContractError};
 use lake_common::manifest::{self, BatchManifest, BatchState, DataFile, MANIFEST_FORMAT};
-use lake_common::schema::SourceTable;
+use lake_common::schema::{AddedColumn, ExportSchema, SourceTable};
 use lake_common::{Classified, Dataset, ExitStatus, Lake, Partition};
 use object_store::path::Path;
 use serde::Serialize;
@@ -49,6 +50,11 @@ pub struct BatchSettings {
     pub run_id: String,
     /// The fence of this dataset's writes (raised also by a lost advisory lock).
     pub fence: Fence,
+    /// The live table's columns that the contract does not name (SPEC §5.8).
+    pub added_columns: Vec<AddedColumn>,
+    /// Accept that columns captured earlier are gone or changed their Parquet
+    /// type (`--accept-schema`): later files follow the table as it is now.
+    pub accept_schema: bool,
 }
 
 /// How a dataset's batch ended.
@@ -109,6 +115,10 @@ pub struct DatasetReport {
     /// Why the dataset failed (outcome `failed` or `busy`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Columns the contract does not name that this batch captured for the
+    /// first time (a finding, SPEC §5.8): `name (type)`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub added_columns: Vec<String>,
 }
 
 /// A horizon that does not move: rows committed meanwhile wait for the holder.
@@ -166,6 +176,7 @@ impl DatasetReport {
             findings: Findings::default(),
             seconds: 0.0,
             error: None,
+            added_columns: Vec::new(),
         }
     }
 }
@@ -264,6 +275,30 @@ pub async fn run_dataset(
             if !settings.backfill_days.is_empty() {
                 tracing::warn!(dataset = %dataset, batch = m.batch, "A pending batch is resumed first; run the backfill again afterwards");
             }
+            // The batch exports the columns it was pinned with: each must still
+            // be there as it was, unless the operator accepts the table as it is.
+            let drift = contract::compare_added(&m.added_columns, &settings.added_columns);
+            if !drift.is_empty() && !settings.accept_schema {
+                return Err(ContractError {
+                    table: table.table,
+                    drift,
+                }
+                .into());
+            }
+            let reschema = !drift.is_empty();
+            // A rewrite committed since the batch was pinned re-inserted the
+            // pinned range's rows above its horizon: the batch is re-planned on
+            // the table as it is now, as a rebase does, and row identity drops
+            // what earlier batches hold (a first export would otherwise commit
+            // nothing and the next batch see only its look-back window).
+            let rewritten_since_pin = matches!(
+                (m.relfilenode, snapshot.filenodes.get(table.table)),
+                (Some(pinned), Some(now)) if pinned != *now
+            );
+            if rewritten_since_pin {
+                tracing::warn!(dataset = %dataset, batch = m.batch, "The table was rewritten since the pending batch was pinned: re-planning it on the table as it is now");
+            }
+            let replan = settings.rebase || rewritten_since_pin;
             tracing::warn!(dataset = %dataset, batch = m.batch, previous_owner = %m.claim.owner, "Resuming a pending batch whose run stopped");
             report.resumed = true;
             if settings.dry_run {
@@ -275,24 +310,38 @@ pub async fn run_dataset(
                     version: prev.version,
                 };
                 match log.take_over(&path, found, &settings.run_id).await {
-                    Ok(p) if settings.rebase => {
-                        // The pinned range belongs to the source being replaced:
-                        // select like a first batch instead and let row identity
-                        // drop what bronze holds (the look-back bound stays).
+                    Ok(p) if replan || reschema => {
                         p.update(|e| {
-                            e.h_prev = None;
-                            e.h = snapshot.xmin;
-                            e.xmax = snapshot.xmax;
-                            e.snapshot_time = snapshot.time;
-                            e.system_identifier = snapshot.system_identifier.clone();
-                            e.timeline = snapshot.timeline;
-                            e.wal_lsn = snapshot.wal_lsn.clone();
-                            e.relfilenode = snapshot.filenodes.get(table.table).copied();
+                            if replan {
+                                // The pinned range belongs to the source (or the
+                                // table file) being replaced: select like a first
+                                // batch instead and let row identity drop what
+                                // bronze holds (the look-back bound stays).
+                                e.h_prev = None;
+                                e.h = snapshot.xmin;
+                                e.xmax = snapshot.xmax;
+                                e.snapshot_time = snapshot.time;
+                                e.system_identifier = snapshot.system_identifier.clone();
+                                e.timeline = snapshot.timeline;
+                                e.wal_lsn = snapshot.wal_lsn.clone();
+                                e.relfilenode = snapshot.filenodes.get(table.table).copied();
+                                // A pinned backfill keeps its days after a
+                                // rewrite (they supersede, they are not
+                                // "captured"); a rebase adopts a new source.
+                                if settings.rebase {
+                                    e.backfill_days.clear();
+                                }
+                            }
+                            if reschema {
+                                // Accepted: the live columns (an earlier attempt's
+                                // files had the old ones).
+                                e.added_columns = settings.added_columns.clone();
+                            }
+                            // Either way, names unique to the attempt.
                             e.drop_captured = true;
-                            e.backfill_days.clear();
                         })
                         .await?;
-                        tracing::warn!(dataset = %dataset, batch = p.entry().await.batch, "Rebased the pending batch on the source as it is now");
+                        tracing::warn!(dataset = %dataset, batch = p.entry().await.batch, "Re-planned the pending batch on the source as it is now");
                         (p.entry().await, Some(p))
                     }
                     Ok(p) => (p.entry().await, Some(p)),
@@ -330,6 +379,18 @@ pub async fn run_dataset(
             }
             // Everything that can refuse the range is checked before pinning it:
             // a pinned batch that can never run would block the dataset for good.
+            if let Some(p) = &prev
+                && !settings.accept_schema
+            {
+                let drift = contract::compare_added(&p.added_columns, &settings.added_columns);
+                if !drift.is_empty() {
+                    return Err(ContractError {
+                        table: table.table,
+                        drift,
+                    }
+                    .into());
+                }
+            }
             // A rebase selects like a first batch (no lower horizon) and lets
             // row identity drop what bronze already holds.
             let rebase = settings.rebase && prev.is_some();
@@ -394,6 +455,7 @@ pub async fn run_dataset(
                     carried
                 },
                 backfill_days: settings.backfill_days.clone(),
+                added_columns: settings.added_columns.clone(),
                 claim: Claim::default(),
                 committed_at: None,
                 files: vec![],
@@ -419,6 +481,22 @@ pub async fn run_dataset(
         }
     };
     report.batch = Some(plan.batch);
+    let known = history
+        .latest_committed()
+        .map(|m| m.added_columns.as_slice())
+        .unwrap_or_default();
+    report.added_columns = plan
+        .added_columns
+        .iter()
+        .filter(|c| !known.iter().any(|k| k.name == c.name))
+        .map(|c| format!("{} ({})", c.name, c.pg_type))
+        .collect();
+    if !report.added_columns.is_empty() {
+        tracing::warn!(
+            dataset = %dataset, batch = plan.batch, columns = %report.added_columns.join(", "),
+            "Capturing columns the contract does not name, from this batch on (SPEC §5.8)"
+        );
+    }
     report.h_prev = plan.h_prev;
     report.h = Some(plan.h);
     failpoint("after-pin");
@@ -650,12 +728,17 @@ async fn execute(
     } else {
         None
     };
+    let schema = ExportSchema {
+        table,
+        added: plan.added_columns.clone(),
+    };
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
     // The end of the channel is not the end of the input: the writer finishes
     // its last file only when told the extraction succeeded.
     let (done_tx, done_rx) = oneshot::channel();
     let writer = tokio::spawn({
         let lake = lake.clone();
+        let schema = schema.clone();
         let dry_run = settings.dry_run;
         // An events batch re-executes to the same bytes; a backfill (whatever
         // PostgreSQL holds now), an outbox batch (rows updated in place) and a
@@ -673,12 +756,12 @@ async fn execute(
                 complete: done_rx,
                 drop_captured,
             };
-            write::write_partitions(&lake, table, &names, dry_run, input, &after_file).await
+            write::write_partitions(&lake, &schema, &names, dry_run, input, &after_file).await
         }
     });
     let extracted = extract::extract(
         client,
-        table,
+        &schema,
         &sel,
         plan.batch,
         plan.snapshot_time,

@@ -53,6 +53,11 @@ struct Cli {
     /// batch was refused because 2^31 transactions passed since the last one.
     #[arg(long, conflicts_with_all = ["date", "from", "verify"])]
     rebase: bool,
+    /// Accept that columns captured earlier but not in the contract were
+    /// dropped, renamed or changed their Parquet type: later files follow the
+    /// table as it is now, earlier files keep theirs (docs/source-life.md).
+    #[arg(long, conflicts_with = "verify")]
+    accept_schema: bool,
     /// The incremental scan starts this long before the previous batch's snapshot.
     #[arg(long, env = "BRONZE_LOOKBACK", default_value = "24h", value_parser = humantime::parse_duration)]
     lookback: Duration,
@@ -115,6 +120,7 @@ where
             backfill_days: days,
             verify: cli.verify,
             rebase: cli.rebase,
+            accept_schema: cli.accept_schema,
             horizon_warn: cli.horizon_warn,
             lookback: cli.lookback,
             lease: Duration::from_secs(cli.lease_secs),

@@ -8,10 +8,11 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayBuilder, ArrayRef, BooleanBuilder, Decimal128Builder, Int32Builder, Int64Builder,
-    StringBuilder, TimestampMicrosecondBuilder,
+    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder,
+    Float32Builder, Float64Builder, Int16Builder, Int32Builder, Int64Builder, StringBuilder,
+    Time64MicrosecondBuilder, TimestampMicrosecondBuilder,
 };
-use lake_common::schema::{Column, PgType};
+use lake_common::schema::{ExportColumn, PgType};
 
 /// Microseconds between 1970-01-01 and PostgreSQL's epoch 2000-01-01.
 pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
@@ -125,7 +126,15 @@ fn text(raw: &[u8]) -> Result<&str> {
     std::str::from_utf8(raw).map_err(|_| DecodeError("text is not valid UTF-8".into()))
 }
 
-/// Appends one contract column's values.
+/// Days between 1970-01-01 and PostgreSQL's epoch 2000-01-01.
+const PG_EPOCH_OFFSET_DAYS: i32 = 10_957;
+
+fn fixed<const N: usize>(raw: &[u8], what: &str) -> Result<[u8; N]> {
+    raw.try_into()
+        .map_err(|_| DecodeError(format!("{what} is not {N} bytes")))
+}
+
+/// Appends one exported column's values.
 #[derive(Debug)]
 pub enum ColumnBuilder {
     /// uuid → canonical text.
@@ -142,6 +151,20 @@ pub enum ColumnBuilder {
     Decimal(Decimal128Builder, u8, i8),
     /// timestamptz.
     Timestamp(TimestampMicrosecondBuilder),
+    /// `timestamp without time zone`: the same microseconds, no time zone.
+    LocalTimestamp(TimestampMicrosecondBuilder),
+    /// smallint.
+    Int16(Int16Builder),
+    /// real.
+    Float32(Float32Builder),
+    /// double precision.
+    Float64(Float64Builder),
+    /// date.
+    Date(Date32Builder),
+    /// time without time zone (microseconds since midnight).
+    Time(Time64MicrosecondBuilder),
+    /// bytea.
+    Binary(BinaryBuilder),
     /// boolean.
     Bool(BooleanBuilder),
 }
@@ -157,7 +180,7 @@ pub enum Appended {
 
 impl ColumnBuilder {
     /// A builder for `column` with room for `capacity` rows.
-    pub fn new(column: &Column, capacity: usize) -> Self {
+    pub fn new(column: &ExportColumn<'_>, capacity: usize) -> Self {
         let strings = || StringBuilder::with_capacity(capacity, capacity * 16);
         match column.pg {
             PgType::Uuid => Self::Uuid(
@@ -165,7 +188,7 @@ impl ColumnBuilder {
                 String::with_capacity(36),
             ),
             PgType::Jsonb => Self::Jsonb(StringBuilder::with_capacity(capacity, capacity * 128)),
-            PgType::Text => Self::Text(strings()),
+            PgType::Text | PgType::AsText => Self::Text(strings()),
             PgType::Id | PgType::Int8 => Self::Int64(Int64Builder::with_capacity(capacity)),
             PgType::Int4 => Self::Int32(Int32Builder::with_capacity(capacity)),
             PgType::Numeric(p, s) => {
@@ -175,6 +198,15 @@ impl ColumnBuilder {
                 Self::Timestamp(TimestampMicrosecondBuilder::with_capacity(capacity))
             }
             PgType::Bool => Self::Bool(BooleanBuilder::with_capacity(capacity)),
+            PgType::Timestamp => {
+                Self::LocalTimestamp(TimestampMicrosecondBuilder::with_capacity(capacity))
+            }
+            PgType::Int2 => Self::Int16(Int16Builder::with_capacity(capacity)),
+            PgType::Float4 => Self::Float32(Float32Builder::with_capacity(capacity)),
+            PgType::Float8 => Self::Float64(Float64Builder::with_capacity(capacity)),
+            PgType::Date => Self::Date(Date32Builder::with_capacity(capacity)),
+            PgType::Time => Self::Time(Time64MicrosecondBuilder::with_capacity(capacity)),
+            PgType::Bytea => Self::Binary(BinaryBuilder::with_capacity(capacity, capacity * 16)),
         }
     }
 
@@ -213,6 +245,24 @@ impl ColumnBuilder {
                 [1] => b.append_value(true),
                 _ => return err("boolean is not one byte"),
             },
+            Self::LocalTimestamp(b) => b.append_value(timestamptz(raw)?),
+            Self::Int16(b) => b.append_value(i16::from_be_bytes(fixed(raw, "smallint")?)),
+            Self::Float32(b) => b.append_value(f32::from_be_bytes(fixed(raw, "real")?)),
+            Self::Float64(b) => {
+                b.append_value(f64::from_be_bytes(fixed(raw, "double precision")?));
+            }
+            Self::Date(b) => {
+                let days = i32::from_be_bytes(fixed(raw, "date")?);
+                if days == i32::MAX || days == i32::MIN {
+                    return err("date is ±infinity, which Parquet cannot hold");
+                }
+                b.append_value(
+                    days.checked_add(PG_EPOCH_OFFSET_DAYS)
+                        .ok_or_else(|| DecodeError("date out of range".into()))?,
+                );
+            }
+            Self::Time(b) => b.append_value(i64::from_be_bytes(fixed(raw, "time")?)),
+            Self::Binary(b) => b.append_value(raw),
         }
         Ok(Appended::Ok)
     }
@@ -223,8 +273,14 @@ impl ColumnBuilder {
             Self::Int64(b) => b.append_null(),
             Self::Int32(b) => b.append_null(),
             Self::Decimal(b, _, _) => b.append_null(),
-            Self::Timestamp(b) => b.append_null(),
+            Self::Timestamp(b) | Self::LocalTimestamp(b) => b.append_null(),
             Self::Bool(b) => b.append_null(),
+            Self::Int16(b) => b.append_null(),
+            Self::Float32(b) => b.append_null(),
+            Self::Float64(b) => b.append_null(),
+            Self::Date(b) => b.append_null(),
+            Self::Time(b) => b.append_null(),
+            Self::Binary(b) => b.append_null(),
         }
     }
 
@@ -235,8 +291,14 @@ impl ColumnBuilder {
             Self::Int64(b) => b.len(),
             Self::Int32(b) => b.len(),
             Self::Decimal(b, _, _) => b.len(),
-            Self::Timestamp(b) => b.len(),
+            Self::Timestamp(b) | Self::LocalTimestamp(b) => b.len(),
             Self::Bool(b) => b.len(),
+            Self::Int16(b) => b.len(),
+            Self::Float32(b) => b.len(),
+            Self::Float64(b) => b.len(),
+            Self::Date(b) => b.len(),
+            Self::Time(b) => b.len(),
+            Self::Binary(b) => b.len(),
         }
     }
 
@@ -258,6 +320,13 @@ impl ColumnBuilder {
             ),
             Self::Timestamp(b) => Arc::new(b.finish().with_timezone("UTC")),
             Self::Bool(b) => Arc::new(b.finish()),
+            Self::LocalTimestamp(b) => Arc::new(b.finish()),
+            Self::Int16(b) => Arc::new(b.finish()),
+            Self::Float32(b) => Arc::new(b.finish()),
+            Self::Float64(b) => Arc::new(b.finish()),
+            Self::Date(b) => Arc::new(b.finish()),
+            Self::Time(b) => Arc::new(b.finish()),
+            Self::Binary(b) => Arc::new(b.finish()),
         }
     }
 }
@@ -350,11 +419,10 @@ mod tests {
 
     #[test]
     fn builders_append_and_null() {
-        let col = Column {
+        let col = ExportColumn {
             name: "q",
             pg: PgType::Numeric(20, 8),
             nullable: true,
-            doc: "",
         };
         let mut b = ColumnBuilder::new(&col, 4);
         assert_eq!(b.append(Some(&encode("1.5"))).unwrap(), Appended::Ok);
@@ -366,11 +434,10 @@ mod tests {
         let a = b.finish();
         assert_eq!((a.len(), a.null_count()), (3, 2));
         let mut u = ColumnBuilder::new(
-            &Column {
+            &ExportColumn {
                 name: "u",
                 pg: PgType::Uuid,
                 nullable: false,
-                doc: "",
             },
             1,
         );
@@ -382,11 +449,10 @@ mod tests {
             .unwrap();
         assert_eq!(s.value(0), "abababab-abab-abab-abab-abababababab");
         let mut j = ColumnBuilder::new(
-            &Column {
+            &ExportColumn {
                 name: "j",
                 pg: PgType::Jsonb,
                 nullable: false,
-                doc: "",
             },
             1,
         );

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, TimestampMicrosecondArray};
 use chrono::{DateTime, NaiveDate, Utc};
 use futures::{StreamExt, pin_mut};
-use lake_common::schema::SourceTable;
+use lake_common::schema::{ExportSchema, SourceTable};
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 use tokio_postgres::binary_copy::BinaryCopyOutStream;
@@ -48,8 +48,8 @@ fn ts_literal(t: DateTime<Utc>) -> String {
 }
 
 /// The SELECT of a batch, ordered by (time column, key) for deterministic files.
-pub fn select_sql(table: &SourceTable, sel: &Selection) -> String {
-    let cols: Vec<&str> = table.columns.iter().map(|c| c.name).collect();
+pub fn select_sql(schema: &ExportSchema, sel: &Selection) -> String {
+    let table = schema.table;
     let time = table.time_column;
     let mut range = format!("({})", sel.range);
     if let Some(from) = sel.scan_from {
@@ -78,7 +78,7 @@ pub fn select_sql(table: &SourceTable, sel: &Selection) -> String {
     };
     format!(
         "SELECT {} FROM {} WHERE {filter} ORDER BY {time}, {}",
-        cols.join(", "),
+        schema.select_list(),
         table.table,
         table.key
     )
@@ -129,7 +129,7 @@ pub enum ExtractError {
         /// The row's key.
         key_value: String,
         /// Column.
-        column: &'static str,
+        column: String,
         /// What is wrong.
         source: DecodeError,
     },
@@ -150,40 +150,39 @@ pub struct Chunk {
 /// Runs the COPY and sends chunks to `tx`. Returns rows read and findings.
 pub async fn extract(
     client: &Client,
-    table: &SourceTable,
+    schema: &ExportSchema,
     sel: &Selection,
     batch_no: u64,
     ingested_at: DateTime<Utc>,
     tx: mpsc::Sender<Chunk>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(u64, Findings), ExtractError> {
+    let table: &SourceTable = schema.table;
+    let columns = schema.columns();
     let pg_err = |source| ExtractError::Postgres {
         table: table.table,
         source,
     };
     let copy = format!(
         "COPY ({}) TO STDOUT (FORMAT binary)",
-        select_sql(table, sel)
+        select_sql(schema, sel)
     );
     tracing::debug!(sql = %copy, "Starting COPY");
     let stream = client.copy_out(copy.as_str()).await.map_err(pg_err)?;
-    let types = vec![Type::BYTEA; table.columns.len()];
+    let types = vec![Type::BYTEA; columns.len()];
     let rows = BinaryCopyOutStream::new(stream, &types);
     pin_mut!(rows);
 
-    let schema = table.arrow_schema();
-    let time_idx = table
-        .columns
+    let arrow_schema = schema.arrow_schema();
+    let time_idx = columns
         .iter()
         .position(|c| c.name == table.time_column)
         .unwrap_or(0);
-    let key_idx = table
-        .columns
+    let key_idx = columns
         .iter()
         .position(|c| c.name == table.key)
         .unwrap_or(0);
-    let mut builders: Vec<ColumnBuilder> = table
-        .columns
+    let mut builders: Vec<ColumnBuilder> = columns
         .iter()
         .map(|c| ColumnBuilder::new(c, CHUNK_ROWS))
         .collect();
@@ -192,36 +191,37 @@ pub async fn extract(
     let mut prev_key: Vec<u8> = Vec::new();
     let mut total = 0u64;
 
-    let flush =
-        |builders: &mut Vec<ColumnBuilder>, date: NaiveDate| -> Result<Chunk, ExtractError> {
-            let n = builders[0].len();
-            let mut cols: Vec<ArrayRef> = builders.iter_mut().map(ColumnBuilder::finish).collect();
-            cols.push(Arc::new(Int64Array::from(vec![batch_no as i64; n])));
-            cols.push(Arc::new(
-                TimestampMicrosecondArray::from(vec![ingested_at.timestamp_micros(); n])
-                    .with_timezone("UTC"),
-            ));
-            let batch =
-                RecordBatch::try_new(schema.clone(), cols).map_err(|e| ExtractError::Decode {
-                    table: table.table,
-                    key: table.key,
-                    key_value: "?".into(),
-                    column: "?",
-                    source: DecodeError(e.to_string()),
-                })?;
-            Ok(Chunk { date, batch })
-        };
+    let flush = |builders: &mut Vec<ColumnBuilder>,
+                 date: NaiveDate|
+     -> Result<Chunk, ExtractError> {
+        let n = builders[0].len();
+        let mut cols: Vec<ArrayRef> = builders.iter_mut().map(ColumnBuilder::finish).collect();
+        cols.push(Arc::new(Int64Array::from(vec![batch_no as i64; n])));
+        cols.push(Arc::new(
+            TimestampMicrosecondArray::from(vec![ingested_at.timestamp_micros(); n])
+                .with_timezone("UTC"),
+        ));
+        let batch =
+            RecordBatch::try_new(arrow_schema.clone(), cols).map_err(|e| ExtractError::Decode {
+                table: table.table,
+                key: table.key,
+                key_value: "?".into(),
+                column: "?".into(),
+                source: DecodeError(e.to_string()),
+            })?;
+        Ok(Chunk { date, batch })
+    };
 
     while let Some(row) = rows.next().await {
         let row = row.map_err(pg_err)?;
         let get = |i: usize| row.try_get::<Option<Raw>>(i).map(|o| o.map(|r| r.0));
         let key_raw = get(key_idx).map_err(pg_err)?.unwrap_or_default();
         let time_raw = get(time_idx).map_err(pg_err)?;
-        let decode_err = |column: &'static str, source: DecodeError| ExtractError::Decode {
+        let decode_err = |column: &str, source: DecodeError| ExtractError::Decode {
             table: table.table,
             key: table.key,
             key_value: key_text(key_raw),
-            column,
+            column: column.to_owned(),
             source,
         };
         let micros = match time_raw {
@@ -247,7 +247,7 @@ pub async fn extract(
         }
         prev_key.clear();
         prev_key.extend_from_slice(key_raw);
-        for (i, (b, col)) in builders.iter_mut().zip(table.columns).enumerate() {
+        for (i, (b, col)) in builders.iter_mut().zip(&columns).enumerate() {
             let raw = get(i).map_err(pg_err)?;
             if raw.is_none() && !col.nullable {
                 return Err(decode_err(
@@ -296,7 +296,7 @@ mod tests {
             scan_from: Some(DateTime::from_timestamp(1_700_000_000, 0).unwrap()),
             backfill: None,
         };
-        let sql = select_sql(&STOP_EVENTS, &sel);
+        let sql = select_sql(&ExportSchema::contract(&STOP_EVENTS), &sel);
         assert!(
             sql.starts_with("SELECT event_id, event_seq, occurred_at,"),
             "{sql}"
@@ -310,7 +310,7 @@ mod tests {
                 "F".into(),
             )),
         };
-        let sql = select_sql(&STOP_EVENTS, &sel);
+        let sql = select_sql(&ExportSchema::contract(&STOP_EVENTS), &sel);
         assert!(
             sql.contains("WHERE (R) OR (((occurred_at >= '2026-01-02 00:00:00.000000+00'::timestamptz AND occurred_at < '2026-01-03 00:00:00.000000+00'::timestamptz)) AND F)"),
             "{sql}"

@@ -22,12 +22,12 @@
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use arrow::array::{Array, BooleanArray, RecordBatch, StringArray};
-use arrow::row::{RowConverter, SortField};
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray};
+use arrow::row::{RowConverter, Rows, SortField};
 use chrono::NaiveDate;
 use futures::{StreamExt, TryStreamExt};
 use lake_common::manifest::DataFile;
-use lake_common::schema::SourceTable;
+use lake_common::schema::{BATCH_COLUMN, INGESTED_AT_COLUMN, SourceTable};
 use lake_common::{Lake, parquet_io};
 use object_store::path::Path;
 
@@ -169,7 +169,10 @@ impl Captured {
     }
 
     /// Digests of the contract columns (lineage columns differ between versions
-    /// by construction); `None` for append-only tables.
+    /// by construction) and of the non-NULL values of added columns (SPEC
+    /// §5.8), so a column added without a value changes no row's digest, while
+    /// an update of an added column alone is a new version; `None` for
+    /// append-only tables.
     fn digests(&self, batch: &RecordBatch) -> Result<Option<Vec<Digest>>, IdentityError> {
         if !self.table.updated_in_place {
             return Ok(None);
@@ -180,15 +183,52 @@ impl Captured {
             .iter()
             .filter_map(|c| batch.column_by_name(c.name).cloned())
             .collect();
-        let converter = RowConverter::new(
-            columns
-                .iter()
-                .map(|c| SortField::new(c.data_type().clone()))
-                .collect(),
-        )?;
-        let rows = converter.convert_columns(&columns)?;
-        Ok(Some(rows.iter().map(|r| digest(r.as_ref())).collect()))
+        let rows = row_bytes(&columns)?;
+        let schema = batch.schema();
+        let added: Vec<(&str, &ArrayRef)> = schema
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .filter(|(f, _)| {
+                self.table.column(f.name()).is_none()
+                    && ![BATCH_COLUMN, INGESTED_AT_COLUMN].contains(&f.name().as_str())
+            })
+            .map(|(f, c)| (f.name().as_str(), c))
+            .collect();
+        if added.is_empty() {
+            return Ok(Some(rows.iter().map(|r| digest(r.as_ref())).collect()));
+        }
+        let added_rows = added
+            .iter()
+            .map(|(_, c)| row_bytes(std::slice::from_ref(*c)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut buf = Vec::new();
+        let mut out = Vec::with_capacity(rows.num_rows());
+        for (i, row) in rows.iter().enumerate() {
+            buf.clear();
+            buf.extend_from_slice(row.as_ref());
+            for ((name, col), r) in added.iter().zip(&added_rows) {
+                if col.is_valid(i) {
+                    buf.extend_from_slice(name.as_bytes());
+                    buf.push(0);
+                    buf.extend_from_slice(r.row(i).as_ref());
+                }
+            }
+            out.push(digest(&buf));
+        }
+        Ok(Some(out))
     }
+}
+
+/// The row format of `columns` (comparable bytes per row).
+fn row_bytes(columns: &[ArrayRef]) -> Result<Rows, IdentityError> {
+    let converter = RowConverter::new(
+        columns
+            .iter()
+            .map(|c| SortField::new(c.data_type().clone()))
+            .collect(),
+    )?;
+    Ok(converter.convert_columns(columns)?)
 }
 
 fn digest(bytes: &[u8]) -> Digest {

@@ -70,6 +70,8 @@ pub struct Options {
     /// The next batch selects like a first batch and drops rows already
     /// captured (after a span of 2^31 transactions was refused).
     pub rebase: bool,
+    /// Accept dropped or retyped columns that the contract does not name.
+    pub accept_schema: bool,
     /// A horizon held longer than this is a warning.
     pub horizon_warn: Duration,
     /// Incremental scan lower bound: previous snapshot minus this.
@@ -524,7 +526,7 @@ async fn export_dataset(
     locked: bool,
 ) -> anyhow::Result<DatasetReport> {
     readable(client, config, table).await?;
-    contract::check(client, table)
+    let added_columns = contract::check(client, table)
         .await
         .with_context(|| format!("reading the columns of {}", table.table))??;
     let fence = Fence::new();
@@ -557,6 +559,8 @@ async fn export_dataset(
         dry_run: opts.dry_run,
         backfill_days: opts.backfill_days.clone(),
         rebase: opts.rebase,
+        accept_schema: opts.accept_schema,
+        added_columns,
         horizon_warn: opts.horizon_warn,
         lookback: opts.lookback,
         lease: opts.lease,

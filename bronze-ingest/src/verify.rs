@@ -19,7 +19,7 @@ use arrow::array::{Array, Decimal128Array};
 use chrono::NaiveDate;
 use futures::TryStreamExt;
 use lake_common::manifest;
-use lake_common::schema::SourceTable;
+use lake_common::schema::{ExportSchema, SourceTable};
 use lake_common::{Lake, parquet_io};
 use object_store::path::Path;
 use serde::Serialize;
@@ -68,7 +68,13 @@ pub async fn verify_dataset(
     };
     let finished = horizon::finished_before(last.h, xmax)?;
     if table.updated_in_place {
-        return verify_versions(lake, client, table, &live, finished, only).await;
+        // The columns the last batch exported: a version is what bronze holds
+        // of every one of them.
+        let schema = ExportSchema {
+            table,
+            added: last.added_columns.clone(),
+        };
+        return verify_versions(lake, client, &schema, &live, finished, only).await;
     }
     let mut days: BTreeMap<NaiveDate, DayCheck> = BTreeMap::new();
 
@@ -177,11 +183,12 @@ fn differing(table: &SourceTable, days: BTreeMap<NaiveDate, DayCheck>) -> (usize
 async fn verify_versions(
     lake: &Lake,
     client: &Client,
-    table: &'static SourceTable,
+    schema: &ExportSchema,
     live: &[manifest::DataFile],
     finished: String,
     only: &[NaiveDate],
 ) -> anyhow::Result<(usize, Vec<Mismatch>)> {
+    let table = schema.table;
     let from = only.iter().min().copied();
     let captured = crate::identity::Captured::load(lake, table, live, from, &[]).await?;
     // Only some days: the days' rows alone (the backfill form of the SELECT).
@@ -210,7 +217,7 @@ async fn verify_versions(
         }
         Ok::<_, crate::identity::IdentityError>(days)
     };
-    let export = crate::extract::extract(client, table, &sel, 0, chrono::Utc::now(), tx, &|_| {});
+    let export = crate::extract::extract(client, schema, &sel, 0, chrono::Utc::now(), tx, &|_| {});
     let (exported, days) = tokio::join!(export, count);
     exported?;
     Ok(differing(table, days?))

@@ -8,7 +8,7 @@
 use chrono::NaiveDate;
 use lake_common::manifest::DataFile;
 use lake_common::parquet_io::FileWriter;
-use lake_common::schema::{SourceTable, TARGET_FILE_BYTES};
+use lake_common::schema::{ExportSchema, SourceTable, TARGET_FILE_BYTES};
 use lake_common::{Lake, Partition};
 use object_store::path::Path;
 use tokio::sync::{mpsc, oneshot};
@@ -90,14 +90,14 @@ impl FileNames {
 /// multipart upload), so no truncated file ever lands under a final name.
 pub async fn write_partitions(
     lake: &Lake,
-    table: &SourceTable,
+    schema: &ExportSchema,
     names: &FileNames,
     dry_run: bool,
     input: Input,
     after_file: AfterFile<'_>,
 ) -> Result<Written, WriteError> {
     let mut state = State::default();
-    let result = write_all(lake, table, names, dry_run, input, after_file, &mut state).await;
+    let result = write_all(lake, schema, names, dry_run, input, after_file, &mut state).await;
     let State { open, out } = state;
     match result {
         Ok(()) => Ok(out),
@@ -135,7 +135,7 @@ struct State {
 
 async fn write_all(
     lake: &Lake,
-    table: &SourceTable,
+    schema: &ExportSchema,
     names: &FileNames,
     dry_run: bool,
     mut input: Input,
@@ -173,8 +173,8 @@ async fn write_all(
             if let Some((date, _, w)) = open.take() {
                 finish(out, date, w, after_file).await?;
             }
-            let path = names.path(table, chunk.date, n);
-            let w = FileWriter::bronze(lake, table, path.clone()).map_err(|source| {
+            let path = names.path(schema.table, chunk.date, n);
+            let w = FileWriter::bronze(lake, schema, path.clone()).map_err(|source| {
                 WriteError::Parquet {
                     path: path.to_string(),
                     source,

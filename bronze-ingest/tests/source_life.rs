@@ -8,25 +8,6 @@ mod support;
 use lake_common::Dataset;
 use support::*;
 
-fn report_of(out: &std::process::Output) -> serde_json::Value {
-    let line = stdout(out)
-        .lines()
-        .find(|l| l.contains("\"Run summary\""))
-        .map(str::to_owned)
-        .unwrap_or_else(|| panic!("no run summary:\n{}", stdout(out)));
-    serde_json::from_str::<serde_json::Value>(&line).unwrap()["report"].clone()
-}
-
-fn dataset(report: &serde_json::Value, name: &str) -> serde_json::Value {
-    report["datasets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["dataset"].as_str().is_some_and(|d| d.ends_with(name)))
-        .unwrap_or_else(|| panic!("no {name} in {report}"))
-        .clone()
-}
-
 /// `ALTER COLUMN … TYPE` with a conversion re-inserts every row under the
 /// ALTER's xid. Every row of the look-back window then looks new; bronze must
 /// notice the rewrite and commit none of them again.

@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-use crate::schema::SourceTable;
+use crate::schema::{AddedColumn, PgType, SourceTable};
 
 /// One way the live table departs from the contract.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +27,23 @@ pub enum Drift {
     },
     /// A column the contract declares NOT NULL accepts NULL.
     Nullable(&'static str),
+    /// A column the contract does not name has a type bronze has no mapping for.
+    Unmapped {
+        /// Column.
+        column: String,
+        /// The live type.
+        found: String,
+    },
+    /// A column captured by earlier batches (not in the contract) is gone or
+    /// changed its Parquet type.
+    AddedChanged {
+        /// Column.
+        column: String,
+        /// What it was captured as.
+        was: String,
+        /// What it is now (`None`: dropped or renamed).
+        now: Option<String>,
+    },
 }
 
 impl fmt::Display for Drift {
@@ -43,6 +60,21 @@ impl fmt::Display for Drift {
                 "column {column} is {found}, the contract needs {expected}"
             ),
             Self::Nullable(c) => write!(f, "column {c} allows NULL, the contract needs NOT NULL"),
+            Self::Unmapped { column, found } => write!(
+                f,
+                "added column {column} is {found}, a type bronze has no mapping for \
+                 (docs/tables.md, \"Columns added to a source table\")"
+            ),
+            Self::AddedChanged { column, was, now } => match now {
+                None => write!(
+                    f,
+                    "column {column} (captured as {was}) was dropped or renamed"
+                ),
+                Some(now) => write!(
+                    f,
+                    "column {column} was captured as {was} and is now {now}, another Parquet type"
+                ),
+            },
         }
     }
 }
@@ -50,8 +82,9 @@ impl fmt::Display for Drift {
 /// The source schema broke the contract. Maps to exit code 2.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "source table {table} no longer matches the bronze contract: {}; fix the schema or update the contract (lake-common/src/schema.rs) in a new release",
-    .drift.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    "source table {table} no longer matches the bronze contract: {}; {}",
+    .drift.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+    procedure(.drift)
 )]
 pub struct ContractError {
     /// The table.
@@ -60,21 +93,42 @@ pub struct ContractError {
     pub drift: Vec<Drift>,
 }
 
-/// The catalog query: name, formatted type and NOT NULL of every live column.
-pub const COLUMNS_SQL: &str = "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull \
-     FROM pg_attribute a WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
+/// What the operator does about `drift` (docs/source-life.md, "Schema changes").
+fn procedure(drift: &[Drift]) -> &'static str {
+    let contract = drift
+        .iter()
+        .any(|d| !matches!(d, Drift::Unmapped { .. } | Drift::AddedChanged { .. }));
+    if contract {
+        "fix the schema or update the contract (lake-common/src/schema.rs) in a new release"
+    } else if drift.iter().any(|d| matches!(d, Drift::Unmapped { .. })) {
+        "change the column's type to a mapped one (or cast it in a release that maps the type)"
+    } else {
+        "after deciding that the lake follows the table as it is now, run bronze-ingest once \
+         with --accept-schema: later files hold the columns as they are now, earlier files keep theirs"
+    }
+}
+
+/// A live column: name, `format_type()` text, NOT NULL, `pg_type.typcategory`.
+pub type LiveColumn = (String, String, bool, String);
+
+/// The catalog query: name, formatted type, NOT NULL and type category of every live column.
+pub const COLUMNS_SQL: &str = "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
+     t.typcategory::text \
+     FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+     WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped \
      ORDER BY a.attnum";
 
-/// Compares live columns `(name, format_type, not_null)` with the contract.
-pub fn compare(table: &SourceTable, live: &[(String, String, bool)]) -> Vec<Drift> {
+/// Compares live columns with the contract; the columns the contract does not
+/// name are returned with their mapping, or are drift when they have none.
+pub fn compare(table: &SourceTable, live: &[LiveColumn]) -> (Vec<Drift>, Vec<AddedColumn>) {
     if live.is_empty() {
-        return vec![Drift::MissingTable];
+        return (vec![Drift::MissingTable], vec![]);
     }
     let mut drift = Vec::new();
     for col in table.columns {
-        match live.iter().find(|(name, _, _)| name == col.name) {
+        match live.iter().find(|(name, ..)| name == col.name) {
             None => drift.push(Drift::MissingColumn(col.name)),
-            Some((_, ty, not_null)) => {
+            Some((_, ty, not_null, _)) => {
                 if !col.pg.accepts(ty) {
                     drift.push(Drift::Retyped {
                         column: col.name,
@@ -87,22 +141,59 @@ pub fn compare(table: &SourceTable, live: &[(String, String, bool)]) -> Vec<Drif
             }
         }
     }
-    drift
+    let mut added = Vec::new();
+    for (name, ty, _, category) in live {
+        if table.column(name).is_some() {
+            continue;
+        }
+        match PgType::for_added(ty, category) {
+            Some(stored_as) => added.push(AddedColumn {
+                name: name.clone(),
+                pg_type: ty.clone(),
+                stored_as,
+            }),
+            None => drift.push(Drift::Unmapped {
+                column: name.clone(),
+                found: ty.clone(),
+            }),
+        }
+    }
+    (drift, added)
 }
 
-/// Reads the live columns of `table` and checks them against the contract.
+/// Compares the added columns a batch would export with those an earlier batch
+/// captured: each must still be there with the same Parquet type (SPEC §5.8).
+pub fn compare_added(captured: &[AddedColumn], live: &[AddedColumn]) -> Vec<Drift> {
+    captured
+        .iter()
+        .filter_map(|was| {
+            let now = live.iter().find(|c| c.name == was.name);
+            match now {
+                Some(now) if now.same_storage(was) => None,
+                now => Some(Drift::AddedChanged {
+                    column: was.name.clone(),
+                    was: was.pg_type.clone(),
+                    now: now.map(|c| c.pg_type.clone()),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Reads the live columns of `table`, checks them against the contract and
+/// returns the columns it does not name.
 pub async fn check(
     client: &tokio_postgres::Client,
-    table: &SourceTable,
-) -> Result<Result<(), ContractError>, tokio_postgres::Error> {
+    table: &'static SourceTable,
+) -> Result<Result<Vec<AddedColumn>, ContractError>, tokio_postgres::Error> {
     let rows = client.query(COLUMNS_SQL, &[&table.table]).await?;
-    let live: Vec<(String, String, bool)> = rows
+    let live: Vec<LiveColumn> = rows
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect();
-    let drift = compare(table, &live);
+    let (drift, added) = compare(table, &live);
     Ok(if drift.is_empty() {
-        Ok(())
+        Ok(added)
     } else {
         Err(ContractError {
             table: table.table,
@@ -116,7 +207,7 @@ mod tests {
     use super::*;
     use crate::schema::STOP_EVENTS;
 
-    fn live() -> Vec<(String, String, bool)> {
+    fn live() -> Vec<LiveColumn> {
         STOP_EVENTS
             .columns
             .iter()
@@ -126,23 +217,24 @@ mod tests {
                     crate::schema::PgType::Id => "integer".to_string(),
                     other => other.describe(),
                 };
-                (c.name.to_string(), ty, !c.nullable)
+                (c.name.to_string(), ty, !c.nullable, "S".to_string())
             })
             .collect()
     }
 
     #[test]
     fn matching_table_has_no_drift() {
-        assert!(compare(&STOP_EVENTS, &live()).is_empty());
+        assert_eq!(compare(&STOP_EVENTS, &live()), (vec![], vec![]));
     }
 
     #[test]
     fn each_drift_names_the_column() {
         let mut l = live();
-        l.retain(|(n, _, _)| n != "quantity");
-        l.iter_mut().find(|(n, _, _)| n == "fill_price").unwrap().1 = "double precision".into();
-        l.iter_mut().find(|(n, _, _)| n == "client_id").unwrap().2 = false;
-        let drift = compare(&STOP_EVENTS, &l);
+        l.retain(|(n, ..)| n != "quantity");
+        l.iter_mut().find(|(n, ..)| n == "fill_price").unwrap().1 = "double precision".into();
+        l.iter_mut().find(|(n, ..)| n == "client_id").unwrap().2 = false;
+        let (drift, added) = compare(&STOP_EVENTS, &l);
+        assert!(added.is_empty());
         assert_eq!(drift.len(), 3, "{drift:?}");
         let e = ContractError {
             table: "stop_events",
@@ -155,6 +247,76 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("column client_id allows NULL"), "{e}");
-        assert_eq!(compare(&STOP_EVENTS, &[]), vec![Drift::MissingTable]);
+        assert!(e.contains("update the contract"), "{e}");
+        assert_eq!(compare(&STOP_EVENTS, &[]).0, vec![Drift::MissingTable]);
+    }
+
+    #[test]
+    fn added_columns_are_mapped_or_named() {
+        let mut l = live();
+        for (name, ty, cat) in [
+            ("venue", "character varying(40)", "S"),
+            ("fee", "numeric(12,4)", "N"),
+            ("tags", "text[]", "A"),
+            ("Mixed Case", "interval", "T"),
+            ("area", "point", "G"),
+            ("window", "tstzrange", "R"),
+        ] {
+            l.push((name.into(), ty.into(), false, cat.into()));
+        }
+        let (drift, added) = compare(&STOP_EVENTS, &l);
+        let stored: Vec<(&str, PgType)> = added
+            .iter()
+            .map(|c| (c.name.as_str(), c.stored_as))
+            .collect();
+        assert_eq!(
+            stored,
+            [
+                ("venue", PgType::Text),
+                ("fee", PgType::Numeric(12, 4)),
+                ("tags", PgType::AsText),
+                ("Mixed Case", PgType::AsText)
+            ]
+        );
+        let e = ContractError {
+            table: "stop_events",
+            drift,
+        }
+        .to_string();
+        assert!(
+            e.contains("added column area is point, a type bronze has no mapping for"),
+            "{e}"
+        );
+        assert!(e.contains("added column window is tstzrange"), "{e}");
+        assert!(
+            e.contains("change the column's type to a mapped one"),
+            "{e}"
+        );
+
+        // Widening a varchar keeps the Parquet type; a new precision does not.
+        let mut later = added.clone();
+        later[0].pg_type = "text".into();
+        later[1] = AddedColumn {
+            name: "fee".into(),
+            pg_type: "numeric(14,4)".into(),
+            stored_as: PgType::Numeric(14, 4),
+        };
+        later.remove(2);
+        let drift = compare_added(&added, &later);
+        assert_eq!(drift.len(), 2, "{drift:?}");
+        let e = ContractError {
+            table: "stop_events",
+            drift,
+        }
+        .to_string();
+        assert!(
+            e.contains("column fee was captured as numeric(12,4) and is now numeric(14,4)"),
+            "{e}"
+        );
+        assert!(
+            e.contains("column tags (captured as text[]) was dropped or renamed"),
+            "{e}"
+        );
+        assert!(e.contains("--accept-schema"), "{e}");
     }
 }

@@ -8,13 +8,15 @@
 
 use std::fmt::Write as _;
 
-use arrow::datatypes::SchemaRef;
+use std::sync::Arc;
+
+use arrow::datatypes::{Field, Schema, SchemaRef};
 use parquet::arrow::ArrowSchemaConverter;
 use parquet::basic::{LogicalType, TimeUnit};
 use parquet::schema::types::ColumnDescriptor;
 
 use crate::schema::{
-    self, BATCH_COLUMN, Column, INGESTED_AT_COLUMN, OUTBOX, STOP_EVENTS, SourceTable,
+    self, BATCH_COLUMN, Column, INGESTED_AT_COLUMN, OUTBOX, PgType, STOP_EVENTS, SourceTable,
 };
 
 const INTRO: &str = "\
@@ -44,6 +46,7 @@ pub fn render() -> String {
     let mut out = String::from(INTRO);
     bronze(&mut out, &STOP_EVENTS, BRONZE_EVENTS);
     bronze(&mut out, &OUTBOX, BRONZE_OUTBOX);
+    added_columns(&mut out);
     table(
         &mut out,
         "silver.stop_executions",
@@ -147,6 +150,101 @@ fn bronze(out: &mut String, t: &SourceTable, intro: &str) {
     });
 }
 
+const ADDED: &str = "\
+A column Django adds to a source table after the contract was written is
+captured from the next batch on, after the contract's columns and before the
+lineage columns, and listed in each batch manifest (`added_columns`) and in the
+run report (SPEC §5.8). Files written before hold no such column: read old and
+new files together by name (DuckDB `read_parquet(…, union_by_name = true)`,
+Spark `mergeSchema`, pyarrow with `pyarrow.unify_schemas` of the files'
+schemas); the column reads NULL for earlier rows. An added column is always
+nullable. Its mapping:
+";
+
+/// PostgreSQL types as `format_type()` names them, one per mapping, for the
+/// table of [`added_columns`]; each is mapped by [`PgType::for_added`].
+const ADDED_EXAMPLES: [(&str, &str, &str); 22] = [
+    ("smallint", "S", ""),
+    ("integer", "N", ""),
+    ("bigint", "N", ""),
+    ("numeric(12,4)", "N", "any precision up to 38, scale ≥ 0"),
+    (
+        "numeric",
+        "N",
+        "unconstrained, or precision above 38 / negative scale: exact text",
+    ),
+    ("real", "N", ""),
+    ("double precision", "N", ""),
+    ("boolean", "B", ""),
+    (
+        "text",
+        "S",
+        "also `character varying(n)`, `character(n)`, `json`, `xml`, `name`",
+    ),
+    ("uuid", "U", "canonical lowercase text"),
+    ("jsonb", "U", "the JSON text"),
+    ("date", "D", ""),
+    ("timestamp with time zone", "D", ""),
+    (
+        "timestamp without time zone",
+        "D",
+        "wall-clock time, no zone",
+    ),
+    ("time without time zone", "D", ""),
+    ("time with time zone", "D", "PostgreSQL's text output"),
+    (
+        "interval",
+        "T",
+        "PostgreSQL's text output, e.g. `1 day 02:03:04`",
+    ),
+    ("bytea", "U", ""),
+    ("inet", "I", "also `cidr`, `macaddr`: text output"),
+    (
+        "money",
+        "N",
+        "text output (follows the server's `lc_monetary`)",
+    ),
+    (
+        "integer[]",
+        "A",
+        "any array: PostgreSQL's text output, e.g. `{a,\"b,c\"}`",
+    ),
+    (
+        "an enum type",
+        "E",
+        "the label; bit strings likewise as text",
+    ),
+];
+
+/// The mapping of columns added to a source table, from [`PgType::for_added`]:
+/// what is not listed (composite, range, geometric and unknown extension
+/// types) stops the run naming the column.
+fn added_columns(out: &mut String) {
+    let _ = writeln!(out, "\n## Columns added to a source table\n\n{ADDED}");
+    out.push_str("| PostgreSQL | Parquet type | note |\n|---|---|---|\n");
+    for (pg, category, note) in ADDED_EXAMPLES {
+        let ty = PgType::for_added(pg, category).unwrap_or_else(|| panic!("{pg} has a mapping"));
+        let field = Field::new("c", ty.arrow_type(), true);
+        let schema = Arc::new(Schema::new(vec![field]));
+        let parquet = ArrowSchemaConverter::new()
+            .convert(&schema)
+            .expect("mapped types convert to Parquet");
+        let _ = writeln!(
+            out,
+            "| `{pg}` | {} | {note} |",
+            parquet_type(parquet.column(0).as_ref())
+        );
+    }
+    out.push_str(
+        "\nAny other type (composite, range, geometric, an extension's type) stops the run \
+         naming the column and its type: change the column's type, or map it in a release.\n\n\
+         A captured column that is dropped, renamed, or changed to a type with another \
+         Parquet type stops the run too; `bronze-ingest --accept-schema` (once) goes on \
+         with the table as it is (docs/source-life.md, \"Schema changes\"). A retype \
+         that keeps the Parquet type (`varchar(n)` ↔ `text`) is accepted.\n",
+    );
+}
+
 fn source_of(t: &SourceTable, c: &Column) -> String {
     format!("{}.{} ({})", t.table, c.name, c.pg.describe())
 }
@@ -191,24 +289,30 @@ fn parquet_type(c: &ColumnDescriptor) -> String {
         Some(LogicalType::String) => "STRING".to_owned(),
         Some(LogicalType::Decimal(d)) => format!("DECIMAL({},{})", d.precision, d.scale),
         Some(LogicalType::Timestamp(t)) => {
-            let unit = match t.unit {
-                TimeUnit::MILLIS => "MILLIS",
-                TimeUnit::MICROS => "MICROS",
-                TimeUnit::NANOS => "NANOS",
-            };
-            let zone = if t.is_adjusted_to_u_t_c {
-                "UTC"
-            } else {
-                "local"
-            };
-            format!("TIMESTAMP({unit}, {zone})")
+            format!(
+                "TIMESTAMP({})",
+                unit_and_zone(&t.unit, t.is_adjusted_to_u_t_c)
+            )
         }
+        Some(LogicalType::Time(t)) => {
+            format!("TIME({})", unit_and_zone(&t.unit, t.is_adjusted_to_u_t_c))
+        }
+        Some(LogicalType::Date) => "DATE".to_owned(),
         Some(LogicalType::Integer(i)) => {
             format!("{}INT{}", if i.is_signed { "" } else { "U" }, i.bit_width)
         }
         Some(other) => format!("{other:?}"),
     };
     format!("{logical} ({physical})")
+}
+
+fn unit_and_zone(unit: &TimeUnit, utc: bool) -> String {
+    let unit = match unit {
+        TimeUnit::MILLIS => "MILLIS",
+        TimeUnit::MICROS => "MICROS",
+        TimeUnit::NANOS => "NANOS",
+    };
+    format!("{unit}, {}", if utc { "UTC" } else { "local" })
 }
 
 #[cfg(test)]

@@ -115,6 +115,12 @@ pub struct BatchManifest {
     /// Days re-exported whole by a backfill (they supersede earlier files of those days).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backfill_days: Vec<NaiveDate>,
+    /// Columns of the source table the contract does not name, exported by
+    /// this batch after the contract columns (SPEC §5.8). Fixed when the batch
+    /// is pinned, so every attempt writes the same columns; a column added
+    /// later is captured from the next batch on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added_columns: Vec<crate::schema::AddedColumn>,
     /// Who owns the pending batch and its lease (owner, attempt, write id,
     /// lease expiry; flattened: the JSON keeps `owner` and `lease_expires_at`).
     #[serde(flatten)]
@@ -685,6 +691,7 @@ mod tests {
             drop_captured: false,
             drop_captured_below: None,
             backfill_days: vec![],
+            added_columns: vec![],
             claim: Claim {
                 owner: "run".into(),
                 ..Default::default()

@@ -26,7 +26,7 @@ use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use sha2::{Digest, Sha256};
 
-use crate::schema::{SourceTable, bronze_writer_properties, writer_properties};
+use crate::schema::{ExportSchema, bronze_writer_properties, writer_properties};
 use crate::store::Lake;
 
 /// Parts on their way to the store while the next one fills: one keeps the
@@ -133,14 +133,14 @@ impl FileWriter {
         Self::with_properties(lake, path, schema, writer_properties())
     }
 
-    /// Starts a bronze file of `table` at `path`: the table's Arrow schema and
-    /// [`bronze_writer_properties`].
-    pub fn bronze(lake: &Lake, table: &SourceTable, path: Path) -> Result<Self, ParquetError> {
+    /// Starts a bronze file at `path` with the exported columns' Arrow schema
+    /// and the table's [`bronze_writer_properties`].
+    pub fn bronze(lake: &Lake, schema: &ExportSchema, path: Path) -> Result<Self, ParquetError> {
         Self::with_properties(
             lake,
             path,
-            table.arrow_schema(),
-            bronze_writer_properties(table),
+            schema.arrow_schema(),
+            bronze_writer_properties(schema.table),
         )
     }
 

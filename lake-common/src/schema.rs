@@ -30,7 +30,13 @@ pub const BATCH_COLUMN: &str = "_batch";
 pub const INGESTED_AT_COLUMN: &str = "_ingested_at";
 
 /// The PostgreSQL type a source column must have, and so the Arrow type it becomes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// The contract uses the first nine; the rest exist for columns Django adds
+/// after the contract was written (SPEC §5.8), which bronze captures with the
+/// mapping of [`PgType::for_added`] (the table in `docs/tables.md`, "Columns
+/// added to a source table").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PgType {
     /// `uuid` → UTF8 (canonical lowercase hyphenated).
     Uuid,
@@ -50,18 +56,43 @@ pub enum PgType {
     Text,
     /// `boolean` → BOOLEAN.
     Bool,
+    /// `smallint` → INT16 (Parquet INT32 annotated INT(16)).
+    Int2,
+    /// `real` → FLOAT.
+    Float4,
+    /// `double precision` → DOUBLE.
+    Float8,
+    /// `date` → DATE.
+    Date,
+    /// `timestamp without time zone` → TIMESTAMP(MICROS) not adjusted to UTC.
+    Timestamp,
+    /// `time without time zone` → TIME(MICROS).
+    Time,
+    /// `bytea` → BINARY.
+    Bytea,
+    /// Any type read as PostgreSQL's own text output (`column::text`) → UTF8:
+    /// exact and readable for types Parquet has no equivalent of (interval,
+    /// inet, money, enums, arrays, unconstrained numeric, …).
+    AsText,
 }
 
 impl PgType {
     /// The Arrow type of the column in the lake.
     pub fn arrow_type(self) -> DataType {
         match self {
-            Self::Uuid | Self::Jsonb | Self::Text => DataType::Utf8,
+            Self::Uuid | Self::Jsonb | Self::Text | Self::AsText => DataType::Utf8,
             Self::Id | Self::Int8 => DataType::Int64,
             Self::Int4 => DataType::Int32,
             Self::Numeric(p, s) => DataType::Decimal128(p, s),
             Self::Timestamptz => utc_micros(),
             Self::Bool => DataType::Boolean,
+            Self::Int2 => DataType::Int16,
+            Self::Float4 => DataType::Float32,
+            Self::Float8 => DataType::Float64,
+            Self::Date => DataType::Date32,
+            Self::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+            Self::Time => DataType::Time64(TimeUnit::Microsecond),
+            Self::Bytea => DataType::Binary,
         }
     }
 
@@ -77,7 +108,70 @@ impl PgType {
             Self::Jsonb => formatted == "jsonb",
             Self::Text => formatted == "text" || formatted.starts_with("character varying"),
             Self::Bool => formatted == "boolean",
+            Self::Int2
+            | Self::Float4
+            | Self::Float8
+            | Self::Date
+            | Self::Timestamp
+            | Self::Time
+            | Self::Bytea
+            | Self::AsText => Self::for_added(formatted, "") == Some(self),
         }
+    }
+
+    /// How a column the contract does not name is captured, from its
+    /// `format_type()` text and its `pg_type.typcategory`; `None`: no mapping
+    /// (composite, range and geometric types, unknown extension types), and
+    /// the run stops naming the column.
+    pub fn for_added(formatted: &str, category: &str) -> Option<Self> {
+        let numeric = |f: &str| -> Option<Self> {
+            let inner = f.strip_prefix("numeric(")?.strip_suffix(')')?;
+            let (p, s) = inner.split_once(',')?;
+            let (p, s): (u8, i8) = (p.trim().parse().ok()?, s.trim().parse().ok()?);
+            // Decimal128 holds 38 digits; a negative scale (PostgreSQL 15)
+            // has no Parquet DECIMAL: both read as text, exactly.
+            Some(if (1..=38).contains(&p) && (0..=p as i8).contains(&s) {
+                Self::Numeric(p, s)
+            } else {
+                Self::AsText
+            })
+        };
+        Some(match formatted {
+            "uuid" => Self::Uuid,
+            "bigint" => Self::Int8,
+            "integer" => Self::Int4,
+            "smallint" => Self::Int2,
+            "real" => Self::Float4,
+            "double precision" => Self::Float8,
+            "boolean" => Self::Bool,
+            "date" => Self::Date,
+            "timestamp with time zone" => Self::Timestamptz,
+            "timestamp without time zone" => Self::Timestamp,
+            "time without time zone" => Self::Time,
+            "bytea" => Self::Bytea,
+            "jsonb" => Self::Jsonb,
+            "text" | "json" | "name" | "xml" | "citext" | "character" => Self::Text,
+            "numeric"
+            | "money"
+            | "interval"
+            | "time with time zone"
+            | "inet"
+            | "cidr"
+            | "macaddr"
+            | "macaddr8"
+            | "tsvector"
+            | "oid" => Self::AsText,
+            f if f.starts_with("character varying") || f.starts_with("character(") => Self::Text,
+            f if f.starts_with("numeric(") => numeric(f)?,
+            f if f.starts_with("timestamp(") && f.ends_with("with time zone") => Self::Timestamptz,
+            f if f.starts_with("timestamp(") && f.ends_with("without time zone") => Self::Timestamp,
+            f if f.starts_with("time(") && f.ends_with("without time zone") => Self::Time,
+            f if f.starts_with("time(") || f.starts_with("interval") => Self::AsText,
+            f if f.starts_with("bit") => Self::AsText,
+            // Arrays (of anything), enums and bit strings by category.
+            _ if matches!(category, "A" | "E" | "V") => Self::AsText,
+            _ => return None,
+        })
     }
 
     /// The contract's type, as a person would write it in an error message.
@@ -92,6 +186,14 @@ impl PgType {
             Self::Jsonb => "jsonb".into(),
             Self::Text => "varchar or text".into(),
             Self::Bool => "boolean".into(),
+            Self::Int2 => "smallint".into(),
+            Self::Float4 => "real".into(),
+            Self::Float8 => "double precision".into(),
+            Self::Date => "date".into(),
+            Self::Timestamp => "timestamp without time zone".into(),
+            Self::Time => "time without time zone".into(),
+            Self::Bytea => "bytea".into(),
+            Self::AsText => "any type, read as its text output".into(),
         }
     }
 }
@@ -345,16 +447,116 @@ pub const SOURCE_TABLES: [SourceTable; 2] = [STOP_EVENTS, OUTBOX];
 impl SourceTable {
     /// The bronze Arrow schema: source columns in order, then the lineage columns.
     pub fn arrow_schema(&self) -> SchemaRef {
-        let mut fields = fields(self.columns);
-        fields.push(Field::new(BATCH_COLUMN, DataType::Int64, false));
-        fields.push(Field::new(INGESTED_AT_COLUMN, utc_micros(), false));
-        Arc::new(Schema::new(fields))
+        with_lineage(fields(self.columns))
     }
 
     /// The contract column named `name`.
     pub fn column(&self, name: &str) -> Option<&Column> {
         self.columns.iter().find(|c| c.name == name)
     }
+}
+
+/// A column of the live source table that the contract does not name (SPEC
+/// §5.8): captured from the next batch on, after the contract columns, and
+/// recorded in every batch manifest that holds it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AddedColumn {
+    /// The column's name in PostgreSQL and in Parquet.
+    pub name: String,
+    /// PostgreSQL's `format_type()` of the column when it was captured.
+    pub pg_type: String,
+    /// How it is stored ([`PgType::for_added`]).
+    pub stored_as: PgType,
+}
+
+impl AddedColumn {
+    /// Whether files written with `self` and with `other` hold the column as
+    /// the same Parquet type (a retype that keeps it is accepted).
+    pub fn same_storage(&self, other: &Self) -> bool {
+        self.stored_as.arrow_type() == other.stored_as.arrow_type()
+    }
+}
+
+/// The columns a batch exports: the contract's, then the added ones.
+#[derive(Debug, Clone)]
+pub struct ExportSchema {
+    /// The contract.
+    pub table: &'static SourceTable,
+    /// Columns the contract does not name, in source order.
+    pub added: Vec<AddedColumn>,
+}
+
+/// One exported column.
+#[derive(Debug, Clone, Copy)]
+pub struct ExportColumn<'a> {
+    /// Name.
+    pub name: &'a str,
+    /// Type.
+    pub pg: PgType,
+    /// Whether NULL is allowed (always, for an added column: older files lack it).
+    pub nullable: bool,
+}
+
+impl ExportSchema {
+    /// The contract columns only.
+    pub fn contract(table: &'static SourceTable) -> Self {
+        Self {
+            table,
+            added: Vec::new(),
+        }
+    }
+
+    /// Every exported column, in file order.
+    pub fn columns(&self) -> Vec<ExportColumn<'_>> {
+        let contract = self.table.columns.iter().map(|c| ExportColumn {
+            name: c.name,
+            pg: c.pg,
+            nullable: c.nullable,
+        });
+        let added = self.added.iter().map(|c| ExportColumn {
+            name: &c.name,
+            pg: c.stored_as,
+            nullable: true,
+        });
+        contract.chain(added).collect()
+    }
+
+    /// The SELECT list: contract names as they are, added names quoted (Django
+    /// may add any name), text-mapped columns cast to text.
+    pub fn select_list(&self) -> String {
+        let mut out: Vec<String> = self
+            .table
+            .columns
+            .iter()
+            .map(|c| c.name.to_owned())
+            .collect();
+        for c in &self.added {
+            let ident = format!("\"{}\"", c.name.replace('"', "\"\""));
+            out.push(if c.stored_as == PgType::AsText {
+                format!("{ident}::text")
+            } else {
+                ident
+            });
+        }
+        out.join(", ")
+    }
+
+    /// The bronze Arrow schema: exported columns, then the lineage columns.
+    pub fn arrow_schema(&self) -> SchemaRef {
+        with_lineage(
+            self.columns()
+                .iter()
+                .map(|c| Field::new(c.name, c.pg.arrow_type(), c.nullable))
+                .collect(),
+        )
+    }
+}
+
+/// `fields` followed by bronze's lineage columns.
+fn with_lineage(mut fields: Vec<Field>) -> SchemaRef {
+    fields.push(Field::new(BATCH_COLUMN, DataType::Int64, false));
+    fields.push(Field::new(INGESTED_AT_COLUMN, utc_micros(), false));
+    Arc::new(Schema::new(fields))
 }
 
 /// TIMESTAMP(MICROS, isAdjustedToUTC=true).

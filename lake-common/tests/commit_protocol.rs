@@ -33,6 +33,7 @@ fn pending() -> BatchManifest {
         drop_captured: false,
         drop_captured_below: None,
         backfill_days: vec![],
+        added_columns: vec![],
         claim: Default::default(),
         committed_at: None,
         files: vec![],

@@ -188,6 +188,7 @@ async fn conditional_create_is_refused_the_second_time() {
         drop_captured: false,
         drop_captured_below: None,
         backfill_days: vec![],
+        added_columns: vec![],
         claim: lake_common::commit::Claim {
             owner: "a".into(),
             ..Default::default()

@@ -37,7 +37,7 @@ use arrow::array::{
 use chrono::{DateTime, NaiveDate, Utc};
 use lake_common::manifest::{self, BatchManifest, BatchState, DataFile, MANIFEST_FORMAT};
 use lake_common::parquet_io::FileWriter;
-use lake_common::schema::STOP_EVENTS;
+use lake_common::schema::{ExportSchema, STOP_EVENTS};
 use lake_common::{Dataset, Lake, LakeConfig, Partition};
 
 const BIN: &str = env!("CARGO_BIN_EXE_silver-transform");
@@ -296,7 +296,7 @@ async fn write_batch(lake: &Lake, batch: u64, mut evs: Vec<Ev>) {
     for (day, evs) in by_day {
         let date = NaiveDate::from_num_days_from_ce_opt(day as i32 + 719_163).unwrap();
         let path = Dataset::BronzeEvents.batch_file(&Partition::date(date), batch, 0);
-        let mut w = FileWriter::bronze(lake, &STOP_EVENTS, path).unwrap();
+        let mut w = FileWriter::bronze(lake, &ExportSchema::contract(&STOP_EVENTS), path).unwrap();
         for chunk in evs.chunks(64 * 1024) {
             w.write(&bronze_batch(chunk, batch)).await.unwrap();
         }
@@ -319,6 +319,7 @@ async fn write_batch(lake: &Lake, batch: u64, mut evs: Vec<Ev>) {
         drop_captured: false,
         drop_captured_below: None,
         backfill_days: vec![],
+        added_columns: vec![],
         claim: lake_common::commit::Claim {
             owner: "bench".into(),
             ..Default::default()

@@ -265,6 +265,27 @@ impl Harness {
     }
 }
 
+/// The run report of a run's JSON summary line.
+pub fn report_of(out: &std::process::Output) -> serde_json::Value {
+    let line = stdout(out)
+        .lines()
+        .find(|l| l.contains("\"Run summary\""))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no run summary:\n{}", stdout(out)));
+    serde_json::from_str::<serde_json::Value>(&line).unwrap()["report"].clone()
+}
+
+/// One dataset's entry of a run report.
+pub fn dataset(report: &serde_json::Value, name: &str) -> serde_json::Value {
+    report["datasets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["dataset"].as_str().is_some_and(|d| d.ends_with(name)))
+        .unwrap_or_else(|| panic!("no {name} in {report}"))
+        .clone()
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

@@ -24,7 +24,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
 use lake_common::manifest::{self, BatchManifest, BatchState, DataFile, MANIFEST_FORMAT};
 use lake_common::parquet_io::{self, FileWriter};
-use lake_common::schema::STOP_EVENTS;
+use lake_common::schema::{AddedColumn, ExportSchema, PgType, STOP_EVENTS};
 use lake_common::{Dataset, Lake, LakeConfig, Partition};
 use lake_testkit::TestS3;
 use object_store::ObjectStoreExt;
@@ -353,8 +353,30 @@ impl Ev {
     }
 }
 
+/// The columns of batch `batch`: even batches also hold two columns the
+/// contract does not name, as bronze writes them after a Django migration
+/// added them (SPEC §5.8), so every silver test reads old and new files together.
+fn export_schema(batch: u64) -> ExportSchema {
+    let added = |name: &str, pg_type: &str, stored_as| AddedColumn {
+        name: name.into(),
+        pg_type: pg_type.into(),
+        stored_as,
+    };
+    ExportSchema {
+        table: &STOP_EVENTS,
+        added: if batch.is_multiple_of(2) {
+            vec![
+                added("venue", "text", PgType::Text),
+                added("fee", "numeric(12,4)", PgType::Numeric(12, 4)),
+            ]
+        } else {
+            vec![]
+        },
+    }
+}
+
 fn bronze_batch(events: &[&Ev], batch: u64, ingested_at: i64) -> RecordBatch {
-    let schema = STOP_EVENTS.arrow_schema();
+    let schema = export_schema(batch).arrow_schema();
     let n = events.len();
     let s = |f: &dyn Fn(&Ev) -> Option<String>| -> ArrayRef {
         Arc::new(StringArray::from_iter(events.iter().map(|e| f(e))))
@@ -413,6 +435,8 @@ fn bronze_batch(events: &[&Ev], batch: u64, ingested_at: i64) -> RecordBatch {
                     ))
                     .with_timezone("UTC"),
                 ),
+                "venue" => s(&|e| Some(format!("v{}", e.client_id))),
+                "fee" => d(&|e| Some(e.client_id as i128 * 10_000), 12, 4),
                 other => panic!("unknown bronze column {other}"),
             }
         })
@@ -431,7 +455,8 @@ async fn write_files(lake: &Lake, batch: u64, events: &[Ev]) -> Vec<DataFile> {
     for (date, mut evs) in by_day {
         evs.sort_by(|a, b| (a.occurred_at, &a.event_id).cmp(&(b.occurred_at, &b.event_id)));
         let path = Dataset::BronzeEvents.batch_file(&Partition::date(date), batch, 0);
-        let mut w = FileWriter::bronze(lake, &STOP_EVENTS, path).unwrap();
+        let schema = export_schema(batch);
+        let mut w = FileWriter::bronze(lake, &schema, path).unwrap();
         w.write(&bronze_batch(
             &evs,
             batch,
@@ -463,6 +488,7 @@ fn manifest_of(batch: u64, state: BatchState, files: Vec<DataFile>) -> BatchMani
         drop_captured: false,
         drop_captured_below: None,
         backfill_days: vec![],
+        added_columns: export_schema(batch).added,
         claim: lake_common::commit::Claim {
             owner: "test".into(),
             ..Default::default()

@@ -334,6 +334,7 @@ mod tests {
             drop_captured: false,
             drop_captured_below: None,
             backfill_days: vec![],
+            added_columns: vec![],
             claim: lake_common::commit::Claim {
                 owner: "r".into(),
                 ..Default::default()

@@ -348,7 +348,22 @@ async fn contract_check(client: &Client) -> CheckResult {
     let mut ok = Vec::new();
     for table in &SOURCE_TABLES {
         match contract::check(client, table).await {
-            Ok(Ok(())) => ok.push(format!("{} ({} columns)", table.table, table.columns.len())),
+            Ok(Ok(added)) if added.is_empty() => {
+                ok.push(format!("{} ({} columns)", table.table, table.columns.len()));
+            }
+            Ok(Ok(added)) => {
+                let names: Vec<String> = added
+                    .iter()
+                    .map(|c| format!("{} as {}", c.name, c.stored_as.describe()))
+                    .collect();
+                ok.push(format!(
+                    "{} ({} columns, and {} the contract does not name, captured: {})",
+                    table.table,
+                    table.columns.len(),
+                    added.len(),
+                    names.join(", ")
+                ));
+            }
             Ok(Err(e)) => {
                 let drift: Vec<String> = e
                     .drift

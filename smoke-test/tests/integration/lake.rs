@@ -24,6 +24,7 @@ fn committed(dataset: Dataset, batch: u64, at: DateTime<Utc>) -> BatchManifest {
         drop_captured: false,
         drop_captured_below: None,
         backfill_days: vec![],
+        added_columns: vec![],
         claim: lake_common::commit::Claim {
             owner: "test".into(),
             ..Default::default()
