@@ -519,10 +519,17 @@ pub async fn run_dataset(
         progress,
     )
     .await;
+    // Under the advisory lock the fence rises when the lock's session dies (a
+    // server restart, a dropped connection): nobody took the batch over.
+    let next = if settings.locked {
+        "the next run (the Job's retry) resumes it"
+    } else {
+        "the run that took it over commits it, or the next run resumes it. \
+         Raise BRONZE_LEASE_SECS if runs are slow"
+    };
     let fenced = |p: &Pinned<BatchManifest>| {
         busy(format!(
-            "{dataset}: this run lost batch {} ({}); it stopped writing and the other run commits it. \
-             Raise BRONZE_LEASE_SECS if runs are slow",
+            "{dataset}: this run lost batch {} ({}); it stopped writing; {next}",
             plan.batch,
             p.fence().reason()
         ))
@@ -570,8 +577,8 @@ pub async fn run_dataset(
         Ok(m) => m,
         Err(CommitError::Fenced(f)) => {
             return Err(busy(format!(
-                "{dataset}: batch {} was taken over before this run could commit it ({}); \
-                 the other run commits it",
+                "{dataset}: this run lost batch {} before it could commit it ({}); it stopped \
+                 writing; {next}",
                 plan.batch, f.0
             )));
         }

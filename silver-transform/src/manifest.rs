@@ -379,6 +379,8 @@ pub struct Lease {
     shard: Shard,
     version: u64,
     pinned: Pinned<SilverManifest>,
+    /// Held under the shard's advisory lock (its loss is what fences the run).
+    locked: bool,
 }
 
 fn busy(message: String) -> anyhow::Error {
@@ -428,6 +430,7 @@ impl Lease {
         let version = manifest.version;
         let path = manifest_path(shard, version);
         let owner = manifest.claim.owner.clone();
+        let locked = lock_fence.is_some();
         let mut log = Log::new(
             lake.clone(),
             log_mode(lake, lock_fence.is_some())?,
@@ -442,6 +445,7 @@ impl Lease {
                 shard,
                 version,
                 pinned,
+                locked,
             }),
             Err(found) => Err(busy(format!(
                 "run {} pinned {path} first; this run wrote nothing",
@@ -512,9 +516,16 @@ impl Lease {
     pub async fn fail(self, err: anyhow::Error) -> anyhow::Error {
         let fence = self.pinned.fence();
         if fence.is_raised() {
+            // Under the advisory lock only the lock's session can fence the
+            // run (a server restart): the lease is not the cause then.
+            let next = if self.locked {
+                "the next run goes on"
+            } else {
+                "the next run goes on. Raise --lease-secs if runs are slow"
+            };
             return busy(format!(
-                "{} version {}: this run lost its lease ({}); it stopped writing and wrote \
-                 nothing a reader follows (cause: {}). Raise --lease-secs if runs are slow",
+                "{} version {}: this run lost its claim ({}); it stopped writing and wrote \
+                 nothing a reader follows (cause: {}); {next}",
                 self.shard,
                 self.version,
                 fence.reason(),
