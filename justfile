@@ -41,6 +41,11 @@ test-rust:
 test-fallback:
     LAKE_TEST_STORE=no-conditional-writes cargo nextest run -p bronze-ingest -p silver-transform --no-fail-fast
 
+# The fault soak: rounds of source activity with both jobs retried under ~10 % injected S3 faults
+# (CI runs 4 rounds as part of test-rust; more rounds or another rate here).
+test-faults rounds="20" rate="0.10": setup
+    SOAK_ROUNDS={{rounds}} SOAK_FAULT_RATE={{rate}} cargo nextest run -p lake-testkit --test soak --no-capture
+
 # Benchmark bronze-ingest against PostgreSQL's own binary COPY (writes docs/benchmarks.md).
 bench-bronze rows="1000000": setup
     cargo build -q --release -p bronze-ingest -p lake-testkit --bin bronze-ingest --bin lake-bench
@@ -61,8 +66,13 @@ bench-silver: setup
 bench-silver-day events="1000000": setup
     SILVER_BENCH_EVENTS={{events}} SILVER_BENCH_DAYS=1 SILVER_BENCH_REPORT={{justfile_directory()}}/docs/benchmarks-silver-one-day.md cargo bench -p silver-transform --bench silver
 
+# What a run costs after 1 month, 1 year and 3 years of history: requests, bytes, time, memory (writes docs/benchmarks-history.md).
+bench-history months="1,12,36" per_day="3000": setup
+    cargo build -q --release -p bronze-ingest --bin bronze-ingest
+    HISTORY_BENCH_MONTHS={{months}} HISTORY_BENCH_EVENTS_PER_DAY={{per_day}} HISTORY_BENCH_REPORT={{justfile_directory()}}/docs/benchmarks-history.md cargo bench -p silver-transform --bench history
+
 # All benchmarks.
-bench: bench-bronze bench-silver bench-silver-day
+bench: bench-bronze bench-silver bench-silver-day bench-history
 
 # Run the smoke test against the configured environment (add --cluster for the cluster checks, --json for JSON).
 smoke *ARGS:
