@@ -325,6 +325,12 @@ pub async fn run_dataset(
                                 e.timeline = snapshot.timeline;
                                 e.wal_lsn = snapshot.wal_lsn.clone();
                                 e.relfilenode = snapshot.filenodes.get(table.table).copied();
+                                // The rewrite's xid may lie above this snapshot's
+                                // horizon (an older transaction still open): later
+                                // batches drop captured rows too, as after any rewrite.
+                                if rewritten_since_pin {
+                                    e.drop_captured_below = Some(snapshot.xmax);
+                                }
                                 // A pinned backfill keeps its days after a
                                 // rewrite (they supersede, they are not
                                 // "captured"); a rebase adopts a new source.
