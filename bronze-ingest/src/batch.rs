@@ -285,7 +285,11 @@ pub async fn run_dataset(
                 }
                 .into());
             }
-            let reschema = !drift.is_empty();
+            // The batch re-plans on the live columns when they differ in any
+            // way: accepted drift, a column added since the pin, or a retype
+            // that kept the Parquet type but not the wire format (text → uuid,
+            // text → jsonb), which the pinned mapping would misread.
+            let reschema = m.added_columns != settings.added_columns;
             // A rewrite committed since the batch was pinned re-inserted the
             // pinned range's rows above its horizon: the batch is re-planned on
             // the table as it is now, as a rebase does, and row identity drops
@@ -339,8 +343,8 @@ pub async fn run_dataset(
                                 }
                             }
                             if reschema {
-                                // Accepted: the live columns (an earlier attempt's
-                                // files had the old ones).
+                                // The live columns (an earlier attempt's files
+                                // had the old ones).
                                 e.added_columns = settings.added_columns.clone();
                             }
                             // Either way, names unique to the attempt.

@@ -176,6 +176,9 @@ pub enum Appended {
     Ok,
     /// A `NaN`/Infinity numeric stored as NULL.
     NaN,
+    /// A `±infinity` date or timestamp stored as NULL (Parquet has no such
+    /// value); the caller refuses it in a NOT NULL column.
+    Infinite,
 }
 
 impl ColumnBuilder {
@@ -216,6 +219,10 @@ impl ColumnBuilder {
             self.append_null();
             return Ok(Appended::Ok);
         };
+        if self.is_infinite(raw) {
+            self.append_null();
+            return Ok(Appended::Infinite);
+        }
         match self {
             Self::Uuid(b, scratch) => {
                 scratch.clear();
@@ -253,9 +260,6 @@ impl ColumnBuilder {
             }
             Self::Date(b) => {
                 let days = i32::from_be_bytes(fixed(raw, "date")?);
-                if days == i32::MAX || days == i32::MIN {
-                    return err("date is ±infinity, which Parquet cannot hold");
-                }
                 b.append_value(
                     days.checked_add(PG_EPOCH_OFFSET_DAYS)
                         .ok_or_else(|| DecodeError("date out of range".into()))?,
@@ -265,6 +269,24 @@ impl ColumnBuilder {
             Self::Binary(b) => b.append_value(raw),
         }
         Ok(Appended::Ok)
+    }
+
+    /// Whether `raw` is PostgreSQL's `infinity` or `-infinity` of a date or
+    /// timestamp column.
+    fn is_infinite(&self, raw: &[u8]) -> bool {
+        match self {
+            Self::Timestamp(_) | Self::LocalTimestamp(_) => {
+                <[u8; 8]>::try_from(raw).is_ok_and(|b| {
+                    let v = i64::from_be_bytes(b);
+                    v == i64::MAX || v == i64::MIN
+                })
+            }
+            Self::Date(_) => <[u8; 4]>::try_from(raw).is_ok_and(|b| {
+                let v = i32::from_be_bytes(b);
+                v == i32::MAX || v == i32::MIN
+            }),
+            _ => false,
+        }
     }
 
     fn append_null(&mut self) {

@@ -100,7 +100,8 @@ impl<'a> FromSql<'a> for Raw<'a> {
 /// Findings of the extraction (SPEC §7, bronze).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Findings {
-    /// `NaN`/Infinity numerics stored as NULL, per column.
+    /// Values Parquet cannot hold (`NaN`/Infinity numerics, ±infinity dates and
+    /// timestamps) stored as NULL, per column.
     pub nan_to_null: BTreeMap<String, u64>,
     /// Rows whose key repeated its predecessor (cannot happen with a primary key).
     pub duplicate_keys: u64,
@@ -255,8 +256,20 @@ pub async fn extract(
                     DecodeError("is NULL but the contract says NOT NULL".into()),
                 ));
             }
-            if b.append(raw).map_err(|e| decode_err(col.name, e))? == Appended::NaN {
-                *findings.nan_to_null.entry(col.name.to_owned()).or_default() += 1;
+            match b.append(raw).map_err(|e| decode_err(col.name, e))? {
+                Appended::Ok => {}
+                Appended::Infinite if !col.nullable => {
+                    return Err(decode_err(
+                        col.name,
+                        DecodeError(
+                            "is ±infinity, which Parquet cannot hold, and the contract says NOT NULL"
+                                .into(),
+                        ),
+                    ));
+                }
+                Appended::NaN | Appended::Infinite => {
+                    *findings.nan_to_null.entry(col.name.to_owned()).or_default() += 1;
+                }
             }
         }
         total += 1;

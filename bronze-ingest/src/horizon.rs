@@ -51,11 +51,18 @@ pub const LOCK_TIMEOUT_SECS: u64 = 120;
 /// run to end — it can neither make the table look empty to the run nor hide
 /// itself (SPEC §5.1). The snapshot query is then the first statement that
 /// needs a snapshot, so it *is* the snapshot every later statement sees.
+///
+/// The output settings are fixed too: columns bronze stores as PostgreSQL's
+/// text (intervals, arrays, money…) must read the same whatever the role's or
+/// the database's defaults (`ALTER ROLE … SET IntervalStyle`), or a re-executed
+/// batch and an older file would disagree on one value.
 pub async fn begin(client: &Client, role: &str, lock: &[&SourceTable]) -> anyhow::Result<Snapshot> {
     client
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL TIME ZONE 'UTC'; \
-             SET LOCAL lock_timeout = '{LOCK_TIMEOUT_SECS}s'"
+             SET LOCAL lock_timeout = '{LOCK_TIMEOUT_SECS}s'; SET LOCAL DateStyle = 'ISO, YMD'; \
+             SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 1; \
+             SET LOCAL bytea_output = 'hex'"
         ))
         .await?;
     if !lock.is_empty() {

@@ -10,7 +10,12 @@
 //!
 //! * `stop_events` (append-only): a row whose `event_id` is already committed;
 //! * the outbox (updated in place): a row equal, column by column, to the last
-//!   captured version of its `outbox_id` — a real update is a new version.
+//!   captured version of its `outbox_id` — a real update is a new version. A
+//!   column added since that version was captured is not compared: the
+//!   rewrite of `ADD COLUMN … DEFAULT random()` gives every row a value no
+//!   captured version holds, and is no update. (The cost: an update of that
+//!   column alone, committed in the rewrite's batch, is not captured until
+//!   the row changes again.)
 //!
 //! `VACUUM FULL` and `CLUSTER` also write a new file node but keep xmin, so the
 //! batch after them simply finds nothing to drop. The cost is paid only after a
@@ -33,6 +38,31 @@ use object_store::path::Path;
 
 /// A 128-bit digest of a row's contract columns.
 type Digest = [u8; 16];
+
+/// What identifies one version of an outbox row: its contract columns, and
+/// each added column its file holds (an interned name and a hash of the value,
+/// NULL included). Two versions are equal when they agree on every column
+/// both hold (SPEC §5.8): a version captured before a column was added equals
+/// its re-insertion after the column came with a default — `ADD COLUMN … DEFAULT
+/// random()` rewrites the table and must not re-capture every row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Version {
+    base: Digest,
+    added: Box<[(u16, u64)]>,
+}
+
+impl Version {
+    /// Whether `self` (captured) and `new` agree on the columns both hold.
+    fn same_as(&self, new: &Version) -> bool {
+        self.base == new.base
+            && self.added.iter().all(|(id, hash)| {
+                new.added
+                    .iter()
+                    .find(|(other, _)| other == id)
+                    .is_none_or(|(_, h)| h == hash)
+            })
+    }
+}
 
 /// Errors of reading or applying the captured row identities.
 #[derive(Debug, thiserror::Error)]
@@ -60,9 +90,11 @@ pub enum IdentityError {
 #[derive(Debug)]
 pub struct Captured {
     table: &'static SourceTable,
-    /// Key → digest of its last captured version (`None` for append-only tables,
-    /// where the key alone decides).
-    rows: HashMap<String, Option<Digest>>,
+    /// Key → its last captured version (`None` for append-only tables, where
+    /// the key alone decides).
+    rows: HashMap<String, Option<Version>>,
+    /// The added columns' names, interned for [`Version::added`].
+    names: Vec<String>,
 }
 
 impl Captured {
@@ -79,6 +111,7 @@ impl Captured {
         let mut out = Self {
             table,
             rows: HashMap::new(),
+            names: Vec::new(),
         };
         // Batch order, so a later version of an outbox row replaces an earlier one.
         for file in live {
@@ -104,11 +137,15 @@ impl Captured {
             };
             while let Some(batch) = stream.try_next().await.map_err(read_err)? {
                 let keys = out.keys(&batch)?;
-                let digests = out.digests(&batch)?;
-                for (i, key) in keys.iter().enumerate() {
+                let ids: Vec<Option<u16>> = added_columns(table, &batch)
+                    .iter()
+                    .map(|(name, _)| Some(out.intern(name)))
+                    .collect();
+                let mut versions = out.versions(&batch, &ids)?.map(Vec::into_iter);
+                for key in keys.iter() {
+                    let version = versions.as_mut().and_then(Iterator::next);
                     if let Some(k) = key {
-                        out.rows
-                            .insert(k.to_owned(), digests.as_ref().map(|d| d[i]));
+                        out.rows.insert(k.to_owned(), version);
                     }
                 }
             }
@@ -130,17 +167,22 @@ impl Captured {
     /// tables), or this very version as the last one of its key (the outbox).
     pub fn captured(&self, batch: &RecordBatch) -> Result<Vec<bool>, IdentityError> {
         let keys = self.keys(batch)?;
-        let digests = self.digests(batch)?;
+        // A column no captured version holds cannot tell versions apart.
+        let ids: Vec<Option<u16>> = added_columns(self.table, batch)
+            .iter()
+            .map(|(name, _)| self.names.iter().position(|n| n == name).map(|i| i as u16))
+            .collect();
+        let versions = self.versions(batch, &ids)?;
         Ok((0..batch.num_rows())
             .map(|i| {
                 let seen = keys
                     .is_valid(i)
                     .then(|| self.rows.get(keys.value(i)))
                     .flatten();
-                match (seen, &digests) {
+                match (seen, &versions) {
                     (None, _) => false,
                     (Some(_), None) => true,
-                    (Some(last), Some(d)) => *last == Some(d[i]),
+                    (Some(last), Some(v)) => last.as_ref().is_some_and(|l| l.same_as(&v[i])),
                 }
             })
             .collect())
@@ -168,12 +210,25 @@ impl Captured {
             .ok_or(IdentityError::Key(self.table.key))
     }
 
-    /// Digests of the contract columns (lineage columns differ between versions
-    /// by construction) and of the non-NULL values of added columns (SPEC
-    /// §5.8), so a column added without a value changes no row's digest, while
-    /// an update of an added column alone is a new version; `None` for
-    /// append-only tables.
-    fn digests(&self, batch: &RecordBatch) -> Result<Option<Vec<Digest>>, IdentityError> {
+    fn intern(&mut self, name: &str) -> u16 {
+        match self.names.iter().position(|n| n == name) {
+            Some(i) => i as u16,
+            None => {
+                self.names.push(name.to_owned());
+                (self.names.len() - 1) as u16
+            }
+        }
+    }
+
+    /// The versions of `batch`'s rows: a digest of the contract columns
+    /// (lineage columns differ between versions by construction) and a hash of
+    /// each added column with an id in `ids` (aligned with
+    /// [`added_columns`]); `None` for append-only tables.
+    fn versions(
+        &self,
+        batch: &RecordBatch,
+        ids: &[Option<u16>],
+    ) -> Result<Option<Vec<Version>>, IdentityError> {
         if !self.table.updated_in_place {
             return Ok(None);
         }
@@ -184,40 +239,41 @@ impl Captured {
             .filter_map(|c| batch.column_by_name(c.name).cloned())
             .collect();
         let rows = row_bytes(&columns)?;
-        let schema = batch.schema();
-        let added: Vec<(&str, &ArrayRef)> = schema
-            .fields()
-            .iter()
-            .zip(batch.columns())
-            .filter(|(f, _)| {
-                self.table.column(f.name()).is_none()
-                    && ![BATCH_COLUMN, INGESTED_AT_COLUMN].contains(&f.name().as_str())
-            })
-            .map(|(f, c)| (f.name().as_str(), c))
-            .collect();
-        if added.is_empty() {
-            return Ok(Some(rows.iter().map(|r| digest(r.as_ref())).collect()));
-        }
+        let added = added_columns(self.table, batch);
         let added_rows = added
             .iter()
-            .map(|(_, c)| row_bytes(std::slice::from_ref(*c)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut buf = Vec::new();
-        let mut out = Vec::with_capacity(rows.num_rows());
-        for (i, row) in rows.iter().enumerate() {
-            buf.clear();
-            buf.extend_from_slice(row.as_ref());
-            for ((name, col), r) in added.iter().zip(&added_rows) {
-                if col.is_valid(i) {
-                    buf.extend_from_slice(name.as_bytes());
-                    buf.push(0);
-                    buf.extend_from_slice(r.row(i).as_ref());
-                }
-            }
-            out.push(digest(&buf));
-        }
-        Ok(Some(out))
+            .zip(ids)
+            .filter_map(|((_, c), id)| id.map(|id| (id, c)))
+            .map(|(id, c)| Ok((id, row_bytes(std::slice::from_ref(c))?)))
+            .collect::<Result<Vec<_>, IdentityError>>()?;
+        Ok(Some(
+            rows.iter()
+                .enumerate()
+                .map(|(i, row)| Version {
+                    base: digest(row.as_ref()),
+                    added: added_rows
+                        .iter()
+                        .map(|(id, r)| (*id, hash64(r.row(i).as_ref())))
+                        .collect(),
+                })
+                .collect(),
+        ))
     }
+}
+
+/// The columns of `batch` the contract does not name, lineage excluded.
+fn added_columns<'a>(table: &SourceTable, batch: &'a RecordBatch) -> Vec<(&'a str, &'a ArrayRef)> {
+    batch
+        .schema_ref()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .filter(|(f, _)| {
+            table.column(f.name()).is_none()
+                && ![BATCH_COLUMN, INGESTED_AT_COLUMN].contains(&f.name().as_str())
+        })
+        .map(|(f, c)| (f.name().as_str(), c))
+        .collect()
 }
 
 /// The row format of `columns` (comparable bytes per row).
@@ -232,14 +288,21 @@ fn row_bytes(columns: &[ArrayRef]) -> Result<Rows, IdentityError> {
 }
 
 fn digest(bytes: &[u8]) -> Digest {
-    let half = |salt: u8| {
-        let mut h = DefaultHasher::new();
-        salt.hash(&mut h);
-        bytes.hash(&mut h);
-        h.finish().to_le_bytes()
-    };
     let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&half(0));
-    out[8..].copy_from_slice(&half(1));
+    out[..8].copy_from_slice(&salted(0, bytes).to_le_bytes());
+    out[8..].copy_from_slice(&salted(1, bytes).to_le_bytes());
     out
+}
+
+/// A 64-bit hash of one added column's value: it only ever tells two versions
+/// of the same key apart.
+fn hash64(bytes: &[u8]) -> u64 {
+    salted(2, bytes)
+}
+
+fn salted(salt: u8, bytes: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    salt.hash(&mut h);
+    bytes.hash(&mut h);
+    h.finish()
 }

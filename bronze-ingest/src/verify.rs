@@ -18,8 +18,9 @@ use std::collections::BTreeMap;
 use arrow::array::{Array, Decimal128Array};
 use chrono::NaiveDate;
 use futures::TryStreamExt;
+use lake_common::contract::{self, ContractError};
 use lake_common::manifest;
-use lake_common::schema::{ExportSchema, SourceTable};
+use lake_common::schema::{AddedColumn, ExportSchema, SourceTable};
 use lake_common::{Lake, parquet_io};
 use object_store::path::Path;
 use serde::Serialize;
@@ -57,6 +58,7 @@ pub async fn verify_dataset(
     lake: &Lake,
     client: &Client,
     table: &'static SourceTable,
+    live_added: Vec<AddedColumn>,
     xmax: u64,
     only: &[NaiveDate],
 ) -> anyhow::Result<(usize, Vec<Mismatch>)> {
@@ -66,13 +68,22 @@ pub async fn verify_dataset(
         tracing::info!(dataset = %table.dataset, "Nothing committed yet; nothing to verify");
         return Ok((0, vec![]));
     };
+    let drift = contract::compare_added(&last.added_columns, &live_added);
+    if !drift.is_empty() {
+        return Err(ContractError {
+            table: table.table,
+            drift,
+        }
+        .into());
+    }
     let finished = horizon::finished_before(last.h, xmax)?;
     if table.updated_in_place {
-        // The columns the last batch exported: a version is what bronze holds
-        // of every one of them.
+        // The columns as they are now (a retype that kept the Parquet type may
+        // have changed the wire format); a version is compared on the columns
+        // both PostgreSQL and bronze hold.
         let schema = ExportSchema {
             table,
-            added: last.added_columns.clone(),
+            added: live_added,
         };
         return verify_versions(lake, client, &schema, &live, finished, only).await;
     }

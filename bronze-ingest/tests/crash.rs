@@ -247,3 +247,57 @@ async fn a_rewrite_while_the_first_batch_waits_to_be_resumed_loses_nothing() {
     let captured = h.committed_keys(Dataset::BronzeOutbox, "outbox_id").await;
     assert_eq!(captured.len() as i64, outbox_rows, "every outbox row once");
 }
+
+/// A retype that keeps the Parquet type but not PostgreSQL's wire format
+/// (text → uuid) committed while a batch that exports the column waits to be
+/// resumed: the resume re-plans on the live columns instead of decoding uuids
+/// with the pinned text mapping.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retype_while_a_batch_waits_re_plans_on_the_live_columns() {
+    let h = Harness::new().await;
+    let client = h.pg.client().await.unwrap();
+    generate_recent(&h.pg, 300, 11).await;
+    client
+        .batch_execute("ALTER TABLE stop_events ADD COLUMN ref text")
+        .await
+        .unwrap();
+    h.run_ok(&[]);
+    client
+        .batch_execute("CREATE TABLE captured_ids AS SELECT event_id FROM stop_events")
+        .await
+        .unwrap();
+    generate_recent(&h.pg, 200, 12).await;
+    client
+        .batch_execute(
+            "UPDATE stop_events SET ref = gen_random_uuid()::text \
+             WHERE event_id NOT IN (SELECT event_id FROM captured_ids)",
+        )
+        .await
+        .unwrap();
+    sigkill(run_to_failpoint(&h, "after-pin"));
+    let pinned = h.manifests(Dataset::BronzeEvents).await;
+    assert_eq!(pinned[1].state, BatchState::Pending);
+    assert_eq!(pinned[1].added_columns[0].pg_type, "text");
+    client
+        .batch_execute("ALTER TABLE stop_events ALTER COLUMN ref TYPE uuid USING ref::uuid")
+        .await
+        .unwrap();
+    h.run_ok(&[]);
+    h.assert_lake_equals_postgres().await;
+    let ms = h.manifests(Dataset::BronzeEvents).await;
+    assert_eq!(ms[1].added_columns[0].pg_type, "uuid");
+    let mut lake_refs = h.committed_keys(Dataset::BronzeEvents, "ref").await;
+    lake_refs.sort();
+    let pg_refs: Vec<String> = client
+        .query(
+            "SELECT ref::text FROM stop_events WHERE ref IS NOT NULL ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(pg_refs.len(), 200);
+    assert_eq!(lake_refs, pg_refs, "the uuids as PostgreSQL prints them");
+}

@@ -44,7 +44,7 @@ async fn values_round_trip_exactly() {
 
     let out = h.run_text_ok(&["--dataset", "events"]);
     assert!(
-        stdout(&out).contains("finding: 1 NaN values in trigger_price stored as NULL"),
+        stdout(&out).contains("finding: 1 NaN or infinite values in trigger_price stored as NULL"),
         "{}",
         stdout(&out)
     );

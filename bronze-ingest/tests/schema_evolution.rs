@@ -115,8 +115,25 @@ async fn added_columns_are_captured_and_read_with_the_old_files() {
     )
     .await
     .unwrap();
+    // ±infinity has no Parquet value: NULL and a finding, not a blocked dataset.
+    let infinite = c
+        .execute(
+            "UPDATE stop_events SET seen_local = '-infinity' \
+             WHERE event_id NOT IN (SELECT event_id FROM captured_ids) \
+             AND right(event_id::text, 1) = '0'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(infinite > 0);
     let out = h.run_ok(&["--dataset", "events"]);
     h.assert_lake_equals_postgres().await;
+    assert_eq!(
+        dataset(&report_of(&out), "events")["findings"]["nan_to_null"]["seen_local"],
+        infinite,
+        "{}",
+        stdout(&out)
+    );
 
     // Reported as a finding, recorded in the manifest with its mapping.
     let events = dataset(&report_of(&out), "events");
@@ -227,6 +244,22 @@ async fn unmapped_dropped_and_retyped_columns_stop_the_run_until_accepted() {
         .await
         .unwrap();
 
+    // A name readers would take for a lineage column: refused the same way.
+    c.batch_execute("ALTER TABLE stop_events ADD COLUMN \"_Batch\" integer")
+        .await
+        .unwrap();
+    let out = h.run(&["--dataset", "events"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let line = error_of(&out);
+    assert!(
+        line.contains("added column _Batch would be read as _batch"),
+        "{line}"
+    );
+    assert!(line.contains("RENAME COLUMN"), "{line}");
+    c.batch_execute("ALTER TABLE stop_events DROP COLUMN \"_Batch\"")
+        .await
+        .unwrap();
+
     // varchar → text keeps the Parquet type: accepted without a word.
     c.batch_execute("ALTER TABLE stop_events ALTER COLUMN note TYPE varchar(80)")
         .await
@@ -253,6 +286,14 @@ async fn unmapped_dropped_and_retyped_columns_stop_the_run_until_accepted() {
     );
     assert!(line.contains("--accept-schema"), "{line}");
     assert_eq!(h.manifests(Dataset::BronzeEvents).await.len(), batches);
+    // --verify audits the table as it is now: the same drift, the same exit.
+    let out = h.run(&["--dataset", "events", "--verify"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        error_of(&out).contains("column lots was captured as smallint and is now integer"),
+        "{}",
+        error_of(&out)
+    );
 
     h.run_ok(&["--dataset", "events", "--accept-schema"]);
     h.assert_lake_equals_postgres().await;
@@ -266,9 +307,10 @@ async fn unmapped_dropped_and_retyped_columns_stop_the_run_until_accepted() {
     h.assert_lake_equals_postgres().await;
 }
 
-/// The outbox compares whole versions (row identity after a rewrite): an added
-/// column without a value changes no version, an update of that column alone
-/// is a new version.
+/// The outbox compares versions on the columns both hold (row identity after a
+/// rewrite): an added column changes no version by itself, an update of a
+/// column the captured version holds is a new version, and so is an update of
+/// the added column alone once a version holding it was captured.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_outbox_column_added_in_a_rewrite_recaptures_only_real_updates() {
     let h = Harness::new().await;
@@ -286,7 +328,7 @@ async fn an_outbox_column_added_in_a_rewrite_recaptures_only_real_updates() {
     .unwrap();
     let updated = c
         .execute(
-            "UPDATE outbox SET priority = 5 \
+            "UPDATE outbox SET priority = 5, retry_count = retry_count + 1 \
              WHERE outbox_id IN (SELECT outbox_id FROM outbox ORDER BY outbox_id LIMIT 2)",
             &[],
         )
@@ -304,7 +346,60 @@ async fn an_outbox_column_added_in_a_rewrite_recaptures_only_real_updates() {
         "{outbox}"
     );
     assert_eq!(outbox["added_columns"][0], "priority (integer)", "{outbox}");
+    let again = c
+        .execute(
+            "UPDATE outbox SET priority = 6 \
+             WHERE outbox_id IN (SELECT outbox_id FROM outbox ORDER BY outbox_id LIMIT 2)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let out = h.run_ok(&["--dataset", "outbox"]);
+    assert_eq!(dataset(&report_of(&out), "outbox")["rows"], again);
     // --verify compares PostgreSQL's current versions with bronze's, added
     // column included: they agree.
+    h.run_ok(&["--dataset", "outbox", "--verify"]);
+}
+
+/// A column added with a default gives every row a value no captured version
+/// holds. That is no update: a volatile default (a table rewrite) re-captures
+/// nothing, and a constant one (no rewrite) leaves --verify clean; an update of
+/// the new column is a new version.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outbox_column_added_with_a_default_is_no_new_version() {
+    let h = Harness::new().await;
+    generate_recent(&h.pg, 800, 98).await;
+    h.run_ok(&["--dataset", "outbox"]);
+    let captured = h
+        .committed_keys(Dataset::BronzeOutbox, "outbox_id")
+        .await
+        .len() as u64;
+    let c = h.pg.client().await.unwrap();
+    c.batch_execute("ALTER TABLE outbox ADD COLUMN jitter double precision DEFAULT random()")
+        .await
+        .unwrap();
+    let out = h.run_ok(&["--dataset", "outbox"]);
+    let outbox = dataset(&report_of(&out), "outbox");
+    assert_eq!(outbox["rows"], 0, "nothing re-captured: {outbox}");
+    assert_eq!(
+        outbox["rewrite"]["duplicates_dropped"].as_u64(),
+        Some(captured),
+        "{outbox}"
+    );
+
+    c.batch_execute("ALTER TABLE outbox ADD COLUMN tier integer NOT NULL DEFAULT 7")
+        .await
+        .unwrap();
+    h.run_ok(&["--dataset", "outbox", "--verify"]);
+    let updated = c
+        .execute(
+            "UPDATE outbox SET tier = 8 \
+             WHERE outbox_id IN (SELECT outbox_id FROM outbox ORDER BY outbox_id LIMIT 3)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let out = h.run_ok(&["--dataset", "outbox"]);
+    assert_eq!(dataset(&report_of(&out), "outbox")["rows"], updated);
     h.run_ok(&["--dataset", "outbox", "--verify"]);
 }

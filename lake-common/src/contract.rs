@@ -7,7 +7,9 @@
 
 use std::fmt;
 
-use crate::schema::{AddedColumn, PgType, SourceTable};
+use crate::schema::{
+    AddedColumn, BATCH_COLUMN, INGESTED_AT_COLUMN, PARTITION_COLUMN, PgType, SourceTable,
+};
 
 /// One way the live table departs from the contract.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +35,16 @@ pub enum Drift {
         column: String,
         /// The live type.
         found: String,
+    },
+    /// A column the contract does not name would be read as another: a name
+    /// bronze adds itself (`_batch`, `_ingested_at`, the `date` partition key),
+    /// or one that differs from another column only in case (DuckDB, Spark and
+    /// Hive match names case-insensitively).
+    Clashes {
+        /// Column.
+        column: String,
+        /// The name it clashes with.
+        with: String,
     },
     /// A column captured by earlier batches (not in the contract) is gone or
     /// changed its Parquet type.
@@ -65,6 +77,11 @@ impl fmt::Display for Drift {
                 "added column {column} is {found}, a type bronze has no mapping for \
                  (docs/tables.md, \"Columns added to a source table\")"
             ),
+            Self::Clashes { column, with } => write!(
+                f,
+                "added column {column} would be read as {with} (a lineage or partition column, \
+                 or the same name in another case)"
+            ),
             Self::AddedChanged { column, was, now } => match now {
                 None => write!(
                     f,
@@ -93,19 +110,41 @@ pub struct ContractError {
     pub drift: Vec<Drift>,
 }
 
-/// What the operator does about `drift` (docs/source-life.md, "Schema changes").
-fn procedure(drift: &[Drift]) -> &'static str {
-    let contract = drift
-        .iter()
-        .any(|d| !matches!(d, Drift::Unmapped { .. } | Drift::AddedChanged { .. }));
-    if contract {
-        "fix the schema or update the contract (lake-common/src/schema.rs) in a new release"
-    } else if drift.iter().any(|d| matches!(d, Drift::Unmapped { .. })) {
-        "change the column's type to a mapped one (or cast it in a release that maps the type)"
-    } else {
-        "after deciding that the lake follows the table as it is now, run bronze-ingest once \
-         with --accept-schema: later files hold the columns as they are now, earlier files keep theirs"
+/// What the operator does about `drift` (docs/source-life.md, "Schema
+/// changes"): one piece of advice per kind of departure found.
+fn procedure(drift: &[Drift]) -> String {
+    let mut advice = Vec::new();
+    if drift.iter().any(|d| {
+        matches!(
+            d,
+            Drift::MissingTable
+                | Drift::MissingColumn(_)
+                | Drift::Retyped { .. }
+                | Drift::Nullable(_)
+        )
+    }) {
+        advice.push(
+            "fix the schema or update the contract (lake-common/src/schema.rs) in a new release",
+        );
     }
+    if drift.iter().any(|d| matches!(d, Drift::Unmapped { .. })) {
+        advice.push(
+            "change the column's type to a mapped one (or cast it in a release that maps the type)",
+        );
+    }
+    if drift.iter().any(|d| matches!(d, Drift::Clashes { .. })) {
+        advice.push("rename the added column in the source (ALTER TABLE … RENAME COLUMN)");
+    }
+    if drift
+        .iter()
+        .any(|d| matches!(d, Drift::AddedChanged { .. }))
+    {
+        advice.push(
+            "after deciding that the lake follows the table as it is now, run bronze-ingest once \
+             with --accept-schema: later files hold the columns as they are now, earlier files keep theirs",
+        );
+    }
+    advice.join("; ")
 }
 
 /// A live column: name, `format_type()` text, NOT NULL, `pg_type.typcategory`.
@@ -144,6 +183,20 @@ pub fn compare(table: &SourceTable, live: &[LiveColumn]) -> (Vec<Drift>, Vec<Add
     let mut added = Vec::new();
     for (name, ty, _, category) in live {
         if table.column(name).is_some() {
+            continue;
+        }
+        let reserved = [BATCH_COLUMN, INGESTED_AT_COLUMN, PARTITION_COLUMN]
+            .into_iter()
+            .map(str::to_owned);
+        let others = live.iter().map(|(n, ..)| n).filter(|n| *n != name).cloned();
+        if let Some(with) = reserved
+            .chain(others)
+            .find(|other| other.to_lowercase() == name.to_lowercase())
+        {
+            drift.push(Drift::Clashes {
+                column: name.clone(),
+                with,
+            });
             continue;
         }
         match PgType::for_added(ty, category) {
@@ -317,6 +370,50 @@ mod tests {
             e.contains("column tags (captured as text[]) was dropped or renamed"),
             "{e}"
         );
+        assert!(e.contains("--accept-schema"), "{e}");
+    }
+
+    #[test]
+    fn added_names_that_readers_would_confuse_fail_closed() {
+        let mut l = live();
+        for name in ["_batch", "Fill_Price", "date", "venue", "Venue"] {
+            l.push((name.into(), "text".into(), false, "S".into()));
+        }
+        l.retain(|(n, ..)| n != "quantity");
+        let (drift, added) = compare(&STOP_EVENTS, &l);
+        assert!(added.is_empty(), "{added:?}");
+        let clashes: Vec<(&str, &str)> = drift
+            .iter()
+            .filter_map(|d| match d {
+                Drift::Clashes { column, with } => Some((column.as_str(), with.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            clashes,
+            [
+                ("_batch", "_batch"),
+                ("Fill_Price", "fill_price"),
+                ("date", "date"),
+                ("venue", "Venue"),
+                ("Venue", "venue")
+            ]
+        );
+        // Each kind of departure keeps its own advice.
+        let mut drift = drift;
+        drift.push(Drift::AddedChanged {
+            column: "note".into(),
+            was: "text".into(),
+            now: None,
+        });
+        let e = ContractError {
+            table: "stop_events",
+            drift,
+        }
+        .to_string();
+        assert!(e.contains("column quantity is missing"), "{e}");
+        assert!(e.contains("update the contract"), "{e}");
+        assert!(e.contains("RENAME COLUMN"), "{e}");
         assert!(e.contains("--accept-schema"), "{e}");
     }
 }

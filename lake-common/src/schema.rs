@@ -29,6 +29,10 @@ pub const BATCH_COLUMN: &str = "_batch";
 /// Name of the lineage column holding the batch's snapshot time.
 pub const INGESTED_AT_COLUMN: &str = "_ingested_at";
 
+/// The Hive partition key of every dataset's folders (`date=YYYY-MM-DD`): a
+/// reader with Hive partitioning on adds it as a column.
+pub const PARTITION_COLUMN: &str = "date";
+
 /// The PostgreSQL type a source column must have, and so the Arrow type it becomes.
 ///
 /// The contract uses the first nine; the rest exist for columns Django adds
