@@ -14,7 +14,7 @@ use futures::TryStreamExt;
 use lake_common::commit::fence::Fence;
 use lake_common::commit::{Claim, CommitError, LEASE_WAIT, Log, Mode, Pinned, Stored};
 use lake_common::contract::{self, ContractError};
-use lake_common::manifest::{self, BatchManifest, BatchState, DataFile, MANIFEST_FORMAT};
+use lake_common::manifest::{self, BatchManifest, BatchState, DataFile, LiveFile, MANIFEST_FORMAT};
 use lake_common::schema::{AddedColumn, ExportSchema, SourceTable};
 use lake_common::{Classified, Dataset, ExitStatus, Lake, Partition};
 use object_store::path::Path;
@@ -597,12 +597,34 @@ pub async fn run_dataset(
     };
     failpoint("after-commit");
     cleanup(lake, &committed).await?;
-    if let Some(checkpoint) = history.checkpoint_after(&committed) {
+    if let Some(mut checkpoint) = history.checkpoint_after(&committed) {
+        // The outbox's row-identity state goes with it (SPEC §5.7). Best
+        // effort too: without it the checkpoint carries the previous state, and
+        // readers read the live files after that one.
+        if table.updated_in_place && !settings.dry_run {
+            match identity::write_state(lake, client, table, &mut checkpoint).await {
+                Ok(keys) => {
+                    tracing::info!(dataset = %dataset, batch = checkpoint.batch, keys, "Wrote the row-identity state")
+                }
+                Err(e) => {
+                    tracing::warn!(dataset = %dataset, batch = checkpoint.batch, error = %e, "Could not write the row-identity state; the next checkpoint writes it")
+                }
+            }
+        }
         // Best effort: a checkpoint that is not written only means the next
         // reader reads a few more entries, and the next commit writes it.
         match manifest::write_checkpoint(lake, &checkpoint).await {
             Ok(()) => {
-                tracing::debug!(dataset = %dataset, batch = checkpoint.batch, live_files = checkpoint.live.len(), "Wrote a checkpoint")
+                tracing::debug!(dataset = %dataset, batch = checkpoint.batch, live_files = checkpoint.live.len(), "Wrote a checkpoint");
+                // The state the previous checkpoint referenced is superseded
+                // (a --verify that read that checkpoint just before fails and
+                // is run again); best effort, lake-maintain's GC is the backstop.
+                if let Some(old) = history.identity_state()
+                    && checkpoint.identity_state.as_ref() != Some(old)
+                    && let Err(e) = lake.delete_all(vec![Path::from(old.path.as_str())]).await
+                {
+                    tracing::warn!(dataset = %dataset, path = %old.path, error = %e, "Could not delete a superseded row-identity state");
+                }
             }
             Err(e) => {
                 tracing::warn!(dataset = %dataset, batch = checkpoint.batch, error = %e, "Could not write the checkpoint; the next commit writes it")
@@ -725,11 +747,10 @@ async fn execute(
             .map(|f| (plan.backfill_days.clone(), f)),
     };
     let drop_captured = if plan.drop_captured {
-        let earlier: Vec<DataFile> = history
+        let earlier: Vec<LiveFile> = history
             .live_files()
             .into_iter()
             .filter(|f| f.batch < plan.batch)
-            .map(|f| f.file)
             .collect();
         // Events: only the days the time-bounded scan can select again, and
         // not the days a backfill re-exports (it supersedes their files).
@@ -739,7 +760,8 @@ async fn execute(
         } else {
             &plan.backfill_days
         };
-        let captured = identity::Captured::load(lake, table, &earlier, from, skip).await?;
+        let state = history.identity_state().filter(|s| s.batch < plan.batch);
+        let captured = identity::Captured::load(lake, table, state, &earlier, from, skip).await?;
         tracing::info!(dataset = %table.dataset, keys = captured.len(), from = ?from, "Loaded the captured rows to drop after a table rewrite");
         Some(std::sync::Arc::new(captured))
     } else {

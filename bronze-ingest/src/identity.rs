@@ -27,14 +27,27 @@
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, FixedSizeBinaryArray, RecordBatch, StringArray, UInt64Array,
+};
+use arrow::datatypes::{DataType, Field, Schema};
 use arrow::row::{RowConverter, Rows, SortField};
 use chrono::NaiveDate;
 use futures::{StreamExt, TryStreamExt};
-use lake_common::manifest::DataFile;
+use lake_common::manifest::{Checkpoint, IdentityState, LiveFile};
 use lake_common::schema::{BATCH_COLUMN, INGESTED_AT_COLUMN, SourceTable};
 use lake_common::{Lake, parquet_io};
 use object_store::path::Path;
+
+/// Columns of a state file: the key, the contract digest, and one hash column
+/// per added column, named with this prefix.
+const STATE_KEY: &str = "key";
+const STATE_BASE: &str = "contract_digest";
+const STATE_ADDED_PREFIX: &str = "added:";
+/// Rows per record batch of a state file.
+const STATE_CHUNK_ROWS: usize = 64 * 1024;
 
 /// A 128-bit digest of a row's contract columns.
 type Digest = [u8; 16];
@@ -78,6 +91,23 @@ pub enum IdentityError {
         /// Why.
         source: parquet::errors::ParquetError,
     },
+    /// The row-identity state file could not be read or written.
+    #[error(
+        "{action} the row-identity state {path}: {source}; it is part of the lake's checkpointed \
+         state (docs/source-life.md, \"The row-identity state\"): restore it from the bucket's \
+         versioning or backups rather than deleting it"
+    )]
+    State {
+        /// Reading or writing.
+        action: &'static str,
+        /// The file.
+        path: String,
+        /// Why.
+        source: parquet::errors::ParquetError,
+    },
+    /// PostgreSQL could not list the keys it holds.
+    #[error("listing the keys PostgreSQL holds (to prune the row-identity state): {0}")]
+    Source(#[from] tokio_postgres::Error),
     /// A batch lacks its key column or has it in another type (a bug).
     #[error("bronze rows without a text key column {0}")]
     Key(&'static str),
@@ -99,12 +129,15 @@ pub struct Captured {
 
 impl Captured {
     /// Reads the committed rows of `table` that a batch may select again:
-    /// those of days from `from` on (`None`: every day), except the days in
-    /// `skip` (a backfill's, whose files it supersedes).
+    /// the row-identity `state` (the outbox's; every version through its
+    /// batch), then the `live` files of later batches, of days from `from` on
+    /// (`None`: every day), except the days in `skip` (a backfill's, whose
+    /// files it supersedes).
     pub async fn load(
         lake: &Lake,
         table: &'static SourceTable,
-        live: &[DataFile],
+        state: Option<&IdentityState>,
+        live: &[LiveFile],
         from: Option<NaiveDate>,
         skip: &[NaiveDate],
     ) -> Result<Self, IdentityError> {
@@ -113,9 +146,17 @@ impl Captured {
             rows: HashMap::new(),
             names: Vec::new(),
         };
+        let through = match state {
+            Some(s) if table.updated_in_place => {
+                out.read_state(lake, s).await?;
+                s.batch
+            }
+            _ => 0,
+        };
         // Batch order, so a later version of an outbox row replaces an earlier one.
-        for file in live {
-            if from.is_some_and(|d| file.date < d) || skip.contains(&file.date) {
+        for LiveFile { batch, file } in live {
+            if *batch <= through || from.is_some_and(|d| file.date < d) || skip.contains(&file.date)
+            {
                 continue;
             }
             let path = Path::from(file.path.as_str());
@@ -151,6 +192,126 @@ impl Captured {
             }
         }
         Ok(out)
+    }
+
+    /// Adds the versions of a state file (see [`Self::write_state`]).
+    async fn read_state(
+        &mut self,
+        lake: &Lake,
+        state: &IdentityState,
+    ) -> Result<(), IdentityError> {
+        let err = |source| IdentityError::State {
+            action: "reading",
+            path: state.path.clone(),
+            source,
+        };
+        let malformed = |what: &str| {
+            err(parquet::errors::ParquetError::General(format!(
+                "{what} (not a row-identity state of {})",
+                self.table.table
+            )))
+        };
+        let mut stream = parquet_io::read_stream(lake, &Path::from(state.path.as_str()))
+            .await
+            .map_err(err)?;
+        while let Some(batch) = stream.try_next().await.map_err(err)? {
+            let keys = batch
+                .column_by_name(STATE_KEY)
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                .ok_or_else(|| malformed("no text key column"))?;
+            let bases = batch
+                .column_by_name(STATE_BASE)
+                .and_then(|c| c.as_any().downcast_ref::<FixedSizeBinaryArray>())
+                .filter(|b| b.value_length() == 16)
+                .ok_or_else(|| malformed("no 16-byte digest column"))?;
+            let mut added = Vec::new();
+            for (field, column) in batch.schema_ref().fields().iter().zip(batch.columns()) {
+                if let Some(name) = field.name().strip_prefix(STATE_ADDED_PREFIX) {
+                    let hashes = column
+                        .as_any()
+                        .downcast_ref::<UInt64Array>()
+                        .ok_or_else(|| malformed("an added column's hashes are not UInt64"))?
+                        .clone();
+                    added.push((self.intern(name), hashes));
+                }
+            }
+            for i in 0..batch.num_rows() {
+                let mut base = [0u8; 16];
+                base.copy_from_slice(bases.value(i));
+                let version = Version {
+                    base,
+                    added: added
+                        .iter()
+                        .filter(|(_, h)| h.is_valid(i))
+                        .map(|(id, h)| (*id, h.value(i)))
+                        .collect(),
+                };
+                self.rows.insert(keys.value(i).to_owned(), Some(version));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the versions of the keys for which `holds` is true to `path`,
+    /// sorted by key: one row per key with its contract digest and, per added
+    /// column, the value's hash where that version holds the column (NULL
+    /// where it does not). Returns how many keys it holds.
+    pub async fn write_state(
+        &self,
+        lake: &Lake,
+        path: &Path,
+        holds: impl Fn(&str) -> bool,
+    ) -> Result<u64, IdentityError> {
+        let err = |source| IdentityError::State {
+            action: "writing",
+            path: path.to_string(),
+            source,
+        };
+        let mut fields = vec![
+            Field::new(STATE_KEY, DataType::Utf8, false),
+            Field::new(STATE_BASE, DataType::FixedSizeBinary(16), false),
+        ];
+        fields.extend(
+            self.names
+                .iter()
+                .map(|n| Field::new(format!("{STATE_ADDED_PREFIX}{n}"), DataType::UInt64, true)),
+        );
+        let schema = Arc::new(Schema::new(fields));
+        let mut keys: Vec<(&String, &Version)> = self
+            .rows
+            .iter()
+            .filter_map(|(k, v)| Some((k, v.as_ref()?)))
+            .filter(|(k, _)| holds(k))
+            .collect();
+        keys.sort_unstable_by_key(|(k, _)| *k);
+        let mut writer =
+            parquet_io::FileWriter::create(lake, path.clone(), schema.clone()).map_err(err)?;
+        for chunk in keys.chunks(STATE_CHUNK_ROWS) {
+            let mut columns: Vec<ArrayRef> = vec![
+                Arc::new(StringArray::from_iter_values(
+                    chunk.iter().map(|(k, _)| k.as_str()),
+                )),
+                Arc::new(
+                    FixedSizeBinaryArray::try_from_iter(chunk.iter().map(|(_, v)| v.base))
+                        .map_err(|e| err(e.into()))?,
+                ),
+            ];
+            for id in 0..self.names.len() as u16 {
+                columns.push(Arc::new(UInt64Array::from_iter(chunk.iter().map(
+                    |(_, v)| v.added.iter().find(|(i, _)| *i == id).map(|(_, h)| *h),
+                ))));
+            }
+            let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| err(e.into()))?;
+            writer.write(&batch).await.map_err(err)?;
+        }
+        if keys.is_empty() {
+            writer
+                .write(&RecordBatch::new_empty(schema))
+                .await
+                .map_err(err)?;
+        }
+        writer.finish().await.map_err(err)?;
+        Ok(keys.len() as u64)
     }
 
     /// Committed keys held.
@@ -274,6 +435,46 @@ fn added_columns<'a>(table: &SourceTable, batch: &'a RecordBatch) -> Vec<(&'a st
         })
         .map(|(f, c)| (f.name().as_str(), c))
         .collect()
+}
+
+/// Writes the row-identity state of `checkpoint` (the outbox's): the state it
+/// carries over, plus the versions its live files added since, pruned to the
+/// keys PostgreSQL still holds in the run's snapshot — a cleaned-up row can
+/// never be re-inserted by a rewrite, so its versions are no longer needed to
+/// recognise one. The state's size then follows the source table, not the
+/// lake's history. Returns the keys written; the checkpoint then references
+/// the new state.
+pub async fn write_state(
+    lake: &Lake,
+    client: &tokio_postgres::Client,
+    table: &'static SourceTable,
+    checkpoint: &mut Checkpoint,
+) -> Result<u64, IdentityError> {
+    let captured = Captured::load(
+        lake,
+        table,
+        checkpoint.identity_state.as_ref(),
+        &checkpoint.live,
+        None,
+        &[],
+    )
+    .await?;
+    let sql = format!("SELECT {}::text FROM {}", table.key, table.table);
+    let holds: std::collections::HashSet<String> = client
+        .query(sql.as_str(), &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let path = table.dataset.identity_state(checkpoint.batch);
+    let keys = captured
+        .write_state(lake, &path, |k| holds.contains(k))
+        .await?;
+    checkpoint.identity_state = Some(IdentityState {
+        path: path.to_string(),
+        batch: checkpoint.batch,
+    });
+    Ok(keys)
 }
 
 /// The row format of `columns` (comparable bytes per row).

@@ -85,7 +85,9 @@ pub async fn verify_dataset(
             table,
             added: live_added,
         };
-        return verify_versions(lake, client, &schema, &live, finished, only).await;
+        let state = history.identity_state();
+        let live = history.live_files();
+        return verify_versions(lake, client, &schema, state, &live, finished, only).await;
     }
     let mut days: BTreeMap<NaiveDate, DayCheck> = BTreeMap::new();
 
@@ -195,13 +197,14 @@ async fn verify_versions(
     lake: &Lake,
     client: &Client,
     schema: &ExportSchema,
-    live: &[manifest::DataFile],
+    state: Option<&manifest::IdentityState>,
+    live: &[manifest::LiveFile],
     finished: String,
     only: &[NaiveDate],
 ) -> anyhow::Result<(usize, Vec<Mismatch>)> {
     let table = schema.table;
     let from = only.iter().min().copied();
-    let captured = crate::identity::Captured::load(lake, table, live, from, &[]).await?;
+    let captured = crate::identity::Captured::load(lake, table, state, live, from, &[]).await?;
     // Only some days: the days' rows alone (the backfill form of the SELECT).
     let sel = if only.is_empty() {
         crate::extract::Selection {

@@ -437,3 +437,79 @@ async fn a_backfill_right_after_a_rewrite_keeps_its_days() {
     h.run_ok(&["--dataset", "events", "--date", &day]);
     h.assert_lake_equals_postgres().await;
 }
+
+/// The outbox's row-identity state is part of the checkpointed state (SPEC
+/// §5.7): written with each checkpoint, pruned to the rows PostgreSQL still
+/// holds, and enough on its own — a rewrite after the files of the state's
+/// batches are gone (as retention will remove them) re-captures nothing, and
+/// --verify agrees.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_outbox_row_identity_state_is_checkpointed_and_outlives_its_files() {
+    use lake_common::manifest::{self, CHECKPOINT_INTERVAL};
+    use lake_common::parquet_io;
+    use object_store::path::Path;
+
+    let h = Harness::new().await;
+    generate_recent(&h.pg, 400, 71).await;
+    h.run_ok(&["--dataset", "outbox"]);
+    let c = h.pg.client().await.unwrap();
+    let first_files = h.manifests(Dataset::BronzeOutbox).await[0].files.clone();
+    assert!(!first_files.is_empty());
+    for i in 1..CHECKPOINT_INTERVAL {
+        if i == CHECKPOINT_INTERVAL - 1 {
+            // The outbox cleanup: these rows are never needed again.
+            c.batch_execute(
+                "DELETE FROM outbox WHERE outbox_id IN \
+                 (SELECT outbox_id FROM outbox ORDER BY outbox_id DESC LIMIT 20)",
+            )
+            .await
+            .unwrap();
+        }
+        c.execute(
+            "UPDATE outbox SET retry_count = retry_count + 1 WHERE outbox_id IN \
+             (SELECT outbox_id FROM outbox ORDER BY outbox_id OFFSET $1 LIMIT 3)",
+            &[&(i as i64 * 3)],
+        )
+        .await
+        .unwrap();
+        h.run_ok(&["--dataset", "outbox"]);
+    }
+    let lake = h.lake();
+    let checkpoint = manifest::read_checkpoint(&lake, Dataset::BronzeOutbox, CHECKPOINT_INTERVAL)
+        .await
+        .unwrap();
+    let state = checkpoint
+        .identity_state
+        .expect("the checkpoint references a row-identity state");
+    assert_eq!(state.batch, CHECKPOINT_INTERVAL);
+    let held: usize = parquet_io::read_all(&lake, &Path::from(state.path.as_str()))
+        .await
+        .unwrap()
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    let outbox_rows = h.pg_count("SELECT count(*) FROM outbox").await;
+    assert_eq!(
+        held as i64, outbox_rows,
+        "one version per row PostgreSQL holds"
+    );
+
+    // Retention removed the first batch's files; then a migration rewrites.
+    let gone: Vec<Path> = first_files
+        .iter()
+        .map(|f| Path::from(f.path.as_str()))
+        .collect();
+    lake.delete_all(gone).await.unwrap();
+    c.batch_execute("ALTER TABLE outbox ALTER COLUMN last_error TYPE varchar(650)")
+        .await
+        .unwrap();
+    let out = h.run_ok(&["--dataset", "outbox"]);
+    let outbox = dataset(&report_of(&out), "outbox");
+    assert_eq!(outbox["rows"], 0, "nothing re-captured: {outbox}");
+    assert_eq!(
+        outbox["rewrite"]["duplicates_dropped"].as_i64(),
+        Some(outbox_rows),
+        "{outbox}"
+    );
+    h.run_ok(&["--dataset", "outbox", "--verify"]);
+}

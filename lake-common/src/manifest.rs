@@ -392,6 +392,24 @@ pub struct Checkpoint {
     pub last_with_files: Option<BatchManifest>,
     /// Every live file, in batch order.
     pub live: Vec<LiveFile>,
+    /// The newest row-identity state of an updated-in-place table (the outbox)
+    /// written up to `batch`; absent for append-only tables and in checkpoints
+    /// of earlier releases (the state is then rebuilt from the live files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_state: Option<IdentityState>,
+}
+
+/// A row-identity state file (SPEC §5.7): the last captured version of every
+/// key the source held when it was written, through `batch`. A reader takes it
+/// instead of every live file up to `batch`, so the cost of row identity
+/// follows the source table's size, not the lake's history, and survives
+/// retention removing old files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityState {
+    /// Its path ([`Dataset::identity_state`]).
+    pub path: String,
+    /// The versions of every batch up to this one are in it.
+    pub batch: u64,
 }
 
 /// A bronze dataset's log as readers need it: the latest checkpoint and the
@@ -606,7 +624,16 @@ impl BronzeLog {
             last: committed.clone(),
             last_with_files,
             live,
+            // Carried over until the writer replaces it with a newer one.
+            identity_state: self.identity_state().cloned(),
         })
+    }
+
+    /// The newest row-identity state a checkpoint references.
+    pub fn identity_state(&self) -> Option<&IdentityState> {
+        self.checkpoint
+            .as_ref()
+            .and_then(|c| c.identity_state.as_ref())
     }
 }
 

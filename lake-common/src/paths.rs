@@ -75,6 +75,15 @@ impl Dataset {
             .flatten()
     }
 
+    /// `_state/<n>.identity`: the row-identity state after batch `n` (the
+    /// last captured version of every row the source still held), which a
+    /// checkpoint references and retention never removes (SPEC §5.7). A
+    /// Parquet file without the `.parquet` suffix, so that the documented
+    /// globs (`…/*/*.parquet`) never read it as data.
+    pub fn identity_state(self, n: u64) -> Path {
+        self.root().join("_state").join(format!("{n:010}.identity"))
+    }
+
     /// `_manifests/_last_checkpoint`: a hint naming the newest checkpoint.
     pub fn last_checkpoint(self) -> Path {
         self.manifests_dir().join("_last_checkpoint")

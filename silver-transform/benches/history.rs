@@ -163,6 +163,7 @@ async fn synthesise_bronze(
                 })
             })
             .collect(),
+        identity_state: None,
     };
     manifest::write_checkpoint(lake, &checkpoint).await.unwrap();
     last
