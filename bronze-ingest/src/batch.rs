@@ -516,6 +516,13 @@ pub async fn run_dataset(
         Some(p) => lake.fenced(p.fence()),
         None => lake.clone(),
     };
+    // The batch is this run's: any upload still open under the dataset is a
+    // dead or fenced run's, or one whose start was never answered.
+    if pinned.is_some()
+        && let Err(e) = lake.abort_open_uploads(&dataset.root()).await
+    {
+        tracing::warn!(dataset = %dataset, error = %e, "Could not list or abort the multipart uploads failed runs left open; the next run tries again");
+    }
     let result = execute(
         &work,
         Source {

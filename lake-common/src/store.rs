@@ -69,6 +69,29 @@ pub struct Lake {
     description: String,
     capabilities: Capabilities,
     part_bytes: usize,
+    /// The S3 store itself, for what `ObjectStore` cannot do (open uploads).
+    s3: Option<S3Uploads>,
+}
+
+/// Listing and aborting multipart uploads on S3. object_store neither aborts
+/// an upload whose writer was dropped (a killed pod, a fenced run) nor can it
+/// list open uploads, and an upload whose `CreateMultipartUpload` answer was
+/// lost is known to nobody: each keeps its parts (billed storage) forever.
+#[derive(Debug, Clone)]
+struct S3Uploads {
+    store: Arc<object_store::aws::AmazonS3>,
+    /// The lake's prefix inside the bucket (`""` or `a/b/`).
+    prefix: String,
+    http: reqwest::Client,
+}
+
+/// One open multipart upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenUpload {
+    /// The object key, relative to the lake root.
+    pub path: Path,
+    /// The upload id.
+    pub upload_id: String,
 }
 
 impl Lake {
@@ -81,10 +104,29 @@ impl Lake {
                     location: description.clone(),
                     source,
                 })?;
+                let raw = Arc::new(store);
                 let store: Arc<dyn ObjectStore> = if s3.prefix.is_empty() {
-                    Arc::new(store)
+                    raw.clone()
                 } else {
-                    Arc::new(PrefixStore::new(store, s3.prefix.as_str()))
+                    Arc::new(PrefixStore::new(raw.clone(), s3.prefix.as_str()))
+                };
+                let uploads = S3Uploads {
+                    store: raw,
+                    prefix: if s3.prefix.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{}/", s3.prefix.trim_end_matches('/'))
+                    },
+                    http: reqwest::Client::builder()
+                        .timeout(s3.timeout)
+                        .build()
+                        .map_err(|e| StoreError::Open {
+                            location: description.clone(),
+                            source: object_store::Error::Generic {
+                                store: "S3",
+                                source: Box::new(e),
+                            },
+                        })?,
                 };
                 let cond = s3.conditional_writes;
                 Ok(Self {
@@ -95,6 +137,7 @@ impl Lake {
                         update_if_match: cond,
                     },
                     part_bytes: S3_PART_BYTES,
+                    s3: Some(uploads),
                 })
             }
             LakeLocation::Local(dir) => {
@@ -120,6 +163,7 @@ impl Lake {
                         update_if_match: false,
                     },
                     part_bytes: LOCAL_PART_BYTES,
+                    s3: None,
                 })
             }
             LakeLocation::Memory => Ok(Self::in_memory()),
@@ -153,6 +197,7 @@ impl Lake {
                 update_if_match: true,
             },
             part_bytes: LOCAL_PART_BYTES,
+            s3: None,
         }
     }
 
@@ -176,6 +221,101 @@ impl Lake {
     /// Human-readable location, without secrets (`s3://bucket via https://endpoint`).
     pub fn description(&self) -> &str {
         &self.description
+    }
+
+    /// The multipart uploads open under `prefix` (S3 `ListMultipartUploads`,
+    /// through a presigned request; empty on stores without multipart uploads).
+    pub async fn open_uploads(&self, prefix: &Path) -> object_store::Result<Vec<OpenUpload>> {
+        let Some(s3) = &self.s3 else {
+            return Ok(Vec::new());
+        };
+        let generic = |what: String| object_store::Error::Generic {
+            store: "S3",
+            source: what.into(),
+        };
+        let full = format!("{}{}/", s3.prefix, prefix.as_ref().trim_end_matches('/'));
+        let mut out = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        loop {
+            let mut query = vec![
+                ("uploads".to_owned(), String::new()),
+                ("prefix".to_owned(), full.clone()),
+            ];
+            if let Some((key, id)) = &markers {
+                query.push(("key-marker".to_owned(), key.clone()));
+                query.push(("upload-id-marker".to_owned(), id.clone()));
+            }
+            let url = object_store::signer::Signer::signed_url_opts(
+                s3.store.as_ref(),
+                reqwest::Method::GET,
+                &Path::from(""),
+                Duration::from_secs(300),
+                &object_store::signer::SignedUrlOptions::default().with_query(query),
+            )
+            .await?;
+            let response = s3.http.get(url).send().await.map_err(|e| {
+                generic(format!(
+                    "listing the open multipart uploads under {full}: {e}"
+                ))
+            })?;
+            let status = response.status();
+            let body = response.text().await.map_err(|e| {
+                generic(format!(
+                    "listing the open multipart uploads under {full}: {e}"
+                ))
+            })?;
+            if !status.is_success() {
+                return Err(generic(format!(
+                    "listing the open multipart uploads under {full}: {status}: {}",
+                    body.chars().take(300).collect::<String>()
+                )));
+            }
+            let page: ListUploads = quick_xml::de::from_str(&body)
+                .map_err(|e| generic(format!("an unreadable ListMultipartUploads answer ({e})")))?;
+            for u in page.uploads {
+                let Some(rel) = u.key.strip_prefix(s3.prefix.as_str()) else {
+                    continue;
+                };
+                out.push(OpenUpload {
+                    path: Path::from(rel),
+                    upload_id: u.upload_id,
+                });
+            }
+            match (
+                page.is_truncated,
+                page.next_key_marker,
+                page.next_upload_id_marker,
+            ) {
+                (true, Some(k), Some(i)) if markers.as_ref() != Some(&(k.clone(), i.clone())) => {
+                    markers = Some((k, i));
+                }
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Aborts every multipart upload open under `prefix` (a dataset's folder):
+    /// uploads of runs that died, were fenced, or never learnt their upload id
+    /// (a lost `CreateMultipartUpload` answer). Only a run that holds the
+    /// dataset (its lease or advisory lock) calls it, before its own uploads,
+    /// so every upload it finds belongs to no live writer. Returns how many it
+    /// aborted; a no-op on stores without multipart uploads.
+    pub async fn abort_open_uploads(&self, prefix: &Path) -> object_store::Result<usize> {
+        let Some(s3) = &self.s3 else {
+            return Ok(0);
+        };
+        let open = self.open_uploads(prefix).await?;
+        for u in &open {
+            let key = Path::from(format!("{}{}", s3.prefix, u.path));
+            object_store::multipart::MultipartStore::abort_multipart(
+                s3.store.as_ref(),
+                &key,
+                &u.upload_id,
+            )
+            .await?;
+            tracing::warn!(path = %u.path, upload_id = %u.upload_id, "Aborted a multipart upload a failed run left open");
+        }
+        Ok(open.len())
     }
 
     /// Bytes per part of a multipart upload (files up to this size are one PUT).
@@ -279,6 +419,25 @@ fn build_s3(s3: &S3Config) -> object_store::Result<object_store::aws::AmazonS3> 
             .with_allow_http(allow_http);
     }
     builder.build()
+}
+
+/// The part of a `ListMultipartUploadsResult` the sweep reads.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListUploads {
+    #[serde(default)]
+    is_truncated: bool,
+    next_key_marker: Option<String>,
+    next_upload_id_marker: Option<String>,
+    #[serde(default, rename = "Upload")]
+    uploads: Vec<ListedUpload>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListedUpload {
+    key: String,
+    upload_id: String,
 }
 
 #[cfg(test)]
