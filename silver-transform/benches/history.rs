@@ -319,7 +319,9 @@ fn render(runs: &[Run], setup: &[(u32, u64, usize, Duration)], per_day: usize) -
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "Input per age: hourly bronze batches (the first of each day holding {per_day} events, one file), \
+        "# Per-run cost against the lake's age (measured)\n\nWritten by `just bench-history`; \
+         what the numbers mean is in docs/benchmarks.md (\"The lake's age\").\n\n\
+         Input per age: hourly bronze batches (the first of each day holding {per_day} events, one file), \
          the latest checkpoint, and silver's state built by one `--full-refresh`; moto over HTTP through \
          the fault proxy's request log, PostgreSQL 15, release build, 2 CPUs, {}.\n",
         Utc::now().format("%Y-%m-%d")
