@@ -7,22 +7,15 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use chrono::NaiveDate;
 use lake_common::{Lake, LakeConfig};
+use silver_transform::Options;
 use silver_transform::key::Shard;
-use silver_transform::{Options, quality};
 use support::*;
 
 const DAY: i64 = 86_400_000_000;
-const TYPES: [&str; 5] = [
-    "STOP_TRIGGERED",
-    "EXECUTION_SUBMITTED",
-    "EXECUTED",
-    "FAILED",
-    "BLOCKED",
-];
 
 /// A random stream of events over three days, shaped to hit every rule: NULL
 /// tokens sharing operations, ties, NULL event_seq, midnight crossings, events
@@ -120,120 +113,6 @@ fn generate(rng: &mut Rng, executions: usize) -> Vec<Ev> {
         }
     }
     out
-}
-
-/// SPEC §6 and §7, naively: group, sort, read off. Returns silver rows by key and
-/// the sorted quarantine rows.
-fn reference(events: &[&Ev]) -> (BTreeMap<String, SilverRow>, Vec<SilverRow>) {
-    let mut groups: BTreeMap<String, Vec<&Ev>> = BTreeMap::new();
-    for e in events
-        .iter()
-        .filter(|e| TYPES.contains(&e.event_type.as_str()))
-    {
-        let key = e
-            .execution_token
-            .clone()
-            .filter(|t| !t.is_empty())
-            .unwrap_or_else(|| format!("operation:{}", e.operation_id));
-        groups.entry(key).or_default().push(e);
-    }
-    let mut silver = BTreeMap::new();
-    let mut quarantined = Vec::new();
-    for (key, mut evs) in groups {
-        evs.sort_by(|a, b| {
-            (
-                a.occurred_at,
-                a.event_seq.is_none(),
-                a.event_seq,
-                &a.event_id,
-            )
-                .cmp(&(
-                    b.occurred_at,
-                    b.event_seq.is_none(),
-                    b.event_seq,
-                    &b.event_id,
-                ))
-        });
-        let (first, last) = (evs[0], evs[evs.len() - 1]);
-        let first_of = |t: &str| {
-            evs.iter()
-                .find(|e| e.event_type == t)
-                .map(|e| e.occurred_at)
-        };
-        let latest = |f: &dyn Fn(&Ev) -> Option<i128>, only_executed: bool| {
-            evs.iter()
-                .rev()
-                .filter(|e| !only_executed || e.event_type == "EXECUTED")
-                .find_map(|e| f(e))
-        };
-        let status = match last.event_type.as_str() {
-            "STOP_TRIGGERED" => "PENDING",
-            "EXECUTION_SUBMITTED" => "SUBMITTED",
-            other => other,
-        };
-        let row = SilverRow {
-            client_id: first.client_id,
-            date: first.date().format("%Y-%m-%d").to_string(),
-            execution_id: first.event_id.clone(),
-            execution_key: key.clone(),
-            operation_id: first.operation_id,
-            symbol: first.symbol.clone(),
-            side: first.side.clone(),
-            status: status.into(),
-            triggered_at: first_of("STOP_TRIGGERED"),
-            submitted_at: first_of("EXECUTION_SUBMITTED"),
-            executed_at: first_of("EXECUTED"),
-            failed_at: first_of("FAILED"),
-            blocked_at: first_of("BLOCKED"),
-            stop_price: latest(&|e| e.stop_price, false),
-            trigger_price: latest(&|e| e.trigger_price, false),
-            quantity: latest(&|e| e.quantity, false),
-            exchange_order_id: evs
-                .iter()
-                .rev()
-                .filter(|e| e.event_type == "EXECUTED")
-                .find_map(|e| e.exchange_order_id.clone()),
-            fill_price: latest(&|e| e.fill_price, true),
-            slippage_pct: latest(&|e| e.slippage_pct, true),
-            source: last.source.clone(),
-            error_message: evs.iter().rev().find_map(|e| e.error_message.clone()),
-            retry_count: evs.iter().map(|e| e.retry_count).max().unwrap_or(0),
-            event_count: evs.len() as i64,
-            first_event_at: first.occurred_at,
-            last_event_at: last.occurred_at,
-            last_event_id: last.event_id.clone(),
-            violation: None,
-        };
-        let clients: BTreeSet<i64> = evs.iter().map(|e| e.client_id).collect();
-        let symbol_ok = (2..=20).contains(&row.symbol.len())
-            && row
-                .symbol
-                .bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
-        let mut broken = Vec::new();
-        if row.slippage_pct.is_some_and(|s| s.abs() > 500_000) {
-            broken.push(quality::Rule::SlippageInRange);
-        }
-        if row.status == "EXECUTED" && row.fill_price.is_none() {
-            broken.push(quality::Rule::ExecutedHasFillPrice);
-        }
-        if clients.len() > 1 {
-            broken.push(quality::Rule::SingleClient);
-        }
-        if !symbol_ok {
-            broken.push(quality::Rule::SymbolFormat);
-        }
-        if broken.is_empty() {
-            silver.insert(key, row);
-        } else {
-            quarantined.extend(broken.into_iter().map(|r| SilverRow {
-                violation: Some(r.name().into()),
-                ..row.clone()
-            }));
-        }
-    }
-    quarantined.sort();
-    (silver, quarantined)
 }
 
 /// A bronze history: batches of events and, sometimes, a backfill of one day.
