@@ -396,7 +396,7 @@ async fn execute(
     if let Some(m) = committed
         && !options.dry_run
     {
-        delete_superseded(lake, m).await;
+        delete_superseded(lake, m).await?;
     }
     let full = options.mode == Mode::FullRefresh;
     report.base_version = committed.map(|m| m.version);
@@ -658,7 +658,7 @@ async fn execute(
     m.superseded = superseded;
     let committed = lease.commit(m).await?;
     report.committed_version = Some(version);
-    delete_superseded(lake, &committed).await;
+    delete_superseded(lake, &committed).await?;
     match manifest::prune(lake, shard, version).await {
         Ok(0) => {}
         Ok(n) => tracing::debug!(objects = n, "Pruned old silver manifest versions"),
@@ -807,27 +807,32 @@ async fn write_index(lake: &Lake, path: Path, index: &KeyIndex) -> anyhow::Resul
 /// Deletes the objects a committed version superseded. Runs right after the
 /// commit and again at the start of the next run (the first may have died in
 /// between), so a glob reader sees them only within one run's publish window.
-/// They are listed by no version at or after `m`, so this needs no lease; a
-/// failure only leaves them to the next run.
-async fn delete_superseded(lake: &Lake, m: &SilverManifest) {
+/// They are listed by no version at or after `m`, so this needs no lease. A
+/// failure fails the run (exit 1): until they are gone a glob reader counts the
+/// executions that moved twice, and only the run after *this* version deletes
+/// them again, so the Job's retry must come now, not with tomorrow's schedule.
+async fn delete_superseded(lake: &Lake, m: &SilverManifest) -> anyhow::Result<()> {
     let paths: Vec<Path> = m
         .superseded
         .iter()
         .map(|p| Path::from(p.as_str()))
         .collect();
-    match lake.delete_all(paths).await {
-        Ok(0) => {}
-        Ok(n) => tracing::debug!(
+    let n = lake.delete_all(paths).await.with_context(|| {
+        format!(
+            "deleting the {} objects silver version {} superseded (the version is committed; a glob \
+             reader sees them until the next run deletes them first)",
+            m.superseded.len(),
+            m.version
+        )
+    })?;
+    if n > 0 {
+        tracing::debug!(
             objects = n,
             version = m.version,
             "Deleted superseded silver objects"
-        ),
-        Err(e) => tracing::warn!(
-            error = %e,
-            version = m.version,
-            "Could not delete the objects this version superseded; the next run retries"
-        ),
+        );
     }
+    Ok(())
 }
 
 /// The silver and quarantine objects of `shard`'s partitions in the lake,

@@ -95,7 +95,8 @@ const PHASES: &[Phase] = &[
     ),
     (
         "delete superseded objects",
-        |f| Rule::new(f).op(S3Op::DeleteObjects),
+        // The second: the first re-deletes the previous version's (done already).
+        |f| Rule::new(f).op(S3Op::DeleteObjects).nth(2),
         WRITE,
     ),
     (
