@@ -122,7 +122,7 @@ async fn every_s3_fault_at_every_phase_loses_and_duplicates_nothing() {
     generate_recent(&h.pg, 500, 190).await;
     h.run_ok(&["--dataset", "events"]);
     let mut seed = 191;
-    let mut big_day = false;
+    let mut big_day: Option<chrono::NaiveDate> = None;
     let mut outcomes = Vec::new();
     for phase in PHASES {
         for fault in phase.faults {
@@ -131,13 +131,25 @@ async fn every_s3_fault_at_every_phase_loses_and_duplicates_nothing() {
             // A multipart scenario re-exports a day of several parts (a backfill
             // of the day that holds a big export).
             let args: Vec<String> = if phase.multipart {
-                if !big_day {
-                    generate_big_day(&h.pg, seed).await;
+                if big_day.is_none() {
+                    // ~11 MB of Parquet (three parts of 5 MiB) within one UTC
+                    // day: the hour before now, or before midnight just after it.
+                    let mut end = chrono::Utc::now();
+                    if chrono::Timelike::hour(&end) == 0 {
+                        end -= chrono::Duration::hours(1);
+                    }
+                    let client = h.pg.client().await.unwrap();
+                    let opts = lake_testkit::demo::GenerateOptions::new(120_000, seed)
+                        .window_end(end.into())
+                        .window(std::time::Duration::from_secs(3600));
+                    lake_testkit::demo::generate_with(&client, &opts)
+                        .await
+                        .unwrap();
                     h.run_ok(&["--dataset", "events"]);
-                    big_day = true;
+                    big_day = Some(end.date_naive());
                 }
-                let today = chrono::Utc::now().date_naive().to_string();
-                vec!["--dataset".into(), "events".into(), "--date".into(), today]
+                let day = big_day.unwrap().to_string();
+                vec!["--dataset".into(), "events".into(), "--date".into(), day]
             } else {
                 generate_recent(&h.pg, 40, seed).await;
                 vec!["--dataset".into(), "events".into()]
