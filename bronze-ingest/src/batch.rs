@@ -817,6 +817,12 @@ async fn execute(
     .await;
     let _ = done_tx.send(extracted.is_ok());
     let written = writer.await?;
+    // When the writer failed first the extraction only saw it stop: the
+    // writer's error (the store's answer) is the one that says what failed.
+    let written = match (extracted.as_ref(), written) {
+        (Err(extract::ExtractError::WriterGone), Err(e)) => return Err(e.into()),
+        (_, written) => written,
+    };
     let (rows, findings) = extracted?;
     let written = written?;
     let written_rows: u64 = written.rows_per_date.values().sum();

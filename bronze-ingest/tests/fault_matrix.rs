@@ -12,6 +12,7 @@
 mod support;
 
 use lake_common::Dataset;
+use lake_testkit::error_line;
 use lake_testkit::{Fault, FaultProxy, Rule, S3Op};
 use support::*;
 
@@ -103,15 +104,6 @@ const PHASES: &[Phase] = &[
         multipart: true,
     },
 ];
-
-/// The error line of a failed run.
-fn error_line(out: &std::process::Output) -> String {
-    stderr(out)
-        .lines()
-        .rfind(|l| l.contains("\"level\":\"ERROR\""))
-        .unwrap_or_default()
-        .to_owned()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_s3_fault_at_every_phase_loses_and_duplicates_nothing() {

@@ -9,21 +9,8 @@
 mod support;
 
 use lake_common::Dataset;
+use lake_testkit::error_line;
 use support::*;
-
-/// The run's error line (JSON logs: the last ERROR record's message).
-fn error_line(out: &std::process::Output) -> String {
-    stderr(out)
-        .lines()
-        .rfind(|l| l.contains("\"level\":\"ERROR\""))
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["message"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned()
-        })
-        .unwrap_or_default()
-}
 
 /// Failed as said, nothing left behind, and the retry is exact.
 async fn assert_failed_cleanly_then_retry(h: &Harness, out: &std::process::Output, says: &str) {

@@ -12,6 +12,7 @@ use arrow::datatypes::{DataType, TimeUnit};
 use futures::TryStreamExt;
 use lake_common::schema::PgType;
 use lake_common::{Dataset, parquet_io};
+use lake_testkit::error_line;
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use support::*;
@@ -38,15 +39,6 @@ const ADDED: [(&str, &str, DataType); 15] = [
     ("kind", "venue_kind", DataType::Utf8),
     ("meta", "jsonb", DataType::Utf8),
 ];
-
-/// The error line of a failed run.
-fn error_of(out: &std::process::Output) -> String {
-    stderr(out)
-        .lines()
-        .rfind(|l| l.contains("\"level\":\"ERROR\""))
-        .unwrap_or_default()
-        .to_owned()
-}
 
 /// Copies bronze/events out of the bucket into `dir`, paths kept.
 async fn download(h: &Harness, dir: &std::path::Path) {
@@ -234,7 +226,7 @@ async fn unmapped_dropped_and_retyped_columns_stop_the_run_until_accepted() {
     generate_recent(&h.pg, 50, 94).await;
     let out = h.run(&["--dataset", "events"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let line = error_of(&out);
+    let line = error_line(&out);
     assert!(
         line.contains("added column area is point, a type bronze has no mapping for"),
         "{line}"
@@ -250,7 +242,7 @@ async fn unmapped_dropped_and_retyped_columns_stop_the_run_until_accepted() {
         .unwrap();
     let out = h.run(&["--dataset", "events"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let line = error_of(&out);
+    let line = error_line(&out);
     assert!(
         line.contains("added column _Batch would be read as _batch"),
         "{line}"
@@ -275,7 +267,7 @@ async fn unmapped_dropped_and_retyped_columns_stop_the_run_until_accepted() {
     let batches = h.manifests(Dataset::BronzeEvents).await.len();
     let out = h.run(&["--dataset", "events"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let line = error_of(&out);
+    let line = error_line(&out);
     assert!(
         line.contains("column lots was captured as smallint and is now integer"),
         "{line}"
@@ -290,9 +282,9 @@ async fn unmapped_dropped_and_retyped_columns_stop_the_run_until_accepted() {
     let out = h.run(&["--dataset", "events", "--verify"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        error_of(&out).contains("column lots was captured as smallint and is now integer"),
+        error_line(&out).contains("column lots was captured as smallint and is now integer"),
         "{}",
-        error_of(&out)
+        error_line(&out)
     );
 
     h.run_ok(&["--dataset", "events", "--accept-schema"]);

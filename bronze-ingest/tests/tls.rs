@@ -8,7 +8,7 @@
 
 mod support;
 
-use lake_testkit::TestCa;
+use lake_testkit::{TestCa, error_line};
 use support::Harness;
 
 fn with_tls(h: &Harness, mode: &str, root: Option<&std::path::Path>) -> Vec<(String, String)> {
@@ -18,20 +18,6 @@ fn with_tls(h: &Harness, mode: &str, root: Option<&std::path::Path>) -> Vec<(Str
         env.push(("DJANGO_DB_SSLROOTCERT".into(), root.display().to_string()));
     }
     env
-}
-
-/// The run's error line (JSON logs: the last ERROR record's message).
-fn error_line(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .rfind(|l| l.contains("\"level\":\"ERROR\""))
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).expect("a JSON log line")["message"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned()
-        })
-        .unwrap_or_default()
 }
 
 /// A refused connection: exit 1, one line with `what` and the fix, no batch.

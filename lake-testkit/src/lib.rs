@@ -69,3 +69,14 @@ pub(crate) fn random_u64() -> u64 {
     );
     hasher.finish()
 }
+
+/// The message of the last ERROR record a job logged as JSON (`LOG_FORMAT=json`):
+/// the one line a person reads when the run fails; empty when there is none.
+pub fn error_line(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .rfind(|l| l.contains("\"level\":\"ERROR\""))
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}

@@ -12,6 +12,7 @@
 
 mod support;
 
+use lake_testkit::error_line;
 use lake_testkit::{Fault, FaultProxy, Rule, S3Op};
 use support::*;
 
@@ -138,14 +139,6 @@ fn events(i: u64) -> Vec<Ev> {
         );
     }
     out
-}
-
-fn error_line(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .rfind(|l| l.contains("\"level\":\"ERROR\""))
-        .unwrap_or_default()
-        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]
