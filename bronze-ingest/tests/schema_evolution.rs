@@ -395,3 +395,47 @@ async fn an_outbox_column_added_with_a_default_is_no_new_version() {
     assert_eq!(dataset(&report_of(&out), "outbox")["rows"], updated);
     h.run_ok(&["--dataset", "outbox", "--verify"]);
 }
+
+/// Columns stored as PostgreSQL's text depend on session settings: a role
+/// default (`ALTER ROLE … SET IntervalStyle`) must not change what bronze
+/// writes, or two attempts of one batch and an old and a new file disagree.
+#[tokio::test(flavor = "multi_thread")]
+async fn role_defaults_do_not_change_the_text_forms() {
+    let h = Harness::new().await;
+    let c = h.pg.client().await.unwrap();
+    c.batch_execute(
+        "ALTER TABLE stop_events ADD COLUMN hold interval, ADD COLUMN prices float8[], \
+         ADD COLUMN blobs bytea[]; \
+         ALTER ROLE lake_reader SET IntervalStyle = 'iso_8601'; \
+         ALTER ROLE lake_reader SET extra_float_digits = 0; \
+         ALTER ROLE lake_reader SET bytea_output = 'escape'",
+    )
+    .await
+    .unwrap();
+    generate_recent(&h.pg, 20, 99).await;
+    c.batch_execute(
+        "UPDATE stop_events SET hold = '1 day 02:03:04', prices = ARRAY[0.1::float8, 1/3::float8], \
+         blobs = ARRAY['\\x00ff'::bytea]",
+    )
+    .await
+    .unwrap();
+    h.run_ok(&["--dataset", "events"]);
+    // What bronze's fixed settings print (this client's role has no defaults).
+    c.batch_execute(
+        "SET IntervalStyle = 'postgres'; SET extra_float_digits = 1; SET bytea_output = 'hex'",
+    )
+    .await
+    .unwrap();
+    let row = c
+        .query_one(
+            "SELECT min(hold::text), min(prices::text), min(blobs::text) FROM stop_events",
+            &[],
+        )
+        .await
+        .unwrap();
+    for (i, column) in ["hold", "prices", "blobs"].into_iter().enumerate() {
+        let mut got = h.committed_keys(Dataset::BronzeEvents, column).await;
+        got.dedup();
+        assert_eq!(got, [row.get::<_, String>(i)], "{column}");
+    }
+}
