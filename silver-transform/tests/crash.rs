@@ -5,6 +5,11 @@
 //!
 //! The binary gets the hidden, test-only `SILVER_TEST_PAUSE_AFTER_PUBLISH_MS`, so
 //! the kill reliably lands after some partitions were replaced and before others.
+//!
+//! A glob reader (DuckDB over the Hive directories of a local lake) polls all
+//! along a series of killed and retried runs: it never reads a torn file, and
+//! outside each run's publish window (and the crash until its retry) it sees
+//! every execution exactly once (#16 item 5).
 // Test code: a failed unwrap is a failed test, with its location.
 #![allow(clippy::unwrap_used)]
 
@@ -156,6 +161,203 @@ async fn sigkill_mid_rewrite_then_rerun() {
     assert_eq!(
         rows.values().filter(|r| r.status == "EXECUTED").count(),
         (CLIENTS * DAYS) as usize
+    );
+}
+
+/// One round of changes for every partition: a new open execution, and a late
+/// event one day before execution `x = round % 3`, which moves that execution
+/// to the previous day's partition (what a glob reader would count twice or
+/// not at all if partitions were rewritten in place).
+fn round_batch(round: i64) -> Vec<Ev> {
+    let mut v = Vec::new();
+    for c in 1..=CLIENTS {
+        for d in 0..DAYS {
+            let x = round % 3;
+            let n = ((c * 100 + d * 10 + x) * 10 + round) as u64;
+            let at = ts("2025-06-01T05:00:00Z") + (d - 1) * 86_400_000_000 + round * 60_000_000;
+            v.push(
+                Ev::at_micros(n, at, Some(&format!("tok-{c}-{d}-{x}")), "STOP_TRIGGERED")
+                    .client(c)
+                    .qty("1"),
+            );
+            let n = ((c * 100 + d * 10 + 9) * 10 + round) as u64;
+            let at = ts("2025-06-01T08:00:00Z") + d * 86_400_000_000 + round * 60_000_000;
+            v.push(
+                Ev::at_micros(n, at, Some(&format!("tok-{c}-{d}-r{round}")), "BLOCKED").client(c),
+            );
+        }
+    }
+    v
+}
+
+const GLOB_POLLER: &str = r#"
+import os, sys, time, duckdb
+root, stop = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+q = f"SELECT count(*), count(DISTINCT execution_key) FROM read_parquet('{root}/silver/stop_executions/*/*/*.parquet')"
+while not os.path.exists(stop):
+    t0 = time.time()
+    try:
+        n, d = con.execute(q).fetchone()
+        print(f"ok {t0:.6f} {time.time():.6f} {n} {d}", flush=True)
+    except Exception as e:
+        print(f"err {t0:.6f} {time.time():.6f} " + str(e).replace("\n", " "), flush=True)
+    time.sleep(0.005)
+"#;
+
+const GLOB_KEYS: &str = r#"
+import sys, duckdb
+rel = f"read_parquet('{sys.argv[1]}/silver/stop_executions/*/*/*.parquet')"
+for (k,) in duckdb.sql(f"SELECT execution_key FROM {rel} ORDER BY 1").fetchall():
+    print(k)
+"#;
+
+/// A child process killed if the test fails before it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[tokio::test]
+async fn a_glob_reader_sees_each_execution_once_outside_the_publish_windows() {
+    assert!(
+        has_module("duckdb"),
+        "DuckDB is missing from {}: run `./dev setup` (pip install duckdb)",
+        python().display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(&lake_common::LakeConfig::local(dir.path().join("lake"))).unwrap();
+    let env = [
+        (
+            "LAKE_URL",
+            format!("file://{}", dir.path().join("lake").display()),
+        ),
+        ("LOG_FORMAT", "json".to_owned()),
+    ];
+    let silver = |extra: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.env_clear()
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs(extra.iter().copied())
+            .args(["--lease-secs", "2"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    let run_ok = || {
+        let out = silver(&[]).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    commit_batch(&lake, 1, &first_batch()).await;
+    run_ok();
+    commit_batch(&lake, 2, &second_batch()).await;
+    run_ok();
+
+    let stop = dir.path().join("stop");
+    let polls = dir.path().join("polls.txt");
+    let mut poller = KillOnDrop(
+        std::process::Command::new(python())
+            .args([
+                "-c",
+                GLOB_POLLER,
+                dir.path().join("lake").to_str().unwrap(),
+                stop.to_str().unwrap(),
+            ])
+            .stdout(std::fs::File::create(&polls).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // (start, end) of each run's window, and the rows committed after it.
+    let mut expected = vec![(0.0, now(), silver_committed(&lake).await.len())];
+    std::thread::sleep(Duration::from_millis(500));
+    let objects_now = |lake: &Lake| {
+        let lake = lake.clone();
+        async move { objects(&lake, "silver/stop_executions").await.len() }
+    };
+    for round in 3..=5 {
+        commit_batch(&lake, round as u64, &round_batch(round)).await;
+        let before = objects_now(&lake).await;
+        let started = now();
+        let mut child = silver(&[("SILVER_TEST_PAUSE_AFTER_PUBLISH_MS", "300")])
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while objects_now(&lake).await <= before {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: nothing was published"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        child.kill().unwrap(); // SIGKILL mid-publish
+        child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(300)); // the crash, seen by the poller
+        run_ok(); // the Job's retry (waits out the killed run's lease)
+        let rows = silver_committed(&lake).await;
+        expected.push((started, now(), rows.len()));
+        // Right after the retry: exactly the committed executions.
+        let keys: Vec<String> = run_python(GLOB_KEYS, &dir.path().join("lake"))
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            keys,
+            rows.keys().cloned().collect::<Vec<_>>(),
+            "round {round}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    std::fs::write(&stop, b"").unwrap();
+    poller.0.wait().unwrap();
+
+    // Every poll outside the windows saw the version committed before it,
+    // each execution once; inside a window only a file that vanished between
+    // listing and reading may fail a poll, never a torn one.
+    let text = std::fs::read_to_string(&polls).unwrap();
+    let (mut quiet, mut busy, mut vanished) = (0, 0, 0);
+    for line in text.lines() {
+        let f: Vec<&str> = line.splitn(4, ' ').collect();
+        let (t0, t1): (f64, f64) = (f[1].parse().unwrap(), f[2].parse().unwrap());
+        let window = expected[1..]
+            .iter()
+            .position(|(s, e, _)| t1 >= *s && t0 <= *e);
+        match (f[0], window) {
+            ("ok", None) => {
+                let (_, _, rows) = expected.iter().rev().find(|(_, e, _)| *e < t0).unwrap();
+                let counts: Vec<usize> = f[3].split(' ').map(|n| n.parse().unwrap()).collect();
+                assert_eq!(counts, [*rows, *rows], "a quiet poll: {line}");
+                quiet += 1;
+            }
+            ("ok", Some(_)) => busy += 1,
+            ("err", Some(_))
+                if f[3].contains("No such file") || f[3].contains("No files found") =>
+            {
+                vanished += 1
+            }
+            _ => panic!("a glob read failed: {line}"),
+        }
+    }
+    eprintln!("{quiet} quiet polls, {busy} during the windows, {vanished} vanished files");
+    assert!(
+        quiet >= 4 && busy >= 3,
+        "the poller saw too little: {quiet} quiet, {busy} busy"
     );
 }
 

@@ -10,37 +10,8 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use lake_common::{Lake, LakeConfig};
 use support::*;
-
-fn python() -> PathBuf {
-    std::env::var_os("LAKE_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"))
-}
-
-fn has_module(module: &str) -> bool {
-    Command::new(python())
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn run_python(script: &str, root: &std::path::Path) -> String {
-    let out = Command::new(python())
-        .args(["-c", script, root.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "python failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn events() -> Vec<Ev> {
     vec![
