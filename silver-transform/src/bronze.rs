@@ -20,6 +20,7 @@ use arrow::datatypes::{
 use futures::{StreamExt, TryStreamExt};
 use lake_common::manifest::{self, BatchManifest, BatchState, DataFile};
 use lake_common::{Dataset, Lake, Partition};
+use object_store::ObjectStoreExt;
 use object_store::path::Path;
 // Deprecated in parquet 60 in favour of a hand-written AsyncFileReader; it does
 // exactly what is needed here (ranged GETs of the projected column chunks only).
@@ -61,6 +62,21 @@ pub enum BronzeError {
         path: String,
         /// What differs.
         why: String,
+        /// Its day.
+        date: chrono::NaiveDate,
+    },
+    /// A file live in the log this run read was superseded since (a bronze
+    /// backfill committed and deleted it): a race with bronze, not damage.
+    #[error(
+        "bronze file {path} was superseded by {by} (a backfill of {date}) while this run read \
+         bronze; nothing was published; the next run (the Job's retry) reads the new files"
+    )]
+    Superseded {
+        /// The file.
+        path: String,
+        /// `bronze batch <n>`, or `a newer bronze batch` when a checkpoint
+        /// absorbed it.
+        by: String,
         /// Its day.
         date: chrono::NaiveDate,
     },
@@ -280,6 +296,11 @@ async fn explain_read_error(
     path: String,
     source: parquet::errors::ParquetError,
 ) -> BronzeError {
+    if let Err(object_store::Error::NotFound { .. }) =
+        lake.store().head(&Path::from(path.as_str())).await
+    {
+        return explain_missing(lake, file, path, source).await;
+    }
     // A store failure on an object of the listed size says nothing about its bytes.
     let hash = !matches!(source, parquet::errors::ParquetError::External(_));
     let why = lake_common::parquet_io::differs_from_listed(
@@ -298,6 +319,41 @@ async fn explain_read_error(
             date: file.file.date,
         },
         None => BronzeError::Read { path, source },
+    }
+}
+
+/// A listed file that is gone: superseded since this run read the log (a
+/// backfill deletes what it replaced right after its commit), or deleted
+/// outside bronze. Decided by the log as it is now.
+async fn explain_missing(
+    lake: &Lake,
+    file: &BronzeFile,
+    path: String,
+    source: parquet::errors::ParquetError,
+) -> BronzeError {
+    let Ok(log) = manifest::BronzeLog::load(lake, Dataset::BronzeEvents).await else {
+        return BronzeError::Read { path, source };
+    };
+    if log.live_files().iter().any(|f| f.file.path == path) {
+        return BronzeError::Replaced {
+            why: format!("it is missing (batch {})", file.batch),
+            path,
+            date: file.file.date,
+        };
+    }
+    let by = log
+        .after()
+        .iter()
+        .map(|v| &v.manifest)
+        .find(|m| m.state == BatchState::Committed && m.supersedes.contains(&path))
+        .map_or_else(
+            || "a newer bronze batch".to_owned(),
+            |m| format!("bronze batch {}", m.batch),
+        );
+    BronzeError::Superseded {
+        path,
+        by,
+        date: file.file.date,
     }
 }
 

@@ -8,6 +8,7 @@
 mod support;
 
 use bytes::Bytes;
+use object_store::ObjectStoreExt;
 use object_store::path::Path;
 use support::*;
 
@@ -80,6 +81,14 @@ async fn a_corrupt_or_replaced_bronze_file_is_named_and_nothing_is_published() {
         .unwrap();
     assert_refused(&t, &file, "is not the file bronze committed").await;
 
+    // Deleted outside bronze (the log still lists it): damage, to restore.
+    t.lake
+        .store()
+        .delete(&Path::from(file.as_str()))
+        .await
+        .unwrap();
+    assert_refused(&t, &file, "is not the file bronze committed: it is missing").await;
+
     // Restored: the next run goes on.
     t.lake
         .put(&Path::from(file.as_str()), original)
@@ -133,4 +142,63 @@ async fn a_bronze_manifest_that_does_not_parse_is_named() {
         .unwrap();
     assert_refused(&t, manifest, "is not a valid batch manifest").await;
     assert_refused(&t, manifest, "restore it").await;
+}
+
+/// A bronze backfill that commits and deletes the files it superseded while a
+/// silver run is reading them (#16 item 5): not damage but a race. The run says
+/// bronze changed under it, publishes nothing and releases its lease; the
+/// retry reads the new files and ends where a clean run does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backfill_removing_a_file_silver_is_reading_is_retried_not_reported_as_damage() {
+    use lake_testkit::{Fault, FaultProxy, Rule, S3Op};
+    let t = TestLake::new().await;
+    commit_batch(&t.lake, 1, &events(0, "2025-06-01")).await;
+    run(&t.lake, &incremental()).await;
+    let m = commit_batch(&t.lake, 2, &events(100, "2025-06-02")).await;
+    let file = m.files[0].path.clone();
+    let proxy = FaultProxy::start(&t.s3, 31).unwrap();
+    proxy.add_rule(
+        Rule::new(Fault::Delay(std::time::Duration::from_secs(2)))
+            .op(S3Op::GetObject)
+            .key_contains(&file)
+            .nth(1),
+    );
+    let endpoint = proxy.endpoint();
+    let silver_before = published(&t.lake).await;
+    let child = t
+        .command(&[], &[("AWS_ENDPOINT", endpoint.as_str())])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !proxy.log().iter().any(|r| r.path.contains(&file)) {
+        assert!(std::time::Instant::now() < deadline, "{}", proxy.log_text());
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // The backfill re-exports the day (with one event more) while the GET waits.
+    let day = chrono::NaiveDate::from_ymd_opt(2025, 6, 2).unwrap();
+    let mut redone = events(100, "2025-06-02");
+    redone.extend(events(500, "2025-06-02").into_iter().take(1));
+    commit_backfill(&t.lake, 3, &[day], &redone).await;
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let error = stderr
+        .lines()
+        .rfind(|l| l.contains("\"level\":\"ERROR\""))
+        .expect("an error line");
+    assert!(error.contains(&file), "names the file: {error}");
+    assert!(
+        error.contains("superseded by bronze batch 3") && !error.contains("restore"),
+        "a race, not damage: {error}"
+    );
+    assert_eq!(published(&t.lake).await, silver_before, "nothing published");
+
+    // The retry (at once: the lease was released) reads the backfill's files.
+    t.run_bin_ok(&[], &[]);
+    let other = t.other_bucket().await;
+    commit_batch(&other, 1, &events(0, "2025-06-01")).await;
+    commit_batch(&other, 2, &redone).await;
+    run(&other, &full_refresh()).await;
+    assert_eq!(silver(&t.lake).await, silver(&other).await);
 }
