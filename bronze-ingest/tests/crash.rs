@@ -301,3 +301,112 @@ async fn a_retype_while_a_batch_waits_re_plans_on_the_live_columns() {
     assert_eq!(pg_refs.len(), 200);
     assert_eq!(lake_refs, pg_refs, "the uuids as PostgreSQL prints them");
 }
+
+/// A glob reader of bronze (DuckDB over a local lake) while backfills of one
+/// day are SIGKILLed after writing their file and retried (#16 item 5):
+/// outside each backfill's window (its start to its retry's end) every poll
+/// counts each event exactly once, none reads a torn file, and after each
+/// retry the glob holds exactly PostgreSQL's rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_glob_reader_sees_each_event_once_outside_the_backfill_windows() {
+    use lake_testkit::glob::{GlobPoller, has_module, now, python};
+    assert!(
+        has_module("duckdb"),
+        "DuckDB is missing from {}: run `./dev setup` (pip install duckdb)",
+        python().display()
+    );
+    let mut h = Harness::new().await;
+    let client = h.pg.client().await.unwrap();
+    lake_testkit::demo::generate(&client, 20_000, 12)
+        .await
+        .unwrap();
+    let day: chrono::NaiveDate = client
+        .query_one(
+            "SELECT (occurred_at AT TIME ZONE 'UTC')::date FROM stop_events
+             GROUP BY 1 ORDER BY count(*) DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let total: i64 = client
+        .query_one("SELECT count(*) FROM stop_events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let total = total as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let lake_dir = dir.path().join("lake");
+    h.extra_env = vec![];
+    let mut env: Vec<(String, String)> = h
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k != "S3_BUCKET")
+        .collect();
+    env.push(("LAKE_URL".into(), format!("file://{}", lake_dir.display())));
+    env.push(("BRONZE_LEASE_SECS".into(), LEASE.to_string()));
+    let backfill = ["--dataset", "events", "--date", &day.to_string()];
+    let run_ok = |args: &[&str]| {
+        let out = h.command_with(&env, args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    };
+    run_ok(&["--dataset", "events"]);
+
+    let poller = GlobPoller::start(
+        &format!("{}/bronze/events/*/*.parquet", lake_dir.display()),
+        "event_id",
+        dir.path(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut windows = Vec::new();
+    for _ in 0..3 {
+        let started = now();
+        let mut killed_env = env.clone();
+        killed_env.push(("BRONZE_FAILPOINT".into(), "after-file".into()));
+        let mut child = h
+            .command_with(&killed_env, &backfill)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        assert!(
+            lines
+                .map_while(Result::ok)
+                .any(|l| l.contains("FAILPOINT after-file reached")),
+            "the backfill never wrote its file"
+        );
+        sigkill(child);
+        std::thread::sleep(Duration::from_millis(300)); // the crash, seen by the poller
+        run_ok(&backfill); // the Job's retry: resumes the killed backfill
+        windows.push((started, now()));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let polls = poller.finish().unwrap();
+    let (mut quiet, mut busy, mut vanished) = (0, 0, 0);
+    for p in &polls {
+        let window = windows.iter().any(|(s, e)| p.overlaps(*s, *e));
+        match (&p.seen, window) {
+            (Ok(seen), false) => {
+                assert_eq!(*seen, (total, total), "a quiet poll: {p:?}");
+                quiet += 1;
+            }
+            (Ok(_), true) => busy += 1,
+            (Err(_), true) if p.vanished_file() => vanished += 1,
+            _ => panic!("a glob read failed: {p:?}"),
+        }
+    }
+    eprintln!("{quiet} quiet polls, {busy} during the windows, {vanished} vanished files");
+    // Polls after every retry, and polls inside the windows.
+    for (_, end) in &windows {
+        assert!(
+            polls.iter().any(|p| p.started > *end && p.seen.is_ok()),
+            "no poll after the retry that ended at {end}"
+        );
+    }
+    assert!(
+        busy >= 3,
+        "the poller saw too little: {quiet} quiet, {busy} busy"
+    );
+}

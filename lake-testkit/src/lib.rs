@@ -40,6 +40,7 @@
 mod allocator;
 pub mod demo;
 mod faults;
+pub mod glob;
 mod http;
 mod postgres;
 mod process;

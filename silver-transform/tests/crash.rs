@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use lake_common::Lake;
+use lake_testkit::glob::{GlobPoller, has_module, now, python};
 use silver_transform::key::Shard;
 use silver_transform::manifest::{self, State};
 use support::*;
@@ -190,44 +191,12 @@ fn round_batch(round: i64) -> Vec<Ev> {
     v
 }
 
-const GLOB_POLLER: &str = r#"
-import os, sys, time, duckdb
-root, stop = sys.argv[1], sys.argv[2]
-con = duckdb.connect()
-q = f"SELECT count(*), count(DISTINCT execution_key) FROM read_parquet('{root}/silver/stop_executions/*/*/*.parquet')"
-while not os.path.exists(stop):
-    t0 = time.time()
-    try:
-        n, d = con.execute(q).fetchone()
-        print(f"ok {t0:.6f} {time.time():.6f} {n} {d}", flush=True)
-    except Exception as e:
-        print(f"err {t0:.6f} {time.time():.6f} " + str(e).replace("\n", " "), flush=True)
-    time.sleep(0.005)
-"#;
-
 const GLOB_KEYS: &str = r#"
 import sys, duckdb
 rel = f"read_parquet('{sys.argv[1]}/silver/stop_executions/*/*/*.parquet')"
 for (k,) in duckdb.sql(f"SELECT execution_key FROM {rel} ORDER BY 1").fetchall():
     print(k)
 "#;
-
-/// A child process killed if the test fails before it ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-}
 
 #[tokio::test]
 async fn a_glob_reader_sees_each_execution_once_outside_the_publish_windows() {
@@ -270,20 +239,15 @@ async fn a_glob_reader_sees_each_execution_once_outside_the_publish_windows() {
     commit_batch(&lake, 2, &second_batch()).await;
     run_ok();
 
-    let stop = dir.path().join("stop");
-    let polls = dir.path().join("polls.txt");
-    let mut poller = KillOnDrop(
-        std::process::Command::new(python())
-            .args([
-                "-c",
-                GLOB_POLLER,
-                dir.path().join("lake").to_str().unwrap(),
-                stop.to_str().unwrap(),
-            ])
-            .stdout(std::fs::File::create(&polls).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let poller = GlobPoller::start(
+        &format!(
+            "{}/silver/stop_executions/*/*/*.parquet",
+            dir.path().join("lake").display()
+        ),
+        "execution_key",
+        dir.path(),
+    )
+    .unwrap();
     // (start, end) of each run's window, and the rows committed after it.
     let mut expected = vec![(0.0, now(), silver_committed(&lake).await.len())];
     std::thread::sleep(Duration::from_millis(500));
@@ -324,34 +288,27 @@ async fn a_glob_reader_sees_each_execution_once_outside_the_publish_windows() {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    std::fs::write(&stop, b"").unwrap();
-    poller.0.wait().unwrap();
+    let polls = poller.finish().unwrap();
 
     // Every poll outside the windows saw the version committed before it,
     // each execution once; inside a window only a file that vanished between
     // listing and reading may fail a poll, never a torn one.
-    let text = std::fs::read_to_string(&polls).unwrap();
     let (mut quiet, mut busy, mut vanished) = (0, 0, 0);
-    for line in text.lines() {
-        let f: Vec<&str> = line.splitn(4, ' ').collect();
-        let (t0, t1): (f64, f64) = (f[1].parse().unwrap(), f[2].parse().unwrap());
-        let window = expected[1..]
-            .iter()
-            .position(|(s, e, _)| t1 >= *s && t0 <= *e);
-        match (f[0], window) {
-            ("ok", None) => {
-                let (_, _, rows) = expected.iter().rev().find(|(_, e, _)| *e < t0).unwrap();
-                let counts: Vec<usize> = f[3].split(' ').map(|n| n.parse().unwrap()).collect();
-                assert_eq!(counts, [*rows, *rows], "a quiet poll: {line}");
+    for p in &polls {
+        let window = expected[1..].iter().any(|(s, e, _)| p.overlaps(*s, *e));
+        match (&p.seen, window) {
+            (Ok(seen), false) => {
+                let (_, _, rows) = expected
+                    .iter()
+                    .rev()
+                    .find(|(_, e, _)| *e < p.started)
+                    .unwrap();
+                assert_eq!(*seen, (*rows as u64, *rows as u64), "a quiet poll: {p:?}");
                 quiet += 1;
             }
-            ("ok", Some(_)) => busy += 1,
-            ("err", Some(_))
-                if f[3].contains("No such file") || f[3].contains("No files found") =>
-            {
-                vanished += 1
-            }
-            _ => panic!("a glob read failed: {line}"),
+            (Ok(_), true) => busy += 1,
+            (Err(_), true) if p.vanished_file() => vanished += 1,
+            _ => panic!("a glob read failed: {p:?}"),
         }
     }
     eprintln!("{quiet} quiet polls, {busy} during the windows, {vanished} vanished files");

@@ -11,6 +11,7 @@
 mod support;
 
 use lake_common::{Lake, LakeConfig};
+use lake_testkit::glob::{has_module, python};
 use support::*;
 
 fn events() -> Vec<Ev> {

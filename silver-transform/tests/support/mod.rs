@@ -994,27 +994,9 @@ pub fn reference(events: &[&Ev]) -> (BTreeMap<String, SilverRow>, Vec<SilverRow>
     (silver, quarantined)
 }
 
-/// The Python of the independent readers (DuckDB, pyarrow): the workspace venv's,
-/// or `LAKE_TEST_PYTHON`.
-pub fn python() -> std::path::PathBuf {
-    std::env::var_os("LAKE_TEST_PYTHON")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python")
-        })
-}
-
-/// Whether [`python`] can import `module`.
-pub fn has_module(module: &str) -> bool {
-    Command::new(python())
-        .args(["-c", &format!("import {module}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// Runs `script` with the lake's root directory as its argument; its stdout.
 pub fn run_python(script: &str, root: &std::path::Path) -> String {
-    let out = Command::new(python())
+    let out = Command::new(lake_testkit::glob::python())
         .args(["-c", script, root.to_str().unwrap()])
         .output()
         .unwrap();
