@@ -315,7 +315,7 @@ async fn a_glob_reader_sees_each_event_once_outside_the_backfill_windows() {
         "DuckDB is missing from {}: run `./dev setup` (pip install duckdb)",
         python().display()
     );
-    let mut h = Harness::new().await;
+    let h = Harness::new().await;
     let client = h.pg.client().await.unwrap();
     lake_testkit::demo::generate(&client, 20_000, 12)
         .await
@@ -337,13 +337,7 @@ async fn a_glob_reader_sees_each_event_once_outside_the_backfill_windows() {
     let total = total as u64;
     let dir = tempfile::tempdir().unwrap();
     let lake_dir = dir.path().join("lake");
-    h.extra_env = vec![];
-    let mut env: Vec<(String, String)> = h
-        .env()
-        .into_iter()
-        .filter(|(k, _)| k != "S3_BUCKET")
-        .collect();
-    env.push(("LAKE_URL".into(), format!("file://{}", lake_dir.display())));
+    let mut env = h.local_lake_env(&lake_dir);
     env.push(("BRONZE_LEASE_SECS".into(), LEASE.to_string()));
     let backfill = ["--dataset", "events", "--date", &day.to_string()];
     let run_ok = |args: &[&str]| {

@@ -157,30 +157,19 @@ async fn values_round_trip_exactly() {
 /// and agrees with PostgreSQL on count, decimal sums and timestamp bounds.
 #[tokio::test(flavor = "multi_thread")]
 async fn duckdb_reads_bronze_like_postgres() {
-    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin/python");
+    use lake_testkit::glob::{has_module, python};
     assert!(
-        std::process::Command::new(python)
-            .args(["-c", "import duckdb"])
-            .status()
-            .is_ok_and(|s| s.success()),
-        "DuckDB is missing from the test virtualenv: run `just setup` (pip install duckdb)"
+        has_module("duckdb"),
+        "DuckDB is missing from {}: run `just setup` (pip install duckdb)",
+        python().display()
     );
-    let mut h = Harness::new().await;
+    let h = Harness::new().await;
     let dir = tempfile::tempdir().unwrap();
     let client = h.pg.client().await.unwrap();
     lake_testkit::demo::generate(&client, 30_000, 11)
         .await
         .unwrap();
-    h.extra_env = vec![];
-    let mut env: Vec<(String, String)> = h
-        .env()
-        .into_iter()
-        .filter(|(k, _)| k != "S3_BUCKET")
-        .collect();
-    env.push((
-        "LAKE_URL".into(),
-        format!("file://{}", dir.path().display()),
-    ));
+    let env = h.local_lake_env(dir.path());
     let out = h
         .command_with(&env, &["--dataset", "events"])
         .output()
@@ -195,7 +184,7 @@ async fn duckdb_reads_bronze_like_postgres() {
          print('|'.join(str(x) for x in r))\n",
         dir.path().display()
     );
-    let out = std::process::Command::new(python)
+    let out = std::process::Command::new(python())
         .args(["-c", &script])
         .output()
         .unwrap();

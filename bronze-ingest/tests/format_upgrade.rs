@@ -58,12 +58,7 @@ async fn make_fixture() {
     let dir = fixture_dir();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let mut env: Vec<(String, String)> = h
-        .env()
-        .into_iter()
-        .filter(|(k, _)| !k.starts_with("S3_") && !k.starts_with("AWS_"))
-        .collect();
-    env.push(("LAKE_URL".into(), format!("file://{}", dir.display())));
+    let mut env = h.local_lake_env(&dir);
     env.push(("LOG_FORMAT".into(), "text".into()));
     let end = SystemTime::now();
     for round in 1..=2 {

@@ -80,6 +80,18 @@ impl Harness {
         env
     }
 
+    /// [`Harness::env`] with the lake in the local directory `dir` instead of
+    /// the bucket (for readers such as DuckDB that read local files only).
+    pub fn local_lake_env(&self, dir: &std::path::Path) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self
+            .env_for(&self.pg)
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("S3_") && !k.starts_with("AWS_"))
+            .collect();
+        env.push(("LAKE_URL".into(), format!("file://{}", dir.display())));
+        env
+    }
+
     pub fn lake(&self) -> Lake {
         Lake::open(&LakeConfig::from_vars(self.s3.env(&self.bucket)).unwrap()).unwrap()
     }
