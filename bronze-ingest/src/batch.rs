@@ -769,7 +769,7 @@ async fn execute(
         };
         let state = history.identity_state().filter(|s| s.batch < plan.batch);
         let captured = identity::Captured::load(lake, table, state, &earlier, from, skip).await?;
-        tracing::info!(dataset = %table.dataset, keys = captured.len(), from = ?from, "Loaded the captured rows to drop after a table rewrite");
+        tracing::info!(dataset = %table.dataset, keys = captured.len(), from = from.map(|d| d.to_string()), "Loaded the captured rows to drop after a table rewrite");
         Some(std::sync::Arc::new(captured))
     } else {
         None

@@ -94,9 +94,10 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let cli = Cli::parse_from(args);
+    let parsed = lake_common::cli::parse::<Cli, _, _>(args);
     telemetry::init(LogFormat::from_env());
     let result = (|| {
+        let cli = parsed?;
         telemetry::check_environment()?;
         let (from, to) = match cli.last_days {
             Some(n) => {

@@ -107,25 +107,13 @@ pub enum RunOutcome {
 /// The run report written to `_runs/bronze-ingest/`.
 #[derive(Debug, Serialize)]
 pub struct RunReport {
-    /// Job name.
-    pub job: &'static str,
-    /// Binary version.
-    pub version: &'static str,
-    /// Run id.
-    pub run_id: String,
-    /// Start.
-    pub started_at: DateTime<Utc>,
-    /// End.
-    pub finished_at: DateTime<Utc>,
+    /// Job, version, run id, times, lake, source, dry run, error.
+    #[serde(flatten)]
+    pub header: lake_common::report::Header,
     /// Wall time.
     pub seconds: f64,
-    /// Dry run?
-    pub dry_run: bool,
     /// How the run ended (the worst of its datasets).
     pub outcome: RunOutcome,
-    /// Why it failed (the error line the job printed).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
     /// The snapshot's horizon (`None`: the run failed before its snapshot).
     pub snapshot_xmin: Option<u64>,
     /// The snapshot's xmax.
@@ -187,15 +175,9 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<ExitStatus> 
         Lake::open(&config.lake)?
     };
     let mut report = RunReport {
-        job: JOB,
-        version: env!("CARGO_PKG_VERSION"),
-        run_id: run.id.clone(),
-        started_at: run.started_at,
-        finished_at: run.started_at,
+        header: run.header(&lake, config.postgres.to_string(), opts.dry_run),
         seconds: 0.0,
-        dry_run: opts.dry_run,
         outcome: RunOutcome::Success,
-        error: None,
         snapshot_xmin: None,
         snapshot_xmax: None,
         snapshot_time: None,
@@ -206,7 +188,7 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<ExitStatus> 
     };
     // Every run writes its report, a failed one too (with the error).
     let result = run_with(config, opts, &lake, &mut report).await;
-    report.finished_at = Utc::now();
+    report.header.finished_at = Utc::now();
     report.seconds = started.elapsed().as_secs_f64();
     report.peak_rss_bytes = lake_common::telemetry::peak_rss_bytes();
     if let Err(e) = &result {
@@ -214,12 +196,12 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<ExitStatus> 
             ExitStatus::Busy => RunOutcome::Busy,
             _ => RunOutcome::Failed,
         };
-        report.error = Some(lake_common::telemetry::error_text(e));
+        report.header.error = Some(lake_common::telemetry::error_text(e));
     }
     print_summary(&report);
     if !opts.dry_run {
         match run.write_report(&lake, &report).await {
-            Ok(path) => tracing::info!(report = %path, "Run report written"),
+            Ok(path) => tracing::info!(report = %lake.url_of(&path), "Run report written"),
             Err(e) if result.is_err() => {
                 tracing::warn!(error = %e, "Could not write the run report of the failed run")
             }
@@ -246,7 +228,7 @@ pub async fn run(config: &Config, opts: &Options) -> anyhow::Result<ExitStatus> 
 fn metrics(r: &RunReport, opts: &Options, exit: ExitStatus) -> Vec<RunMetrics> {
     let mode = if opts.verify { "verify" } else { "ingest" };
     let mut run = RunMetrics::new(JOB, &[("mode", mode.to_owned())]);
-    run.set_run(r.finished_at, r.seconds, exit as u8);
+    run.set_run(r.header.finished_at, r.seconds, exit as u8);
     let mut all = vec![run];
     let group = |dataset: &str| {
         let short = dataset.rsplit('/').next().unwrap_or(dataset).to_owned();
@@ -347,7 +329,7 @@ async fn run_with(
     report: &mut RunReport,
 ) -> anyhow::Result<ExitStatus> {
     let lake = lake.clone();
-    let run_id = report.run_id.clone();
+    let run_id = report.header.run_id.clone();
     let pool = postgres::pool(&config.postgres, JOB)?;
     let client = pool
         .get()
@@ -424,7 +406,8 @@ async fn run_with(
         // transaction; the report lists every outcome and the exit code is the
         // worst of them.
         let mut failures: Vec<anyhow::Error> = Vec::new();
-        for table in opts.datasets.tables() {
+        let tables = opts.datasets.tables();
+        for (position, table) in tables.iter().enumerate() {
             let started = Instant::now();
             // A savepoint that cannot be taken or released (the session died)
             // fails this dataset like any other error; the next one is tried.
@@ -457,7 +440,11 @@ async fn run_with(
                         .batch_execute("ROLLBACK TO SAVEPOINT dataset")
                         .await
                         .ok();
-                    tracing::error!(dataset = %table.dataset, error = %lake_common::telemetry::error_text(&e), "Dataset failed; going on with the next one");
+                    // The run's last line states the error; this one only says
+                    // that another dataset is still tried.
+                    if position + 1 < tables.len() {
+                        tracing::error!(dataset = %table.dataset, error = %lake_common::telemetry::error_text(&e), "Dataset failed; going on with the next one");
+                    }
                     report.datasets.push(DatasetReport::failed(
                         table,
                         &e,
@@ -602,7 +589,7 @@ fn print_summary(r: &RunReport) {
         ),
         _ => String::new(),
     };
-    let mode = if r.dry_run {
+    let mode = if r.header.dry_run {
         " (dry run: nothing written)"
     } else {
         ""
@@ -610,7 +597,7 @@ fn print_summary(r: &RunReport) {
     let _ = writeln!(
         o,
         "bronze-ingest {} run {}{mode}{snapshot}",
-        r.version, r.run_id
+        r.header.version, r.header.run_id
     );
     for d in &r.datasets {
         let batch = d.batch.map_or("-".into(), |b| b.to_string());

@@ -24,11 +24,22 @@ async fn backfill_replaces_a_day_and_verify_audits() {
     // Rows of that day keep arriving (late), plus the day is re-exported.
     generate_recent(&h.pg, 50, 22).await;
     let out = h.run_text_ok(&["--date", day]);
+    let superseding = format!(
+        "backfill committed as batch 2, superseding {} files",
+        old_day_files.len()
+    );
     assert!(
-        stdout(&out).contains("backfill committed"),
-        "{}",
+        stdout(&out).contains(&superseding),
+        "{superseding} in {}",
         stdout(&out)
     );
+    for internal in ["NothingNew", "DryRun", "xids ["] {
+        assert!(
+            !stdout(&out).contains(internal),
+            "internal name {internal}: {}",
+            stdout(&out)
+        );
+    }
     let ms = h.manifests(Dataset::BronzeEvents).await;
     assert_eq!(ms.len(), 2);
     assert_eq!(

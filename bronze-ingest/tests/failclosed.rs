@@ -203,6 +203,11 @@ async fn bad_configuration_and_unreachable_services() {
         .unwrap()
         .port()
         .to_string();
+    let lake_url = |url: &str| {
+        let mut env = with("S3_BUCKET", None);
+        env.push(("LAKE_URL".into(), url.into()));
+        env
+    };
     type Env = Vec<(String, String)>;
     let cases: Vec<(Env, i32, &str)> = vec![
         (
@@ -238,12 +243,43 @@ async fn bad_configuration_and_unreachable_services() {
             1,
             "check AWS_ENDPOINT",
         ),
+        (
+            lake_url("s3:/bucket"),
+            2,
+            "LAKE_URL: \\\"s3:/bucket\\\" looks like a URL with a missing \\\"//\\\"",
+        ),
+        (
+            lake_url("ftp://bucket/lake"),
+            2,
+            "LAKE_URL: unsupported scheme \\\"ftp\\\"",
+        ),
+        (
+            with("LOG_FORMAT", Some("jsno")),
+            2,
+            "LOG_FORMAT=\\\"jsno\\\" is neither json nor text",
+        ),
+        (
+            with("BRONZE_LOOKBACK", Some("abc")),
+            2,
+            "BRONZE_LOOKBACK=\\\"abc\\\" is not valid: expected number",
+        ),
+        (
+            with("BRONZE_LEASE_SECS", Some("1")),
+            2,
+            "BRONZE_LEASE_SECS=\\\"1\\\" is not valid: 1 is not in 3..",
+        ),
     ];
     for (env, code, expect) in cases {
         let out = h.command_with(&env, &[]).output().unwrap();
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(code), "{expect}: {err}");
         assert!(err.contains(expect), "expected {expect:?} in: {err}");
+        for wrapper in [
+            "db error: db error",
+            "Error occurred while creating a new object",
+        ] {
+            assert!(!err.contains(wrapper), "wrapper text {wrapper:?} in: {err}");
+        }
         assert!(
             !err.contains("reader-pw") && !err.contains("testing"),
             "a secret leaked: {err}"
@@ -261,6 +297,46 @@ async fn bad_configuration_and_unreachable_services() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let out = h.command(&["--dataset", "nope"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// A table that is not there, or that the role may not read, is a configuration
+/// problem (exit 2) said as such with what to check, not a contract change.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_or_unreadable_table_says_so_and_what_to_check() {
+    let h = Harness::new().await;
+    let client = h.pg.client().await.unwrap();
+    lake_testkit::demo::generate(&client, 100, 5).await.unwrap();
+    for (setup, expect, undo) in [
+        (
+            "ALTER TABLE outbox RENAME TO outbox_old",
+            "table outbox does not exist in database",
+            "ALTER TABLE outbox_old RENAME TO outbox",
+        ),
+        (
+            "REVOKE SELECT ON outbox FROM lake_reader",
+            "role lake_reader may not read table outbox: as the table's owner, GRANT SELECT ON outbox TO lake_reader",
+            "GRANT SELECT ON outbox TO lake_reader",
+        ),
+    ] {
+        client.batch_execute(setup).await.unwrap();
+        let out = h.run_text(&["--dataset", "outbox"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{setup}: {err}");
+        assert!(
+            err.contains(expect),
+            "{setup}: expected {expect:?} in: {err}"
+        );
+        assert!(!err.contains("contract"), "not a contract change: {err}");
+        assert_eq!(err.matches("ERROR").count(), 1, "one error line: {err}");
+        client.batch_execute(undo).await.unwrap();
+    }
+    for dataset in [Dataset::BronzeEvents, Dataset::BronzeOutbox] {
+        assert!(
+            dataset_listing(&h, dataset).await.is_empty(),
+            "nothing written"
+        );
+    }
+    h.run_ok(&["--dataset", "outbox"]);
 }
 
 /// A run whose snapshot is older than a batch another run pinned meanwhile is not

@@ -69,6 +69,38 @@ async fn json_mode_is_pure_json_and_a_closed_stdout_is_not_a_panic() {
         .expect("a summary line");
     assert_eq!(summary["report"]["datasets"][0]["outcome"], "committed");
     assert!(summary["report"]["datasets"][0]["rows_per_day"].is_object());
+    // The report's header, shared with silver's: lake, source, commit.
+    let report = &summary["report"];
+    let bucket = &h.bucket;
+    assert!(
+        report["lake"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("s3://{bucket} via ")),
+        "{report}"
+    );
+    assert!(
+        report["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("postgresql://lake_reader@"),
+        "{report}"
+    );
+    assert!(!report["source"].as_str().unwrap().contains("reader-pw"));
+    assert_eq!(report["commit"].as_str().unwrap().len(), 12, "{report}");
+    assert!(report["error"].is_null());
+    let written: serde_json::Value = stderr(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["message"] == "Run report written")
+        .expect("the report's line");
+    assert!(
+        written["report"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("s3://{bucket}/_runs/bronze-ingest/")),
+        "the report is named with the lake root: {written}"
+    );
 
     // `bronze-ingest --dry-run | head -0`: the reader is gone before the summary.
     let mut child = h

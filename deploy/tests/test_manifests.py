@@ -63,6 +63,7 @@ KUBECTL_EXTENSIONS = (".yaml", ".yml", ".json")
 # single source.
 ALLOWED_ENV = frozenset(
     {
+        "LAKE_BUSY_OK",
         "DJANGO_DB_HOST",
         "DJANGO_DB_PORT",
         "DJANGO_DB_NAME",
@@ -101,7 +102,12 @@ PLACEHOLDER = "REPLACE_ME"
 # The image is pinned by a release tag or a digest, never `latest` or a branch;
 # the registry is a placeholder that operators replace (docs/deploy.md, "Image").
 IMAGE_PATTERN = re.compile(r"^[a-z0-9.:/_-]+/deep-storage(:\d+\.\d+\.\d+|@sha256:[0-9a-f]{64})$")
-BINARIES = {"/usr/local/bin/bronze-ingest", "/usr/local/bin/silver-transform", "/usr/local/bin/smoke-test"}
+BINARIES = {
+    "/usr/local/bin/bronze-ingest",
+    "/usr/local/bin/silver-transform",
+    "/usr/local/bin/smoke-test",
+    "/usr/local/bin/lake",
+}
 RUN_AS = 65532
 NODE_POOL = ("robson.io/pool", "analytics")
 TAINT = {"key": "robson.io/dedicated", "value": "analytics", "effect": "NoSchedule"}
@@ -431,6 +437,33 @@ def test_exit_4_is_retried_and_only_2_and_3_fail_the_job(obj: dict) -> None:
     assert job_spec["backoffLimit"] >= 3, "room for retries of exit 1 and 4"
 
 
+def container_env(obj: dict) -> dict:
+    job_spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+    (container,) = job_spec["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def test_a_schedule_overlapping_a_long_run_succeeds_and_a_manual_run_says_busy() -> None:
+    """A scheduled export or silver run that finds a manual backfill or full
+    refresh holding its work exits 0 (LAKE_BUSY_OK): retries with back-off
+    would spend the backoffLimit within minutes and fail the Job (an alert)
+    while the other run is fine. A manual Job keeps exit 4, retried: the person
+    who started it learns it has not run yet."""
+    lake = [
+        w
+        for w in workloads()
+        if w["kind"] in ("Job", "CronJob")
+        and w["metadata"]["labels"].get("app.kubernetes.io/name") in LAKE_JOBS
+        and w["metadata"]["labels"].get("app.kubernetes.io/component") != "bronze-verify"
+    ]
+    assert {(w["kind"], w["metadata"]["labels"]["app.kubernetes.io/name"]) for w in lake} == {
+        (kind, name) for kind in ("Job", "CronJob") for name in LAKE_JOBS
+    }
+    for w in lake:
+        expected = "true" if w["kind"] == "CronJob" else None
+        assert container_env(w).get("LAKE_BUSY_OK") == expected, obj_id(w)
+
+
 @pytest.mark.parametrize(
     "obj",
     [w for w in workloads() if w["metadata"]["labels"].get("app.kubernetes.io/name") == "silver-transform"],
@@ -670,6 +703,8 @@ def test_postgres_egress_by_namespace_and_pod_selector() -> None:
     assert rules, "no PostgreSQL egress for the jobs"
     for policy, rule in rules:
         for peer in rule["to"]:
+            # The seed's database: postgres.robson-prod (docs/deploy.md, "Network").
+            assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "robson-prod"}
             # Both selectors in ONE peer: namespace AND pod. Separate peers would mean OR.
             assert "namespaceSelector" in peer and "podSelector" in peer, obj_id(policy)
             assert peer["podSelector"].get("matchLabels"), obj_id(policy)
@@ -725,7 +760,9 @@ def test_env_names_are_known_and_required_ones_set(obj: dict) -> None:
         names = container_env_names(c)
         unknown = {n: src for n, src in names.items() if n not in ALLOWED_ENV}
         assert not unknown, f"container {c['name']}: variables the binaries do not read: {unknown}"
-        missing = REQUIRED_ENV - set(names)
+        # `lake status` reads only the lake: no database settings.
+        required = set() if c.get("command") == ["/usr/local/bin/lake"] else REQUIRED_ENV
+        missing = required - set(names)
         assert not missing, f"container {c['name']}: required variables not set: {sorted(missing)}"
         roots = LAKE_ROOT_ENV & set(names)
         assert len(roots) == 1, f"container {c['name']}: exactly one of S3_BUCKET and LAKE_URL, got {roots}"

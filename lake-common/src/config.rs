@@ -46,6 +46,7 @@ pub const ENV_VARS: &[&str] = &[
     "SILVER_SHARD_COUNT",
     "JOB_COMPLETION_INDEX",
     "PUSHGATEWAY_URL",
+    "LAKE_BUSY_OK",
 ];
 
 /// Prefixes this project owns: a variable with one of them that is not in
@@ -305,21 +306,25 @@ impl LakeConfig {
     }
 }
 
+impl LakeConfig {
+    /// The lake root as a URL, without the endpoint: `s3://bucket/prefix`,
+    /// `file:///dir` or `memory://`.
+    pub fn root_url(&self) -> String {
+        match &self.location {
+            LakeLocation::S3(s3) if s3.prefix.is_empty() => format!("s3://{}", s3.bucket),
+            LakeLocation::S3(s3) => format!("s3://{}/{}", s3.bucket, s3.prefix),
+            LakeLocation::Local(p) => format!("file://{}", p.display()),
+            LakeLocation::Memory => "memory://".to_owned(),
+        }
+    }
+}
+
 impl fmt::Display for LakeConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.root_url())?;
         match &self.location {
-            LakeLocation::S3(s3) => {
-                write!(f, "s3://{}", s3.bucket)?;
-                if !s3.prefix.is_empty() {
-                    write!(f, "/{}", s3.prefix)?;
-                }
-                if let Some(e) = &s3.endpoint {
-                    write!(f, " via {e}")?;
-                }
-                Ok(())
-            }
-            LakeLocation::Local(p) => write!(f, "file://{}", p.display()),
-            LakeLocation::Memory => f.write_str("memory://"),
+            LakeLocation::S3(s3) if let Some(e) = &s3.endpoint => write!(f, " via {e}"),
+            _ => Ok(()),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! hold ([`schema`]), how the store and the database are reached ([`store`],
 //! [`postgres`]), and how a run ends ([`telemetry`]).
 
+pub mod cli;
 pub mod commit;
 pub mod config;
 pub mod contract;
@@ -45,7 +46,8 @@ pub const ENV_HELP: &str = "Environment (the cluster secrets' names):
               AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, S3_CONDITIONAL_WRITES (enabled),
               S3_MAX_RETRIES (10), S3_TIMEOUT_SECS (10)
   Logs        LOG_FORMAT (text on a terminal, else json), RUST_LOG (info)
-  Metrics     PUSHGATEWAY_URL (unset: no pushes)";
+  Metrics     PUSHGATEWAY_URL (unset: no pushes)
+  Schedules   LAKE_BUSY_OK (false; true: exit 0, not 4, when another run holds the work)";
 
 pub use config::{Config, ConfigError, LakeConfig, PostgresConfig, Secret, SslMode};
 pub use paths::{Dataset, Partition};

@@ -67,6 +67,8 @@ pub const LOCAL_PART_BYTES: usize = 256 * 1024;
 pub struct Lake {
     store: Arc<dyn ObjectStore>,
     description: String,
+    /// The root as a URL (`s3://bucket/prefix`, `file:///dir`), for naming objects.
+    root: String,
     capabilities: Capabilities,
     part_bytes: usize,
     /// The S3 store itself, for what `ObjectStore` cannot do (open uploads).
@@ -98,6 +100,7 @@ impl Lake {
     /// Opens the lake described by `config`.
     pub fn open(config: &LakeConfig) -> Result<Self, StoreError> {
         let description = config.to_string();
+        let root = config.root_url();
         match &config.location {
             LakeLocation::S3(s3) => {
                 let store = build_s3(s3).map_err(|source| StoreError::Open {
@@ -132,6 +135,7 @@ impl Lake {
                 Ok(Self {
                     store,
                     description,
+                    root: root.clone(),
                     capabilities: Capabilities {
                         create_if_absent: cond,
                         update_if_match: cond,
@@ -156,6 +160,7 @@ impl Lake {
                 Ok(Self {
                     store: Arc::new(store),
                     description,
+                    root: root.clone(),
                     // The local store creates files with a hard link (atomic, refused
                     // if present) but has no ETag compare-and-swap.
                     capabilities: Capabilities {
@@ -181,6 +186,7 @@ impl Lake {
 
             return Ok(Self {
                 description: format!("{config} (does not exist yet)"),
+                root: config.root_url(),
                 ..Self::in_memory()
             });
         }
@@ -192,6 +198,7 @@ impl Lake {
         Self {
             store: Arc::new(InMemory::new()),
             description: "memory://".into(),
+            root: "memory://".into(),
             capabilities: Capabilities {
                 create_if_absent: true,
                 update_if_match: true,
@@ -221,6 +228,12 @@ impl Lake {
     /// Human-readable location, without secrets (`s3://bucket via https://endpoint`).
     pub fn description(&self) -> &str {
         &self.description
+    }
+
+    /// The full address of `path` (`s3://bucket/prefix/_runs/…`), for messages that
+    /// name an object a person will look up.
+    pub fn url_of(&self, path: &Path) -> String {
+        format!("{}/{path}", self.root.trim_end_matches('/'))
     }
 
     /// The multipart uploads open under `prefix` (S3 `ListMultipartUploads`,

@@ -45,7 +45,26 @@ pub fn check_environment() -> Result<(), Classified> {
     for line in crate::config::unknown_variables(names) {
         tracing::warn!("{line}");
     }
-    check_log_format()
+    check_log_format()?;
+    busy_is_success().map(|_| ())
+}
+
+/// `LAKE_BUSY_OK=true` (the CronJobs set it): a run that finds its work held
+/// by another live run exits 0 instead of 4. For a scheduled trigger that is
+/// the right answer: the holder does the work, and the next schedule catches
+/// up; a retry with back-off would only fail the Job after its backoffLimit
+/// while a long manual run holds the batch. The run report, the metrics
+/// (`exit_code` 4) and the warning line still say what happened.
+fn busy_is_success() -> Result<bool, Classified> {
+    match std::env::var("LAKE_BUSY_OK").map(|v| v.to_ascii_lowercase()) {
+        Err(_) => Ok(false),
+        Ok(v) if matches!(v.as_str(), "true" | "1") => Ok(true),
+        Ok(v) if matches!(v.as_str(), "false" | "0" | "") => Ok(false),
+        Ok(v) => Err(Classified::new(
+            ExitStatus::Usage,
+            format!("LAKE_BUSY_OK={v:?} is neither true nor false: set one of them, or unset it"),
+        )),
+    }
 }
 
 fn check_log_format() -> Result<(), Classified> {
@@ -435,6 +454,13 @@ pub fn finish(result: Result<ExitStatus, anyhow::Error>) -> ExitCode {
         Err(err) => {
             let status = exit_status_of(err.as_ref());
             let text = error_text(&err);
+            if status == ExitStatus::Busy && busy_is_success().unwrap_or(false) {
+                tracing::warn!(
+                    exit_code = 0,
+                    "{text} (LAKE_BUSY_OK: the run holding it does the work; exit 0)"
+                );
+                return ExitCode::SUCCESS;
+            }
             tracing::error!(exit_code = status as u8, "{text}");
             if !tracing::enabled!(tracing::Level::ERROR) {
                 eprintln!("error: {text}");

@@ -143,11 +143,11 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    use clap::Parser;
     use lake_common::telemetry::{self, LogFormat};
-    let args = Args::parse_from(args);
+    let parsed = lake_common::cli::parse::<Args, _, _>(args);
     telemetry::init(LogFormat::from_env());
     let result = (|| {
+        let args = parsed?;
         telemetry::check_environment()?;
         let options = args.into_options()?;
         let config = lake_common::LakeConfig::from_env()?;

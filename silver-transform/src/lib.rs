@@ -213,24 +213,21 @@ pub fn exit_status(report: &RunReport) -> anyhow::Result<ExitStatus> {
 pub async fn run(lake: &Lake, options: &Options) -> anyhow::Result<RunReport> {
     let run = Run::start(JOB);
     let mut report = RunReport {
-        job: JOB,
-        version: env!("CARGO_PKG_VERSION"),
-        run_id: run.id.clone(),
-        started_at: run.started_at,
-        finished_at: None,
-        lake: lake.description().to_owned(),
+        header: run.header(
+            lake,
+            lake.url_of(&Dataset::BronzeEvents.root()),
+            options.dry_run,
+        ),
         mode: options.mode.name().to_owned(),
         days: match options.mode {
             Mode::Days { from, to } => Some((from, to)),
             _ => None,
         },
-        dry_run: options.dry_run,
         shard: ShardReport {
             index: options.shard.index,
             count: options.shard.count,
         },
         outcome: Outcome::Running,
-        error: None,
         base_version: None,
         committed_version: None,
         bronze_committed_batches: 0,
@@ -244,9 +241,18 @@ pub async fn run(lake: &Lake, options: &Options) -> anyhow::Result<RunReport> {
         summary: Default::default(),
         timings_ms: BTreeMap::new(),
     };
+    tracing::info!(
+        run_id = %run.id,
+        lake = %lake.description(),
+        mode = options.mode.name(),
+        days = report.days.map(|(from, to)| format!("{from}..={to}")),
+        shard = %options.shard,
+        dry_run = options.dry_run,
+        "Starting silver-transform"
+    );
     let started = Instant::now();
     let result = execute(lake, options, &run, &mut report).await;
-    report.finished_at = Some(Utc::now());
+    report.header.finished_at = Utc::now();
     report
         .timings_ms
         .insert("total", started.elapsed().as_millis() as u64);
@@ -256,7 +262,7 @@ pub async fn run(lake: &Lake, options: &Options) -> anyhow::Result<RunReport> {
             log_outcome(&report);
             if !options.dry_run {
                 let path = run.write_report(lake, &report).await?;
-                tracing::info!(report = %path, "Wrote run report");
+                tracing::info!(report = %lake.url_of(&path), "Run report written");
                 let status = exit_status_of_report(&report);
                 let _ = metrics(&report, elapsed, status)
                     .push(options.pushgateway.as_ref())
@@ -268,7 +274,7 @@ pub async fn run(lake: &Lake, options: &Options) -> anyhow::Result<RunReport> {
             let status = exit_status_of(err.as_ref());
             if status != ExitStatus::Busy && !options.dry_run {
                 report.outcome = Outcome::Failed;
-                report.error = Some(lake_common::telemetry::error_text(&err));
+                report.header.error = Some(lake_common::telemetry::error_text(&err));
                 if let Err(e) = run.write_report(lake, &report).await {
                     tracing::warn!(error = %e, "Could not write the run report of the failed run");
                 }
@@ -294,7 +300,7 @@ fn exit_status_of_report(report: &RunReport) -> ExitStatus {
 /// The run's metrics (docs/deploy.md, Monitoring), one group per shard.
 fn metrics(r: &RunReport, seconds: f64, exit: ExitStatus) -> RunMetrics {
     let mut m = RunMetrics::new(JOB, &[("shard", r.shard.index.to_string())]);
-    m.set_run(r.finished_at.unwrap_or_else(Utc::now), seconds, exit as u8);
+    m.set_run(r.header.finished_at, seconds, exit as u8);
     if exit != ExitStatus::Success && exit != ExitStatus::Quality {
         return m;
     }
@@ -421,7 +427,7 @@ async fn execute(
     report.recovered_partitions = forced.len() as u64;
     if !found.abandoned.is_empty() {
         tracing::warn!(
-            versions = ?found.abandoned.iter().map(|m| m.version).collect::<Vec<_>>(),
+            versions = %found.abandoned.iter().map(|m| m.version.to_string()).collect::<Vec<_>>().join(", "),
             partitions = forced.len(),
             "Found versions of crashed runs; recomputing the partitions they planned"
         );
@@ -459,7 +465,7 @@ async fn execute(
         report.outcome = Outcome::NothingNew;
         report.partitions.total = table.len() as u64;
         report.rows.index_keys = committed.map_or(0, |m| m.index_keys);
-        tracing::info!(%shard, base_version = ?report.base_version, "No new bronze batch: nothing to do");
+        tracing::info!(%shard, base_version = report.base_version, "No new bronze batch: nothing to do");
         return Ok(());
     }
     // The key index only when there is work: a run with nothing new reads none.
@@ -903,7 +909,7 @@ async fn list_objects(
 
 fn log_outcome(r: &RunReport) {
     tracing::info!(
-        outcome = ?r.outcome,
+        outcome = r.outcome.as_str(),
         version = r.committed_version,
         silver_rows = r.rows.silver,
         quarantine_rows = r.rows.quarantine_rows,
@@ -911,7 +917,7 @@ fn log_outcome(r: &RunReport) {
         "Silver run finished"
     );
     if r.bronze_committed_batches == 0 {
-        tracing::warn!(lake = %r.lake, "The lake holds no committed bronze batch: check LAKE_URL / S3_BUCKET, or run bronze-ingest first");
+        tracing::warn!(lake = %r.header.lake, "The lake holds no committed bronze batch: check LAKE_URL / S3_BUCKET, or run bronze-ingest first");
     }
     lake_common::telemetry::emit_summary(JOB, &summary_text(r), r);
 }
@@ -920,7 +926,7 @@ fn log_outcome(r: &RunReport) {
 fn summary_text(r: &RunReport) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
-    let dry = if r.dry_run {
+    let dry = if r.header.dry_run {
         " (dry run: nothing written)"
     } else {
         ""
@@ -928,7 +934,7 @@ fn summary_text(r: &RunReport) -> String {
     let _ = writeln!(
         o,
         "silver-transform {} run {}{dry} — {}, shard {}/{}, {}",
-        r.version, r.run_id, r.lake, r.shard.index, r.shard.count, r.mode
+        r.header.version, r.header.run_id, r.header.lake, r.shard.index, r.shard.count, r.mode
     );
     if r.bronze_committed_batches == 0 {
         let _ = writeln!(

@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
+use lake_common::report::Header;
 use serde::Serialize;
 
 use crate::incremental::WorkStats;
@@ -23,6 +24,19 @@ pub enum Outcome {
     QualityBreach,
     /// The run failed (exit 1 or 2); `error` says why.
     Failed,
+}
+
+impl Outcome {
+    /// The name in reports and logs (as serialised).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Success => "success",
+            Self::NothingNew => "nothing_new",
+            Self::QualityBreach => "quality_breach",
+            Self::Failed => "failed",
+        }
+    }
 }
 
 /// The shard of the run.
@@ -65,30 +79,17 @@ pub struct RowCounts {
 /// The durable record of one run.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
-    /// `silver-transform`.
-    pub job: &'static str,
-    /// Binary version.
-    pub version: &'static str,
-    /// Run id (also the owner of its pending manifest).
-    pub run_id: String,
-    /// Start.
-    pub started_at: DateTime<Utc>,
-    /// End.
-    pub finished_at: Option<DateTime<Utc>>,
-    /// The lake, without secrets.
-    pub lake: String,
+    /// Job, version, run id, times, lake, source (bronze), dry run, error.
+    #[serde(flatten)]
+    pub header: Header,
     /// `incremental`, `dates` or `full_refresh`.
     pub mode: String,
     /// Days forced by `--date` / `--from --to`.
     pub days: Option<(NaiveDate, NaiveDate)>,
-    /// Whether nothing was written.
-    pub dry_run: bool,
     /// Shard.
     pub shard: ShardReport,
     /// Outcome.
     pub outcome: Outcome,
-    /// The error chain of a failed run.
-    pub error: Option<String>,
     /// The committed silver version the run started from.
     pub base_version: Option<u64>,
     /// The version the run committed.

@@ -127,6 +127,24 @@ async fn busy_exits_4_and_dry_run_writes_nothing() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("other-run"));
     assert!(objects(&t.lake, "silver/stop_executions").await.is_empty());
     assert!(objects(&t.lake, "_runs").await.is_empty());
+    // A scheduled run (LAKE_BUSY_OK, the CronJobs) leaves the work to the
+    // holder and exits 0, saying so; a typo in the switch is exit 2.
+    let out = t.run_bin(&shard0_args, &[("LAKE_BUSY_OK", "true")]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("other-run")
+            && err.contains("LAKE_BUSY_OK: the run holding it does the work; exit 0"),
+        "{err}"
+    );
+    assert!(err.contains("\"level\":\"WARN\""), "{err}");
+    assert!(objects(&t.lake, "silver/stop_executions").await.is_empty());
+    let out = t.run_bin(&shard0_args, &[("LAKE_BUSY_OK", "yes")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(r#"LAKE_BUSY_OK=\"yes\" is neither true nor false"#)
+    );
     // Another shard is not blocked by it.
     let out = t.run_bin(&["--shard-count", "2", "--shard-index", "1"], &[]);
     assert_eq!(out.status.code(), Some(0));
@@ -173,11 +191,161 @@ async fn summary_in_text_and_json_and_a_warning_on_a_lake_without_bronze() {
         .expect("summary line");
     assert_eq!(summary["report"]["committed_version"], 1);
     assert!(summary["report"]["summary"]["status_distribution"].is_object());
-    for line in String::from_utf8_lossy(&out.stderr).lines() {
-        let v: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
-        assert!(!line.contains("Some("), "no Rust Debug text: {line}");
-        assert!(v["level"].is_string());
+    assert_eq!(
+        summary["report"]["source"],
+        format!("s3://{}/bronze/events", t.bucket)
+    );
+    assert_pure_json(&out, &t.bucket);
+
+    // Nothing new: the short path logs its own lines, JSON too.
+    let out = t.run_bin(&[], &[("LOG_FORMAT", "json")]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_pure_json(&out, &t.bucket);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"outcome\":\"nothing_new\""));
+
+    // Text: the start line names the lake and the mode.
+    let out = t.run_bin(&["--date", "2025-06-01"], &[("LOG_FORMAT", "text")]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let start = err
+        .lines()
+        .find(|l| l.contains("Starting silver-transform"))
+        .unwrap_or_else(|| panic!("a start line: {err}"));
+    for part in [
+        &format!("lake=s3://{}", t.bucket),
+        "mode=\"dates\"",
+        "days=\"2025-06-01..=2025-06-01\"",
+    ] {
+        assert!(start.contains(part), "{part} in {start}");
     }
+}
+
+/// Both streams carry only JSON lines, without Rust `Debug` text; the run
+/// starts with a line naming the lake and ends naming its report by full URL.
+fn assert_pure_json(out: &std::process::Output, bucket: &str) {
+    let mut messages = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .chain(String::from_utf8_lossy(&out.stderr).lines())
+    {
+        let v: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+        for debug in ["Some(", "None", "NothingNew", "Success"] {
+            assert!(!line.contains(debug), "Rust Debug text {debug:?}: {line}");
+        }
+        assert_no_json_in_strings(&v, line);
+        assert!(v["level"].is_string());
+        messages.push(v);
+    }
+    let start = messages
+        .iter()
+        .find(|v| v["message"] == "Starting silver-transform")
+        .expect("a start line");
+    assert!(
+        start["lake"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("s3://{bucket} via http")),
+        "{start}"
+    );
+    assert_eq!(start["mode"], "incremental");
+    let written = messages
+        .iter()
+        .find(|v| v["message"] == "Run report written")
+        .expect("the report's line");
+    assert!(
+        written["report"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("s3://{bucket}/_runs/silver-transform/")),
+        "{written}"
+    );
+}
+
+/// Nested values are JSON objects and arrays, never strings holding JSON.
+fn assert_no_json_in_strings(v: &serde_json::Value, line: &str) {
+    match v {
+        serde_json::Value::String(s) => assert!(
+            !matches!(
+                serde_json::from_str::<serde_json::Value>(s),
+                Ok(serde_json::Value::Object(_) | serde_json::Value::Array(_))
+            ),
+            "a string of JSON: {s} in {line}"
+        ),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .for_each(|i| assert_no_json_in_strings(i, line)),
+        serde_json::Value::Object(map) => map
+            .values()
+            .for_each(|i| assert_no_json_in_strings(i, line)),
+        _ => {}
+    }
+}
+
+/// #14: a dry run against a directory that does not exist creates nothing; a
+/// reader that closes stdout early is not a panic; a bad value in a variable
+/// names the variable, not the flag it sets.
+#[tokio::test]
+async fn a_dry_run_creates_nothing_a_closed_stdout_is_no_panic_and_a_bad_variable_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake_dir = dir.path().join("not/there");
+    let local = |extra: &[(&str, &str)]| {
+        let mut cmd = Command::new(BIN);
+        cmd.env_clear()
+            .env("LAKE_URL", lake_dir.to_str().unwrap())
+            .env("LOG_FORMAT", "text")
+            .envs(extra.iter().copied());
+        cmd
+    };
+    let out = local(&[]).arg("--dry-run").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!lake_dir.exists(), "--dry-run created the lake directory");
+
+    // `silver-transform --dry-run | head -0`.
+    let mut child = local(&[])
+        .arg("--dry-run")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    for (var, value, expect) in [
+        (
+            "SILVER_SHARD_COUNT",
+            "abc",
+            "SILVER_SHARD_COUNT=\"abc\" is not valid: invalid digit",
+        ),
+        (
+            "SILVER_MAX_VIOLATION_RATIO",
+            "5",
+            "SILVER_MAX_VIOLATION_RATIO=\"5\" is not valid: 5 is not within 0..=1",
+        ),
+        (
+            "JOB_COMPLETION_INDEX",
+            "-1",
+            "JOB_COMPLETION_INDEX=\"-1\" is not valid",
+        ),
+    ] {
+        let out = local(&[(var, value)]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}: {err}");
+        assert!(err.contains(expect), "expected {expect:?} in: {err}");
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+    }
+    // The flag itself keeps clap's wording.
+    let out = local(&[]).args(["--shard-count", "abc"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'--shard-count <SHARD_COUNT>'"));
+    assert!(!lake_dir.exists());
 }
 
 /// #14: silver shows progress on a terminal (events folded, then partitions
