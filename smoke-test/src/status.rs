@@ -33,6 +33,10 @@ pub struct DatasetStatus {
     pub fresh_as_of: Option<DateTime<Utc>>,
     /// A batch pinned and not committed yet, with its owner and lease.
     pub pending: Option<Pending>,
+    /// Set when the newest run saw the transaction horizon held (an open
+    /// transaction in PostgreSQL): since when it has not moved. Rows committed
+    /// after it wait for it; bronze is complete only up to then.
+    pub horizon_held_since: Option<DateTime<Utc>>,
     /// Live data files and their bytes.
     pub files: u64,
     /// Bytes of the live files.
@@ -125,6 +129,9 @@ impl LakeStatus {
                 d.files,
                 d.bytes as f64 / 1048576.0
             );
+            if let Some(t) = d.horizon_held_since {
+                let _ = write!(o, "; horizon HELD since {} by an open transaction", at(t));
+            }
             if let Some(p) = &d.pending {
                 let lease = p
                     .lease_expires_at
@@ -193,19 +200,23 @@ pub async fn read(lake: &Lake, now: DateTime<Utc>) -> anyhow::Result<LakeStatus>
         // Complete up to the newest committed batch, or to a later run that
         // found nothing new (a quiet source writes no batch), unless that run
         // saw the horizon held: then only up to the batch that reached it.
-        let quiet = bronze_reports
+        let newest_run = bronze_reports
             .newest(lake, |r| {
                 let d = r["datasets"]
                     .as_array()?
                     .iter()
                     .find(|d| d["dataset"] == dataset.to_string())?;
                 match (d["outcome"].as_str()?, d.get("horizon_held")) {
-                    ("committed" | "nothing_new", Some(h)) => time(&h["since"]),
-                    ("committed" | "nothing_new", None) => time(&r["snapshot_time"]),
+                    ("committed" | "nothing_new", Some(h)) => Some((time(&h["since"])?, true)),
+                    ("committed" | "nothing_new", None) => {
+                        Some((time(&r["snapshot_time"])?, false))
+                    }
                     _ => None,
                 }
             })
             .await?;
+        let quiet = newest_run.map(|(t, _)| t);
+        let horizon_held_since = newest_run.and_then(|(t, held)| held.then_some(t));
         let fresh_as_of = committed.map(|m| m.snapshot_time).max(quiet);
         let stale = fresh_as_of.is_none_or(|t| age(now, t) > BRONZE_SLA);
         if stale {
@@ -223,6 +234,7 @@ pub async fn read(lake: &Lake, now: DateTime<Utc>) -> anyhow::Result<LakeStatus>
             committed_batch: committed.map(|m| m.batch),
             fresh_as_of,
             pending,
+            horizon_held_since,
             files: live.len() as u64,
             bytes: live.iter().map(|f| f.file.bytes).sum(),
             stale,

@@ -270,10 +270,39 @@ async fn lake_status_shows_freshness_and_exits_1_when_stale() {
         shard(1, "success"),
     )
     .await;
+    // The newest events run saw the horizon held by an open transaction.
+    let held_since = now - Duration::minutes(40);
+    report(
+        "bronze-ingest",
+        now - Duration::minutes(2),
+        "00000000000g",
+        serde_json::json!({
+            "outcome": "success",
+            "snapshot_time": (now - Duration::minutes(2)).to_rfc3339(),
+            "datasets": [{"dataset": "bronze/events", "outcome": "nothing_new",
+                          "horizon_held": {"since": held_since.to_rfc3339(), "seconds": 2280}}],
+        }),
+    )
+    .await;
     let out = run(&["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("status: fresh"), "{text}");
+    let events_line = text.lines().find(|l| l.contains("bronze/events")).unwrap();
+    assert!(
+        events_line.contains("horizon HELD since") && events_line.contains("(40m"),
+        "{events_line}"
+    );
+    let outbox_line = text.lines().find(|l| l.contains("bronze/outbox")).unwrap();
+    assert!(!outbox_line.contains("HELD"), "{outbox_line}");
+    let v: serde_json::Value = serde_json::from_slice(&run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(
+        v["bronze"][0]["horizon_held_since"]
+            .as_str()
+            .map(|t| t[..19].to_owned()),
+        Some(held_since.to_rfc3339()[..19].to_owned())
+    );
+    assert!(v["bronze"][1]["horizon_held_since"].is_null());
     assert!(
         text.contains("batch 2 pending (run-abc, lease until"),
         "{text}"
