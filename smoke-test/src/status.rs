@@ -3,8 +3,9 @@
 //!
 //! It reads what the jobs themselves read, and only that: each bronze
 //! dataset's log through its checkpoint (a handful of requests whatever the
-//! lake's age), and the newest run report of each job, listed from a week back
-//! (report names start with their time). It writes nothing.
+//! lake's age), each silver shard's newest manifests (a shard keeps only its
+//! last few versions), and the newest run report of each job, listed from a
+//! week back (report names start with their time). It writes nothing.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -56,6 +57,32 @@ pub struct Pending {
     pub lease_expires_at: Option<DateTime<Utc>>,
 }
 
+/// One silver shard's committed state (its manifest log).
+#[derive(Debug, Serialize)]
+pub struct SilverShardStatus {
+    /// `shard-<i>-of-<n>`.
+    pub shard: String,
+    /// The latest committed version.
+    pub committed_version: Option<u64>,
+    /// When it was committed.
+    pub committed_at: Option<DateTime<Utc>>,
+    /// The newest bronze batch it has consumed (bronze's newest committed
+    /// batch of `bronze/events` is in `bronze`: the difference is silver's lag).
+    pub bronze_batch_consumed: Option<u64>,
+    /// Partitions (client × day).
+    pub partitions: u64,
+    /// Silver files, their executions and bytes.
+    pub files: u64,
+    /// Executions in silver.
+    pub rows: u64,
+    /// Bytes of the silver files.
+    pub bytes: u64,
+    /// Quarantined rows (one per broken rule).
+    pub quarantine_rows: u64,
+    /// A version pinned by a run still holding its lease.
+    pub pending: Option<Pending>,
+}
+
 /// The newest run of one job.
 #[derive(Debug, Serialize)]
 pub struct JobStatus {
@@ -83,6 +110,8 @@ pub struct LakeStatus {
     pub checked_at: DateTime<Utc>,
     /// Bronze, per dataset.
     pub bronze: Vec<DatasetStatus>,
+    /// Silver, per shard of the lake's layout.
+    pub silver: Vec<SilverShardStatus>,
     /// The newest run of each job.
     pub jobs: Vec<JobStatus>,
     /// What is stale, one line each (empty: fresh).
@@ -140,6 +169,34 @@ impl LakeStatus {
             }
             o.push('\n');
         }
+        for s in &self.silver {
+            let committed = match (s.committed_version, s.committed_at) {
+                (Some(v), Some(t)) => format!(
+                    "version {v} committed {}, bronze batches up to {}",
+                    at(t),
+                    s.bronze_batch_consumed
+                        .map_or("none".to_owned(), |b| b.to_string())
+                ),
+                _ => "no committed version".to_owned(),
+            };
+            let _ = write!(
+                o,
+                "  silver {:<9} {committed}; {} partitions, {} executions in {} files, {:.1} MiB; {} quarantined",
+                s.shard,
+                s.partitions,
+                s.rows,
+                s.files,
+                s.bytes as f64 / 1048576.0,
+                s.quarantine_rows
+            );
+            if let Some(p) = &s.pending {
+                let lease = p
+                    .lease_expires_at
+                    .map_or("no lease".to_owned(), |t| format!("lease until {t}"));
+                let _ = write!(o, "; version {} pending ({}, {lease})", p.batch, p.owner);
+            }
+            o.push('\n');
+        }
         for j in &self.jobs {
             let line = match (j.started_at, &j.outcome) {
                 (Some(t), outcome) => format!(
@@ -180,6 +237,7 @@ pub async fn read(lake: &Lake, now: DateTime<Utc>) -> anyhow::Result<LakeStatus>
         lake: lake.description().to_owned(),
         checked_at: now,
         bronze: Vec::new(),
+        silver: Vec::new(),
         jobs: Vec::new(),
         stale: Vec::new(),
     };
@@ -240,6 +298,7 @@ pub async fn read(lake: &Lake, now: DateTime<Utc>) -> anyhow::Result<LakeStatus>
             stale,
         });
     }
+    status.silver = silver_shards(lake).await?;
     for (job, reports) in [
         ("bronze-ingest", &mut bronze_reports),
         ("silver-transform", &mut silver_reports),
@@ -303,6 +362,45 @@ pub async fn read(lake: &Lake, now: DateTime<Utc>) -> anyhow::Result<LakeStatus>
         });
     }
     Ok(status)
+}
+
+/// Every shard of every shard layout in the lake (one layout, unless a
+/// re-sharding is under way): the latest committed manifest of each.
+async fn silver_shards(lake: &Lake) -> anyhow::Result<Vec<SilverShardStatus>> {
+    use silver_transform::key::Shard;
+    use silver_transform::manifest;
+    let mut out = Vec::new();
+    for count in manifest::shard_counts(lake).await? {
+        for index in 0..count {
+            let shard = Shard { index, count };
+            let found = manifest::find(lake, shard).await?;
+            let c = found.committed.as_ref();
+            let parts = c.map(|m| m.partitions.as_slice()).unwrap_or_default();
+            let silver = || parts.iter().filter_map(|p| p.silver.as_ref());
+            out.push(SilverShardStatus {
+                shard: shard.to_string(),
+                committed_version: c.map(|m| m.version),
+                committed_at: c.and_then(|m| m.committed_at),
+                bronze_batch_consumed: c
+                    .and_then(|m| m.consumed_batches.iter().map(|r| r[1]).max()),
+                partitions: parts.len() as u64,
+                files: silver().count() as u64,
+                rows: silver().map(|f| f.rows).sum(),
+                bytes: silver().map(|f| f.bytes).sum(),
+                quarantine_rows: parts
+                    .iter()
+                    .filter_map(|p| p.quarantine.as_ref())
+                    .map(|f| f.rows)
+                    .sum(),
+                pending: found.busy.as_ref().map(|m| Pending {
+                    batch: m.version,
+                    owner: m.claim.owner.clone(),
+                    lease_expires_at: m.claim.lease_expires_at,
+                }),
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn age(now: DateTime<Utc>, t: DateTime<Utc>) -> Duration {

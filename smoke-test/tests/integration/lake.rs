@@ -284,10 +284,24 @@ async fn lake_status_shows_freshness_and_exits_1_when_stale() {
         }),
     )
     .await;
+    // Silver's shard 0 of 1 has a committed version with one partition.
+    silver_committed(&lake, now - Duration::minutes(30)).await;
     let out = run(&["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("status: fresh"), "{text}");
+    let silver_line = text
+        .lines()
+        .find(|l| l.contains("silver shard-0-of-1"))
+        .unwrap();
+    for part in [
+        "version 3 committed",
+        "bronze batches up to 7",
+        "1 partitions, 42 executions in 1 files",
+        "2 quarantined",
+    ] {
+        assert!(silver_line.contains(part), "{part} in {silver_line}");
+    }
     let events_line = text.lines().find(|l| l.contains("bronze/events")).unwrap();
     assert!(
         events_line.contains("horizon HELD since") && events_line.contains("(40m"),
@@ -303,9 +317,51 @@ async fn lake_status_shows_freshness_and_exits_1_when_stale() {
         Some(held_since.to_rfc3339()[..19].to_owned())
     );
     assert!(v["bronze"][1]["horizon_held_since"].is_null());
+    assert_eq!(v["silver"][0]["shard"], "shard-0-of-1");
+    assert_eq!(v["silver"][0]["committed_version"], 3);
+    assert_eq!(v["silver"][0]["rows"], 42);
+    assert_eq!(v["silver"][0]["bytes"], 4096);
     assert!(
         text.contains("batch 2 pending (run-abc, lease until"),
         "{text}"
     );
     assert!(text.contains("silver-transform last run"), "{text}");
+}
+
+/// A committed silver version 3 of shard 0 of 1: one partition of 42
+/// executions (4 KiB) and 2 quarantine rows, bronze batches 1..=7 consumed.
+async fn silver_committed(lake: &Lake, at: DateTime<Utc>) {
+    use silver_transform::key::Shard;
+    use silver_transform::manifest::{self, PartitionRecord, SilverManifest, State};
+    use silver_transform::publish::FileRecord;
+    let file = |path: &str, rows: u64, bytes: u64| FileRecord {
+        path: path.to_owned(),
+        rows,
+        bytes,
+        sha256: String::new(),
+    };
+    let mut m = SilverManifest::pending(
+        Shard::ALL,
+        3,
+        "run-s",
+        std::time::Duration::from_secs(30),
+        "incremental",
+    );
+    m.state = State::Committed;
+    m.committed_at = Some(at);
+    m.consumed_batches = vec![[1, 7]];
+    m.partitions = vec![PartitionRecord {
+        client_id: 1,
+        date: at.date_naive(),
+        version: 3,
+        silver: Some(file("silver/a.parquet", 42, 4096)),
+        quarantine: Some(file("silver/_quarantine/a.parquet", 2, 512)),
+        batches: vec![[1, 7]],
+    }];
+    lake.put(
+        &manifest::manifest_path(Shard::ALL, 3),
+        serde_json::to_vec(&m).unwrap().into(),
+    )
+    .await
+    .unwrap();
 }
