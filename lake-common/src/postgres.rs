@@ -273,12 +273,34 @@ pub fn explain_connect_error(
         }
         code
     };
-    let hint = if code == Some(tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS) {
+    use tokio_postgres::error::SqlState;
+    // The server's SQLSTATE first: its message text is translated by lc_messages.
+    let hint = if code == Some(SqlState::INVALID_PASSWORD) {
+        "check DJANGO_DB_USER and DJANGO_DB_PASSWORD".to_owned()
+    } else if code == Some(SqlState::INVALID_CATALOG_NAME) {
+        "check DJANGO_DB_NAME".to_owned()
+    } else if code == Some(SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+        && text.contains("pg_hba.conf")
+    {
+        format!(
+            "the server's pg_hba.conf has no line admitting role {} to database {} from this \
+             address: add one such as `host {} {} <pod CIDR> scram-sha-256` and reload \
+             (docs/deploy.md, \"The database role\")",
+            config.user, config.dbname, config.dbname, config.user
+        )
+    } else if code == Some(SqlState::INVALID_AUTHORIZATION_SPECIFICATION) {
+        "check DJANGO_DB_USER (the role does not exist or may not log in)".to_owned()
+    } else if code == Some(SqlState::INSUFFICIENT_PRIVILEGE) {
+        format!(
+            "role {} may not connect to database {}: as its owner, GRANT CONNECT ON DATABASE {} TO {}",
+            config.user, config.dbname, config.dbname, config.user
+        )
+    } else if code == Some(SqlState::TOO_MANY_CONNECTIONS) {
         "the server's connection limit is reached (max_connections, or the role's or the database's \
          CONNECTION LIMIT; a job needs up to 2 connections): the Job retries, and a limit of 0 is a \
          setting to fix"
             .to_owned()
-    } else if code == Some(tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW) {
+    } else if code == Some(SqlState::CANNOT_CONNECT_NOW) {
         "the server is starting up or shutting down (the Job retries), or it is a standby with \
          hot_standby = off, which accepts no connections (point DJANGO_DB_HOST at one that does)"
             .to_owned()
@@ -306,12 +328,9 @@ pub fn explain_connect_error(
         "the server's certificate has expired: renew it on the server (DJANGO_DB_SSLMODE=verify-full \
          refuses it)"
             .to_owned()
-    } else if text.contains("password authentication failed") || text.contains("no password") {
-        "check DJANGO_DB_USER and DJANGO_DB_PASSWORD".to_owned()
-    } else if text.contains("does not exist") && text.contains("database") {
-        "check DJANGO_DB_NAME".to_owned()
-    } else if text.contains("role") && text.contains("does not exist") {
-        "check DJANGO_DB_USER".to_owned()
+    } else if text.contains("no password") {
+        // The client's own refusal (no SQLSTATE): the server asked for one.
+        "check DJANGO_DB_PASSWORD".to_owned()
     } else if text.contains("refused") || text.contains("timed out") || text.contains("timeout") {
         "check DJANGO_DB_HOST/DJANGO_DB_PORT and the NetworkPolicy egress to PostgreSQL".to_owned()
     } else if text.contains("failed to lookup")

@@ -44,3 +44,89 @@ async fn a_session_idle_in_its_transaction_past_the_timeout_names_the_setting() 
         "{text}"
     );
 }
+
+/// Each way the server refuses a login, provoked on a real server, says what to
+/// fix — from the server's SQLSTATE, not its (translatable) message.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_refused_login_names_what_to_fix() {
+    use lake_common::PostgresConfig;
+    use lake_common::postgres::{explain_connect_error, pool};
+    let pg = TestPostgres::start().await.unwrap();
+    pg.create_role("lake_reader", "reader-pw", false)
+        .await
+        .unwrap();
+    let refusal = |env: Vec<(String, String)>| async move {
+        let config = PostgresConfig::from_vars(env).unwrap();
+        let err = pool(&config, "hints")
+            .unwrap()
+            .get()
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        explain_connect_error(&config, &err)
+    };
+    let with = |key: &str, value: &str| {
+        let mut env = pg.env_as("lake_reader", "reader-pw");
+        env.retain(|(k, _)| k != key);
+        env.push((key.to_owned(), value.to_owned()));
+        env
+    };
+    let text = refusal(with("DJANGO_DB_PASSWORD", "wrong")).await;
+    assert!(
+        text.contains("(check DJANGO_DB_USER and DJANGO_DB_PASSWORD)"),
+        "{text}"
+    );
+    let text = refusal(with("DJANGO_DB_NAME", "nodb")).await;
+    assert!(text.contains("(check DJANGO_DB_NAME)"), "{text}");
+    assert!(!text.contains("db error: db error"), "{text}");
+
+    let admin = pg.client().await.unwrap();
+    let db = pg
+        .env_as("lake_reader", "reader-pw")
+        .into_iter()
+        .find(|(k, _)| k == "DJANGO_DB_NAME")
+        .unwrap()
+        .1;
+    admin
+        .batch_execute(&format!(
+            "REVOKE CONNECT ON DATABASE {db} FROM PUBLIC, lake_reader"
+        ))
+        .await
+        .unwrap();
+    let text = refusal(pg.env_as("lake_reader", "reader-pw")).await;
+    assert!(
+        text.contains(&format!(
+            "role lake_reader may not connect to database {db}: as its owner, GRANT CONNECT ON DATABASE {db} TO lake_reader"
+        )),
+        "{text}"
+    );
+    admin
+        .batch_execute(&format!("GRANT CONNECT ON DATABASE {db} TO lake_reader"))
+        .await
+        .unwrap();
+
+    // pg_hba.conf without a line for the role (the superuser keeps its own).
+    let hba = format!(
+        "local all all trust\nhost all {su} 127.0.0.1/32 scram-sha-256\n",
+        su = pg.user()
+    );
+    std::fs::write(pg.data_dir().join("pg_hba.conf"), hba).unwrap();
+    admin
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = refusal(pg.env_as("lake_reader", "reader-pw")).await;
+        if text.contains("pg_hba.conf") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        text.contains(&format!(
+            "has no line admitting role lake_reader to database {db} from this address: add one such as `host {db} lake_reader <pod CIDR> scram-sha-256`"
+        )),
+        "{text}"
+    );
+}
