@@ -39,6 +39,23 @@ fn demo_summary_matches_postgres_and_the_lake() {
     );
     assert!(stdout.contains("==> Summary"), "{stdout}");
     assert!(!stdout.contains("DEMO-SUMMARY"), "no raw JSON at the end");
+    // What a person reads: no Rust Debug lists, percentages to four decimals.
+    assert!(!stdout.contains("[\""), "a Debug list in: {stdout}");
+    let slippage = stdout
+        .lines()
+        .find(|l| l.contains("slippage %: average"))
+        .unwrap_or_else(|| panic!("a slippage line: {stdout}"));
+    let average = slippage
+        .split("average ")
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap();
+    assert!(
+        average.split('.').nth(1).is_some_and(|d| d.len() == 4),
+        "{slippage}"
+    );
 
     // 20 000 events, then 10 % more for the incremental run.
     assert_eq!(s["postgres_events"], 22_000);

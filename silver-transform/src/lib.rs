@@ -1004,9 +1004,14 @@ fn summary_text(r: &RunReport) -> String {
         &s.slippage_pct.median,
         &s.slippage_pct.p95,
     ) {
+        // The report keeps the exact decimals; a person reads four.
+        let short = |v: &str| v.parse::<f64>().map_or(v.to_owned(), |x| format!("{x:.4}"));
         let _ = writeln!(
             o,
-            "  slippage %: average {avg}, median {median}, p95 {p95} (over {} executions)",
+            "  slippage %: average {}, median {}, p95 {} (over {} executions)",
+            short(avg),
+            short(median),
+            short(p95),
             s.slippage_pct.count
         );
     }

@@ -284,7 +284,7 @@ fn print_summary(s: &Summary, lake: &Path, took: Duration) {
         s.postgres_executions
     );
     println!(
-        "    bronze-ingest runs took {:?} s; silver-transform runs {:?} s",
+        "    bronze-ingest runs took {} s; silver-transform runs {} s",
         secs(&s.seconds_bronze),
         secs(&s.seconds_silver)
     );
@@ -297,6 +297,7 @@ fn print_summary(s: &Summary, lake: &Path, took: Duration) {
     );
 }
 
-fn secs(v: &[f64]) -> Vec<String> {
-    v.iter().map(|s| format!("{s:.2}")).collect()
+fn secs(v: &[f64]) -> String {
+    let each: Vec<String> = v.iter().map(|s| format!("{s:.2}")).collect();
+    each.join(" and ")
 }
