@@ -41,6 +41,7 @@ use crate::bronze::{BronzeError, BronzeFile, BronzeView, Projection, TimeRange, 
 use crate::fold::{FoldError, Folded, KeyFilter, combine, fold_day, two_versions};
 use crate::index::{KeyIndex, KeyInfo};
 use crate::key::{EventId, KeyHash, PartitionKey, Shard};
+use crate::segments::{Segments, month_of_day};
 
 /// Files scanned for keys concurrently.
 const SCAN_CONCURRENCY: usize = 8;
@@ -68,13 +69,19 @@ pub enum RecomputeError {
     /// A worker task panicked or was cancelled.
     #[error("a fold task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// A segment of the key index could not be read.
+    #[error("reading the key index: {0:#}")]
+    Index(anyhow::Error),
 }
 
 /// What the shard knew before this run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Prior {
-    /// The key index of the latest committed version (empty on a full refresh).
+    /// The part of the key index loaded so far (a format-1 index whole; empty on
+    /// a full refresh); [`recompute`] loads the segments it needs into it.
     pub index: KeyIndex,
+    /// The key index's segments of the latest committed version.
+    pub segments: Segments,
     /// Bronze batches already consumed (empty on a full refresh).
     pub consumed: BTreeSet<u64>,
     /// The shard's existing partitions.
@@ -126,6 +133,8 @@ pub struct WorkStats {
     /// Units read and folded: one per day, more for a day holding more than
     /// the window's rows.
     pub fold_windows: u64,
+    /// Key index segments read (of the shard's `index_segments` in its manifest).
+    pub index_segments_read: u64,
 }
 
 impl WorkStats {
@@ -159,6 +168,10 @@ pub struct Recomputed {
     pub new_batches: BTreeSet<u64>,
     /// Days whose earlier bronze files new batches superseded.
     pub superseded_days: BTreeSet<i32>,
+    /// The index's segments, as far as loaded; written with the new index.
+    pub segments: Segments,
+    /// The index was rebuilt from all of bronze: it replaces every segment.
+    pub rebuilt: bool,
     /// Counters.
     pub stats: WorkStats,
 }
@@ -183,10 +196,14 @@ pub async fn recompute(
         new_batches,
         ..Default::default()
     };
-    let old = prior.index;
+    let mut old = prior.index;
+    let mut segments = prior.segments;
+    // Every key the index holds, loaded or not (a format-1 index is all loaded).
+    let known_keys = segments.total_keys().max(old.len() as u64);
     let mut partitions: BTreeSet<PartitionKey> = req.forced.iter().copied().filter(owned).collect();
 
     if req.full_refresh && shard.count == 1 {
+        out.segments = segments;
         return fold_everything(lake, view, req, out, partitions).await;
     }
 
@@ -195,6 +212,21 @@ pub async fn recompute(
     out.stats.new_files = new_files.len() as u64;
     let scanned = scan_keys(lake, &new_files).await?;
     out.stats.keys_scanned = scanned.len() as u64;
+
+    // The index segments that may hold what this run looks up: the scanned
+    // keys (Bloom filters), the executions with events on superseded days, and
+    // those of the forced days.
+    let mut wanted = segments.maybe_holding(scanned.keys());
+    for d in &out.superseded_days {
+        wanted.extend(segments.spanning(*d));
+    }
+    if let Some((from, to)) = req.days {
+        wanted.extend(segments.within(from, to));
+    }
+    segments
+        .load(lake, wanted, &mut old)
+        .await
+        .map_err(RecomputeError::Index)?;
 
     // 2. Affected keys, with their merged (old + new) info.
     let mut affected: FxHashMap<KeyHash, KeyInfo> = FxHashMap::default();
@@ -232,6 +264,12 @@ pub async fn recompute(
     let mut attempted: FxHashSet<KeyHash> = FxHashSet::default();
     let mut folded = Folded::default();
     loop {
+        // All executions of a planned partition are in its month's segment.
+        let months: BTreeSet<i32> = partitions.iter().map(|p| month_of_day(p.day)).collect();
+        segments
+            .load(lake, months, &mut old)
+            .await
+            .map_err(RecomputeError::Index)?;
         let mut keys: FxHashSet<KeyHash> = FxHashSet::default();
         let mut days: BTreeSet<i32> = BTreeSet::new();
         let mut take = |k: &KeyHash, info: &KeyInfo| {
@@ -259,18 +297,20 @@ pub async fn recompute(
         }
         if shard.count == 1
             && out.stats.fold_rounds == 0
-            && keys.len() as f64 > req.whole_shard_ratio * old.len() as f64
+            && keys.len() as f64 > req.whole_shard_ratio * known_keys as f64
         {
             // Most executions are affected (e.g. late events all over the history):
             // one unfiltered pass over everything is cheaper, and its result is the
             // same by definition. Every known partition is rewritten (or deleted).
             tracing::info!(
                 keys = keys.len(),
-                indexed = old.len(),
+                indexed = known_keys,
                 "Most executions are affected: recomputing the whole shard"
             );
             drop((keys, days, affected, old));
             partitions.extend(prior.partitions.iter().copied());
+            out.stats.index_segments_read = segments.reads;
+            out.segments = segments;
             return fold_everything(lake, view, req, out, partitions).await;
         }
         let filter = Arc::new(KeyFilter::Keys(keys));
@@ -301,6 +341,8 @@ pub async fn recompute(
     out.executions = folded;
     out.attempted = attempted;
     out.index = index;
+    out.stats.index_segments_read = segments.reads;
+    out.segments = segments;
     Ok(out)
 }
 
@@ -321,6 +363,7 @@ async fn fold_everything(
     out.executions = folded;
     out.index = KeyIndex::default();
     out.attempted = FxHashSet::default();
+    out.rebuilt = true;
     Ok(out)
 }
 

@@ -9,7 +9,8 @@
 //! Entries merge commutatively ([`KeyInfo::merge`]), so the index after a batch is
 //! the index before it merged with what the batch holds. Each shard keeps an
 //! index of *all* keys (an execution whose events carry several clients can move
-//! between shards), persisted as one Parquet file per silver manifest version.
+//! between shards), persisted in monthly segments ([`crate::segments`]) of which
+//! a run loads only those it touches.
 
 use std::sync::Arc;
 
@@ -160,6 +161,28 @@ impl KeyIndex {
                     .iter()
                     .filter_map(|(k, c)| c.as_ref().map(|i| (k, i))),
             )
+    }
+
+    /// Adds the entries of `other`, whose keys this index does not hold (a
+    /// segment of another month, [`crate::segments`]); on a shared key this
+    /// index's entry and its pending changes win.
+    pub fn absorb(&mut self, other: KeyIndex) {
+        let other = other.finish(vec![]).sorted;
+        if self.sorted.is_empty() {
+            self.sorted = other;
+            return;
+        }
+        let mut out = Vec::with_capacity(self.sorted.len() + other.len());
+        let mut theirs = other.into_iter().peekable();
+        for entry in std::mem::take(&mut self.sorted) {
+            while let Some(t) = theirs.next_if(|(k, _)| *k < entry.0) {
+                out.push(t);
+            }
+            theirs.next_if(|(k, _)| *k == entry.0);
+            out.push(entry);
+        }
+        out.extend(theirs);
+        self.sorted = out;
     }
 
     /// Merges the pending changes and then `entries` (which win over everything)
@@ -344,6 +367,22 @@ mod tests {
             ]
         );
         assert_eq!(done.len(), 4);
+    }
+
+    #[test]
+    fn absorbing_a_disjoint_index_keeps_one_sorted_vector() {
+        let info = |n: u8| KeyInfo::event(order(i64::from(n), n), 1);
+        let k = |n: u8| KeyHash([n; 16]);
+        let mut a = KeyIndex::default().finish(vec![(k(1), info(1)), (k(5), info(5))]);
+        a.insert(k(9), info(9));
+        a.absorb(KeyIndex::default().finish(vec![
+            (k(3), info(3)),
+            (k(7), info(7)),
+            (k(5), info(0)),
+        ]));
+        assert_eq!(a.get(&k(5)), Some(&info(5)), "the index's own entry wins");
+        let keys: Vec<u8> = a.finish(vec![]).iter().map(|(k, _)| k.0[0]).collect();
+        assert_eq!(keys, [1, 3, 5, 7, 9]);
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod manifest;
 pub mod publish;
 pub mod quality;
 pub mod report;
+pub mod segments;
 pub mod summary;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -468,13 +469,24 @@ async fn execute(
         tracing::info!(%shard, base_version = report.base_version, "No new bronze batch: nothing to do");
         return Ok(());
     }
-    // The key index only when there is work: a run with nothing new reads none.
+    // The key index only when there is work: a run with nothing new reads none,
+    // and a run with work only the segments it touches (`recompute` loads them).
+    // (A full refresh starts from none: the segments it writes replace them.)
+    if !full && let Some(m) = committed {
+        prior.segments = segments::Segments::from_records(&m.index_segments)?;
+    }
     if !full && let Some(ix) = committed.and_then(|m| m.index.as_ref()) {
+        // Format 1: one file, read whole once; this run writes it as segments.
         prior.index = manifest::read_index(lake, ix).await?;
+    }
+    if !full {
         // Built by a release that took an empty token for a key of its own: its
         // executions of '' would never be recomputed under today's rule (an
         // empty token means none), so the shard is rebuilt once, on purpose.
-        if prior.index.get(&key::KeyHash::of("")).is_some() {
+        let empty = key::KeyHash::of("");
+        let months = prior.segments.maybe_holding(std::iter::once(&empty));
+        prior.segments.load(lake, months, &mut prior.index).await?;
+        if prior.index.get(&empty).is_some() {
             return Err(anyhow::Error::new(Classified::new(
                 ExitStatus::Usage,
                 format!(
@@ -553,7 +565,7 @@ async fn execute(
     let Some(lease) = lease else {
         drop(rows);
         let index = incremental::finish_index(rec.index, rec.executions, &rec.attempted);
-        report.rows.index_keys = index.len() as u64;
+        report.rows.index_keys = rec.segments.keys_with(&index, rec.rebuilt);
         report.outcome = outcome_of(report);
         report.partitions.total = table.len() as u64;
         return Ok(());
@@ -627,10 +639,12 @@ async fn execute(
         .collect();
     drop(rows);
     let index = incremental::finish_index(rec.index, rec.executions, &rec.attempted);
-    report.rows.index_keys = index.len() as u64;
-    let index_file =
-        or_release!(write_index(lake, manifest::index_path(shard, version), &index).await);
-    drop(index);
+    let (index_segments, segment_months) = or_release!(
+        rec.segments
+            .write(lake, shard, version, index, rec.rebuilt)
+            .await
+    );
+    report.rows.index_keys = index_segments.iter().map(|s| s.keys).sum();
     for (p, out) in published {
         report.partitions.silver_files_written += u64::from(out.silver.is_some());
         report.partitions.quarantine_files_written += u64::from(out.quarantine.is_some());
@@ -658,13 +672,20 @@ async fn execute(
     m.consumed_batches = to_ranges(&rec.consumed);
     m.new_batches = to_ranges(&rec.new_batches);
     m.rewritten = rewritten;
-    m.index = Some(index_file);
+    m.index_segments = index_segments;
     m.index_keys = report.rows.index_keys;
     m.partitions = table.into_values().collect();
     m.superseded = superseded;
     let committed = lease.commit(m).await?;
     report.committed_version = Some(version);
     delete_superseded(lake, &committed).await?;
+    match segments::delete_replaced(lake, shard, &segment_months, &committed).await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(objects = n, "Deleted replaced key index segments"),
+        Err(e) => {
+            tracing::warn!(error = %e, "Could not delete replaced key index segments; the next run that writes their months does")
+        }
+    }
     match manifest::prune(lake, shard, version).await {
         Ok(0) => {}
         Ok(n) => tracing::debug!(objects = n, "Pruned old silver manifest versions"),
@@ -794,7 +815,12 @@ fn outcome_of(report: &RunReport) -> Outcome {
     }
 }
 
-async fn write_index(lake: &Lake, path: Path, index: &KeyIndex) -> anyhow::Result<FileRecord> {
+/// Writes one key index file (a segment, [`segments`]).
+pub(crate) async fn write_index(
+    lake: &Lake,
+    path: Path,
+    index: &KeyIndex,
+) -> anyhow::Result<FileRecord> {
     let batch = index.to_batch()?;
     let mut w = FileWriter::create(lake, path.clone(), KeyIndex::schema())?;
     w.write(&batch).await?;

@@ -36,8 +36,10 @@ use serde::{Deserialize, Serialize};
 use crate::key::{PartitionKey, Shard};
 use crate::publish::FileRecord;
 
-/// Version of the manifest format, bumped on incompatible change.
-pub const FORMAT: u32 = 1;
+/// Version of the manifest format, bumped on incompatible change: 2 keeps the
+/// key index in monthly segments (1: one file, still read); a release of
+/// format 1 refuses a lake of format 2 instead of misreading it.
+pub const FORMAT: u32 = 2;
 /// Versions kept (older manifests and indexes are deleted).
 pub const KEEP_VERSIONS: usize = 5;
 
@@ -170,8 +172,13 @@ pub struct SilverManifest {
     /// Partitions this version rewrote (including deleted ones).
     #[serde(default)]
     pub rewritten: Vec<PartitionRef>,
-    /// The key index file.
+    /// The key index as one file (format 1, written by earlier releases; read
+    /// once and replaced by segments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<FileRecord>,
+    /// The key index in monthly segments ([`crate::segments`], format 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub index_segments: Vec<crate::segments::IndexSegment>,
     /// Executions in the key index.
     #[serde(default)]
     pub index_keys: u64,
@@ -209,6 +216,7 @@ impl SilverManifest {
             new_batches: vec![],
             rewritten: vec![],
             index: None,
+            index_segments: vec![],
             index_keys: 0,
             partitions: vec![],
             superseded: vec![],
@@ -546,9 +554,10 @@ fn fenced_is_busy(e: CommitError) -> anyhow::Error {
     }
 }
 
-/// Deletes the manifests and indexes of versions older than the [`KEEP_VERSIONS`]
-/// newest version numbers up to `committed_now` (the version just committed).
-/// Older pending versions are superseded by it, so they go too.
+/// Deletes the manifests and indexes (format 1) of versions older than the
+/// [`KEEP_VERSIONS`] newest version numbers up to `committed_now` (the version
+/// just committed). Older pending versions are superseded by it, so they go
+/// too. Index segments live elsewhere ([`crate::segments::delete_replaced`]).
 pub async fn prune(lake: &Lake, shard: Shard, committed_now: u64) -> Result<usize, ManifestError> {
     let Some(oldest_kept) = committed_now.checked_sub(KEEP_VERSIONS as u64 - 1) else {
         return Ok(0);

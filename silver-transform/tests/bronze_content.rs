@@ -155,15 +155,21 @@ async fn a_lake_built_with_empty_tokens_as_keys_is_rebuilt_once() {
     )];
     commit_batch(&t.lake, 1, &events).await;
     run(&t.lake, &incremental()).await;
-    // What the old release left: '' in the committed version's key index.
+    // What the old release left: '' in the committed version's key index, a
+    // format-1 manifest with the index in one file.
     let found = manifest::find(&t.lake, Shard::ALL).await.unwrap();
     let mut committed = found.committed.unwrap();
-    let record = committed.index.clone().unwrap();
-    let mut index = manifest::read_index(&t.lake, &record).await.unwrap();
+    let segment = committed.index_segments.pop().unwrap();
+    assert!(
+        committed.index_segments.is_empty(),
+        "one month, one segment"
+    );
+    committed.format = 1;
+    let mut index = manifest::read_index(&t.lake, &segment.file).await.unwrap();
     let (_, info) = index.iter().next().map(|(k, i)| (*k, *i)).unwrap();
     index.insert(KeyHash::of(""), info);
     let index = index.finish(vec![]);
-    let path = object_store::path::Path::from(record.path.as_str());
+    let path = manifest::index_path(Shard::ALL, committed.version);
     let mut w = lake_common::parquet_io::FileWriter::create(
         &t.lake,
         path.clone(),

@@ -91,3 +91,109 @@ async fn an_incremental_runs_requests_do_not_grow_with_bronzes_age() {
     // And the result is the whole of bronze.
     assert_eq!(silver(&t.lake).await.len(), 5 * old as usize);
 }
+
+/// #17: the key index is kept in monthly segments; a run reads only those it
+/// touches — the month of a new execution, the month of an old execution that
+/// got a late event — and rewrites only those, carrying the others as they are.
+/// Its result equals a full recompute.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_reads_and_rewrites_only_the_index_segments_it_touches() {
+    use silver_transform::key::Shard;
+    use silver_transform::manifest;
+    let t = TestLake::new().await;
+    let ev = |n: u64, at: &str| {
+        Ev::new(n, at, Some(&format!("tok-{n}")), "STOP_TRIGGERED")
+            .client(1)
+            .qty("1")
+    };
+    // Four months, one batch each.
+    for (batch, month) in (1..=4).zip(["01", "02", "03", "04"]) {
+        commit_batch(
+            &t.lake,
+            batch,
+            &[ev(batch, &format!("2025-{month}-10T06:00:00Z"))],
+        )
+        .await;
+        run(&t.lake, &incremental()).await;
+    }
+    let segments = |m: &manifest::SilverManifest| -> Vec<(String, String)> {
+        m.index_segments
+            .iter()
+            .map(|s| (s.month.clone(), s.file.path.clone()))
+            .collect()
+    };
+    let before = manifest::find(&t.lake, Shard::ALL)
+        .await
+        .unwrap()
+        .committed
+        .unwrap();
+    assert_eq!(before.index_segments.len(), 4);
+
+    // A new execution in April: April's segment only.
+    commit_batch(&t.lake, 5, &[ev(5, "2025-04-20T06:00:00Z")]).await;
+    let r = run(&t.lake, &incremental()).await;
+    assert_eq!(r.work.index_segments_read, 1, "{:?}", r.work);
+    let after = manifest::find(&t.lake, Shard::ALL)
+        .await
+        .unwrap()
+        .committed
+        .unwrap();
+    let (old, new) = (segments(&before), segments(&after));
+    assert_eq!(old[..3], new[..3], "January to March carried as they were");
+    assert_ne!(old[3], new[3], "April rewritten");
+    assert_eq!(after.index_segments[3].keys, 2);
+
+    // A late event of January's execution (token tok-1): January's segment
+    // (its Bloom filter) and nothing else.
+    commit_batch(
+        &t.lake,
+        6,
+        &[
+            Ev::new(6, "2025-04-21T06:00:00Z", Some("tok-1"), "EXECUTED")
+                .client(1)
+                .qty("1")
+                .fill("100"),
+        ],
+    )
+    .await;
+    let r = run(&t.lake, &incremental()).await;
+    assert_eq!(r.work.index_segments_read, 1, "{:?}", r.work);
+    let later = manifest::find(&t.lake, Shard::ALL)
+        .await
+        .unwrap()
+        .committed
+        .unwrap();
+    let latest = segments(&later);
+    assert_ne!(new[0], latest[0], "January rewritten");
+    assert_eq!(new[1..], latest[1..]);
+    assert_eq!(
+        later.index_segments[0].last_date,
+        NaiveDate::from_ymd_opt(2025, 4, 21).unwrap(),
+        "January's execution now ends in April"
+    );
+    // The replaced segments are gone, the listed ones readable.
+    for (_, path) in old.iter().chain(new.iter()).filter(|s| !latest.contains(s)) {
+        assert!(
+            t.lake
+                .get_bytes(&object_store::path::Path::from(path.as_str()))
+                .await
+                .is_err(),
+            "{path} was replaced and should be deleted"
+        );
+    }
+
+    let incremental_result = silver(&t.lake).await;
+    run(&t.lake, &full_refresh()).await;
+    assert_eq!(
+        silver(&t.lake).await,
+        incremental_result,
+        "incremental == full recompute"
+    );
+    let rebuilt = manifest::find(&t.lake, Shard::ALL)
+        .await
+        .unwrap()
+        .committed
+        .unwrap();
+    assert_eq!(rebuilt.index_segments.len(), 4);
+    assert_eq!(rebuilt.index_keys, 5);
+}

@@ -1,0 +1,471 @@
+//! The key index in monthly segments, so a run reads and rewrites only the
+//! part of history it touches (SPEC §10, issue #17).
+//!
+//! Each segment holds the index entries of the executions whose partition day
+//! (the day of their first event) falls in one UTC month. The manifest lists
+//! every segment with its key count, the latest event day of its executions and
+//! a Bloom filter of its keys, so a run decides which segments to read without
+//! reading any:
+//!
+//! * a key seen in new bronze files lives in a segment whose filter says yes
+//!   (no false negatives; ~1 % false positives);
+//! * the executions of a recomputed partition live in that partition's month;
+//! * the executions with an event on a superseded day `d` live in a month up to
+//!   `d`'s whose latest event day is at least `d`.
+//!
+//! Only the segments so found are loaded, and only the months whose entries
+//! change are written again (as new objects, named by version); the others are
+//! carried to the next manifest as they are. A run over the newest hour of a
+//! three-year lake reads the current month's segment and those of the few old
+//! executions that got a late event. A rebuild (full refresh, whole shard)
+//! replaces every segment.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use base64::Engine as _;
+use chrono::{Datelike, NaiveDate};
+use futures::TryStreamExt;
+use lake_common::{Dataset, Lake};
+use object_store::path::Path;
+use parquet::bloom_filter::Sbbf;
+use serde::{Deserialize, Serialize};
+
+use crate::index::{KeyIndex, KeyInfo};
+use crate::key::{KeyHash, Shard, date_of_day, day_of_date};
+use crate::publish::FileRecord;
+
+/// A UTC month as `year * 12 + month0`.
+pub type Month = i32;
+
+/// The false-positive rate of the segments' Bloom filters: one key in a
+/// hundred that a segment does not hold makes the run read that segment.
+const BLOOM_FPP: f64 = 0.01;
+
+/// The month of a day (days since 1970-01-01).
+pub fn month_of_day(day: i32) -> Month {
+    let d = date_of_day(day);
+    d.year() * 12 + d.month0() as i32
+}
+
+fn month_name(m: Month) -> String {
+    format!("{:04}-{:02}", m.div_euclid(12), m.rem_euclid(12) + 1)
+}
+
+fn parse_month(s: &str) -> Option<Month> {
+    let (y, m) = s.split_once('-')?;
+    let (y, m): (i32, u32) = (y.parse().ok()?, m.parse().ok()?);
+    (1..=12).contains(&m).then(|| y * 12 + m as i32 - 1)
+}
+
+/// What a manifest records of one segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexSegment {
+    /// `YYYY-MM`: the month of its executions' partition days.
+    pub month: String,
+    /// The Parquet file of its entries.
+    pub file: FileRecord,
+    /// Entries.
+    pub keys: u64,
+    /// The latest event day of its executions.
+    pub last_date: NaiveDate,
+    /// Its keys' Bloom filter (Parquet's split-block filter), base64.
+    pub bloom: String,
+}
+
+/// Errors of reading segment records.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SegmentError {
+    /// A record names no month.
+    #[error("key index segment {0:?} names no month (YYYY-MM)")]
+    Month(String),
+    /// A record's filter does not decode.
+    #[error("key index segment {month}'s Bloom filter does not decode: {reason}")]
+    Bloom {
+        /// The segment.
+        month: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+struct Stored {
+    record: IndexSegment,
+    last_day: i32,
+    bloom: Sbbf,
+}
+
+/// The shard's segments as the latest committed manifest lists them, and
+/// which of them this run has loaded.
+#[derive(Default)]
+pub struct Segments {
+    stored: BTreeMap<Month, Stored>,
+    loaded: BTreeSet<Month>,
+    /// Segments read by this run (for the run report).
+    pub reads: u64,
+}
+
+impl std::fmt::Debug for Segments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segments")
+            .field(
+                "stored",
+                &self
+                    .stored
+                    .keys()
+                    .map(|m| month_name(*m))
+                    .collect::<Vec<_>>(),
+            )
+            .field("loaded", &self.loaded.len())
+            .finish()
+    }
+}
+
+impl Segments {
+    /// The segments a manifest lists.
+    pub fn from_records(records: &[IndexSegment]) -> Result<Self, SegmentError> {
+        let mut stored = BTreeMap::new();
+        for r in records {
+            let month =
+                parse_month(&r.month).ok_or_else(|| SegmentError::Month(r.month.clone()))?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(&r.bloom)
+                .map_err(|e| SegmentError::Bloom {
+                    month: r.month.clone(),
+                    reason: e.to_string(),
+                })?;
+            stored.insert(
+                month,
+                Stored {
+                    record: r.clone(),
+                    last_day: day_of_date(r.last_date),
+                    bloom: Sbbf::new(&bytes),
+                },
+            );
+        }
+        Ok(Self {
+            stored,
+            ..Self::default()
+        })
+    }
+
+    /// Entries over every stored segment.
+    pub fn total_keys(&self) -> u64 {
+        self.stored.values().map(|s| s.record.keys).sum()
+    }
+
+    /// Entries after this run if `index` (the loaded part, changed) were
+    /// written: the segments not loaded keep theirs.
+    pub fn keys_with(&self, index: &KeyIndex, rebuilt: bool) -> u64 {
+        let untouched: u64 = self
+            .stored
+            .iter()
+            .filter(|(m, _)| !rebuilt && !self.loaded.contains(m))
+            .map(|(_, s)| s.record.keys)
+            .sum();
+        untouched + index.len() as u64
+    }
+
+    /// Stored segments.
+    pub fn count(&self) -> usize {
+        self.stored.len()
+    }
+
+    /// The stored months whose filter may hold one of `keys`.
+    pub fn maybe_holding<'a>(&self, keys: impl Iterator<Item = &'a KeyHash>) -> BTreeSet<Month> {
+        let mut months = BTreeSet::new();
+        let candidates: Vec<(&Month, &Stored)> = self
+            .stored
+            .iter()
+            .filter(|(m, _)| !self.loaded.contains(m))
+            .collect();
+        if candidates.is_empty() {
+            return months;
+        }
+        for k in keys {
+            for (m, s) in &candidates {
+                if !months.contains(*m) && s.bloom.check(&k.0[..]) {
+                    months.insert(**m);
+                }
+            }
+        }
+        months
+    }
+
+    /// The stored months that may hold an execution with an event on `day`.
+    pub fn spanning(&self, day: i32) -> impl Iterator<Item = Month> + '_ {
+        self.stored
+            .range(..=month_of_day(day))
+            .filter(move |(_, s)| s.last_day >= day)
+            .map(|(m, _)| *m)
+    }
+
+    /// The stored months of partition days `from ..= to`.
+    pub fn within(&self, from: i32, to: i32) -> impl Iterator<Item = Month> + '_ {
+        self.stored
+            .range(month_of_day(from)..=month_of_day(to))
+            .map(|(m, _)| *m)
+    }
+
+    /// Loads the stored segments of `months` that are not loaded yet into
+    /// `into` (segments hold disjoint keys).
+    pub async fn load(
+        &mut self,
+        lake: &Lake,
+        months: impl IntoIterator<Item = Month>,
+        into: &mut KeyIndex,
+    ) -> anyhow::Result<()> {
+        for m in months {
+            if !self.loaded.insert(m) {
+                continue;
+            }
+            if let Some(s) = self.stored.get(&m) {
+                let part = crate::manifest::read_index(lake, &s.record.file).await?;
+                into.absorb(part);
+                self.reads += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the segments whose entries may have changed and returns the
+    /// records of the next manifest: every month this run loaded or gave an
+    /// entry (all of them after a `rebuilt` index), from `index`; the others as
+    /// they were. A month that gained entries from another is loaded first, so
+    /// its new segment is complete.
+    pub async fn write(
+        mut self,
+        lake: &Lake,
+        shard: Shard,
+        version: u64,
+        mut index: KeyIndex,
+        rebuilt: bool,
+    ) -> anyhow::Result<(Vec<IndexSegment>, BTreeSet<Month>)> {
+        if rebuilt {
+            // Every stored month is rewritten or emptied.
+            self.loaded.extend(self.stored.keys().copied());
+            self.stored.clear();
+        }
+        let mut by_month: BTreeMap<Month, Vec<(KeyHash, KeyInfo)>> = BTreeMap::new();
+        let gained: BTreeSet<Month> = index
+            .iter()
+            .map(|(_, i)| month_of_day(i.partition().day))
+            .filter(|m| !self.loaded.contains(m))
+            .collect();
+        self.load(lake, gained, &mut index).await?;
+        for (k, i) in index.finish(vec![]).iter() {
+            by_month
+                .entry(month_of_day(i.partition().day))
+                .or_default()
+                .push((*k, *i));
+        }
+        let mut out = Vec::new();
+        for (m, s) in std::mem::take(&mut self.stored) {
+            if !self.loaded.contains(&m) {
+                out.push((m, s.record));
+            }
+        }
+        let mut written: BTreeSet<Month> = self.loaded.clone();
+        written.extend(by_month.keys().copied());
+        for (m, entries) in by_month {
+            let mut bloom = Sbbf::new_with_ndv_fpp(entries.len() as u64, BLOOM_FPP)?;
+            for (k, _) in &entries {
+                bloom.insert(&k.0[..]);
+            }
+            let mut bitset = Vec::new();
+            bloom.write_bitset(&mut bitset)?;
+            let last_day = entries
+                .iter()
+                .map(|(_, i)| i.last_day)
+                .max()
+                .unwrap_or_default();
+            let keys = entries.len() as u64;
+            let part = KeyIndex::default().finish(entries);
+            let path = segment_path(shard, m, version);
+            let file = crate::write_index(lake, path, &part).await?;
+            out.push((
+                m,
+                IndexSegment {
+                    month: month_name(m),
+                    file,
+                    keys,
+                    last_date: date_of_day(last_day),
+                    bloom: base64::engine::general_purpose::STANDARD.encode(bitset),
+                },
+            ));
+        }
+        out.sort_by_key(|(m, _)| *m);
+        Ok((out.into_iter().map(|(_, r)| r).collect(), written))
+    }
+}
+
+/// The folder of month `m`'s segments: outside the shard's manifest folder,
+/// whose listing every run reads, so that listing does not grow with history.
+fn month_dir(shard: Shard, m: Month) -> Path {
+    Dataset::SilverStopExecutions
+        .manifests_dir()
+        .join("segments")
+        .join(shard.to_string())
+        .join(month_name(m))
+}
+
+/// Where version `version` writes its segment of month `m`.
+pub fn segment_path(shard: Shard, m: Month, version: u64) -> Path {
+    month_dir(shard, m).join(format!("{version:010}.index"))
+}
+
+/// The version in a segment's object name.
+pub fn version_of_segment(path: &Path) -> Option<u64> {
+    let digits = path.filename()?.strip_suffix(".index")?;
+    (digits.len() == 10).then(|| digits.parse().ok()).flatten()
+}
+
+/// After `committed` was committed: deletes, in each month it wrote or
+/// emptied, the segments of earlier versions (the one it replaced, those of
+/// crashed runs). One listing per such month, a handful of objects each.
+pub async fn delete_replaced(
+    lake: &Lake,
+    shard: Shard,
+    months: &BTreeSet<Month>,
+    committed: &crate::manifest::SilverManifest,
+) -> object_store::Result<usize> {
+    let listed: BTreeSet<&str> = committed
+        .index_segments
+        .iter()
+        .map(|s| s.file.path.as_str())
+        .collect();
+    let mut stale = Vec::new();
+    for m in months {
+        let found: Vec<_> = lake
+            .store()
+            .list(Some(&month_dir(shard, *m)))
+            .try_collect()
+            .await?;
+        stale.extend(found.into_iter().map(|o| o.location).filter(|p| {
+            version_of_segment(p).is_some_and(|v| v < committed.version)
+                && !listed.contains(p.as_ref())
+        }));
+    }
+    lake.delete_all(stale).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::{MICROS_PER_DAY, OrderKey};
+
+    #[test]
+    fn months_name_and_parse() {
+        let day = day_of_date(NaiveDate::from_ymd_opt(2025, 6, 30).unwrap());
+        assert_eq!(month_name(month_of_day(day)), "2025-06");
+        assert_eq!(month_of_day(day + 1), month_of_day(day) + 1);
+        assert_eq!(parse_month("2025-06"), Some(month_of_day(day)));
+        assert_eq!(parse_month("2025-13"), None);
+        let shard = Shard { index: 0, count: 1 };
+        let p = segment_path(shard, month_of_day(day), 12);
+        assert_eq!(version_of_segment(&p), Some(12));
+        assert_eq!(
+            p.as_ref(),
+            "silver/stop_executions/_manifests/segments/shard-0-of-1/2025-06/0000000012.index"
+        );
+    }
+
+    fn info(day: i32, last: i32, n: u8) -> KeyInfo {
+        let mut id = [0u8; 16];
+        id[15] = n;
+        let mut i = KeyInfo::event(
+            OrderKey {
+                at: i64::from(day) * MICROS_PER_DAY,
+                seq: None,
+                id,
+            },
+            1,
+        );
+        i.last_day = last;
+        i
+    }
+
+    /// Written segments are found again by key (Bloom), by partition month and
+    /// by the days their executions span; unchanged months are carried.
+    #[tokio::test]
+    async fn segments_are_found_by_key_month_and_span_and_carried_when_untouched() {
+        let lake = Lake::in_memory();
+        let shard = Shard { index: 0, count: 1 };
+        let d = |m: u32, day: u32| day_of_date(NaiveDate::from_ymd_opt(2025, m, day).unwrap());
+        let k = |n: u8| KeyHash([n; 16]);
+        let mut index = KeyIndex::default();
+        index.insert(k(1), info(d(5, 3), d(5, 3), 1));
+        index.insert(k(2), info(d(5, 20), d(7, 2), 2)); // spans into July
+        index.insert(k(3), info(d(6, 1), d(6, 1), 3));
+        index.insert(k(4), info(d(7, 9), d(7, 9), 4));
+        let (records, _) = Segments::default()
+            .write(&lake, shard, 1, index, true)
+            .await
+            .unwrap();
+        let months: Vec<&str> = records.iter().map(|r| r.month.as_str()).collect();
+        assert_eq!(months, ["2025-05", "2025-06", "2025-07"]);
+        assert_eq!(records[0].keys, 2);
+        assert_eq!(
+            records[0].last_date,
+            NaiveDate::from_ymd_opt(2025, 7, 2).unwrap()
+        );
+
+        let mut seg = Segments::from_records(&records).unwrap();
+        assert_eq!(seg.total_keys(), 4);
+        let found = seg.maybe_holding([k(3)].iter());
+        assert!(found.contains(&month_of_day(d(6, 1))), "no false negative");
+        let spanning: Vec<Month> = seg.spanning(d(7, 1)).collect();
+        // May's k2 spans July 1st; July's own may; June ended before.
+        assert_eq!(spanning, [month_of_day(d(5, 1)), month_of_day(d(7, 1))]);
+        let within: Vec<Month> = seg.within(d(6, 10), d(7, 1)).collect();
+        assert_eq!(within.len(), 2);
+
+        // Load June only, move k3 to July (an earlier event would move it the
+        // other way; any move): June is rewritten empty (dropped), July gains
+        // k3 and is loaded and rewritten whole, May is carried as it was.
+        let mut loaded = KeyIndex::default();
+        seg.load(&lake, [month_of_day(d(6, 1))], &mut loaded)
+            .await
+            .unwrap();
+        assert_eq!(seg.reads, 1);
+        assert_eq!(loaded.len(), 1);
+        loaded.insert(k(3), info(d(7, 20), d(7, 20), 3));
+        let (next, written) = seg.write(&lake, shard, 2, loaded, false).await.unwrap();
+        let june = month_of_day(d(6, 1));
+        assert_eq!(
+            written,
+            [june, june + 1].into(),
+            "June emptied, July rewritten"
+        );
+        let months: Vec<&str> = next.iter().map(|r| r.month.as_str()).collect();
+        assert_eq!(months, ["2025-05", "2025-07"]);
+        assert_eq!(next[0], records[0], "May untouched: the same object");
+        assert_eq!(next[1].keys, 2);
+        assert_eq!(
+            version_of_segment(&Path::from(next[1].file.path.as_str())),
+            Some(2)
+        );
+
+        // After the commit of version 2: July's version-1 segment goes, May's
+        // (carried) and July's new one stay.
+        let mut committed = crate::manifest::SilverManifest::pending(
+            shard,
+            2,
+            "r",
+            std::time::Duration::from_secs(1),
+            "incremental",
+        );
+        committed.index_segments = next.clone();
+        assert_eq!(
+            delete_replaced(&lake, shard, &written, &committed)
+                .await
+                .unwrap(),
+            2
+        );
+        for r in &next {
+            lake.get_bytes(&Path::from(r.file.path.as_str()))
+                .await
+                .unwrap();
+        }
+    }
+}
