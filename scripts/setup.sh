@@ -21,7 +21,7 @@ stamp=.venv/.setup-v1
 have_servers() {
   ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 &&
     command -v promtool >/dev/null && command -v prometheus-pushgateway >/dev/null &&
-    command -v openssl >/dev/null && python3 -m venv --help >/dev/null 2>&1
+    command -v openssl >/dev/null && python3 -c 'import ensurepip' >/dev/null 2>&1
 }
 if [ -f "$stamp" ] && have_servers && cargo nextest --version >/dev/null 2>&1; then
   exit 0

@@ -440,10 +440,25 @@ async fn run_with(
                         .batch_execute("ROLLBACK TO SAVEPOINT dataset")
                         .await
                         .ok();
-                    // The run's last line states the error; this one only says
-                    // that another dataset is still tried.
-                    if position + 1 < tables.len() {
-                        tracing::error!(dataset = %table.dataset, error = %lake_common::telemetry::error_text(&e), "Dataset failed; going on with the next one");
+                    // The run's last line states the worst error; a dataset's own
+                    // line is needed only when another dataset is tried after it,
+                    // or an earlier one failed too (then the last line may be
+                    // that one's). Another run holding it is no error.
+                    let text = lake_common::telemetry::error_text(&e);
+                    let busy =
+                        lake_common::telemetry::exit_status_of(e.as_ref()) == ExitStatus::Busy;
+                    let next = position + 1 < tables.len();
+                    match (next || !failures.is_empty(), busy) {
+                        (false, _) => {}
+                        (true, true) => {
+                            tracing::warn!(dataset = %table.dataset, error = %text, "Dataset held by another run")
+                        }
+                        (true, false) if next => {
+                            tracing::error!(dataset = %table.dataset, error = %text, "Dataset failed; going on with the next one")
+                        }
+                        (true, false) => {
+                            tracing::error!(dataset = %table.dataset, error = %text, "Dataset failed")
+                        }
                     }
                     report.datasets.push(DatasetReport::failed(
                         table,

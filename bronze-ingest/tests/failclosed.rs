@@ -233,7 +233,7 @@ async fn bad_configuration_and_unreachable_services() {
         (
             with("DJANGO_DB_PASSWORD", Some("wrong")),
             1,
-            "check DJANGO_DB_USER and DJANGO_DB_PASSWORD",
+            "check DJANGO_DB_PASSWORD: it must be the password of role lake_reader",
         ),
         (
             with(
@@ -330,6 +330,27 @@ async fn a_missing_or_unreadable_table_says_so_and_what_to_check() {
         assert_eq!(err.matches("ERROR").count(), 1, "one error line: {err}");
         client.batch_execute(undo).await.unwrap();
     }
+    // Both datasets failing: each error is said (the last line holds one).
+    client
+        .batch_execute(
+            "ALTER TABLE outbox RENAME TO outbox_old; REVOKE SELECT ON stop_events FROM lake_reader",
+        )
+        .await
+        .unwrap();
+    let out = h.run_text(&[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("role lake_reader may not read table stop_events"),
+        "{err}"
+    );
+    assert!(err.contains("table outbox does not exist"), "{err}");
+    client
+        .batch_execute(
+            "ALTER TABLE outbox_old RENAME TO outbox; GRANT SELECT ON stop_events TO lake_reader",
+        )
+        .await
+        .unwrap();
     for dataset in [Dataset::BronzeEvents, Dataset::BronzeOutbox] {
         assert!(
             dataset_listing(&h, dataset).await.is_empty(),

@@ -703,11 +703,11 @@ def test_postgres_egress_by_namespace_and_pod_selector() -> None:
     assert rules, "no PostgreSQL egress for the jobs"
     for policy, rule in rules:
         for peer in rule["to"]:
-            # The seed's database: postgres.robson-prod (docs/deploy.md, "Network").
-            assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "robson-prod"}
             # Both selectors in ONE peer: namespace AND pod. Separate peers would mean OR.
             assert "namespaceSelector" in peer and "podSelector" in peer, obj_id(policy)
             assert peer["podSelector"].get("matchLabels"), obj_id(policy)
+            # The seed's database: postgres.robson-prod (docs/deploy.md, "Network").
+            assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "robson-prod"}
     assert not egress_rules("datalake-system", 5432), "datalake-system never talks to PostgreSQL"
 
 

@@ -55,9 +55,27 @@ fn blame_variable(
             .is_some_and(|long| invalid_arg.split([' ', '=']).next() == Some(&format!("--{long}")))
     })?;
     let long = format!("--{}", arg.get_long()?);
-    let on_command_line = args.iter().skip(1).any(|a| {
-        a.to_str()
-            .is_some_and(|a| a == long || a.starts_with(&format!("{long}=")))
+    // Every spelling of the flag: `--name`, `--name=v`, its aliases, `-n`, `-nv`.
+    let longs: Vec<String> = std::iter::once(long.clone())
+        .chain(
+            arg.get_all_aliases()
+                .into_iter()
+                .flatten()
+                .map(|a| format!("--{a}")),
+        )
+        .collect();
+    let shorts: Vec<char> = arg
+        .get_short()
+        .into_iter()
+        .chain(arg.get_all_short_aliases().into_iter().flatten())
+        .collect();
+    let on_command_line = args.iter().skip(1).filter_map(|a| a.to_str()).any(|a| {
+        longs
+            .iter()
+            .any(|l| a == l || a.starts_with(&format!("{l}=")))
+            || (!a.starts_with("--")
+                && a.strip_prefix('-')
+                    .is_some_and(|rest| rest.chars().next().is_some_and(|c| shorts.contains(&c))))
     });
     if on_command_line {
         return None;
@@ -83,7 +101,7 @@ mod tests {
 
     #[derive(Debug, Parser)]
     struct Cli {
-        #[arg(long, env = "TEST_CLI_LOOKBACK", default_value = "1h", value_parser = humantime::parse_duration)]
+        #[arg(short, long, visible_alias = "look-back", env = "TEST_CLI_LOOKBACK", default_value = "1h", value_parser = humantime::parse_duration)]
         lookback: std::time::Duration,
     }
 
@@ -107,6 +125,9 @@ mod tests {
         for args in [
             &["job", "--lookback", "abc"][..],
             &["job", "--lookback=abc"],
+            &["job", "--look-back", "abc"],
+            &["job", "-l", "abc"],
+            &["job", "-labc"],
         ] {
             assert_eq!(
                 blame_variable(&Cli::command(), &os(args), &err, variable),

@@ -253,6 +253,57 @@ impl ServerCertVerifier for NoVerification {
     }
 }
 
+/// What to fix when the server refused a login with `code` (`message` is its
+/// text, for the one case the code does not tell apart), or `None` when the
+/// code says nothing a setting could fix. Shared with the smoke test.
+pub fn login_refusal_hint(
+    config: &PostgresConfig,
+    code: &tokio_postgres::error::SqlState,
+    message: &str,
+) -> Option<String> {
+    use tokio_postgres::error::SqlState;
+    let (user, db) = (&config.user, &config.dbname);
+    Some(if *code == SqlState::INVALID_PASSWORD {
+        format!(
+            "check DJANGO_DB_PASSWORD: it must be the password of role {user} (and DJANGO_DB_USER the role)"
+        )
+    } else if *code == SqlState::INVALID_CATALOG_NAME {
+        format!(
+            "check DJANGO_DB_NAME: database {db} does not exist on {}:{}",
+            config.host, config.port
+        )
+    } else if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        && message.contains("pg_hba.conf")
+    {
+        format!(
+            "the server's pg_hba.conf has no line admitting role {user} to database {db} from this \
+             address: add one such as `host {db} {user} <pod CIDR> scram-sha-256` and reload \
+             (docs/deploy.md, \"The database role\")"
+        )
+    } else if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
+        format!(
+            "check DJANGO_DB_USER: role {user} does not exist or may not log in, or pg_hba.conf does \
+             not admit it from this address with sslmode={}",
+            config.sslmode.as_str()
+        )
+    } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+        format!(
+            "role {user} may not connect to database {db}: as its owner, GRANT CONNECT ON DATABASE \"{db}\" TO \"{user}\""
+        )
+    } else if *code == SqlState::TOO_MANY_CONNECTIONS {
+        "the server's connection limit is reached (max_connections, or the role's or the database's \
+         CONNECTION LIMIT; a job needs up to 2 connections): the Job retries, and a limit of 0 is a \
+         setting to fix"
+            .to_owned()
+    } else if *code == SqlState::CANNOT_CONNECT_NOW {
+        "the server is starting up or shutting down (the Job retries), or it is a standby with \
+         hot_standby = off, which accepts no connections (point DJANGO_DB_HOST at one that does)"
+            .to_owned()
+    } else {
+        return None;
+    })
+}
+
 /// Explains a connection failure in one actionable line (no secrets: tokio-postgres
 /// errors never contain the password).
 pub fn explain_connect_error(
@@ -273,37 +324,12 @@ pub fn explain_connect_error(
         }
         code
     };
-    use tokio_postgres::error::SqlState;
     // The server's SQLSTATE first: its message text is translated by lc_messages.
-    let hint = if code == Some(SqlState::INVALID_PASSWORD) {
-        "check DJANGO_DB_USER and DJANGO_DB_PASSWORD".to_owned()
-    } else if code == Some(SqlState::INVALID_CATALOG_NAME) {
-        "check DJANGO_DB_NAME".to_owned()
-    } else if code == Some(SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
-        && text.contains("pg_hba.conf")
-    {
-        format!(
-            "the server's pg_hba.conf has no line admitting role {} to database {} from this \
-             address: add one such as `host {} {} <pod CIDR> scram-sha-256` and reload \
-             (docs/deploy.md, \"The database role\")",
-            config.user, config.dbname, config.dbname, config.user
-        )
-    } else if code == Some(SqlState::INVALID_AUTHORIZATION_SPECIFICATION) {
-        "check DJANGO_DB_USER (the role does not exist or may not log in)".to_owned()
-    } else if code == Some(SqlState::INSUFFICIENT_PRIVILEGE) {
-        format!(
-            "role {} may not connect to database {}: as its owner, GRANT CONNECT ON DATABASE {} TO {}",
-            config.user, config.dbname, config.dbname, config.user
-        )
-    } else if code == Some(SqlState::TOO_MANY_CONNECTIONS) {
-        "the server's connection limit is reached (max_connections, or the role's or the database's \
-         CONNECTION LIMIT; a job needs up to 2 connections): the Job retries, and a limit of 0 is a \
-         setting to fix"
-            .to_owned()
-    } else if code == Some(SqlState::CANNOT_CONNECT_NOW) {
-        "the server is starting up or shutting down (the Job retries), or it is a standby with \
-         hot_standby = off, which accepts no connections (point DJANGO_DB_HOST at one that does)"
-            .to_owned()
+    let refusal = code
+        .as_ref()
+        .and_then(|c| login_refusal_hint(config, c, &text));
+    let hint = if let Some(hint) = refusal {
+        hint
     } else if text.contains("server does not support TLS") {
         match config.sslmode {
             // Falling back is only an answer where the network is the cluster's own.

@@ -53,8 +53,8 @@ pub fn check_environment() -> Result<(), Classified> {
 /// by another live run exits 0 instead of 4. For a scheduled trigger that is
 /// the right answer: the holder does the work, and the next schedule catches
 /// up; a retry with back-off would only fail the Job after its backoffLimit
-/// while a long manual run holds the batch. The run report, the metrics
-/// (`exit_code` 4) and the warning line still say what happened.
+/// while a long manual run holds the batch. The metrics (`exit_code` 4), the
+/// warning line and bronze's run report (`busy`) still say what happened.
 fn busy_is_success() -> Result<bool, Classified> {
     match std::env::var("LAKE_BUSY_OK").map(|v| v.to_ascii_lowercase()) {
         Err(_) => Ok(false),

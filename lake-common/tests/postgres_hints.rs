@@ -73,11 +73,14 @@ async fn each_refused_login_names_what_to_fix() {
     };
     let text = refusal(with("DJANGO_DB_PASSWORD", "wrong")).await;
     assert!(
-        text.contains("(check DJANGO_DB_USER and DJANGO_DB_PASSWORD)"),
+        text.contains("(check DJANGO_DB_PASSWORD: it must be the password of role lake_reader"),
         "{text}"
     );
     let text = refusal(with("DJANGO_DB_NAME", "nodb")).await;
-    assert!(text.contains("(check DJANGO_DB_NAME)"), "{text}");
+    assert!(
+        text.contains("(check DJANGO_DB_NAME: database nodb does not exist on"),
+        "{text}"
+    );
     assert!(!text.contains("db error: db error"), "{text}");
 
     let admin = pg.client().await.unwrap();
@@ -96,7 +99,7 @@ async fn each_refused_login_names_what_to_fix() {
     let text = refusal(pg.env_as("lake_reader", "reader-pw")).await;
     assert!(
         text.contains(&format!(
-            "role lake_reader may not connect to database {db}: as its owner, GRANT CONNECT ON DATABASE {db} TO lake_reader"
+            "role lake_reader may not connect to database {db}: as its owner, GRANT CONNECT ON DATABASE \"{db}\" TO \"lake_reader\""
         )),
         "{text}"
     );

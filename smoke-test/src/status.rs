@@ -80,7 +80,23 @@ pub struct SilverShardStatus {
     /// Quarantined rows (one per broken rule).
     pub quarantine_rows: u64,
     /// A version pinned by a run still holding its lease.
-    pub pending: Option<Pending>,
+    pub pending: Option<SilverPending>,
+}
+
+/// A silver version pinned and not committed yet.
+#[derive(Debug, Serialize)]
+pub struct SilverPending {
+    /// Its number.
+    pub version: u64,
+    /// The run that pinned it.
+    pub owner: String,
+    /// Until when that run may write.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+}
+
+/// `lease until <time>`, or `no lease`.
+fn lease_text(until: Option<DateTime<Utc>>) -> String {
+    until.map_or("no lease".to_owned(), |t| format!("lease until {t}"))
 }
 
 /// The newest run of one job.
@@ -162,9 +178,7 @@ impl LakeStatus {
                 let _ = write!(o, "; horizon HELD since {} by an open transaction", at(t));
             }
             if let Some(p) = &d.pending {
-                let lease = p
-                    .lease_expires_at
-                    .map_or("no lease".to_owned(), |t| format!("lease until {t}"));
+                let lease = lease_text(p.lease_expires_at);
                 let _ = write!(o, "; batch {} pending ({}, {lease})", p.batch, p.owner);
             }
             o.push('\n');
@@ -190,10 +204,8 @@ impl LakeStatus {
                 s.quarantine_rows
             );
             if let Some(p) = &s.pending {
-                let lease = p
-                    .lease_expires_at
-                    .map_or("no lease".to_owned(), |t| format!("lease until {t}"));
-                let _ = write!(o, "; version {} pending ({}, {lease})", p.batch, p.owner);
+                let lease = lease_text(p.lease_expires_at);
+                let _ = write!(o, "; version {} pending ({}, {lease})", p.version, p.owner);
             }
             o.push('\n');
         }
@@ -364,13 +376,15 @@ pub async fn read(lake: &Lake, now: DateTime<Utc>) -> anyhow::Result<LakeStatus>
     Ok(status)
 }
 
-/// Every shard of every shard layout in the lake (one layout, unless a
-/// re-sharding is under way): the latest committed manifest of each.
+/// Every shard of the lake's current shard layout: the latest committed
+/// manifest of each. A re-sharding leaves the old layout's logs behind (their
+/// partitions deleted): the current layout is the one committed last.
 async fn silver_shards(lake: &Lake) -> anyhow::Result<Vec<SilverShardStatus>> {
     use silver_transform::key::Shard;
     use silver_transform::manifest;
-    let mut out = Vec::new();
+    let mut layouts = Vec::new();
     for count in manifest::shard_counts(lake).await? {
+        let mut out = Vec::new();
         for index in 0..count {
             let shard = Shard { index, count };
             let found = manifest::find(lake, shard).await?;
@@ -392,15 +406,21 @@ async fn silver_shards(lake: &Lake) -> anyhow::Result<Vec<SilverShardStatus>> {
                     .filter_map(|p| p.quarantine.as_ref())
                     .map(|f| f.rows)
                     .sum(),
-                pending: found.busy.as_ref().map(|m| Pending {
-                    batch: m.version,
+                pending: found.busy.as_ref().map(|m| SilverPending {
+                    version: m.version,
                     owner: m.claim.owner.clone(),
                     lease_expires_at: m.claim.lease_expires_at,
                 }),
             });
         }
+        let newest = out.iter().filter_map(|s| s.committed_at).max();
+        layouts.push((newest, out));
     }
-    Ok(out)
+    Ok(layouts
+        .into_iter()
+        .max_by_key(|(newest, _)| *newest)
+        .map(|(_, shards)| shards)
+        .unwrap_or_default())
 }
 
 fn age(now: DateTime<Utc>, t: DateTime<Utc>) -> Duration {

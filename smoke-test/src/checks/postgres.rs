@@ -128,31 +128,8 @@ fn explain_connect(config: &PostgresConfig, err: &tokio_postgres::Error) -> (Str
             db.message(),
             db.code().code()
         );
-        let fix = match db.code() {
-            c if *c == SqlState::INVALID_PASSWORD => format!(
-                "check DJANGO_DB_PASSWORD: it must be the password of role {} (and DJANGO_DB_USER the role)",
-                config.user
-            ),
-            c if *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => format!(
-                "check that role {} exists (DJANGO_DB_USER) and that pg_hba.conf admits it from this pod's \
-                 address with sslmode={}",
-                config.user,
-                config.sslmode.as_str()
-            ),
-            c if *c == SqlState::INVALID_CATALOG_NAME => format!(
-                "check DJANGO_DB_NAME: database {} does not exist on {at}",
-                config.dbname
-            ),
-            c if *c == SqlState::TOO_MANY_CONNECTIONS => {
-                "the server has no free connection slot: raise max_connections or the role's connection \
-                 limit, or find who holds them (pg_stat_activity)"
-                    .to_owned()
-            }
-            c if *c == SqlState::CANNOT_CONNECT_NOW => {
-                "the server is starting up, shutting down or in recovery: run the smoke test again".to_owned()
-            }
-            _ => "check the DJANGO_DB_* settings against the server log".to_owned(),
-        };
+        let fix = lake_common::postgres::login_refusal_hint(config, db.code(), db.message())
+            .unwrap_or_else(|| "check the DJANGO_DB_* settings against the server log".to_owned());
         return (detail, fix);
     }
     let text = error_chain(err);
