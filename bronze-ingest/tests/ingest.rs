@@ -89,10 +89,7 @@ async fn json_mode_is_pure_json_and_a_closed_stdout_is_not_a_panic() {
     assert!(!report["source"].as_str().unwrap().contains("reader-pw"));
     assert_eq!(report["commit"].as_str().unwrap().len(), 12, "{report}");
     assert!(report["error"].is_null());
-    let written: serde_json::Value = stderr(&out)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|v| v["message"] == "Run report written")
+    let written = lake_testkit::output::message(&stderr(&out), "Run report written")
         .expect("the report's line");
     assert!(
         written["report"]
@@ -103,17 +100,11 @@ async fn json_mode_is_pure_json_and_a_closed_stdout_is_not_a_panic() {
     );
 
     // `bronze-ingest --dry-run | head -0`: the reader is gone before the summary.
-    let mut child = h
-        .command_with(
-            &[h.env(), vec![("LOG_FORMAT".into(), "text".into())]].concat(),
-            &["--dry-run"],
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
+    let out = lake_testkit::output::with_stdout_closed(&mut h.command_with(
+        &[h.env(), vec![("LOG_FORMAT".into(), "text".into())]].concat(),
+        &["--dry-run"],
+    ))
+    .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
 }

@@ -42,6 +42,7 @@ pub mod demo;
 mod faults;
 pub mod glob;
 mod http;
+pub mod output;
 mod postgres;
 mod process;
 mod pushgateway;

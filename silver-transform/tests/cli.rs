@@ -223,23 +223,21 @@ async fn summary_in_text_and_json_and_a_warning_on_a_lake_without_bronze() {
 /// Both streams carry only JSON lines, without Rust `Debug` text; the run
 /// starts with a line naming the lake and ends naming its report by full URL.
 fn assert_pure_json(out: &std::process::Output, bucket: &str) {
-    let mut messages = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .chain(String::from_utf8_lossy(&out.stderr).lines())
-    {
-        let v: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+    use lake_testkit::output::{json_lines, message};
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    for line in stdout.lines().chain(stderr.lines()) {
         for debug in ["Some(", "None", "NothingNew", "Success"] {
             assert!(!line.contains(debug), "Rust Debug text {debug:?}: {line}");
         }
-        assert_no_json_in_strings(&v, line);
-        assert!(v["level"].is_string());
-        messages.push(v);
     }
-    let start = messages
-        .iter()
-        .find(|v| v["message"] == "Starting silver-transform")
-        .expect("a start line");
+    for v in json_lines(&stdout).iter().chain(&json_lines(&stderr)) {
+        assert_no_json_in_strings(v, &v.to_string());
+        assert!(v["level"].is_string());
+    }
+    let start = message(&stderr, "Starting silver-transform").expect("a start line");
     assert!(
         start["lake"]
             .as_str()
@@ -248,10 +246,7 @@ fn assert_pure_json(out: &std::process::Output, bucket: &str) {
         "{start}"
     );
     assert_eq!(start["mode"], "incremental");
-    let written = messages
-        .iter()
-        .find(|v| v["message"] == "Run report written")
-        .expect("the report's line");
+    let written = message(&stderr, "Run report written").expect("the report's line");
     assert!(
         written["report"]
             .as_str()
@@ -306,14 +301,7 @@ async fn a_dry_run_creates_nothing_a_closed_stdout_is_no_panic_and_a_bad_variabl
     assert!(!lake_dir.exists(), "--dry-run created the lake directory");
 
     // `silver-transform --dry-run | head -0`.
-    let mut child = local(&[])
-        .arg("--dry-run")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
+    let out = lake_testkit::output::with_stdout_closed(local(&[]).arg("--dry-run")).unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(!err.contains("panicked"), "{err}");
