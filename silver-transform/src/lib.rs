@@ -471,9 +471,12 @@ async fn execute(
     }
     // The key index only when there is work: a run with nothing new reads none,
     // and a run with work only the segments it touches (`recompute` loads them).
-    // (A full refresh starts from none: the segments it writes replace them.)
-    if !full && let Some(m) = committed {
+    if let Some(m) = committed {
         prior.segments = segments::Segments::from_records(&m.index_segments)?;
+        if full {
+            // A full refresh reads none: the segments it writes replace them all.
+            prior.segments.replace_all();
+        }
     }
     if !full && let Some(ix) = committed.and_then(|m| m.index.as_ref()) {
         // Format 1: one file, read whole once; this run writes it as segments.

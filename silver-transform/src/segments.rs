@@ -101,6 +101,8 @@ struct Stored {
 pub struct Segments {
     stored: BTreeMap<Month, Stored>,
     loaded: BTreeSet<Month>,
+    /// Months whose stored segments a rebuild replaces (none of them is read).
+    replaced: BTreeSet<Month>,
     /// Segments read by this run (for the run report).
     pub reads: u64,
 }
@@ -147,6 +149,14 @@ impl Segments {
             stored,
             ..Self::default()
         })
+    }
+
+    /// Forgets every stored segment without reading it: the index is being
+    /// rebuilt from all of bronze (a full refresh), and [`Segments::write`]
+    /// then replaces them all, so [`delete_replaced`] removes their objects.
+    pub fn replace_all(&mut self) {
+        self.replaced.extend(self.stored.keys().copied());
+        self.stored.clear();
     }
 
     /// Entries over every stored segment.
@@ -242,9 +252,7 @@ impl Segments {
         rebuilt: bool,
     ) -> anyhow::Result<(Vec<IndexSegment>, BTreeSet<Month>)> {
         if rebuilt {
-            // Every stored month is rewritten or emptied.
-            self.loaded.extend(self.stored.keys().copied());
-            self.stored.clear();
+            self.replace_all();
         }
         let mut by_month: BTreeMap<Month, Vec<(KeyHash, KeyInfo)>> = BTreeMap::new();
         let gained: BTreeSet<Month> = index
@@ -265,7 +273,7 @@ impl Segments {
                 out.push((m, s.record));
             }
         }
-        let mut written: BTreeSet<Month> = self.loaded.clone();
+        let mut written: BTreeSet<Month> = &self.loaded | &self.replaced;
         written.extend(by_month.keys().copied());
         for (m, entries) in by_month {
             let mut bloom = Sbbf::new_with_ndv_fpp(entries.len() as u64, BLOOM_FPP)?;
@@ -444,6 +452,24 @@ mod tests {
         assert_eq!(
             version_of_segment(&Path::from(next[1].file.path.as_str())),
             Some(2)
+        );
+
+        // A rebuild with only June left replaces every month: May's and July's
+        // segments are written or emptied, June's is new.
+        let mut rebuild = Segments::from_records(&next).unwrap();
+        rebuild.replace_all();
+        assert_eq!(rebuild.total_keys(), 0, "nothing is read");
+        let mut only_june = KeyIndex::default();
+        only_june.insert(k(3), info(d(6, 1), d(6, 1), 3));
+        let (rebuilt, months) = rebuild
+            .write(&lake, shard, 3, only_june, false)
+            .await
+            .unwrap();
+        assert_eq!(rebuilt.len(), 1);
+        assert_eq!(
+            months,
+            [june - 1, june, june + 1].into(),
+            "May and July emptied"
         );
 
         // After the commit of version 2: July's version-1 segment goes, May's
