@@ -176,11 +176,6 @@ impl Segments {
         untouched + index.len() as u64
     }
 
-    /// Stored segments.
-    pub fn count(&self) -> usize {
-        self.stored.len()
-    }
-
     /// The stored months whose filter may hold one of `keys`.
     pub fn maybe_holding<'a>(&self, keys: impl Iterator<Item = &'a KeyHash>) -> BTreeSet<Month> {
         let mut months = BTreeSet::new();
