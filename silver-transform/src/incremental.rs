@@ -41,6 +41,7 @@ use crate::bronze::{BronzeError, BronzeFile, BronzeView, Projection, TimeRange, 
 use crate::fold::{FoldError, Folded, KeyFilter, combine, fold_day, two_versions};
 use crate::index::{KeyIndex, KeyInfo};
 use crate::key::{EventId, KeyHash, PartitionKey, Shard};
+use crate::partitions::{PartitionTable, PartitionsError};
 use crate::segments::{Segments, month_of_day};
 
 /// Files scanned for keys concurrently.
@@ -72,6 +73,9 @@ pub enum RecomputeError {
     /// A segment of the key index could not be read.
     #[error("reading the key index: {0:#}")]
     Index(anyhow::Error),
+    /// A month of the partition table could not be read.
+    #[error(transparent)]
+    Partitions(#[from] PartitionsError),
 }
 
 /// What the shard knew before this run.
@@ -84,8 +88,9 @@ pub struct Prior {
     pub segments: Segments,
     /// Bronze batches already consumed (empty on a full refresh).
     pub consumed: BTreeSet<u64>,
-    /// The shard's existing partitions.
-    pub partitions: BTreeSet<PartitionKey>,
+    /// The shard's partition table (the months loaded so far); [`recompute`]
+    /// loads the months a `--date` range or a whole-shard recompute needs.
+    pub table: PartitionTable,
 }
 
 /// What to recompute besides the effects of new bronze batches.
@@ -135,6 +140,8 @@ pub struct WorkStats {
     pub fold_windows: u64,
     /// Key index segments read (of the shard's `index_segments` in its manifest).
     pub index_segments_read: u64,
+    /// Months of the partition table read (of its `partition_months`).
+    pub partition_months_read: u64,
 }
 
 impl WorkStats {
@@ -172,6 +179,8 @@ pub struct Recomputed {
     pub segments: Segments,
     /// The index was rebuilt from all of bronze: it replaces every segment.
     pub rebuilt: bool,
+    /// The partition table, with the months this run's plan needed loaded.
+    pub table: PartitionTable,
     /// Counters.
     pub stats: WorkStats,
 }
@@ -198,12 +207,14 @@ pub async fn recompute(
     };
     let mut old = prior.index;
     let mut segments = prior.segments;
+    let mut table = prior.table;
     // Every key the index holds, loaded or not (a format-1 index is all loaded).
     let known_keys = segments.total_keys().max(old.len() as u64);
     let mut partitions: BTreeSet<PartitionKey> = req.forced.iter().copied().filter(owned).collect();
 
     if req.full_refresh && shard.count == 1 {
         out.segments = segments;
+        out.table = table;
         return fold_everything(lake, view, req, out, partitions).await;
     }
 
@@ -256,7 +267,8 @@ pub async fn recompute(
     if let Some((from, to)) = req.days {
         let in_range = |p: &PartitionKey| (from..=to).contains(&p.day);
         partitions.extend(old.iter().map(|(_, o)| o.partition()).filter(in_range));
-        partitions.extend(prior.partitions.iter().copied().filter(in_range));
+        table.load(lake, table.within(from, to)).await?;
+        partitions.extend(table.keys().filter(in_range));
     }
     partitions.retain(owned);
 
@@ -308,9 +320,11 @@ pub async fn recompute(
                 "Most executions are affected: recomputing the whole shard"
             );
             drop((keys, days, affected, old));
-            partitions.extend(prior.partitions.iter().copied());
+            table.load(lake, table.months()).await?;
+            partitions.extend(table.keys());
             out.stats.index_segments_read = segments.reads;
             out.segments = segments;
+            out.table = table;
             return fold_everything(lake, view, req, out, partitions).await;
         }
         let filter = Arc::new(KeyFilter::Keys(keys));
@@ -343,6 +357,7 @@ pub async fn recompute(
     out.index = index;
     out.stats.index_segments_read = segments.reads;
     out.segments = segments;
+    out.table = table;
     Ok(out)
 }
 

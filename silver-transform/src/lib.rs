@@ -25,6 +25,7 @@ pub mod incremental;
 pub mod index;
 pub mod key;
 pub mod manifest;
+pub mod partitions;
 pub mod publish;
 pub mod quality;
 pub mod report;
@@ -49,6 +50,7 @@ use crate::incremental::{Prior, Request, recompute};
 use crate::index::KeyIndex;
 use crate::key::{PartitionKey, Shard, date_of_day, day_of_date};
 use crate::manifest::{Lease, PartitionRecord, SilverManifest, from_ranges, to_ranges};
+use crate::partitions::PartitionTable;
 use crate::publish::{FileRecord, PartitionRows, Published, publish};
 use crate::report::{Outcome, RunReport, ShardReport};
 use crate::summary::SummaryBuilder;
@@ -408,13 +410,14 @@ async fn execute(
     let full = options.mode == Mode::FullRefresh;
     report.base_version = committed.map(|m| m.version);
 
-    let mut table: BTreeMap<PartitionKey, PartitionRecord> = committed
-        .map(|m| m.partitions.iter().map(|p| (p.key(), p.clone())).collect())
-        .unwrap_or_default();
-    let mut prior = Prior {
-        partitions: table.keys().copied().collect(),
-        ..Default::default()
+    // Only the months of the partition table this run needs are read: none
+    // when there is nothing new, the planned ones otherwise, all of them for a
+    // full refresh.
+    let mut table = match committed {
+        Some(m) => PartitionTable::of(m)?,
+        None => PartitionTable::default(),
     };
+    let mut prior = Prior::default();
     if !full && let Some(m) = committed {
         prior.consumed = from_ranges(&m.consumed_batches);
     }
@@ -442,11 +445,20 @@ async fn execute(
         list_objects(lake, shard, Some(&forced)).await?
     };
     if full {
-        forced.extend(prior.partitions.iter().copied());
+        table
+            .load(lake, table.months())
+            .await
+            .context("reading silver's partition table")?;
+        forced.extend(table.keys());
         forced.extend(found_objects.keys().copied());
+    } else {
+        table
+            .load_for(lake, &forced)
+            .await
+            .context("reading silver's partition table")?;
     }
     let referenced: BTreeSet<&str> = table
-        .values()
+        .records()
         .flat_map(|r| [&r.silver, &r.quarantine])
         .flatten()
         .map(|f| f.path.as_str())
@@ -464,7 +476,7 @@ async fn execute(
     let new_batches = view.new_batches(&prior.consumed);
     if options.mode == Mode::Incremental && new_batches.is_empty() && forced.is_empty() {
         report.outcome = Outcome::NothingNew;
-        report.partitions.total = table.len() as u64;
+        report.partitions.total = table.total();
         report.rows.index_keys = committed.map_or(0, |m| m.index_keys);
         tracing::info!(%shard, base_version = report.base_version, "No new bronze batch: nothing to do");
         return Ok(());
@@ -501,6 +513,8 @@ async fn execute(
         }
     }
 
+    prior.table = table;
+
     let lease = if options.dry_run {
         None
     } else {
@@ -529,7 +543,15 @@ async fn execute(
         window_rows: options.window_rows,
         progress: Progress::new(&format!("{shard} folding"), "events"),
     };
-    let rec = match recompute(lake, &view, prior, &req).await {
+    let planned = async {
+        let mut rec = recompute(lake, &view, prior, &req).await?;
+        // The months of the partitions it publishes: their records are replaced.
+        let mut table = std::mem::take(&mut rec.table);
+        table.load_for(lake, &rec.partitions).await?;
+        rec.stats.partition_months_read = table.reads;
+        Ok::<_, incremental::RecomputeError>((rec, table))
+    };
+    let (rec, mut table) = match planned.await {
         Ok(r) => r,
         Err(e) => {
             if let Some(lease) = lease {
@@ -570,7 +592,7 @@ async fn execute(
         let index = incremental::finish_index(rec.index, rec.executions, &rec.attempted);
         report.rows.index_keys = rec.segments.keys_with(&index, rec.rebuilt);
         report.outcome = outcome_of(report);
-        report.partitions.total = table.len() as u64;
+        report.partitions.total = table.total();
         return Ok(());
     };
 
@@ -656,19 +678,17 @@ async fn execute(
             table.remove(&p);
             continue;
         }
-        table.insert(
-            p,
-            PartitionRecord {
-                client_id: p.client_id,
-                date: p.date(),
-                version,
-                silver: out.silver,
-                quarantine: out.quarantine,
-                batches: to_ranges(&batches.remove(&p).unwrap_or_default()),
-            },
-        );
+        table.insert(PartitionRecord {
+            client_id: p.client_id,
+            date: p.date(),
+            version,
+            silver: out.silver,
+            quarantine: out.quarantine,
+            batches: to_ranges(&batches.remove(&p).unwrap_or_default()),
+        });
     }
-    report.partitions.total = table.len() as u64;
+    report.partitions.total = table.total();
+    let (partition_months, table_months) = or_release!(table.write(lake, shard, version).await);
     let mut m =
         SilverManifest::pending(shard, version, &run.id, options.lease, options.mode.name());
     m.base_version = report.base_version;
@@ -677,16 +697,20 @@ async fn execute(
     m.rewritten = rewritten;
     m.index_segments = index_segments;
     m.index_keys = report.rows.index_keys;
-    m.partitions = table.into_values().collect();
+    m.partition_months = partition_months;
     m.superseded = superseded;
     let committed = lease.commit(m).await?;
     report.committed_version = Some(version);
     delete_superseded(lake, &committed).await?;
-    match segments::delete_replaced(lake, shard, &segment_months, &committed).await {
+    let months = &segment_months | &table_months;
+    match segments::delete_replaced(lake, shard, &months, &committed).await {
         Ok(0) => {}
-        Ok(n) => tracing::debug!(objects = n, "Deleted replaced key index segments"),
+        Ok(n) => tracing::debug!(
+            objects = n,
+            "Deleted replaced key index segments and partition months"
+        ),
         Err(e) => {
-            tracing::warn!(error = %e, "Could not delete replaced key index segments; the next run that writes their months does")
+            tracing::warn!(error = %e, "Could not delete replaced key index segments and partition months; the next run that writes their months does")
         }
     }
     match manifest::prune(lake, shard, version).await {

@@ -4,15 +4,19 @@
 //!
 //! ```text
 //! silver/stop_executions/_manifests/shard-<i>-of-<n>/<version:010>.json
-//! silver/stop_executions/_manifests/shard-<i>-of-<n>/<version:010>.index   (Parquet key index)
+//! silver/stop_executions/_manifests/segments/shard-<i>-of-<n>/YYYY-MM/<version:010>.index
+//!     (a month of the Parquet key index, crate::segments)
+//! silver/stop_executions/_manifests/segments/shard-<i>-of-<n>/YYYY-MM/<version:010>.partitions.json
+//!     (a month of the partition table, crate::partitions)
 //! ```
 //!
 //! A run **pins** version `v = max + 1` by creating its manifest in state `pending`
 //! (create-if-absent: of two racing runs exactly one wins, the other exits 4), with
 //! an owner and a lease it renews while it works. Before it publishes anything it
 //! records the partitions it is about to rewrite (`planned`). It then publishes,
-//! writes the key index, and rewrites its manifest as `committed` with the full
-//! partition table and the set of bronze batches consumed.
+//! writes the months of the key index and of the partition table it changed, and
+//! rewrites its manifest as `committed`, listing every month's files and the set
+//! of bronze batches consumed.
 //!
 //! The latest committed version is the state. A pending version whose lease has
 //! expired was abandoned by a crashed run: the next run starts again from the
@@ -36,10 +40,11 @@ use serde::{Deserialize, Serialize};
 use crate::key::{PartitionKey, Shard};
 use crate::publish::FileRecord;
 
-/// Version of the manifest format, bumped on incompatible change: 2 keeps the
-/// key index in monthly segments (1: one file, still read); a release of
-/// format 1 refuses a lake of format 2 instead of misreading it.
-pub const FORMAT: u32 = 2;
+/// Version of the manifest format, bumped on incompatible change: 3 keeps the
+/// partition table in monthly files ([`crate::partitions`]; 2 and 1 inline,
+/// still read), 2 the key index in monthly segments (1: one file, still read).
+/// A release of an older format refuses a newer lake instead of misreading it.
+pub const FORMAT: u32 = 3;
 /// Versions kept (older manifests and indexes are deleted).
 pub const KEEP_VERSIONS: usize = 5;
 
@@ -182,8 +187,14 @@ pub struct SilverManifest {
     /// Executions in the key index.
     #[serde(default)]
     pub index_keys: u64,
-    /// The shard's partitions after this version.
-    #[serde(default)]
+    /// The shard's partitions after this version, by month
+    /// ([`crate::partitions`], format 3): read them with
+    /// [`crate::partitions::read_all`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partition_months: Vec<crate::partitions::PartitionMonth>,
+    /// The shard's partitions inline (formats 1 and 2, written by earlier
+    /// releases; read once and replaced by months).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partitions: Vec<PartitionRecord>,
     /// Objects of the base version this one replaced: deleted right after the
     /// commit, and again by the next run in case this one died in between.
@@ -218,6 +229,7 @@ impl SilverManifest {
             index: None,
             index_segments: vec![],
             index_keys: 0,
+            partition_months: vec![],
             partitions: vec![],
             superseded: vec![],
         }

@@ -47,11 +47,11 @@ pub fn month_of_day(day: i32) -> Month {
     d.year() * 12 + d.month0() as i32
 }
 
-fn month_name(m: Month) -> String {
+pub(crate) fn month_name(m: Month) -> String {
     format!("{:04}-{:02}", m.div_euclid(12), m.rem_euclid(12) + 1)
 }
 
-fn parse_month(s: &str) -> Option<Month> {
+pub(crate) fn parse_month(s: &str) -> Option<Month> {
     let (y, m) = s.split_once('-')?;
     let (y, m): (i32, u32) = (y.parse().ok()?, m.parse().ok()?);
     (1..=12).contains(&m).then(|| y * 12 + m as i32 - 1)
@@ -304,7 +304,7 @@ impl Segments {
 
 /// The folder of month `m`'s segments: outside the shard's manifest folder,
 /// whose listing every run reads, so that listing does not grow with history.
-fn month_dir(shard: Shard, m: Month) -> Path {
+pub(crate) fn month_dir(shard: Shard, m: Month) -> Path {
     Dataset::SilverStopExecutions
         .manifests_dir()
         .join("segments")
@@ -317,15 +317,19 @@ pub fn segment_path(shard: Shard, m: Month, version: u64) -> Path {
     month_dir(shard, m).join(format!("{version:010}.index"))
 }
 
-/// The version in a segment's object name.
+/// The version in the name of a segment or of a month's partition file.
 pub fn version_of_segment(path: &Path) -> Option<u64> {
-    let digits = path.filename()?.strip_suffix(".index")?;
+    let name = path.filename()?;
+    let digits = name
+        .strip_suffix(".index")
+        .or_else(|| name.strip_suffix(crate::partitions::SUFFIX))?;
     (digits.len() == 10).then(|| digits.parse().ok()).flatten()
 }
 
 /// After `committed` was committed: deletes, in each month it wrote or
-/// emptied, the segments of earlier versions (the one it replaced, those of
-/// crashed runs). One listing per such month, a handful of objects each.
+/// emptied, the segments and partition files of earlier versions (the ones it
+/// replaced, those of crashed runs). One listing per such month, a handful of
+/// objects each.
 pub async fn delete_replaced(
     lake: &Lake,
     shard: Shard,
@@ -335,7 +339,9 @@ pub async fn delete_replaced(
     let listed: BTreeSet<&str> = committed
         .index_segments
         .iter()
-        .map(|s| s.file.path.as_str())
+        .map(|s| &s.file)
+        .chain(committed.partition_months.iter().map(|m| &m.file))
+        .map(|f| f.path.as_str())
         .collect();
     let mut stale = Vec::new();
     for m in months {

@@ -537,9 +537,12 @@ async fn golden_cases_incrementally_and_in_full() {
     let m = found.committed.unwrap();
     assert_eq!(m.version, 2);
     assert_eq!(m.consumed_batches, vec![[1, 2]]);
-    let p3 = m.partitions.iter().find(|p| p.client_id == 3).unwrap();
+    let parts = silver_transform::partitions::read_all(lake, &m)
+        .await
+        .unwrap();
+    let p3 = parts.iter().find(|p| p.client_id == 3).unwrap();
     assert_eq!((p3.version, p3.batches.clone()), (2, vec![[1, 2]]));
-    let p1 = m.partitions.iter().find(|p| p.client_id == 1).unwrap();
+    let p1 = parts.iter().find(|p| p.client_id == 1).unwrap();
     assert_eq!((p1.version, p1.batches.clone()), (1, vec![[1, 1]]));
     assert_eq!(m.index_keys, 10);
 

@@ -10,6 +10,8 @@ mod support;
 use chrono::{Duration, NaiveDate};
 use lake_common::manifest::CHECKPOINT_INTERVAL;
 use lake_testkit::{FaultProxy, LoggedRequest, S3Op};
+use silver_transform::report::Outcome;
+use silver_transform::{Mode, Options};
 use support::*;
 
 /// Five executions on a day of their own per batch, so the data each run reads
@@ -92,12 +94,13 @@ async fn an_incremental_runs_requests_do_not_grow_with_bronzes_age() {
     assert_eq!(silver(&t.lake).await.len(), 5 * old as usize);
 }
 
-/// #17: the key index is kept in monthly segments; a run reads only those it
-/// touches — the month of a new execution, the month of an old execution that
-/// got a late event — and rewrites only those, carrying the others as they are.
-/// Its result equals a full recompute.
+/// #17: the key index and the partition table are kept by month; a run reads
+/// only the months it touches — the month of a new execution, the month of an
+/// old execution that got a late event — and rewrites only those, carrying the
+/// others as they are; a run with nothing new reads none. Its result equals a
+/// full recompute.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_run_reads_and_rewrites_only_the_index_segments_it_touches() {
+async fn a_run_reads_and_rewrites_only_the_months_it_touches() {
     use silver_transform::key::Shard;
     use silver_transform::manifest;
     let t = TestLake::new().await;
@@ -122,17 +125,35 @@ async fn a_run_reads_and_rewrites_only_the_index_segments_it_touches() {
             .map(|s| (s.month.clone(), s.file.path.clone()))
             .collect()
     };
+    let tables = |m: &manifest::SilverManifest| -> Vec<(String, String)> {
+        m.partition_months
+            .iter()
+            .map(|s| (s.month.clone(), s.file.path.clone()))
+            .collect()
+    };
     let before = manifest::find(&t.lake, Shard::ALL)
         .await
         .unwrap()
         .committed
         .unwrap();
     assert_eq!(before.index_segments.len(), 4);
+    assert_eq!(before.partition_months.len(), 4);
+    assert!(before.partitions.is_empty(), "no inline partition table");
+
+    // Nothing new: no month of either is read.
+    let r = run(&t.lake, &incremental()).await;
+    assert_eq!(r.outcome, Outcome::NothingNew);
+    assert_eq!(
+        (r.work.index_segments_read, r.work.partition_months_read),
+        (0, 0)
+    );
 
     // A new execution in April: April's segment only.
     commit_batch(&t.lake, 5, &[ev(5, "2025-04-20T06:00:00Z")]).await;
     let r = run(&t.lake, &incremental()).await;
     assert_eq!(r.work.index_segments_read, 1, "{:?}", r.work);
+    assert_eq!(r.work.partition_months_read, 1, "{:?}", r.work);
+    assert_eq!(r.partitions.total, 5);
     let after = manifest::find(&t.lake, Shard::ALL)
         .await
         .unwrap()
@@ -142,6 +163,14 @@ async fn a_run_reads_and_rewrites_only_the_index_segments_it_touches() {
     assert_eq!(old[..3], new[..3], "January to March carried as they were");
     assert_ne!(old[3], new[3], "April rewritten");
     assert_eq!(after.index_segments[3].keys, 2);
+    let (old_t, new_t) = (tables(&before), tables(&after));
+    assert_eq!(
+        old_t[..3],
+        new_t[..3],
+        "January to March carried as they were"
+    );
+    assert_ne!(old_t[3], new_t[3], "April rewritten");
+    assert_eq!(after.partition_months[3].file.rows, 2);
 
     // A late event of January's execution (token tok-1): January's segment
     // (its Bloom filter) and nothing else.
@@ -158,6 +187,7 @@ async fn a_run_reads_and_rewrites_only_the_index_segments_it_touches() {
     .await;
     let r = run(&t.lake, &incremental()).await;
     assert_eq!(r.work.index_segments_read, 1, "{:?}", r.work);
+    assert_eq!(r.work.partition_months_read, 1, "{:?}", r.work);
     let later = manifest::find(&t.lake, Shard::ALL)
         .await
         .unwrap()
@@ -166,13 +196,21 @@ async fn a_run_reads_and_rewrites_only_the_index_segments_it_touches() {
     let latest = segments(&later);
     assert_ne!(new[0], latest[0], "January rewritten");
     assert_eq!(new[1..], latest[1..]);
+    let latest_t = tables(&later);
+    assert_ne!(new_t[0], latest_t[0], "January's partition rewritten");
+    assert_eq!(new_t[1..], latest_t[1..]);
     assert_eq!(
         later.index_segments[0].last_date,
         NaiveDate::from_ymd_opt(2025, 4, 21).unwrap(),
         "January's execution now ends in April"
     );
-    // The replaced segments are gone, the listed ones readable.
-    for (_, path) in old.iter().chain(new.iter()).filter(|s| !latest.contains(s)) {
+    // The replaced segments and partition months are gone.
+    let replaced = old
+        .iter()
+        .chain(&new)
+        .filter(|s| !latest.contains(s))
+        .chain(old_t.iter().chain(&new_t).filter(|s| !latest_t.contains(s)));
+    for (_, path) in replaced {
         assert!(
             t.lake
                 .get_bytes(&object_store::path::Path::from(path.as_str()))
@@ -196,4 +234,25 @@ async fn a_run_reads_and_rewrites_only_the_index_segments_it_touches() {
         .unwrap();
     assert_eq!(rebuilt.index_segments.len(), 4);
     assert_eq!(rebuilt.index_keys, 5);
+    assert_eq!(rebuilt.partition_months.len(), 4);
+    assert_eq!(silver_transform::partitions::totals(&rebuilt).partitions, 5);
+
+    // A re-run of March reads March's months only.
+    let day = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+    let march = Options {
+        mode: Mode::Days {
+            from: day("2025-03-01"),
+            to: day("2025-03-31"),
+        },
+        ..incremental()
+    };
+    let r = run(&t.lake, &march).await;
+    assert_eq!(
+        (r.work.index_segments_read, r.work.partition_months_read),
+        (1, 1),
+        "{:?}",
+        r.work
+    );
+    assert_eq!(r.partitions.recomputed, 1);
+    assert_eq!(silver(&t.lake).await, incremental_result);
 }

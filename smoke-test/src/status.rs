@@ -389,23 +389,20 @@ async fn silver_shards(lake: &Lake) -> anyhow::Result<Vec<SilverShardStatus>> {
             let shard = Shard { index, count };
             let found = manifest::find(lake, shard).await?;
             let c = found.committed.as_ref();
-            let parts = c.map(|m| m.partitions.as_slice()).unwrap_or_default();
-            let silver = || parts.iter().filter_map(|p| p.silver.as_ref());
+            let t = c
+                .map(silver_transform::partitions::totals)
+                .unwrap_or_default();
             out.push(SilverShardStatus {
                 shard: shard.to_string(),
                 committed_version: c.map(|m| m.version),
                 committed_at: c.and_then(|m| m.committed_at),
                 bronze_batch_consumed: c
                     .and_then(|m| m.consumed_batches.iter().map(|r| r[1]).max()),
-                partitions: parts.len() as u64,
-                files: silver().count() as u64,
-                rows: silver().map(|f| f.rows).sum(),
-                bytes: silver().map(|f| f.bytes).sum(),
-                quarantine_rows: parts
-                    .iter()
-                    .filter_map(|p| p.quarantine.as_ref())
-                    .map(|f| f.rows)
-                    .sum(),
+                partitions: t.partitions,
+                files: t.silver_files,
+                rows: t.silver_rows,
+                bytes: t.silver_bytes,
+                quarantine_rows: t.quarantine_rows,
                 pending: found.busy.as_ref().map(|m| SilverPending {
                     version: m.version,
                     owner: m.claim.owner.clone(),

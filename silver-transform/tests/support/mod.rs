@@ -657,7 +657,10 @@ pub async fn silver_committed(lake: &Lake) -> BTreeMap<String, SilverRow> {
             return BTreeMap::new();
         };
         let mut out = BTreeMap::new();
-        for part in &m.partitions {
+        for part in &silver_transform::partitions::read_all(lake, &m)
+            .await
+            .unwrap()
+        {
             let Some(file) = &part.silver else { continue };
             let path = Path::from(file.path.as_str());
             let bytes = match lake.get_bytes(&path).await {
