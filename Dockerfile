@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# One image, all jobs (bronze-ingest, silver-transform, smoke-test, lake) in one
+# One image, all jobs (bronze-ingest, silver-transform, smoke-test, lake-maintain, lake) in one
 # glibc executable on `scratch` with only the C library it links (loader, libc,
 # libm, libgcc_s): no shell, no package manager, non-root. glibc, not static
 # musl: musl ran bronze at 1.32x the time (docs/benchmarks.md).
@@ -34,7 +34,7 @@ ARG CREATED
 # scripts/stage-rootfs.sh.
 COPY target/image-rootfs/ /
 LABEL org.opencontainers.image.title="robson-deep-storage" \
-      org.opencontainers.image.description="Robson deep storage batch jobs: bronze-ingest, silver-transform, smoke-test" \
+      org.opencontainers.image.description="Robson deep storage batch jobs: bronze-ingest, silver-transform, smoke-test, lake-maintain" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}" \
@@ -72,7 +72,7 @@ ARG REVISION
 ARG CREATED
 COPY --from=builder /rootfs/ /
 LABEL org.opencontainers.image.title="robson-deep-storage" \
-      org.opencontainers.image.description="Robson deep storage batch jobs: bronze-ingest, silver-transform, smoke-test" \
+      org.opencontainers.image.description="Robson deep storage batch jobs: bronze-ingest, silver-transform, smoke-test, lake-maintain" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.created="${CREATED}" \

@@ -78,6 +78,10 @@ bench: bench-bronze bench-silver bench-silver-day bench-history
 smoke *ARGS:
     cargo run -q -p smoke-test -- {{ARGS}}
 
+# Lake maintenance against the configured lake (garbage collection; --dry-run deletes nothing).
+maintain *ARGS:
+    cargo run -q -p lake-maintain -- {{ARGS}}
+
 # Regenerate the data dictionary docs/tables.md from the contracts (a test fails when it is stale).
 tables:
     @cargo run -q -p lake-common --example tables > docs/tables.md

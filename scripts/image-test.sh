@@ -138,7 +138,8 @@ ctr=$("${PODMAN[@]}" create --runtime runc "$IMAGE")
 files=$("${PODMAN[@]}" export "$ctr" | tar -t)
 "${PODMAN[@]}" rm -f "$ctr" >/dev/null
 for f in etc/ssl/certs/ca-certificates.crt etc/nsswitch.conf usr/local/bin/bronze-ingest \
-         usr/local/bin/silver-transform usr/local/bin/smoke-test usr/local/bin/lake; do
+         usr/local/bin/silver-transform usr/local/bin/smoke-test usr/local/bin/lake-maintain \
+         usr/local/bin/lake; do
   grep -qx "$f" <<<"$files" || die "$f missing from the image"
 done
 grep -qE '^lib(64)?/.*ld-linux[^/]*\.so\.[0-9]+$' <<<"$files" || die "the image has no dynamic loader (ld-linux)"
@@ -168,7 +169,7 @@ out=$("${RUN[@]}" "$IMAGE" bronze-ingest --version 2>&1) \
   || die "bronze-ingest --version failed in the container: $out"
 echo "$out"
 grep -q "$VERSION" <<<"$out" || die "bronze-ingest --version does not print the version $VERSION: '$out'"
-for b in silver-transform smoke-test; do
+for b in silver-transform smoke-test lake-maintain; do
   out=$("${RUN[@]}" "$IMAGE" "$b" --version 2>&1) || die "$b --version failed in the container: $out"
   echo "$out"
   grep -q "$VERSION" <<<"$out" || die "$b --version does not print the version $VERSION: '$out'"
@@ -201,7 +202,7 @@ done
 JOB_RUN=("${RUN[@]}" --read-only --tmpfs /tmp:rw,size=256m --cap-drop ALL
          --security-opt no-new-privileges --add-host "$NAME_IN_IMAGE:127.0.0.1"
          "${env_args[@]}" "$IMAGE")
-for cmd in bronze-ingest silver-transform bronze-ingest smoke-test; do
+for cmd in bronze-ingest silver-transform bronze-ingest lake-maintain smoke-test; do
   step "podman run … $cmd (DB ${DJANGO_DB_HOST}:${DJANGO_DB_PORT:-5432}, lake ${S3_BUCKET:-$LAKE_URL})"
   rc=0
   out=$("${JOB_RUN[@]}" "$cmd" 2>&1) || rc=$?
@@ -215,4 +216,4 @@ if [ "$DJANGO_DB_HOST" = "$NAME_IN_IMAGE" ]; then
   echo "name lookup inside the image: $NAME_IN_IMAGE resolves (glibc, /etc/hosts)"
 fi
 echo
-echo "image-test: PASS ($IMAGE, $size bytes; bronze-ingest, silver-transform and smoke-test ran in the container)"
+echo "image-test: PASS ($IMAGE, $size bytes; bronze-ingest, silver-transform, lake-maintain and smoke-test ran in the container)"

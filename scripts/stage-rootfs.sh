@@ -29,7 +29,7 @@ mkdir -p "$rootfs/usr/local/bin" "$rootfs/etc/ssl/certs" "$rootfs/tmp"
 chmod 1777 "$rootfs/tmp"
 # One multi-call executable; the jobs are links to it (robson-lake/src/main.rs).
 install -m 0755 "$bin" "$rootfs/usr/local/bin/robson-lake"
-for b in bronze-ingest silver-transform smoke-test lake; do ln -s robson-lake "$rootfs/usr/local/bin/$b"; done
+for b in bronze-ingest silver-transform smoke-test lake-maintain lake; do ln -s robson-lake "$rootfs/usr/local/bin/$b"; done
 # The loader and every library at the path the binary asks for (linux-vdso has no file).
 for path in $(awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^\//) print $i }' <<<"$libs"); do
   mkdir -p "$rootfs$(dirname "$path")"

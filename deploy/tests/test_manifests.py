@@ -90,6 +90,8 @@ ALLOWED_ENV = frozenset(
         "SILVER_SHARD_COUNT",
         "JOB_COMPLETION_INDEX",
         "PUSHGATEWAY_URL",
+        "MAINTAIN_GRACE",
+        "MAINTAIN_UPLOAD_GRACE",
     }
 )
 REQUIRED_ENV = frozenset({"DJANGO_DB_HOST", "DJANGO_DB_NAME", "DJANGO_DB_USER", "DJANGO_DB_PASSWORD"})
@@ -106,8 +108,11 @@ BINARIES = {
     "/usr/local/bin/bronze-ingest",
     "/usr/local/bin/silver-transform",
     "/usr/local/bin/smoke-test",
+    "/usr/local/bin/lake-maintain",
     "/usr/local/bin/lake",
 }
+# Binaries that read only the lake: no database settings.
+LAKE_ONLY = (["/usr/local/bin/lake"], ["/usr/local/bin/lake-maintain"])
 RUN_AS = 65532
 NODE_POOL = ("robson.io/pool", "analytics")
 TAINT = {"key": "robson.io/dedicated", "value": "analytics", "effect": "NoSchedule"}
@@ -760,8 +765,8 @@ def test_env_names_are_known_and_required_ones_set(obj: dict) -> None:
         names = container_env_names(c)
         unknown = {n: src for n, src in names.items() if n not in ALLOWED_ENV}
         assert not unknown, f"container {c['name']}: variables the binaries do not read: {unknown}"
-        # `lake status` reads only the lake: no database settings.
-        required = set() if c.get("command") == ["/usr/local/bin/lake"] else REQUIRED_ENV
+        # `lake status` and lake-maintain read only the lake: no database settings.
+        required = set() if c.get("command") in LAKE_ONLY else REQUIRED_ENV
         missing = required - set(names)
         assert not missing, f"container {c['name']}: required variables not set: {sorted(missing)}"
         roots = LAKE_ROOT_ENV & set(names)

@@ -47,12 +47,22 @@ pub const ENV_VARS: &[&str] = &[
     "JOB_COMPLETION_INDEX",
     "PUSHGATEWAY_URL",
     "LAKE_BUSY_OK",
+    "MAINTAIN_GRACE",
+    "MAINTAIN_UPLOAD_GRACE",
 ];
 
 /// Prefixes this project owns: a variable with one of them that is not in
 /// [`ENV_VARS`] is almost certainly a typo (`DJANGO_DB_PROT`). `AWS_` is left
 /// alone: the AWS tooling owns many names (`AWS_SESSION_TOKEN`, `AWS_PROFILE`).
-const OWN_PREFIXES: &[&str] = &["DJANGO_DB_", "S3_", "LAKE_", "BRONZE_", "SILVER_", "LOG_"];
+const OWN_PREFIXES: &[&str] = &[
+    "DJANGO_DB_",
+    "S3_",
+    "LAKE_",
+    "BRONZE_",
+    "SILVER_",
+    "MAINTAIN_",
+    "LOG_",
+];
 
 /// Names with an own prefix that are not configuration: test hooks, the
 /// benchmark's knobs and the build's commit stamp.

@@ -94,6 +94,8 @@ pub struct OpenUpload {
     pub path: Path,
     /// The upload id.
     pub upload_id: String,
+    /// When it was started (`None`: the store did not say).
+    pub initiated: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Lake {
@@ -292,6 +294,10 @@ impl Lake {
                 out.push(OpenUpload {
                     path: Path::from(rel),
                     upload_id: u.upload_id,
+                    initiated: u
+                        .initiated
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+                        .map(|t| t.to_utc()),
                 });
             }
             match (
@@ -314,21 +320,29 @@ impl Lake {
     /// so every upload it finds belongs to no live writer. Returns how many it
     /// aborted; a no-op on stores without multipart uploads.
     pub async fn abort_open_uploads(&self, prefix: &Path) -> object_store::Result<usize> {
-        let Some(s3) = &self.s3 else {
+        if self.s3.is_none() {
             return Ok(0);
-        };
+        }
         let open = self.open_uploads(prefix).await?;
         for u in &open {
-            let key = Path::from(format!("{}{}", s3.prefix, u.path));
-            object_store::multipart::MultipartStore::abort_multipart(
-                s3.store.as_ref(),
-                &key,
-                &u.upload_id,
-            )
-            .await?;
+            self.abort_upload(u).await?;
             tracing::warn!(path = %u.path, upload_id = %u.upload_id, "Aborted a multipart upload a failed run left open");
         }
         Ok(open.len())
+    }
+
+    /// Aborts one open multipart upload (its parts are deleted).
+    pub async fn abort_upload(&self, upload: &OpenUpload) -> object_store::Result<()> {
+        let Some(s3) = &self.s3 else {
+            return Ok(());
+        };
+        let key = Path::from(format!("{}{}", s3.prefix, upload.path));
+        object_store::multipart::MultipartStore::abort_multipart(
+            s3.store.as_ref(),
+            &key,
+            &upload.upload_id,
+        )
+        .await
     }
 
     /// Bytes per part of a multipart upload (files up to this size are one PUT).
@@ -451,6 +465,7 @@ struct ListUploads {
 struct ListedUpload {
     key: String,
     upload_id: String,
+    initiated: Option<String>,
 }
 
 #[cfg(test)]

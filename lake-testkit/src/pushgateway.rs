@@ -49,6 +49,10 @@ impl TestPushgateway {
             let log = std::fs::File::create(&gw.log_file).context("creating the log")?;
             let child = Command::new(&program)
                 .arg(format!("--web.listen-address=127.0.0.1:{}", gw.port))
+                // Memory only: Debian's build persists to one file in
+                // /var/lib/prometheus by default, which every test's gateway
+                // would then share (a test saw another's pushes).
+                .arg("--persistence.file=")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().context("duplicating the log handle")?)
                 .stderr(log)

@@ -1,8 +1,9 @@
-//! `robson-lake`: the three jobs (and `lake status`) in one executable.
+//! `robson-lake`: the jobs (and `lake status`) in one executable.
 //!
 //! Separate binaries repeat the same ~20 MB of dependencies (arrow, parquet,
 //! object_store, rustls); one multi-call binary keeps the image under 30 MB. The
-//! image links `bronze-ingest`, `silver-transform`, `smoke-test` and `lake` to
+//! image links `bronze-ingest`, `silver-transform`, `smoke-test`, `lake-maintain`
+//! and `lake` to
 //! it; it runs the job named by `argv[0]`, or by its first argument
 //! (`robson-lake bronze-ingest --dry-run`). It is a glibc build with its C
 //! library staged next to it (scripts/stage-rootfs.sh): a static musl build ran
@@ -20,7 +21,13 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-const JOBS: [&str; 4] = ["bronze-ingest", "silver-transform", "smoke-test", "lake"];
+const JOBS: [&str; 5] = [
+    "bronze-ingest",
+    "silver-transform",
+    "smoke-test",
+    "lake-maintain",
+    "lake",
+];
 
 fn main() -> ExitCode {
     let mut args: Vec<OsString> = std::env::args_os().collect();
@@ -43,6 +50,7 @@ fn main() -> ExitCode {
         "bronze-ingest" => bronze_ingest::cli::main_from(args),
         "silver-transform" => silver_transform::cli::main_from(args),
         "smoke-test" => smoke_test::cli::main_from(args),
+        "lake-maintain" => lake_maintain::cli::main_from(args),
         "lake" => smoke_test::cli::lake_main_from(args),
         _ => {
             eprintln!(

@@ -1,0 +1,124 @@
+//! The command line, kept out of `main.rs` so the multi-call binary shares it.
+
+use std::time::Duration;
+
+use clap::Parser;
+use lake_common::{Classified, ExitStatus};
+
+use crate::Options;
+
+/// The shortest grace either period may have: a shorter one could delete what
+/// a run is still writing (the jobs' deadlines are an hour or less).
+const MIN_GRACE: Duration = Duration::from_secs(3600);
+
+fn after_help() -> String {
+    format!(
+        "lake-maintain reads only the lake. It deletes the objects of bronze/ and silver/ that no\n\
+         manifest references and that are older than --grace, and aborts multipart uploads started\n\
+         longer ago than --upload-grace (docs/maintenance.md).\n\n{}\n\n{}",
+        lake_common::ENV_HELP,
+        lake_common::EXIT_CODES_HELP
+    )
+}
+
+/// The lake's upkeep: garbage collection of objects no manifest references.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lake-maintain",
+    version = lake_common::BUILD_VERSION,
+    about,
+    long_about = None,
+    after_help = after_help()
+)]
+pub struct Args {
+    /// Count what would be deleted and aborted; delete nothing, write no report.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Delete an unreferenced object only once it is older than this (at least 1h;
+    /// keep it longer than any job's deadline).
+    #[arg(long, env = "MAINTAIN_GRACE", default_value = "48h", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+    /// Abort a multipart upload only once it was started longer ago than this (at least 1h).
+    #[arg(long, env = "MAINTAIN_UPLOAD_GRACE", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub upload_grace: Duration,
+}
+
+impl Args {
+    /// Checks what clap cannot and builds the run options.
+    pub fn into_options(self) -> anyhow::Result<Options> {
+        for (name, value) in [
+            ("--grace (MAINTAIN_GRACE)", self.grace),
+            ("--upload-grace (MAINTAIN_UPLOAD_GRACE)", self.upload_grace),
+        ] {
+            if value < MIN_GRACE {
+                return Err(anyhow::Error::new(Classified::new(
+                    ExitStatus::Usage,
+                    format!(
+                        "{name} is {} but must be at least 1h: a shorter one could delete what a run \
+                         is still writing",
+                        humantime::format_duration(value)
+                    ),
+                )));
+            }
+        }
+        Ok(Options {
+            dry_run: self.dry_run,
+            grace: self.grace,
+            upload_grace: self.upload_grace,
+            pushgateway: lake_common::metrics::Pushgateway::from_env_or_warn(),
+        })
+    }
+}
+
+/// Runs the command line with these arguments (the first is the program name).
+/// Shared by the `lake-maintain` binary and the `robson-lake` multi-call binary.
+pub fn main_from<I, T>(args: I) -> std::process::ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use lake_common::telemetry::{self, LogFormat};
+    let parsed = lake_common::cli::parse::<Args, _, _>(args);
+    telemetry::init(LogFormat::from_env());
+    let result = (|| {
+        let options = parsed?.into_options()?;
+        telemetry::check_environment()?;
+        let config = lake_common::LakeConfig::from_env()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(crate::run_cli(config, options))
+    })();
+    telemetry::finish(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("lake-maintain").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn graces_parse_and_are_at_least_an_hour() {
+        let o = parse(&[]).unwrap().into_options().unwrap();
+        assert_eq!(o.grace, Duration::from_secs(48 * 3600));
+        assert!(!o.dry_run);
+        let o = parse(&["--grace", "3d", "--dry-run"])
+            .unwrap()
+            .into_options()
+            .unwrap();
+        assert_eq!((o.grace, o.dry_run), (Duration::from_secs(3 * 86400), true));
+        assert!(parse(&["--grace", "soon"]).is_err());
+        let e = parse(&["--upload-grace", "10m"])
+            .unwrap()
+            .into_options()
+            .unwrap_err();
+        assert_eq!(
+            lake_common::telemetry::exit_status_of(e.as_ref()),
+            ExitStatus::Usage
+        );
+        assert!(e.to_string().contains("MAINTAIN_UPLOAD_GRACE"), "{e}");
+    }
+}

@@ -1,0 +1,258 @@
+//! `lake-maintain`: the lake's upkeep, run daily (SPEC §11).
+//!
+//! Today it collects garbage ([`gc`]): objects no log references, older than a
+//! grace period, and multipart uploads left open for longer than a day.
+//! Retention and the compaction of closed bronze days are not built yet
+//! (docs/maintenance.md).
+
+pub mod cli;
+pub mod gc;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::Utc;
+use lake_common::metrics::RunMetrics;
+use lake_common::report::{Header, Run};
+use lake_common::{Lake, LakeConfig};
+use serde::Serialize;
+
+/// The job's name (run reports under `_runs/lake-maintain/`).
+pub const JOB: &str = "lake-maintain";
+
+/// What a run does.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Count, delete nothing, write no report.
+    pub dry_run: bool,
+    /// An unreferenced object is deleted once it is older than this: longer
+    /// than any job's deadline, so no run is still writing it.
+    pub grace: Duration,
+    /// A multipart upload is aborted once it was started longer ago than this.
+    pub upload_grace: Duration,
+    /// Where the run's metrics go (`PUSHGATEWAY_URL`), if anywhere.
+    pub pushgateway: Option<lake_common::metrics::Pushgateway>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            grace: Duration::from_secs(48 * 3600),
+            upload_grace: Duration::from_secs(24 * 3600),
+            pushgateway: None,
+        }
+    }
+}
+
+/// The run report (`_runs/lake-maintain/…json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    /// Job, version, run id, times, lake, error.
+    #[serde(flatten)]
+    pub header: Header,
+    /// The grace period, in seconds.
+    pub grace_secs: u64,
+    /// The upload grace period, in seconds.
+    pub upload_grace_secs: u64,
+    /// Objects the logs reference.
+    pub referenced: u64,
+    /// Per swept prefix.
+    pub prefixes: Vec<gc::Swept>,
+    /// Multipart uploads.
+    pub uploads: gc::Uploads,
+    /// Milliseconds per phase.
+    pub timings_ms: BTreeMap<&'static str, u64>,
+}
+
+impl RunReport {
+    /// Unreferenced objects older than the grace over every prefix (deleted
+    /// unless a dry run).
+    pub fn garbage(&self) -> (u64, u64) {
+        self.prefixes
+            .iter()
+            .fold((0, 0), |(n, b), p| (n + p.garbage, b + p.garbage_bytes))
+    }
+
+    /// The human summary.
+    pub fn summary(&self) -> String {
+        let (n, bytes) = self.garbage();
+        let young: u64 = self.prefixes.iter().map(|p| p.young).sum();
+        let objects: u64 = self.prefixes.iter().map(|p| p.objects).sum();
+        let verb = if self.header.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        };
+        let grace = humantime::format_duration(Duration::from_secs(self.grace_secs));
+        let mut s = format!(
+            "lake-maintain{}: {objects} objects under {} prefixes, {} referenced by the logs; {verb} {n} \
+             unreferenced objects older than {grace} ({:.1} MiB)",
+            if self.header.dry_run {
+                " (dry run)"
+            } else {
+                ""
+            },
+            self.prefixes.len(),
+            self.referenced,
+            bytes as f64 / 1048576.0,
+        );
+        if young > 0 {
+            s += &format!(", kept {young} younger ones (a run may still be writing them)");
+        }
+        let verb = if self.header.dry_run {
+            "would abort"
+        } else {
+            "aborted"
+        };
+        s += &format!(
+            "; {verb} {} of {} open multipart uploads.\n",
+            self.uploads.stale, self.uploads.open
+        );
+        s
+    }
+}
+
+/// Runs once and returns the report (written to `_runs/` unless a dry run;
+/// a failed run's report carries its error).
+pub async fn run(lake: &Lake, options: &Options) -> anyhow::Result<RunReport> {
+    let run = Run::start(JOB);
+    let mut report = RunReport {
+        header: run.header(lake, lake.description().to_owned(), options.dry_run),
+        grace_secs: options.grace.as_secs(),
+        upload_grace_secs: options.upload_grace.as_secs(),
+        referenced: 0,
+        prefixes: vec![],
+        uploads: gc::Uploads::default(),
+        timings_ms: BTreeMap::new(),
+    };
+    tracing::info!(
+        run_id = %run.id,
+        lake = %lake.description(),
+        grace = %humantime::format_duration(options.grace),
+        dry_run = options.dry_run,
+        "Starting lake-maintain"
+    );
+    let started = Instant::now();
+    let result = collect(lake, options, &mut report).await;
+    report.header.finished_at = Utc::now();
+    report
+        .timings_ms
+        .insert("total", started.elapsed().as_millis() as u64);
+    if let Err(err) = &result {
+        report.header.error = Some(lake_common::telemetry::error_text(err));
+    }
+    if options.dry_run {
+        return result.map(|()| report);
+    }
+    let written = run.write_report(lake, &report).await;
+    let status = match (&result, &written) {
+        (Err(e), _) => lake_common::telemetry::exit_status_of(e.as_ref()),
+        (Ok(()), Err(_)) => lake_common::ExitStatus::Failure,
+        (Ok(()), Ok(_)) => lake_common::ExitStatus::Success,
+    };
+    let _ = metrics(&report, started.elapsed().as_secs_f64(), status)
+        .push(options.pushgateway.as_ref())
+        .await;
+    match written {
+        Ok(path) => tracing::info!(report = %lake.url_of(&path), "Run report written"),
+        Err(e) if result.is_err() => {
+            tracing::warn!(error = %e, "Could not write the run report of the failed run");
+        }
+        Err(e) => return Err(e.context("writing the run report")),
+    }
+    result.map(|()| report)
+}
+
+/// The run's metrics: the series every job has, and what it collected.
+fn metrics(r: &RunReport, seconds: f64, exit: lake_common::ExitStatus) -> RunMetrics {
+    let mut m = RunMetrics::new(JOB, &[]);
+    m.set_run(r.header.finished_at, seconds, exit as u8);
+    if exit != lake_common::ExitStatus::Success {
+        return m;
+    }
+    let (objects, bytes) = r.garbage();
+    let young: u64 = r.prefixes.iter().map(|p| p.young).sum();
+    let gauges: [(&'static str, &str, u64); 4] = [
+        (
+            "gc_deleted_objects",
+            "Unreferenced objects the latest lake-maintain run deleted.",
+            objects,
+        ),
+        (
+            "gc_deleted_bytes",
+            "Bytes of the objects the latest lake-maintain run deleted.",
+            bytes,
+        ),
+        (
+            "gc_young_objects",
+            "Unreferenced objects younger than the grace the latest run kept.",
+            young,
+        ),
+        (
+            "gc_uploads_aborted",
+            "Stale multipart uploads the latest run aborted.",
+            r.uploads.stale,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        m.set(name, help, &[], value as f64);
+    }
+    m
+}
+
+async fn collect(lake: &Lake, options: &Options, report: &mut RunReport) -> anyhow::Result<()> {
+    let now = Utc::now();
+    let cutoff = now - options.grace;
+    let t = Instant::now();
+    // References first, then the listings: whatever commits in between is
+    // younger than the grace (see the gc module).
+    let refs = gc::referenced(lake)
+        .await
+        .context("reading what the lake's logs reference (nothing was deleted)")?;
+    report.referenced = refs.len() as u64;
+    report
+        .timings_ms
+        .insert("references", t.elapsed().as_millis() as u64);
+    let t = Instant::now();
+    for dataset in gc::SWEPT {
+        let swept = gc::sweep(lake, &refs, dataset, cutoff, options.dry_run).await?;
+        if swept.garbage > 0 {
+            tracing::info!(
+                prefix = %swept.prefix,
+                objects = swept.garbage,
+                bytes = swept.garbage_bytes,
+                dry_run = options.dry_run,
+                "Unreferenced objects older than the grace"
+            );
+        }
+        report.prefixes.push(swept);
+    }
+    report
+        .timings_ms
+        .insert("sweep", t.elapsed().as_millis() as u64);
+    let t = Instant::now();
+    report.uploads =
+        gc::abort_stale_uploads(lake, &refs, now - options.upload_grace, options.dry_run).await?;
+    report
+        .timings_ms
+        .insert("uploads", t.elapsed().as_millis() as u64);
+    Ok(())
+}
+
+/// The command line's run: opens the lake, runs, prints the summary.
+pub async fn run_cli(
+    config: LakeConfig,
+    options: Options,
+) -> anyhow::Result<lake_common::ExitStatus> {
+    let lake = if options.dry_run {
+        Lake::open_for_dry_run(&config)
+    } else {
+        Lake::open(&config)
+    }
+    .context("opening the lake")?;
+    let report = run(&lake, &options).await?;
+    lake_common::telemetry::emit_summary(JOB, &report.summary(), &report);
+    Ok(lake_common::ExitStatus::Success)
+}

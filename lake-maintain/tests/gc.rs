@@ -1,0 +1,379 @@
+//! Garbage collection against a real lake: bronze and silver runs (in process)
+//! against PostgreSQL and moto, orphans planted next to their objects.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use lake_common::{Config, Lake, LakeConfig};
+use lake_maintain::{Options, gc};
+use lake_testkit::{TestPostgres, TestS3, demo};
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutPayload};
+
+struct Harness {
+    pg: TestPostgres,
+    s3: TestS3,
+    bucket: String,
+}
+
+impl Harness {
+    async fn new() -> Self {
+        let (pg, s3) = tokio::join!(TestPostgres::start(), TestS3::start());
+        let (pg, s3) = (pg.expect("postgres"), s3.expect("moto"));
+        demo::create_schema(&pg.client().await.unwrap())
+            .await
+            .unwrap();
+        pg.create_role("lake_reader", "reader-pw", true)
+            .await
+            .unwrap();
+        let bucket = s3.new_bucket().await.unwrap();
+        Self { pg, s3, bucket }
+    }
+
+    fn lake(&self) -> Lake {
+        Lake::open(&LakeConfig::from_vars(self.s3.env(&self.bucket)).unwrap()).unwrap()
+    }
+
+    /// Inserts `n` events of the last hours and runs bronze (both datasets)
+    /// and silver once, as the CronJobs do.
+    async fn batch(&self, n: u64, seed: u64) {
+        let opts = demo::GenerateOptions::new(n, seed)
+            .window_end(std::time::SystemTime::now())
+            .window(Duration::from_secs(6 * 3600));
+        demo::generate_with(&self.pg.client().await.unwrap(), &opts)
+            .await
+            .unwrap();
+        self.bronze().await;
+        self.silver(silver_transform::Mode::Incremental).await;
+    }
+
+    async fn bronze(&self) {
+        let mut env = self.pg.env_as("lake_reader", "reader-pw");
+        env.extend(self.s3.env(&self.bucket));
+        let config = Config::from_vars(env).unwrap();
+        let opts = bronze_ingest::Options {
+            datasets: bronze_ingest::Datasets::All,
+            dry_run: false,
+            backfill_days: vec![],
+            verify: false,
+            rebase: false,
+            accept_schema: false,
+            horizon_warn: Duration::from_secs(3600),
+            lookback: Duration::from_secs(24 * 3600),
+            lease: Duration::from_secs(10),
+        };
+        let status = bronze_ingest::run(&config, &opts).await.unwrap();
+        assert_eq!(status, lake_common::ExitStatus::Success);
+    }
+
+    async fn silver(&self, mode: silver_transform::Mode) {
+        let opts = silver_transform::Options {
+            mode,
+            lease: Duration::from_secs(5),
+            ..silver_transform::Options::default()
+        };
+        silver_transform::run(&self.lake(), &opts).await.unwrap();
+    }
+}
+
+/// Every object of the bucket.
+async fn objects(lake: &Lake) -> BTreeSet<String> {
+    lake.store()
+        .list(None)
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+fn options(grace: Duration, dry_run: bool) -> Options {
+    Options {
+        dry_run,
+        grace,
+        upload_grace: grace,
+        pushgateway: None,
+    }
+}
+
+async fn plant(lake: &Lake, paths: &[&str]) {
+    for p in paths {
+        lake.put(&Path::from(*p), Bytes::from_static(b"orphan"))
+            .await
+            .unwrap();
+    }
+}
+
+/// Every object the logs reference exists (the lake is whole).
+async fn assert_references_exist(lake: &Lake) {
+    let all = objects(lake).await;
+    assert!(!gc::referenced(lake).await.unwrap().is_empty());
+    let bronze = lake_common::manifest::BronzeLog::load(lake, lake_common::Dataset::BronzeEvents)
+        .await
+        .unwrap();
+    for f in bronze.live_files() {
+        assert!(
+            all.contains(&f.file.path),
+            "live bronze file {} is gone",
+            f.file.path
+        );
+    }
+    let m = silver_transform::manifest::find(lake, silver_transform::key::Shard::ALL)
+        .await
+        .unwrap()
+        .committed
+        .expect("a committed silver version");
+    for p in silver_transform::partitions::read_all(lake, &m)
+        .await
+        .unwrap()
+    {
+        for f in [p.silver, p.quarantine].into_iter().flatten() {
+            assert!(all.contains(&f.path), "silver file {} is gone", f.path);
+        }
+    }
+    for s in &m.index_segments {
+        assert!(
+            all.contains(&s.file.path),
+            "index segment {} is gone",
+            s.file.path
+        );
+    }
+}
+
+const ORPHANS: [&str; 5] = [
+    "bronze/events/date=2026-12-01/part-0000000999-0000-crashed.parquet",
+    "bronze/outbox/_state/0000000999.identity",
+    "silver/stop_executions/client_id=1/date=2026-12-01/part-0000000999-crashed.parquet",
+    "silver/_quarantine/stop_executions/date=2026-12-01/client-1-0000000999-crashed.parquet",
+    "silver/stop_executions/_manifests/segments/shard-0-of-1/2026-12/0000000999.index",
+];
+
+/// #20: unreferenced objects older than the grace go, in every swept prefix;
+/// referenced ones, the logs and younger orphans stay; a dry run deletes
+/// nothing; the next run finds nothing more.
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_deletes_only_unreferenced_objects_older_than_the_grace() {
+    let h = Harness::new().await;
+    h.batch(2000, 1).await;
+    h.batch(500, 2).await;
+    let lake = h.lake();
+    let healthy = objects(&lake).await;
+    plant(&lake, &ORPHANS).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let young = "bronze/events/date=2026-12-01/part-0000001000-0000-running.parquet";
+    plant(&lake, &[young]).await;
+    let planted = objects(&lake).await;
+
+    let dry = lake_maintain::run(&lake, &options(Duration::from_secs(1), true))
+        .await
+        .unwrap();
+    assert_eq!(dry.garbage().0, ORPHANS.len() as u64, "{:#?}", dry.prefixes);
+    assert_eq!(objects(&lake).await, planted, "a dry run deletes nothing");
+    assert!(
+        dry.summary().contains("would delete 5"),
+        "{}",
+        dry.summary()
+    );
+
+    let r = lake_maintain::run(&lake, &options(Duration::from_secs(1), false))
+        .await
+        .unwrap();
+    assert_eq!(r.garbage().0, ORPHANS.len() as u64, "{:#?}", r.prefixes);
+    assert_eq!(r.prefixes.iter().map(|p| p.young).sum::<u64>(), 1);
+    assert!(
+        r.prefixes.iter().all(|p| p.garbage <= 2),
+        "{:#?}",
+        r.prefixes
+    );
+    assert!(r.prefixes[0].log > 0 && r.prefixes[0].referenced > 0);
+    let mut expected = healthy.clone();
+    expected.insert(young.to_owned());
+    // The run's own report is the only other new object.
+    let after: BTreeSet<String> = objects(&lake)
+        .await
+        .into_iter()
+        .filter(|p| !p.starts_with("_runs/lake-maintain/"))
+        .collect();
+    assert_eq!(after, expected);
+    assert_references_exist(&lake).await;
+
+    let again = lake_maintain::run(&lake, &options(Duration::from_secs(3600), false))
+        .await
+        .unwrap();
+    assert_eq!(again.garbage().0, 0);
+    // silver and bronze go on as before.
+    h.batch(300, 3).await;
+    assert_references_exist(&lake).await;
+}
+
+/// #20: collection racing bronze batches and silver runs deletes nothing
+/// they reference: the lake is whole afterwards and incremental silver equals
+/// a full recompute, while the old orphans are gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn gc_racing_bronze_and_silver_deletes_nothing_referenced() {
+    let h = Harness::new().await;
+    h.batch(1500, 1).await;
+    let lake = h.lake();
+    plant(&lake, &ORPHANS).await;
+    // Everything so far (the lake's own objects included) is older than the grace.
+    let grace = Duration::from_secs(6);
+    tokio::time::sleep(grace + Duration::from_secs(1)).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let collector = {
+        let lake = lake.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut garbage = 0;
+            let mut runs = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || runs == 0 {
+                let r = lake_maintain::run(&lake, &options(grace, false))
+                    .await
+                    .unwrap();
+                garbage += r.garbage().0;
+                runs += 1;
+            }
+            (runs, garbage)
+        })
+    };
+    for seed in 2..5 {
+        h.batch(400, seed).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (runs, garbage) = collector.await.unwrap();
+    assert!(runs >= 2, "collection ran {runs} times");
+    assert_eq!(
+        garbage,
+        ORPHANS.len() as u64,
+        "only the orphans were garbage"
+    );
+    let all = objects(&lake).await;
+    assert!(ORPHANS.iter().all(|o| !all.contains(*o)));
+    assert_references_exist(&lake).await;
+
+    let incremental = silver_rows(&lake).await;
+    h.silver(silver_transform::Mode::FullRefresh).await;
+    assert_eq!(
+        silver_rows(&lake).await,
+        incremental,
+        "incremental == full recompute"
+    );
+}
+
+/// Silver's content: per partition the checksums of its silver and quarantine
+/// files (a recompute from the same bronze writes the same bytes).
+async fn silver_rows(lake: &Lake) -> BTreeSet<(i64, String, Option<String>, Option<String>)> {
+    let m = silver_transform::manifest::find(lake, silver_transform::key::Shard::ALL)
+        .await
+        .unwrap()
+        .committed
+        .unwrap();
+    silver_transform::partitions::read_all(lake, &m)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| {
+            (
+                p.client_id,
+                p.date.to_string(),
+                p.silver.map(|f| f.sha256),
+                p.quarantine.map(|f| f.sha256),
+            )
+        })
+        .collect()
+}
+
+/// A dataset holding objects but no manifest (lost manifests, a wrong prefix)
+/// is refused, and nothing is deleted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dataset_without_a_log_is_refused() {
+    let s3 = TestS3::start().await.unwrap();
+    let bucket = s3.new_bucket().await.unwrap();
+    let lake = Lake::open(&LakeConfig::from_vars(s3.env(&bucket)).unwrap()).unwrap();
+    plant(&lake, &ORPHANS[..1]).await;
+    let err = lake_maintain::run(&lake, &options(Duration::ZERO, false))
+        .await
+        .unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("bronze/events holds 1 objects but no manifest"),
+        "{text}"
+    );
+    assert!(objects(&lake).await.contains(ORPHANS[0]));
+    // The failed run's report says why.
+    assert!(
+        objects(&lake)
+            .await
+            .iter()
+            .any(|p| p.starts_with("_runs/lake-maintain/"))
+    );
+}
+
+/// Leaves a multipart upload of one 5 MiB part open at `path`.
+async fn open_upload(lake: &Lake, path: &str) {
+    let mut upload = lake.store().put_multipart(&Path::from(path)).await.unwrap();
+    upload
+        .put_part(PutPayload::from(vec![0u8; 5 * 1024 * 1024]))
+        .await
+        .unwrap();
+    drop(upload);
+}
+
+/// Multipart uploads started longer ago than the upload grace are aborted, but
+/// none under a dataset a run is writing; a dry run only counts them. (moto
+/// reports every upload as started in 2010, so each one it lists is stale: the
+/// live lease is what must protect a running writer's upload.)
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_multipart_uploads_are_aborted_but_not_those_of_a_running_job() {
+    use silver_transform::key::Shard;
+    use silver_transform::manifest::{Lease, SilverManifest};
+    let h = Harness::new().await;
+    h.batch(200, 1).await;
+    let lake = h.lake();
+    open_upload(
+        &lake,
+        "bronze/events/date=2026-12-01/part-0000000998-0000.parquet",
+    )
+    .await;
+    open_upload(
+        &lake,
+        "silver/stop_executions/client_id=1/date=2026-12-01/part-0000000099-r.parquet",
+    )
+    .await;
+    assert_eq!(h.s3.incomplete_uploads(&h.bucket).await.unwrap().len(), 2);
+    // Another silver run holds version 99 of the shard.
+    let lease_secs = Duration::from_secs(30);
+    let running = Lease::pin(
+        &lake,
+        SilverManifest::pending(Shard::ALL, 99, "other-run", lease_secs, "incremental"),
+        lease_secs,
+    )
+    .await
+    .unwrap();
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let dry = lake_maintain::run(&lake, &options(Duration::from_secs(1), true))
+        .await
+        .unwrap();
+    assert_eq!(
+        (dry.uploads.open, dry.uploads.stale, dry.uploads.in_use),
+        (2, 1, 1)
+    );
+    assert_eq!(h.s3.incomplete_uploads(&h.bucket).await.unwrap().len(), 2);
+    let r = lake_maintain::run(&lake, &options(Duration::from_secs(1), false))
+        .await
+        .unwrap();
+    assert_eq!((r.uploads.stale, r.uploads.in_use), (1, 1));
+    let left = h.s3.incomplete_uploads(&h.bucket).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert!(left[0].contains("silver/"), "{left:?}");
+
+    running.release().await;
+    let r = lake_maintain::run(&lake, &options(Duration::from_secs(1), false))
+        .await
+        .unwrap();
+    assert_eq!((r.uploads.stale, r.uploads.in_use), (1, 0));
+    assert!(h.s3.incomplete_uploads(&h.bucket).await.unwrap().is_empty());
+}
