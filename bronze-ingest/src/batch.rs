@@ -471,6 +471,7 @@ pub async fn run_dataset(
                 files: vec![],
                 supersedes: vec![],
                 rows: 0,
+                compacted_days: vec![],
             };
             if settings.dry_run {
                 (m, None)
@@ -842,9 +843,7 @@ fn after_file(_: &DataFile) {
 
 /// The batch number in a bronze file name (`part-<batch>-<n>.parquet`).
 pub fn batch_of(path: &Path) -> Option<u64> {
-    let name = path.filename()?;
-    let rest = name.strip_prefix("part-")?;
-    rest.get(..10)?.parse().ok()
+    lake_common::paths::batch_of_file(path)
 }
 
 /// Deletes what a committed batch made obsolete: the files it supersedes and any

@@ -130,15 +130,28 @@ pub struct BatchManifest {
     /// The batch's files (committed only).
     #[serde(default)]
     pub files: Vec<DataFile>,
-    /// Files of earlier batches this batch replaces (backfill).
+    /// Files of earlier batches this batch replaces (backfill, compaction).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub supersedes: Vec<String>,
-    /// Rows read from PostgreSQL (committed only); equals the sum of `files[].rows`.
+    /// Rows read from PostgreSQL (committed only); equals the sum of `files[].rows`
+    /// (0 for a compaction, which reads none).
     #[serde(default)]
     pub rows: u64,
+    /// A compaction (`lake-maintain`, SPEC §11): the live files of these days
+    /// rewritten into fewer, with exactly the same rows. It carries no new
+    /// data and no horizon of its own (its horizons and snapshot are those of
+    /// the batch before it), so silver consumes it without recomputing
+    /// anything, and the failover check never reads its rows back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compacted_days: Vec<NaiveDate>,
 }
 
 impl BatchManifest {
+    /// Whether this entry is a compaction (no new data).
+    pub fn is_compaction(&self) -> bool {
+        !self.compacted_days.is_empty()
+    }
+
     /// Total rows per date of this batch's files.
     pub fn rows_per_date(&self) -> BTreeMap<NaiveDate, u64> {
         let mut m = BTreeMap::new();
@@ -559,13 +572,14 @@ impl BronzeLog {
             .collect()
     }
 
-    /// The latest committed batch that has files.
+    /// The latest committed export batch that has files (a compaction's files
+    /// hold old rows, not the latest export's).
     pub fn latest_with_files(&self) -> Option<&BatchManifest> {
         self.after
             .iter()
             .rev()
             .map(|v| &v.manifest)
-            .find(|m| m.state == BatchState::Committed && !m.files.is_empty())
+            .find(|m| m.state == BatchState::Committed && !m.files.is_empty() && !m.is_compaction())
             .or(self
                 .checkpoint
                 .as_ref()
@@ -612,7 +626,7 @@ impl BronzeLog {
                 .map(|v| &v.manifest)
                 .chain(std::iter::once(committed)),
         );
-        let last_with_files = if committed.files.is_empty() {
+        let last_with_files = if committed.files.is_empty() || committed.is_compaction() {
             next.latest_with_files().cloned()
         } else {
             Some(committed.clone())
@@ -736,6 +750,7 @@ mod tests {
                 .collect(),
             supersedes: supersedes.iter().map(|s| s.to_string()).collect(),
             rows: files.len() as u64,
+            compacted_days: vec![],
         }
     }
 
@@ -785,6 +800,10 @@ mod tests {
             };
             let mut m = manifest(b, BatchState::Committed, &files, &supersedes);
             m.batch = b;
+            // Some are compactions: never the failover check's batch with files.
+            if b % 6 == 3 || b == 30 {
+                m.compacted_days = vec![NaiveDate::from_ymd_opt(2026, 1, 1).unwrap()];
+            }
             create(&lake, &m).await.unwrap().expect("new batch");
             if let Some(cp) = log.checkpoint_after(&m) {
                 assert_eq!(cp.batch % CHECKPOINT_INTERVAL, 0, "one per interval");
@@ -803,7 +822,7 @@ mod tests {
             let with_files = all
                 .iter()
                 .rev()
-                .find(|m| !m.files.is_empty())
+                .find(|m| !m.files.is_empty() && !m.is_compaction())
                 .map(|m| m.batch);
             assert_eq!(
                 log.latest_with_files().map(|m| m.batch),

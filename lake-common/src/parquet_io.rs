@@ -311,6 +311,33 @@ pub async fn read_listed_columns(
     builder.with_projection(mask).build()
 }
 
+/// Every column of a file a manifest lists with `size` bytes, `batch_rows`
+/// rows at a time, and its Arrow schema (one row group in memory at most).
+#[allow(deprecated)]
+pub async fn read_listed(
+    lake: &Lake,
+    path: &Path,
+    size: u64,
+    batch_rows: usize,
+) -> Result<
+    (
+        arrow::datatypes::SchemaRef,
+        impl futures::Stream<Item = Result<RecordBatch, ParquetError>> + use<>,
+    ),
+    ParquetError,
+> {
+    let reader = ParquetObjectReader::new(
+        Arc::clone(lake.store()) as Arc<dyn ObjectStore>,
+        path.clone(),
+    )
+    .with_file_size(size);
+    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await?
+        .with_batch_size(batch_rows);
+    let schema = Arc::clone(builder.schema());
+    Ok((schema, builder.build()?))
+}
+
 /// Why the object at `path` is not the file its manifest lists (`size` bytes,
 /// `sha256`), or `None` when it is or the store cannot say. For the path after
 /// a read failed: a HEAD, and, when the size matches and `hash` is set, a GET

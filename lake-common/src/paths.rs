@@ -115,6 +115,12 @@ impl Dataset {
     }
 }
 
+/// The batch number in a bronze file name (`part-<batch:010>-<n>….parquet`).
+pub fn batch_of_file(path: &Path) -> Option<u64> {
+    let rest = path.filename()?.strip_prefix("part-")?;
+    rest.get(..10)?.parse().ok()
+}
+
 impl fmt::Display for Dataset {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.dir())

@@ -38,6 +38,7 @@ fn pending() -> BatchManifest {
         committed_at: None,
         files: vec![],
         supersedes: vec![],
+        compacted_days: vec![],
         rows: 0,
     }
 }

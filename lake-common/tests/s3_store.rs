@@ -196,6 +196,7 @@ async fn conditional_create_is_refused_the_second_time() {
         committed_at: None,
         files: vec![],
         supersedes: vec![],
+        compacted_days: vec![],
         rows: 0,
     };
     let log = Log::new(lake.clone(), Mode::Conditional, Duration::from_secs(30));

@@ -41,6 +41,9 @@ pub struct Args {
     /// Abort a multipart upload only once it was started longer ago than this (at least 1h).
     #[arg(long, env = "MAINTAIN_UPLOAD_GRACE", default_value = "24h", value_parser = humantime::parse_duration)]
     pub upload_grace: Duration,
+    /// Collect garbage only; leave the closed bronze days as they are.
+    #[arg(long)]
+    pub no_compaction: bool,
 }
 
 impl Args {
@@ -66,6 +69,7 @@ impl Args {
             grace: self.grace,
             upload_grace: self.upload_grace,
             pushgateway: lake_common::metrics::Pushgateway::from_env_or_warn(),
+            compact: !self.no_compaction,
         })
     }
 }

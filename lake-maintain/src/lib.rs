@@ -6,6 +6,7 @@
 //! (docs/maintenance.md).
 
 pub mod cli;
+pub mod compact;
 pub mod gc;
 
 use std::collections::BTreeMap;
@@ -33,6 +34,8 @@ pub struct Options {
     pub upload_grace: Duration,
     /// Where the run's metrics go (`PUSHGATEWAY_URL`), if anywhere.
     pub pushgateway: Option<lake_common::metrics::Pushgateway>,
+    /// Compact closed bronze days before collecting garbage.
+    pub compact: bool,
 }
 
 impl Default for Options {
@@ -42,6 +45,7 @@ impl Default for Options {
             grace: Duration::from_secs(48 * 3600),
             upload_grace: Duration::from_secs(24 * 3600),
             pushgateway: None,
+            compact: true,
         }
     }
 }
@@ -56,6 +60,8 @@ pub struct RunReport {
     pub grace_secs: u64,
     /// The upload grace period, in seconds.
     pub upload_grace_secs: u64,
+    /// The compaction of closed bronze days (`None`: not asked for).
+    pub compaction: Option<compact::Compacted>,
     /// Objects the logs reference.
     pub referenced: u64,
     /// Per swept prefix.
@@ -87,13 +93,19 @@ impl RunReport {
         };
         let grace = humantime::format_duration(Duration::from_secs(self.grace_secs));
         let mut s = format!(
-            "lake-maintain{}: {objects} objects under {} prefixes, {} referenced by the logs; {verb} {n} \
-             unreferenced objects older than {grace} ({:.1} MiB)",
+            "lake-maintain{}: ",
             if self.header.dry_run {
                 " (dry run)"
             } else {
                 ""
-            },
+            }
+        );
+        if let Some(c) = &self.compaction {
+            s += &compaction_summary(c, self.header.dry_run);
+        }
+        s += &format!(
+            "{objects} objects under {} prefixes, {} referenced by the logs; {verb} {n} \
+             unreferenced objects older than {grace} ({:.1} MiB)",
             self.prefixes.len(),
             self.referenced,
             bytes as f64 / 1048576.0,
@@ -114,6 +126,36 @@ impl RunReport {
     }
 }
 
+fn compaction_summary(c: &compact::Compacted, dry_run: bool) -> String {
+    if c.days.is_empty() {
+        return format!(
+            "no compaction ({}); ",
+            c.skipped.as_deref().unwrap_or("nothing to do")
+        );
+    }
+    let before: u64 = c.days.iter().map(|d| d.files_before).sum();
+    let after: u64 = c.days.iter().map(|d| d.files_after).sum();
+    let left = if c.days_left > 0 {
+        format!(", {} more left for the next runs", c.days_left)
+    } else {
+        String::new()
+    };
+    if dry_run {
+        format!(
+            "would compact {} closed days of {} ({before} files){left}; ",
+            c.days.len(),
+            c.dataset
+        )
+    } else {
+        format!(
+            "compacted {} closed days of {} ({before} files into {after}) as batch {}{left}; ",
+            c.days.len(),
+            c.dataset,
+            c.batch.map(|b| b.to_string()).unwrap_or_default()
+        )
+    }
+}
+
 /// Runs once and returns the report (written to `_runs/` unless a dry run;
 /// a failed run's report carries its error).
 pub async fn run(lake: &Lake, options: &Options) -> anyhow::Result<RunReport> {
@@ -122,6 +164,7 @@ pub async fn run(lake: &Lake, options: &Options) -> anyhow::Result<RunReport> {
         header: run.header(lake, lake.description().to_owned(), options.dry_run),
         grace_secs: options.grace.as_secs(),
         upload_grace_secs: options.upload_grace.as_secs(),
+        compaction: None,
         referenced: 0,
         prefixes: vec![],
         uploads: gc::Uploads::default(),
@@ -199,12 +242,46 @@ fn metrics(r: &RunReport, seconds: f64, exit: lake_common::ExitStatus) -> RunMet
     for (name, help, value) in gauges {
         m.set(name, help, &[], value as f64);
     }
+    if let Some(c) = &r.compaction {
+        let before: u64 = c.days.iter().map(|d| d.files_before).sum();
+        let after: u64 = c.days.iter().map(|d| d.files_after).sum();
+        let dataset = [("dataset", c.dataset.as_str())];
+        m.set(
+            "compact_days",
+            "Closed bronze days the latest lake-maintain run compacted.",
+            &dataset,
+            c.days.len() as f64,
+        );
+        m.set(
+            "compact_files_removed",
+            "Bronze files the latest compaction replaced, less the files it wrote.",
+            &dataset,
+            before.saturating_sub(after) as f64,
+        );
+        m.set(
+            "compact_days_left",
+            "Closed bronze days with several files left for later runs (the per-run limit).",
+            &dataset,
+            c.days_left as f64,
+        );
+    }
     m
 }
 
 async fn collect(lake: &Lake, options: &Options, report: &mut RunReport) -> anyhow::Result<()> {
     let now = Utc::now();
     let cutoff = now - options.grace;
+    if options.compact {
+        let t = Instant::now();
+        report.compaction = Some(
+            compact::compact(lake, &report.header.run_id, options.dry_run)
+                .await
+                .context("compacting closed bronze days")?,
+        );
+        report
+            .timings_ms
+            .insert("compaction", t.elapsed().as_millis() as u64);
+    }
     let t = Instant::now();
     // References first, then the listings: whatever commits in between is
     // younger than the grace (see the gc module).

@@ -2,145 +2,16 @@
 //! against PostgreSQL and moto, orphans planted next to their objects.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::TryStreamExt;
-use lake_common::{Config, Lake, LakeConfig};
-use lake_maintain::{Options, gc};
-use lake_testkit::{TestPostgres, TestS3, demo};
+use lake_common::{Lake, LakeConfig};
+use lake_testkit::TestS3;
 use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
-
-struct Harness {
-    pg: TestPostgres,
-    s3: TestS3,
-    bucket: String,
-}
-
-impl Harness {
-    async fn new() -> Self {
-        let (pg, s3) = tokio::join!(TestPostgres::start(), TestS3::start());
-        let (pg, s3) = (pg.expect("postgres"), s3.expect("moto"));
-        demo::create_schema(&pg.client().await.unwrap())
-            .await
-            .unwrap();
-        pg.create_role("lake_reader", "reader-pw", true)
-            .await
-            .unwrap();
-        let bucket = s3.new_bucket().await.unwrap();
-        Self { pg, s3, bucket }
-    }
-
-    fn lake(&self) -> Lake {
-        Lake::open(&LakeConfig::from_vars(self.s3.env(&self.bucket)).unwrap()).unwrap()
-    }
-
-    /// Inserts `n` events of the last hours and runs bronze (both datasets)
-    /// and silver once, as the CronJobs do.
-    async fn batch(&self, n: u64, seed: u64) {
-        let opts = demo::GenerateOptions::new(n, seed)
-            .window_end(std::time::SystemTime::now())
-            .window(Duration::from_secs(6 * 3600));
-        demo::generate_with(&self.pg.client().await.unwrap(), &opts)
-            .await
-            .unwrap();
-        self.bronze().await;
-        self.silver(silver_transform::Mode::Incremental).await;
-    }
-
-    async fn bronze(&self) {
-        let mut env = self.pg.env_as("lake_reader", "reader-pw");
-        env.extend(self.s3.env(&self.bucket));
-        let config = Config::from_vars(env).unwrap();
-        let opts = bronze_ingest::Options {
-            datasets: bronze_ingest::Datasets::All,
-            dry_run: false,
-            backfill_days: vec![],
-            verify: false,
-            rebase: false,
-            accept_schema: false,
-            horizon_warn: Duration::from_secs(3600),
-            lookback: Duration::from_secs(24 * 3600),
-            lease: Duration::from_secs(10),
-        };
-        let status = bronze_ingest::run(&config, &opts).await.unwrap();
-        assert_eq!(status, lake_common::ExitStatus::Success);
-    }
-
-    async fn silver(&self, mode: silver_transform::Mode) {
-        let opts = silver_transform::Options {
-            mode,
-            lease: Duration::from_secs(5),
-            ..silver_transform::Options::default()
-        };
-        silver_transform::run(&self.lake(), &opts).await.unwrap();
-    }
-}
-
-/// Every object of the bucket.
-async fn objects(lake: &Lake) -> BTreeSet<String> {
-    lake.store()
-        .list(None)
-        .map_ok(|m| m.location.to_string())
-        .try_collect()
-        .await
-        .unwrap()
-}
-
-fn options(grace: Duration, dry_run: bool) -> Options {
-    Options {
-        dry_run,
-        grace,
-        upload_grace: grace,
-        pushgateway: None,
-    }
-}
-
-async fn plant(lake: &Lake, paths: &[&str]) {
-    for p in paths {
-        lake.put(&Path::from(*p), Bytes::from_static(b"orphan"))
-            .await
-            .unwrap();
-    }
-}
-
-/// Every object the logs reference exists (the lake is whole).
-async fn assert_references_exist(lake: &Lake) {
-    let all = objects(lake).await;
-    assert!(!gc::referenced(lake).await.unwrap().is_empty());
-    let bronze = lake_common::manifest::BronzeLog::load(lake, lake_common::Dataset::BronzeEvents)
-        .await
-        .unwrap();
-    for f in bronze.live_files() {
-        assert!(
-            all.contains(&f.file.path),
-            "live bronze file {} is gone",
-            f.file.path
-        );
-    }
-    let m = silver_transform::manifest::find(lake, silver_transform::key::Shard::ALL)
-        .await
-        .unwrap()
-        .committed
-        .expect("a committed silver version");
-    for p in silver_transform::partitions::read_all(lake, &m)
-        .await
-        .unwrap()
-    {
-        for f in [p.silver, p.quarantine].into_iter().flatten() {
-            assert!(all.contains(&f.path), "silver file {} is gone", f.path);
-        }
-    }
-    for s in &m.index_segments {
-        assert!(
-            all.contains(&s.file.path),
-            "index segment {} is gone",
-            s.file.path
-        );
-    }
-}
+use support::*;
 
 const ORPHANS: [&str; 5] = [
     "bronze/events/date=2026-12-01/part-0000000999-0000-crashed.parquet",
@@ -260,29 +131,6 @@ async fn gc_racing_bronze_and_silver_deletes_nothing_referenced() {
         incremental,
         "incremental == full recompute"
     );
-}
-
-/// Silver's content: per partition the checksums of its silver and quarantine
-/// files (a recompute from the same bronze writes the same bytes).
-async fn silver_rows(lake: &Lake) -> BTreeSet<(i64, String, Option<String>, Option<String>)> {
-    let m = silver_transform::manifest::find(lake, silver_transform::key::Shard::ALL)
-        .await
-        .unwrap()
-        .committed
-        .unwrap();
-    silver_transform::partitions::read_all(lake, &m)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| {
-            (
-                p.client_id,
-                p.date.to_string(),
-                p.silver.map(|f| f.sha256),
-                p.quarantine.map(|f| f.sha256),
-            )
-        })
-        .collect()
 }
 
 /// A dataset holding objects but no manifest (lost manifests, a wrong prefix)

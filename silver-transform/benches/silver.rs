@@ -65,6 +65,7 @@ async fn write_batch(lake: &Lake, batch: u64, evs: Vec<Ev>) {
         rows: files.iter().map(|f| f.rows).sum(),
         files,
         supersedes: vec![],
+        compacted_days: vec![],
     };
     manifest::create(lake, &m).await.unwrap();
 }

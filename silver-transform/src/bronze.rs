@@ -68,14 +68,14 @@ pub enum BronzeError {
     /// A file live in the log this run read was superseded since (a bronze
     /// backfill committed and deleted it): a race with bronze, not damage.
     #[error(
-        "bronze file {path} was superseded by {by} (a backfill of {date}) while this run read \
-         bronze; nothing was published; the next run (the Job's retry) reads the new files"
+        "bronze file {path} was superseded by {by} while this run read bronze; nothing was \
+         published; the next run (the Job's retry) reads the new files"
     )]
     Superseded {
         /// The file.
         path: String,
-        /// `bronze batch <n>`, or `a newer bronze batch` when a checkpoint
-        /// absorbed it.
+        /// `bronze batch <n> (a backfill of <date>)`, `… (a compaction of
+        /// <date>)`, or `a newer bronze batch` when a checkpoint absorbed it.
         by: String,
         /// Its day.
         date: chrono::NaiveDate,
@@ -113,6 +113,11 @@ pub struct BronzeView {
     live: Vec<BronzeFile>,
     /// Per committed batch: the days of the files it superseded.
     superseded_days: BTreeMap<u64, BTreeSet<i32>>,
+    /// Compactions among the batches whose manifests were read, with the
+    /// batches of the files each replaced: their files hold the same events,
+    /// so they are scanned only for events of batches this run has not read
+    /// yet (a late event compacted before silver saw it).
+    compactions: BTreeMap<u64, BTreeSet<u64>>,
 }
 
 impl BronzeView {
@@ -160,8 +165,21 @@ impl BronzeView {
                 .collect(),
             superseded_days: folded
                 .iter()
-                .chain(after)
+                .chain(after.iter().copied())
                 .filter_map(|m| superseded_days_of(m).map(|d| (m.batch, d)))
+                .collect(),
+            compactions: folded
+                .iter()
+                .chain(after)
+                .filter(|m| m.is_compaction())
+                .map(|m| {
+                    let sources = m
+                        .supersedes
+                        .iter()
+                        .filter_map(|p| lake_common::paths::batch_of_file(&Path::from(p.as_str())))
+                        .collect();
+                    (m.batch, sources)
+                })
                 .collect(),
         }
     }
@@ -176,13 +194,26 @@ impl BronzeView {
         self.committed.difference(consumed).copied().collect()
     }
 
-    /// Live files written by `batches`.
+    /// Live files written by `batches`. A compaction's files count only when
+    /// it replaced files of one of `batches` (events this run has not read
+    /// in their own files); otherwise its events were all read before.
     pub fn files_of(&self, batches: &BTreeSet<u64>) -> Vec<BronzeFile> {
         self.live
             .iter()
-            .filter(|f| batches.contains(&f.batch))
+            .filter(|f| batches.contains(&f.batch) && self.brings_new(f.batch, batches))
             .cloned()
             .collect()
+    }
+
+    /// Whether batch `b` (of `batches`) carries events of `batches` itself: an
+    /// export does; a compaction if it replaced files of such a batch.
+    fn brings_new(&self, b: u64, batches: &BTreeSet<u64>) -> bool {
+        match self.compactions.get(&b) {
+            None => true,
+            Some(sources) => sources
+                .iter()
+                .any(|s| *s != b && batches.contains(s) && self.brings_new(*s, batches)),
+        }
     }
 
     /// Every live file.
@@ -218,9 +249,10 @@ impl BronzeView {
     }
 }
 
-/// The days whose earlier files a batch superseded (a backfill), if any.
+/// The days whose earlier files a batch superseded (a backfill), if any. A
+/// compaction supersedes files with the same rows: no day changes.
 fn superseded_days_of(m: &BatchManifest) -> Option<BTreeSet<i32>> {
-    (!m.supersedes.is_empty()).then(|| {
+    (!m.supersedes.is_empty() && !m.is_compaction()).then(|| {
         m.supersedes
             .iter()
             .filter_map(|p| Partition::parse(Dataset::BronzeEvents, &Path::from(p.as_str())))
@@ -348,7 +380,14 @@ async fn explain_missing(
         .find(|m| m.state == BatchState::Committed && m.supersedes.contains(&path))
         .map_or_else(
             || "a newer bronze batch".to_owned(),
-            |m| format!("bronze batch {}", m.batch),
+            |m| {
+                let what = if m.is_compaction() {
+                    "a compaction"
+                } else {
+                    "a backfill"
+                };
+                format!("bronze batch {} ({what} of {})", m.batch, file.file.date)
+            },
         );
     BronzeError::Superseded {
         path,
@@ -734,6 +773,44 @@ mod tests {
         w.close().unwrap();
         let reader = SerializedFileReader::new(bytes::Bytes::from(buf)).unwrap();
         (batch, reader.metadata().clone())
+    }
+
+    /// A compaction's files are read as new only when it replaced files of a
+    /// batch this run has not read (directly, or through an earlier compaction
+    /// it compacted again).
+    #[test]
+    fn a_compaction_is_new_data_only_for_what_it_replaced_unread() {
+        let file = |batch: u64| BronzeFile {
+            batch,
+            file: DataFile {
+                path: format!("bronze/events/date=2026-01-01/part-{batch:010}-0000.parquet"),
+                date: chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap(),
+                rows: 1,
+                bytes: 1,
+                sha256: String::new(),
+            },
+        };
+        // 5 compacted files of 2 and 3; 7 compacted 5's file and one of 6.
+        let view = BronzeView {
+            committed: (1..=7).collect(),
+            live: vec![file(4), file(7)],
+            superseded_days: BTreeMap::new(),
+            compactions: [(5, [2, 3].into()), (7, [5, 6].into())].into(),
+        };
+        let batches = |files: Vec<BronzeFile>| files.iter().map(|f| f.batch).collect::<Vec<_>>();
+        let set = |b: &[u64]| b.iter().copied().collect::<BTreeSet<u64>>();
+        assert_eq!(
+            batches(view.files_of(&set(&[4, 5, 7]))),
+            [4],
+            "all read before"
+        );
+        assert_eq!(batches(view.files_of(&set(&[5, 6, 7]))), [7], "6 unread");
+        assert_eq!(
+            batches(view.files_of(&set(&[3, 5, 7]))),
+            [7],
+            "3 unread, through 5"
+        );
+        assert!(view.files_of(&set(&[7])).is_empty());
     }
 
     #[test]

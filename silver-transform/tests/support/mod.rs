@@ -497,6 +497,7 @@ fn manifest_of(batch: u64, state: BatchState, files: Vec<DataFile>) -> BatchMani
         rows: files.iter().map(|f| f.rows).sum(),
         files,
         supersedes: vec![],
+        compacted_days: vec![],
     }
 }
 

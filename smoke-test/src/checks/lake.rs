@@ -342,6 +342,7 @@ mod tests {
             committed_at: Some(at),
             files: vec![],
             supersedes: vec![],
+            compacted_days: vec![],
             rows: 0,
         }
     }

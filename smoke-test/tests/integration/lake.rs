@@ -32,6 +32,7 @@ fn committed(dataset: Dataset, batch: u64, at: DateTime<Utc>) -> BatchManifest {
         committed_at: Some(at),
         files: vec![],
         supersedes: vec![],
+        compacted_days: vec![],
         rows: 0,
     }
 }
