@@ -192,6 +192,23 @@ fn failpoint(name: &str) {
     }
 }
 
+/// Test-only pause: with `BRONZE_FAILPOINT=<name>:<seconds>` the process
+/// announces the point on stderr and waits that long before going on, so a
+/// test can let another run commit in between.
+pub(crate) async fn pause_point(name: &str) {
+    let Ok(v) = std::env::var("BRONZE_FAILPOINT") else {
+        return;
+    };
+    if let Some(secs) = v
+        .strip_prefix(name)
+        .and_then(|r| r.strip_prefix(':'))
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        eprintln!("FAILPOINT {name} reached");
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
+}
+
 fn busy(msg: String) -> anyhow::Error {
     Classified::new(ExitStatus::Busy, msg).into()
 }
@@ -689,11 +706,8 @@ fn check_not_behind(
     if snapshot.xmin >= latest.h {
         return Ok(());
     }
-    if latest.snapshot_time > snapshot.time {
-        return Err(busy(format!(
-            "{dataset}: batch {} was pinned from a newer snapshot by another run; exiting without writing",
-            latest.batch
-        )));
+    if let Some(e) = crate::source::overtaken(dataset, latest, snapshot) {
+        return Err(e);
     }
     let backwards = horizon::HorizonError::Backwards {
         h_prev: latest.h,

@@ -349,6 +349,7 @@ async fn run_with(
         .await
         .context("opening the snapshot transaction")?;
     tracing::info!(xmin = snapshot.xmin, xmax = snapshot.xmax, time = %snapshot.time, "Snapshot taken");
+    batch::pause_point("after-snapshot").await;
     // --verify reads the tables as they are now: the contract must hold, and so
     // must the columns earlier batches captured (SPEC §5.8), or the audit would
     // compare what bronze can no longer follow.

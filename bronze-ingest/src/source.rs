@@ -38,6 +38,28 @@ fn stop(message: String) -> anyhow::Error {
     Classified::new(ExitStatus::Usage, message).into()
 }
 
+/// Exit 4 when `last` (the latest batch) was taken from a newer snapshot than
+/// `snapshot` (the server's own clock): another run exported while this one
+/// started. Its WAL position or horizon being ahead of this snapshot's is then
+/// no rollback of the database (a restored or promoted server's snapshot is
+/// newer than the last batch, its position older).
+pub(crate) fn overtaken(
+    dataset: Dataset,
+    last: &BatchManifest,
+    snapshot: &Snapshot,
+) -> Option<anyhow::Error> {
+    (last.snapshot_time > snapshot.time).then(|| {
+        Classified::new(
+            ExitStatus::Busy,
+            format!(
+                "{dataset}: batch {} was taken from a newer snapshot ({}) by another run than this run's ({}); exiting without writing",
+                last.batch, last.snapshot_time, snapshot.time
+            ),
+        )
+        .into()
+    })
+}
+
 /// Checks that `snapshot` comes from the source of `last` (the dataset's
 /// latest batch). On a new timeline the latest committed events batch with
 /// rows (whichever dataset runs: both come from the one database) must still
@@ -59,6 +81,10 @@ pub async fn check(
     if let (Some(before), Some(now)) = (&last.wal_lsn, &snapshot.wal_lsn)
         && lsn_value(now) < lsn_value(before)
     {
+        // A rollback of the database, or only a run overtaken since its snapshot?
+        if let Some(e) = overtaken(dataset, last, snapshot) {
+            return Err(e);
+        }
         return Err(stop(format!(
             "{dataset}: the database's WAL position went back from {before} (batch {}) to {now}: it was \
              restored or failed over to a replica that lagged, and rows of batch {} may be gone. {ADOPT}",

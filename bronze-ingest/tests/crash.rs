@@ -129,6 +129,57 @@ async fn a_lease_far_from_its_end_makes_the_next_run_exit_4() {
     sigkill(child);
 }
 
+/// A run whose snapshot is older than a batch another run committed while it
+/// started is busy (exit 4, nothing written), not a database that went back in
+/// time (exit 2, which fails the Job): `two_runs_started_together_commit_once`
+/// hit that once in CI. The slow run waits after its snapshot
+/// (`BRONZE_FAILPOINT=after-snapshot:<secs>`) while the other commits.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_overtaken_after_its_snapshot_is_busy_not_a_failover() {
+    if fallback_mode() {
+        // Under the advisory lock the slow run holds the dataset: the other
+        // one is the busy one, and nothing can overtake.
+        return;
+    }
+    let h = Harness::new().await;
+    generate_recent(&h.pg, 200, 1).await;
+    h.run_ok(&["--dataset", "events"]);
+    generate_recent(&h.pg, 50, 2).await;
+    let mut env = h.env();
+    env.push(("BRONZE_FAILPOINT".into(), "after-snapshot:5".into()));
+    let mut slow = h
+        .command_with(&env, &["--dataset", "events"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(slow.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("FAILPOINT after-snapshot reached") {
+            break;
+        }
+    }
+    assert!(seen.contains("FAILPOINT after-snapshot reached"), "{seen}");
+    // Another run exports newer rows and commits batch 2 meanwhile.
+    generate_recent(&h.pg, 50, 3).await;
+    h.run_ok(&["--dataset", "events"]);
+    for line in lines {
+        seen.push_str(&line.unwrap());
+        seen.push('\n');
+    }
+    let status = slow.wait().unwrap();
+    assert_eq!(status.code(), Some(4), "{seen}");
+    assert!(seen.contains("was taken from a newer snapshot"), "{seen}");
+    assert!(!seen.contains("went back"), "{seen}");
+    // The next run goes on; bronze holds every row once.
+    h.run_ok(&["--dataset", "events"]);
+    assert_eq!(h.manifests(Dataset::BronzeEvents).await.len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn two_runs_started_together_commit_once() {
     let h = Harness::new().await;

@@ -375,7 +375,7 @@ async fn a_snapshot_overtaken_by_another_run_exits_4() {
     let out = h.run(&[]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("pinned from a newer snapshot"),
+        stderr(&out).contains("was taken from a newer snapshot"),
         "{}",
         stderr(&out)
     );

@@ -291,21 +291,13 @@ pub async fn read_columns(
 /// [`read_columns`] of a file a manifest lists with `size` bytes: no HEAD
 /// request, and an object of another size fails to read (its footer is not
 /// where the manifest says), which [`differs_from_listed`] then explains.
-#[allow(deprecated)]
 pub async fn read_listed_columns(
     lake: &Lake,
     path: &Path,
     size: u64,
     columns: &[&str],
 ) -> Result<impl futures::Stream<Item = Result<RecordBatch, ParquetError>> + use<>, ParquetError> {
-    let reader = ParquetObjectReader::new(
-        Arc::clone(lake.store()) as Arc<dyn ObjectStore>,
-        path.clone(),
-    )
-    .with_file_size(size);
-    let builder = ParquetRecordBatchStreamBuilder::new(reader)
-        .await?
-        .with_batch_size(8192);
+    let builder = listed_builder(lake, path, size, 8192).await?;
     let mask =
         parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), columns.iter().copied());
     builder.with_projection(mask).build()
@@ -313,7 +305,6 @@ pub async fn read_listed_columns(
 
 /// Every column of a file a manifest lists with `size` bytes, `batch_rows`
 /// rows at a time, and its Arrow schema (one row group in memory at most).
-#[allow(deprecated)]
 pub async fn read_listed(
     lake: &Lake,
     path: &Path,
@@ -326,16 +317,27 @@ pub async fn read_listed(
     ),
     ParquetError,
 > {
+    let builder = listed_builder(lake, path, size, batch_rows).await?;
+    let schema = Arc::clone(builder.schema());
+    Ok((schema, builder.build()?))
+}
+
+/// The reader of a file a manifest lists with `size` bytes (no HEAD request).
+#[allow(deprecated)]
+async fn listed_builder(
+    lake: &Lake,
+    path: &Path,
+    size: u64,
+    batch_rows: usize,
+) -> Result<ParquetRecordBatchStreamBuilder<ParquetObjectReader>, ParquetError> {
     let reader = ParquetObjectReader::new(
         Arc::clone(lake.store()) as Arc<dyn ObjectStore>,
         path.clone(),
     )
     .with_file_size(size);
-    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+    Ok(ParquetRecordBatchStreamBuilder::new(reader)
         .await?
-        .with_batch_size(batch_rows);
-    let schema = Arc::clone(builder.schema());
-    Ok((schema, builder.build()?))
+        .with_batch_size(batch_rows))
 }
 
 /// Why the object at `path` is not the file its manifest lists (`size` bytes,

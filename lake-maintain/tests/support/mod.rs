@@ -136,6 +136,19 @@ impl Harness {
         );
     }
 
+    /// silver rebuilt from all of bronze equals what its incremental runs
+    /// built (the same files' checksums).
+    pub async fn assert_full_refresh_changes_nothing(&self) {
+        let lake = self.lake();
+        let incremental = silver_rows(&lake).await;
+        self.silver(silver_transform::Mode::FullRefresh).await;
+        assert_eq!(
+            silver_rows(&lake).await,
+            incremental,
+            "incremental == full recompute"
+        );
+    }
+
     pub async fn silver(
         &self,
         mode: silver_transform::Mode,
