@@ -71,8 +71,12 @@ bench-history months="1,12,36" per_day="3000": setup
     cargo build -q --release -p bronze-ingest --bin bronze-ingest
     HISTORY_BENCH_MONTHS={{months}} HISTORY_BENCH_EVENTS_PER_DAY={{per_day}} HISTORY_BENCH_REPORT={{justfile_directory()}}/docs/benchmarks-history.md cargo bench -p silver-transform --bench history
 
+# Compacting a month of hourly bronze files: time, peak RSS, files, DuckDB query times before and after (writes docs/benchmarks-compaction.md).
+bench-compact per_hour="1400": setup
+    COMPACT_BENCH_EVENTS_PER_HOUR={{per_hour}} COMPACT_BENCH_REPORT={{justfile_directory()}}/docs/benchmarks-compaction.md cargo bench -p lake-maintain --bench compact
+
 # All benchmarks.
-bench: bench-bronze bench-silver bench-silver-day bench-history
+bench: bench-bronze bench-silver bench-silver-day bench-history bench-compact
 
 # Run the smoke test against the configured environment (add --cluster for the cluster checks, --json for JSON).
 smoke *ARGS:

@@ -49,6 +49,8 @@ pub const ENV_VARS: &[&str] = &[
     "LAKE_BUSY_OK",
     "MAINTAIN_GRACE",
     "MAINTAIN_UPLOAD_GRACE",
+    "MAINTAIN_BRONZE_RETENTION_DAYS",
+    "MAINTAIN_REPORTS_RETENTION_DAYS",
 ];
 
 /// Prefixes this project owns: a variable with one of them that is not in

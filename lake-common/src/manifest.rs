@@ -144,12 +144,26 @@ pub struct BatchManifest {
     /// anything, and the failover check never reads its rows back.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub compacted_days: Vec<NaiveDate>,
+    /// Retention (`lake-maintain`, SPEC §11): this entry removed every live
+    /// file of the days before this date, and adds none. Like a compaction it
+    /// carries no new data and no horizon of its own. The lake's retention
+    /// horizon is the latest such date ([`BronzeLog::retained_before`]): silver
+    /// reads bronze only from it on and keeps the executions that began before
+    /// it as they are (docs/maintenance.md, "Retention").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_before: Option<NaiveDate>,
 }
 
 impl BatchManifest {
     /// Whether this entry is a compaction (no new data).
     pub fn is_compaction(&self) -> bool {
         !self.compacted_days.is_empty()
+    }
+
+    /// Whether this entry is a rewrite without new data: a compaction or a
+    /// retention (its files, if any, hold rows read before).
+    pub fn is_rewrite(&self) -> bool {
+        self.is_compaction() || self.retained_before.is_some()
     }
 
     /// Total rows per date of this batch's files.
@@ -410,6 +424,10 @@ pub struct Checkpoint {
     /// of earlier releases (the state is then rebuilt from the live files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity_state: Option<IdentityState>,
+    /// The retention horizon through `batch`: the latest `retained_before` of
+    /// its entries (absent: no retention yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_before: Option<NaiveDate>,
 }
 
 /// A row-identity state file (SPEC §5.7): the last captured version of every
@@ -579,7 +597,7 @@ impl BronzeLog {
             .iter()
             .rev()
             .map(|v| &v.manifest)
-            .find(|m| m.state == BatchState::Committed && !m.files.is_empty() && !m.is_compaction())
+            .find(|m| m.state == BatchState::Committed && !m.files.is_empty() && !m.is_rewrite())
             .or(self
                 .checkpoint
                 .as_ref()
@@ -626,7 +644,7 @@ impl BronzeLog {
                 .map(|v| &v.manifest)
                 .chain(std::iter::once(committed)),
         );
-        let last_with_files = if committed.files.is_empty() || committed.is_compaction() {
+        let last_with_files = if committed.files.is_empty() || committed.is_rewrite() {
             next.latest_with_files().cloned()
         } else {
             Some(committed.clone())
@@ -640,7 +658,19 @@ impl BronzeLog {
             live,
             // Carried over until the writer replaces it with a newer one.
             identity_state: self.identity_state().cloned(),
+            retained_before: next.retained_before().max(committed.retained_before),
         })
+    }
+
+    /// The retention horizon: every file of the days before it was removed by
+    /// retention (the checkpoint's and the entries' latest date; `None`: none).
+    pub fn retained_before(&self) -> Option<NaiveDate> {
+        self.after
+            .iter()
+            .filter(|v| v.manifest.state == BatchState::Committed)
+            .filter_map(|v| v.manifest.retained_before)
+            .chain(self.checkpoint.as_ref().and_then(|c| c.retained_before))
+            .max()
     }
 
     /// The newest row-identity state a checkpoint references.
@@ -751,6 +781,7 @@ mod tests {
             supersedes: supersedes.iter().map(|s| s.to_string()).collect(),
             rows: files.len() as u64,
             compacted_days: vec![],
+            retained_before: None,
         }
     }
 
@@ -804,6 +835,10 @@ mod tests {
             if b % 6 == 3 || b == 30 {
                 m.compacted_days = vec![NaiveDate::from_ymd_opt(2026, 1, 1).unwrap()];
             }
+            // Two retentions, the first folded into checkpoints 10, 20 and 30.
+            if b == 8 || b == 33 {
+                m.retained_before = NaiveDate::from_ymd_opt(2025, 1, b as u32);
+            }
             create(&lake, &m).await.unwrap().expect("new batch");
             if let Some(cp) = log.checkpoint_after(&m) {
                 assert_eq!(cp.batch % CHECKPOINT_INTERVAL, 0, "one per interval");
@@ -822,13 +857,15 @@ mod tests {
             let with_files = all
                 .iter()
                 .rev()
-                .find(|m| !m.files.is_empty() && !m.is_compaction())
+                .find(|m| !m.files.is_empty() && !m.is_rewrite())
                 .map(|m| m.batch);
             assert_eq!(
                 log.latest_with_files().map(|m| m.batch),
                 with_files,
                 "batch {b}"
             );
+            let horizon = all.iter().filter_map(|m| m.retained_before).max();
+            assert_eq!(log.retained_before(), horizon, "batch {b}");
         }
         assert_eq!(
             BronzeLog::load(&lake, ds).await.unwrap().checkpoint_batch(),

@@ -197,6 +197,7 @@ async fn conditional_create_is_refused_the_second_time() {
         files: vec![],
         supersedes: vec![],
         compacted_days: vec![],
+        retained_before: None,
         rows: 0,
     };
     let log = Log::new(lake.clone(), Mode::Conditional, Duration::from_secs(30));

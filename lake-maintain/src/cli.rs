@@ -13,9 +13,11 @@ const MIN_GRACE: Duration = Duration::from_secs(3600);
 
 fn after_help() -> String {
     format!(
-        "lake-maintain reads only the lake. It deletes the objects of bronze/ and silver/ that no\n\
-         manifest references and that are older than --grace, and aborts multipart uploads started\n\
-         longer ago than --upload-grace (docs/maintenance.md).\n\n{}\n\n{}",
+        "lake-maintain reads only the lake. It removes the days of bronze/events older than\n\
+         --bronze-retention-days through bronze's log, compacts closed bronze days, deletes the\n\
+         objects of bronze/ and silver/ that no manifest references and that are older than --grace,\n\
+         aborts multipart uploads started longer ago than --upload-grace and deletes run reports\n\
+         older than --reports-retention-days (docs/maintenance.md).\n\n{}\n\n{}",
         lake_common::ENV_HELP,
         lake_common::EXIT_CODES_HELP
     )
@@ -44,6 +46,16 @@ pub struct Args {
     /// Collect garbage only; leave the closed bronze days as they are.
     #[arg(long)]
     pub no_compaction: bool,
+    /// Days of bronze/events kept (at least 7); older days are removed through
+    /// bronze's log once silver has read them.
+    #[arg(long, env = "MAINTAIN_BRONZE_RETENTION_DAYS", default_value_t = crate::retain::DEFAULT_BRONZE_DAYS)]
+    pub bronze_retention_days: u32,
+    /// Keep every day of bronze (no retention).
+    #[arg(long)]
+    pub no_retention: bool,
+    /// Days of run reports (_runs/) kept (at least 1).
+    #[arg(long, env = "MAINTAIN_REPORTS_RETENTION_DAYS", default_value_t = crate::DEFAULT_REPORTS_DAYS)]
+    pub reports_retention_days: u32,
 }
 
 impl Args {
@@ -54,15 +66,27 @@ impl Args {
             ("--upload-grace (MAINTAIN_UPLOAD_GRACE)", self.upload_grace),
         ] {
             if value < MIN_GRACE {
-                return Err(anyhow::Error::new(Classified::new(
-                    ExitStatus::Usage,
-                    format!(
-                        "{name} is {} but must be at least 1h: a shorter one could delete what a run \
-                         is still writing",
-                        humantime::format_duration(value)
-                    ),
+                return Err(usage(format!(
+                    "{name} is {} but must be at least 1h: a shorter one could delete what a run \
+                     is still writing",
+                    humantime::format_duration(value)
                 )));
             }
+        }
+        if self.bronze_retention_days < crate::retain::MIN_BRONZE_DAYS {
+            return Err(usage(format!(
+                "--bronze-retention-days (MAINTAIN_BRONZE_RETENTION_DAYS) is {} but must be at least {}: \
+                 bronze's look-back and the compaction of closed days need the last days; use \
+                 --no-retention to keep everything",
+                self.bronze_retention_days,
+                crate::retain::MIN_BRONZE_DAYS
+            )));
+        }
+        if self.reports_retention_days == 0 {
+            return Err(usage(
+                "--reports-retention-days (MAINTAIN_REPORTS_RETENTION_DAYS) must be at least 1"
+                    .into(),
+            ));
         }
         Ok(Options {
             dry_run: self.dry_run,
@@ -70,8 +94,14 @@ impl Args {
             upload_grace: self.upload_grace,
             pushgateway: lake_common::metrics::Pushgateway::from_env_or_warn(),
             compact: !self.no_compaction,
+            bronze_retention_days: (!self.no_retention).then_some(self.bronze_retention_days),
+            reports_retention_days: self.reports_retention_days,
         })
     }
+}
+
+fn usage(message: String) -> anyhow::Error {
+    anyhow::Error::new(Classified::new(ExitStatus::Usage, message))
 }
 
 /// Runs the command line with these arguments (the first is the program name).
@@ -124,5 +154,32 @@ mod tests {
             ExitStatus::Usage
         );
         assert!(e.to_string().contains("MAINTAIN_UPLOAD_GRACE"), "{e}");
+    }
+
+    #[test]
+    fn retention_defaults_and_bounds() {
+        let o = parse(&[]).unwrap().into_options().unwrap();
+        assert_eq!(o.bronze_retention_days, Some(90));
+        assert_eq!(o.reports_retention_days, 365);
+        let o = parse(&["--no-retention", "--reports-retention-days", "30"])
+            .unwrap()
+            .into_options()
+            .unwrap();
+        assert_eq!(
+            (o.bronze_retention_days, o.reports_retention_days),
+            (None, 30)
+        );
+        let e = parse(&["--bronze-retention-days", "3"])
+            .unwrap()
+            .into_options()
+            .unwrap_err();
+        assert_eq!(
+            lake_common::telemetry::exit_status_of(e.as_ref()),
+            ExitStatus::Usage
+        );
+        assert!(
+            e.to_string().contains("MAINTAIN_BRONZE_RETENTION_DAYS"),
+            "{e}"
+        );
     }
 }

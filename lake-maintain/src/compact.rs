@@ -30,19 +30,19 @@
 //! the failover check never reads its rows back.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::row::{RowConverter, Rows, SortField};
 use chrono::{NaiveDate, Utc};
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use lake_common::commit::{Log, Mode};
 use lake_common::manifest::{self, BatchManifest, BatchState, BronzeLog, DataFile, LiveFile};
 use lake_common::parquet_io::FileWriter;
 use lake_common::schema::{STOP_EVENTS, TARGET_FILE_BYTES};
 use lake_common::{Dataset, Lake, Partition};
 use object_store::path::Path;
+
+use crate::rewrite;
 use parquet::errors::ParquetError;
 use serde::Serialize;
 
@@ -235,58 +235,24 @@ pub async fn compact(lake: &Lake, run_id: &str, dry_run: bool) -> Result<Compact
         supersedes: supersedes.clone(),
         rows: 0,
         compacted_days: out.days.iter().map(|d| d.date).collect(),
+        retained_before: None,
         ..latest
     };
-    let mode = if caps.update_if_match {
-        Mode::Conditional
-    } else {
-        Mode::CreateOnly
-    };
-    let appender = Log::new(lake.clone(), mode, Duration::from_secs(30));
-    let path = dataset.manifest(batch);
-    let committed = match appender.pin(&path, entry, run_id).await? {
-        Ok(pinned) => {
-            // Created committed; this only clears the lease field the protocol
-            // set (a committed entry's lease means nothing to a reader).
-            match pinned.commit(|_| {}).await {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "The compaction is committed; clearing its lease field failed");
-                    manifest::read(lake, dataset, batch)
-                        .await
-                        .map_err(|source| CompactError::Log { dataset, source })?
-                        .manifest
-                }
-            }
-        }
-        Err(found) => {
+    match rewrite::append(lake, dataset, &log, entry, run_id).await? {
+        rewrite::Appended::Committed(_) => {}
+        rewrite::Appended::Lost { owner } => {
             delete_quietly(lake, &written).await;
             out.days.clear();
             return skip(
                 out,
                 format!(
-                    "run {} took batch {batch} first; this run deleted what it wrote and the next one compacts",
-                    found.entry.claim.owner
+                    "run {owner} took batch {batch} first; this run deleted what it wrote and the next one compacts"
                 ),
             );
         }
-    };
+    }
     out.batch = Some(batch);
     tracing::info!(dataset = %dataset, batch, days = out.days.len(), files_before = supersedes.len(), files_after = written.len(), "Committed a compaction");
-    // What it replaced goes now (bronze's next run deletes it too, and the
-    // garbage collection after its grace): readers following the log read
-    // the new files from here on.
-    let doomed: Vec<Path> = supersedes.iter().map(|p| Path::from(p.as_str())).collect();
-    if let Err(e) = lake.delete_all(doomed).await {
-        tracing::warn!(error = %e, "Could not delete the files the compaction replaced; bronze's next run does");
-    }
-    // A checkpoint falling due is written as bronze would (best effort): the
-    // log read at the start is the whole log this entry follows.
-    if let Some(cp) = log.checkpoint_after(&committed)
-        && let Err(e) = manifest::write_checkpoint(lake, &cp).await
-    {
-        tracing::warn!(error = %e, "Could not write the checkpoint; the next commit writes it");
-    }
     Ok(out)
 }
 

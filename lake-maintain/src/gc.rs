@@ -264,6 +264,52 @@ pub async fn sweep(
     Ok(out)
 }
 
+/// What the retention of run reports found and did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Reports {
+    /// Reports listed under `_runs/`.
+    pub objects: u64,
+    /// Older than the retention: deleted (a dry run only counts them).
+    pub expired: u64,
+    /// Their bytes.
+    pub expired_bytes: u64,
+}
+
+/// Deletes (unless `dry_run`) the run reports under `_runs/` last modified
+/// before `cutoff`. Nothing reads an old report: the jobs and the smoke test
+/// read their logs and the newest reports only.
+pub async fn expire_reports(
+    lake: &Lake,
+    cutoff: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<Reports, GcError> {
+    let prefix = Path::from("_runs");
+    let store_err = |source| GcError::Store {
+        prefix: prefix.to_string(),
+        source,
+    };
+    let listed: Vec<object_store::ObjectMeta> = lake
+        .store()
+        .list(Some(&prefix))
+        .try_collect()
+        .await
+        .map_err(store_err)?;
+    let mut out = Reports::default();
+    let mut expired = Vec::new();
+    for meta in listed {
+        out.objects += 1;
+        if meta.last_modified < cutoff {
+            out.expired += 1;
+            out.expired_bytes += meta.size;
+            expired.push(meta.location);
+        }
+    }
+    if !dry_run && !expired.is_empty() {
+        lake.delete_all(expired).await.map_err(store_err)?;
+    }
+    Ok(out)
+}
+
 /// The multipart uploads found open and those aborted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Uploads {

@@ -1,13 +1,16 @@
 //! `lake-maintain`: the lake's upkeep, run daily (SPEC §11).
 //!
-//! Today it collects garbage ([`gc`]): objects no log references, older than a
-//! grace period, and multipart uploads left open for longer than a day.
-//! Retention and the compaction of closed bronze days are not built yet
+//! Each run applies bronze's retention ([`retain`]), compacts closed bronze
+//! days ([`compact`]), then collects garbage ([`gc`]): objects no log
+//! references, older than a grace period, multipart uploads left open for
+//! longer than a day, and run reports past their retention
 //! (docs/maintenance.md).
 
 pub mod cli;
 pub mod compact;
 pub mod gc;
+pub mod retain;
+pub mod rewrite;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -21,6 +24,9 @@ use serde::Serialize;
 
 /// The job's name (run reports under `_runs/lake-maintain/`).
 pub const JOB: &str = "lake-maintain";
+
+/// Days of run reports kept by default.
+pub const DEFAULT_REPORTS_DAYS: u32 = 365;
 
 /// What a run does.
 #[derive(Debug, Clone)]
@@ -36,6 +42,10 @@ pub struct Options {
     pub pushgateway: Option<lake_common::metrics::Pushgateway>,
     /// Compact closed bronze days before collecting garbage.
     pub compact: bool,
+    /// Days of `bronze/events` kept (`None`: keep everything).
+    pub bronze_retention_days: Option<u32>,
+    /// Days of run reports (`_runs/`) kept.
+    pub reports_retention_days: u32,
 }
 
 impl Default for Options {
@@ -46,6 +56,8 @@ impl Default for Options {
             upload_grace: Duration::from_secs(24 * 3600),
             pushgateway: None,
             compact: true,
+            bronze_retention_days: Some(retain::DEFAULT_BRONZE_DAYS),
+            reports_retention_days: DEFAULT_REPORTS_DAYS,
         }
     }
 }
@@ -60,6 +72,10 @@ pub struct RunReport {
     pub grace_secs: u64,
     /// The upload grace period, in seconds.
     pub upload_grace_secs: u64,
+    /// Days of run reports kept.
+    pub reports_retention_days: u32,
+    /// Bronze's retention (`None`: not asked for).
+    pub retention: Option<retain::Retained>,
     /// The compaction of closed bronze days (`None`: not asked for).
     pub compaction: Option<compact::Compacted>,
     /// Objects the logs reference.
@@ -68,6 +84,8 @@ pub struct RunReport {
     pub prefixes: Vec<gc::Swept>,
     /// Multipart uploads.
     pub uploads: gc::Uploads,
+    /// Run reports past their retention.
+    pub reports: gc::Reports,
     /// Milliseconds per phase.
     pub timings_ms: BTreeMap<&'static str, u64>,
 }
@@ -100,6 +118,9 @@ impl RunReport {
                 ""
             }
         );
+        if let Some(r) = &self.retention {
+            s += &retention_summary(r, self.header.dry_run);
+        }
         if let Some(c) = &self.compaction {
             s += &compaction_summary(c, self.header.dry_run);
         }
@@ -119,11 +140,38 @@ impl RunReport {
             "aborted"
         };
         s += &format!(
-            "; {verb} {} of {} open multipart uploads.\n",
+            "; {verb} {} of {} open multipart uploads",
             self.uploads.stale, self.uploads.open
+        );
+        let verb = if self.header.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        };
+        s += &format!(
+            "; {verb} {} of {} run reports older than {} days.\n",
+            self.reports.expired, self.reports.objects, self.reports_retention_days
         );
         s
     }
+}
+
+fn retention_summary(r: &retain::Retained, dry_run: bool) -> String {
+    let Some(horizon) = r.horizon else {
+        return format!(
+            "no retention ({}); ",
+            r.skipped.as_deref().unwrap_or("nothing to do")
+        );
+    };
+    let held = r
+        .held_by_silver
+        .map(|d| format!(" (held back at {d}: silver has not read every file of it)"))
+        .unwrap_or_default();
+    let verb = if dry_run { "would remove" } else { "removed" };
+    format!(
+        "retention of {} days: {verb} {} days before {horizon} of {} ({} files, {} rows){held}; ",
+        r.keep_days, r.days, r.dataset, r.files, r.rows
+    )
 }
 
 fn compaction_summary(c: &compact::Compacted, dry_run: bool) -> String {
@@ -164,10 +212,13 @@ pub async fn run(lake: &Lake, options: &Options) -> anyhow::Result<RunReport> {
         header: run.header(lake, lake.description().to_owned(), options.dry_run),
         grace_secs: options.grace.as_secs(),
         upload_grace_secs: options.upload_grace.as_secs(),
+        reports_retention_days: options.reports_retention_days,
+        retention: None,
         compaction: None,
         referenced: 0,
         prefixes: vec![],
         uploads: gc::Uploads::default(),
+        reports: gc::Reports::default(),
         timings_ms: BTreeMap::new(),
     };
     tracing::info!(
@@ -242,6 +293,25 @@ fn metrics(r: &RunReport, seconds: f64, exit: lake_common::ExitStatus) -> RunMet
     for (name, help, value) in gauges {
         m.set(name, help, &[], value as f64);
     }
+    if let Some(r) = &r.retention {
+        let dataset = [("dataset", r.dataset.as_str())];
+        m.set(
+            "retain_files_removed",
+            "Bronze files the latest lake-maintain run removed by retention.",
+            &dataset,
+            if r.batch.is_some() {
+                r.files as f64
+            } else {
+                0.0
+            },
+        );
+        m.set(
+            "retain_held_by_silver",
+            "1 when silver's unread files held bronze's retention back in the latest run.",
+            &dataset,
+            f64::from(u8::from(r.held_by_silver.is_some())),
+        );
+    }
     if let Some(c) = &r.compaction {
         let before: u64 = c.days.iter().map(|d| d.files_before).sum();
         let after: u64 = c.days.iter().map(|d| d.files_after).sum();
@@ -271,6 +341,17 @@ fn metrics(r: &RunReport, seconds: f64, exit: lake_common::ExitStatus) -> RunMet
 async fn collect(lake: &Lake, options: &Options, report: &mut RunReport) -> anyhow::Result<()> {
     let now = Utc::now();
     let cutoff = now - options.grace;
+    if let Some(days) = options.bronze_retention_days {
+        let t = Instant::now();
+        report.retention = Some(
+            retain::retain(lake, &report.header.run_id, days, options.dry_run)
+                .await
+                .context("applying bronze's retention")?,
+        );
+        report
+            .timings_ms
+            .insert("retention", t.elapsed().as_millis() as u64);
+    }
     if options.compact {
         let t = Instant::now();
         report.compaction = Some(
@@ -315,6 +396,12 @@ async fn collect(lake: &Lake, options: &Options, report: &mut RunReport) -> anyh
     report
         .timings_ms
         .insert("uploads", t.elapsed().as_millis() as u64);
+    let t = Instant::now();
+    let kept = chrono::Duration::days(i64::from(options.reports_retention_days));
+    report.reports = gc::expire_reports(lake, now - kept, options.dry_run).await?;
+    report
+        .timings_ms
+        .insert("reports", t.elapsed().as_millis() as u64);
     Ok(())
 }
 

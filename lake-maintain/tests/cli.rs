@@ -63,7 +63,8 @@ async fn a_run_reports_and_pushes_its_metrics() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.starts_with(
-            "lake-maintain (dry run): no compaction (bronze has no batch yet); 0 objects under 4 prefixes"
+            "lake-maintain (dry run): no retention (bronze has no batch yet); no compaction (bronze \
+             has no batch yet); 0 objects under 4 prefixes"
         ),
         "{text}"
     );
@@ -98,6 +99,10 @@ async fn a_run_reports_and_pushes_its_metrics() {
         text.contains("deleted 0 unreferenced objects older than 2days"),
         "{text}"
     );
+    assert!(
+        text.contains("deleted 0 of 0 run reports older than 365 days"),
+        "{text}"
+    );
     let objects = listed(&lake).await;
     assert_eq!(objects.len(), 1, "{objects:?}");
     assert!(
@@ -113,6 +118,15 @@ async fn a_run_reports_and_pushes_its_metrics() {
         gw.value("robson_lake_gc_deleted_objects", &job)
             .await
             .unwrap(),
+        Some(0.0)
+    );
+    assert_eq!(
+        gw.value(
+            "robson_lake_retain_files_removed",
+            &[("job", "lake-maintain"), ("dataset", "bronze/events")]
+        )
+        .await
+        .unwrap(),
         Some(0.0)
     );
 }

@@ -13,6 +13,8 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 use support::*;
 
+const GRACE: Duration = Duration::from_secs(6);
+
 const ORPHANS: [&str; 5] = [
     "bronze/events/date=2026-12-01/part-0000000999-0000-crashed.parquet",
     "bronze/outbox/_state/0000000999.identity",
@@ -32,12 +34,14 @@ async fn gc_deletes_only_unreferenced_objects_older_than_the_grace() {
     let lake = h.lake();
     let healthy = objects(&lake).await;
     plant(&lake, &ORPHANS).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The young object must stay younger than the grace through both runs,
+    // whatever the machine's load: a grace of seconds, not one.
+    tokio::time::sleep(GRACE + Duration::from_millis(500)).await;
     let young = "bronze/events/date=2026-12-01/part-0000001000-0000-running.parquet";
     plant(&lake, &[young]).await;
     let planted = objects(&lake).await;
 
-    let dry = lake_maintain::run(&lake, &options(Duration::from_secs(1), true))
+    let dry = lake_maintain::run(&lake, &options(GRACE, true))
         .await
         .unwrap();
     assert_eq!(dry.garbage().0, ORPHANS.len() as u64, "{:#?}", dry.prefixes);
@@ -48,7 +52,7 @@ async fn gc_deletes_only_unreferenced_objects_older_than_the_grace() {
         dry.summary()
     );
 
-    let r = lake_maintain::run(&lake, &options(Duration::from_secs(1), false))
+    let r = lake_maintain::run(&lake, &options(GRACE, false))
         .await
         .unwrap();
     assert_eq!(r.garbage().0, ORPHANS.len() as u64, "{:#?}", r.prefixes);
@@ -218,4 +222,39 @@ async fn stale_multipart_uploads_are_aborted_but_not_those_of_a_running_job() {
         .unwrap();
     assert_eq!((r.uploads.stale, r.uploads.in_use), (1, 0));
     assert!(h.s3.incomplete_uploads(&h.bucket).await.unwrap().is_empty());
+}
+
+/// #20: run reports older than their retention are deleted, newer ones stay;
+/// a dry run only counts them.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_reports_older_than_their_retention_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = Lake::open(&LakeConfig::local(dir.path().to_path_buf())).unwrap();
+    let old = "_runs/bronze-ingest/20250101T000000.000000Z-old.json";
+    let new = "_runs/bronze-ingest/20261201T000000.000000Z-new.json";
+    plant(&lake, &[old, new]).await;
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(400 * 24 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(dir.path().join(old))
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
+    let mut opts = options(Duration::from_secs(3600), true);
+    let dry = lake_maintain::run(&lake, &opts).await.unwrap();
+    assert_eq!((dry.reports.objects, dry.reports.expired), (2, 1));
+    assert!(
+        objects(&lake).await.contains(old),
+        "a dry run deletes nothing"
+    );
+    opts.dry_run = false;
+    let r = lake_maintain::run(&lake, &opts).await.unwrap();
+    assert_eq!(
+        (r.reports.objects, r.reports.expired),
+        (2, 1),
+        "{:?}",
+        r.reports
+    );
+    let left = objects(&lake).await;
+    assert!(!left.contains(old) && left.contains(new), "{left:?}");
 }

@@ -37,10 +37,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use chrono::{NaiveDate, Utc};
 use common::*;
-use futures::{StreamExt, TryStreamExt};
-use lake_common::manifest::{
-    self, BatchManifest, BatchState, CHECKPOINT_FORMAT, CHECKPOINT_INTERVAL, Checkpoint, LiveFile,
-};
+use lake_common::manifest::{self, BatchManifest, BatchState};
 use lake_common::{Dataset, Lake, LakeConfig};
 use lake_testkit::{FaultProxy, TestPostgres, TestS3, demo};
 
@@ -136,37 +133,7 @@ async fn synthesise_bronze(
         m.supersedes = vec![];
         manifests.push(m);
     }
-    futures::stream::iter(manifests.iter())
-        .map(|m| async move { manifest::create(lake, m).await.map(|_| ()) })
-        .buffer_unordered(16)
-        .try_collect::<Vec<()>>()
-        .await
-        .unwrap();
-    let last = 1 + hours;
-    let at = last / CHECKPOINT_INTERVAL * CHECKPOINT_INTERVAL;
-    let upto = |b: u64| {
-        std::iter::once(first)
-            .chain(manifests.iter())
-            .filter(move |m| m.batch <= b)
-    };
-    let checkpoint = Checkpoint {
-        format: CHECKPOINT_FORMAT,
-        dataset: first.dataset.clone(),
-        batch: at,
-        last: upto(at).next_back().unwrap().clone(),
-        last_with_files: upto(at).rfind(|m| !m.files.is_empty()).cloned(),
-        live: upto(at)
-            .flat_map(|m| {
-                m.files.iter().map(|f| LiveFile {
-                    batch: m.batch,
-                    file: f.clone(),
-                })
-            })
-            .collect(),
-        identity_state: None,
-    };
-    manifest::write_checkpoint(lake, &checkpoint).await.unwrap();
-    last
+    write_log(lake, first, &manifests).await
 }
 
 fn run_ok(cmd: &[&str], env: &[(&str, String)]) -> Duration {

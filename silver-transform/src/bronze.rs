@@ -118,6 +118,13 @@ pub struct BronzeView {
     /// so they are scanned only for events of batches this run has not read
     /// yet (a late event compacted before silver saw it).
     compactions: BTreeMap<u64, BTreeSet<u64>>,
+    /// The retention horizon (day): bronze's files of earlier days were
+    /// removed on purpose, and this view holds none of them (a late row for
+    /// such a day is ignored, [`BronzeView::behind_horizon`]).
+    retained_before: Option<i32>,
+    /// Live files of days before the horizon (late rows; the next retention
+    /// removes them), per batch.
+    behind: BTreeMap<u64, u64>,
 }
 
 impl BronzeView {
@@ -147,6 +154,23 @@ impl BronzeView {
     /// The view of a log, with the manifests of `folded` batches (inside its
     /// checkpoint) for the days they superseded.
     pub fn from_log(log: &manifest::BronzeLog, folded: &[BatchManifest]) -> Self {
+        let retained_before = log.retained_before().map(day_of_date);
+        let mut behind: BTreeMap<u64, u64> = BTreeMap::new();
+        let live: Vec<BronzeFile> = log
+            .live_files()
+            .into_iter()
+            .map(|f| BronzeFile {
+                batch: f.batch,
+                file: f.file,
+            })
+            .filter(|f| {
+                let kept = retained_before.is_none_or(|h| f.day() >= h);
+                if !kept {
+                    *behind.entry(f.batch).or_default() += 1;
+                }
+                kept
+            })
+            .collect();
         let after: Vec<&BatchManifest> = log
             .after()
             .iter()
@@ -155,14 +179,9 @@ impl BronzeView {
             .collect();
         Self {
             committed: log.committed(),
-            live: log
-                .live_files()
-                .into_iter()
-                .map(|f| BronzeFile {
-                    batch: f.batch,
-                    file: f.file,
-                })
-                .collect(),
+            live,
+            retained_before,
+            behind,
             superseded_days: folded
                 .iter()
                 .chain(after.iter().copied())
@@ -216,7 +235,18 @@ impl BronzeView {
         }
     }
 
-    /// Every live file.
+    /// The retention horizon (day), if retention removed days.
+    pub fn retained_before(&self) -> Option<i32> {
+        self.retained_before
+    }
+
+    /// Live files of `batches` whose day lies before the horizon (late rows):
+    /// not part of the view.
+    pub fn behind_horizon(&self, batches: &BTreeSet<u64>) -> u64 {
+        batches.iter().filter_map(|b| self.behind.get(b)).sum()
+    }
+
+    /// Every live file (from the horizon on).
     pub fn live(&self) -> &[BronzeFile] {
         &self.live
     }
@@ -252,7 +282,7 @@ impl BronzeView {
 /// The days whose earlier files a batch superseded (a backfill), if any. A
 /// compaction supersedes files with the same rows: no day changes.
 fn superseded_days_of(m: &BatchManifest) -> Option<BTreeSet<i32>> {
-    (!m.supersedes.is_empty() && !m.is_compaction()).then(|| {
+    (!m.supersedes.is_empty() && !m.is_rewrite()).then(|| {
         m.supersedes
             .iter()
             .filter_map(|p| Partition::parse(Dataset::BronzeEvents, &Path::from(p.as_str())))
@@ -383,6 +413,8 @@ async fn explain_missing(
             |m| {
                 let what = if m.is_compaction() {
                     "a compaction"
+                } else if m.retained_before.is_some() {
+                    "the retention"
                 } else {
                     "a backfill"
                 };
@@ -796,6 +828,7 @@ mod tests {
             live: vec![file(4), file(7)],
             superseded_days: BTreeMap::new(),
             compactions: [(5, [2, 3].into()), (7, [5, 6].into())].into(),
+            ..BronzeView::default()
         };
         let batches = |files: Vec<BronzeFile>| files.iter().map(|f| f.batch).collect::<Vec<_>>();
         let set = |b: &[u64]| b.iter().copied().collect::<BTreeSet<u64>>();

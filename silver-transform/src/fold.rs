@@ -364,6 +364,21 @@ impl Folded {
         }
     }
 
+    /// These executions without those whose key `drop` names, and how many
+    /// were dropped.
+    pub fn without(self, mut drop: impl FnMut(&str) -> bool) -> (Self, u64) {
+        let mut out = Folded::default();
+        let mut dropped = 0;
+        for (key, acc) in self.into_entries() {
+            if drop(&key) {
+                dropped += 1;
+            } else {
+                out.insert_new(key, acc);
+            }
+        }
+        (out, dropped)
+    }
+
     /// Consumes the executions with their keys.
     pub fn into_entries(self) -> impl Iterator<Item = (Box<str>, Acc)> {
         let mut keys: Vec<Option<Box<str>>> = (0..self.accs.len()).map(|_| None).collect();

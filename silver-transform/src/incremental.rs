@@ -28,6 +28,16 @@
 //! When an unsharded run would fold more than half of the indexed executions
 //! anyway (late events all over the history), it folds everything without a
 //! filter instead: the same result for less work.
+//!
+//! **The retention horizon.** Once bronze's retention removed the days before
+//! a horizon (lake-maintain), silver reads bronze only from it on, and an
+//! execution whose first event lies before it is **frozen**: its row stays as
+//! last published, it is never folded again (its first events are gone), and
+//! its index entry is kept. A new event for it is counted
+//! (`frozen_executions`), not folded; a late row dated before the horizon is
+//! not read at all (`files_behind_horizon`). "Incremental equals a full
+//! recompute" holds relative to the horizon: a full refresh recomputes every
+//! execution that began after it and keeps the frozen ones.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -142,6 +152,11 @@ pub struct WorkStats {
     pub index_segments_read: u64,
     /// Months of the partition table read (of its `partition_months`).
     pub partition_months_read: u64,
+    /// Executions begun before the retention horizon that new bronze events
+    /// (or a backfill) touched: kept as they are, not folded.
+    pub frozen_executions: u64,
+    /// New bronze files of days before the retention horizon (late rows): not read.
+    pub files_behind_horizon: u64,
 }
 
 impl WorkStats {
@@ -210,12 +225,21 @@ pub async fn recompute(
     let mut table = prior.table;
     // Every key the index holds, loaded or not (a format-1 index is all loaded).
     let known_keys = segments.total_keys().max(old.len() as u64);
-    let mut partitions: BTreeSet<PartitionKey> = req.forced.iter().copied().filter(owned).collect();
+    let horizon = view.retained_before();
+    let frozen = |day: i32| horizon.is_some_and(|h| day < h);
+    let live = |p: &PartitionKey| owned(p) && !frozen(p.day);
+    let mut partitions: BTreeSet<PartitionKey> = req.forced.iter().copied().filter(live).collect();
+    out.stats.files_behind_horizon = view.behind_horizon(&out.new_batches);
 
-    if req.full_refresh && shard.count == 1 {
-        out.segments = segments;
-        out.table = table;
-        return fold_everything(lake, view, req, out, partitions).await;
+    if req.full_refresh {
+        if let Some(h) = horizon {
+            keep_frozen(lake, &mut segments, &mut old, h).await?;
+        }
+        if shard.count == 1 {
+            out.segments = segments;
+            out.table = table;
+            return fold_everything(lake, view, req, out, partitions, old).await;
+        }
     }
 
     // 1. Keys of the new files.
@@ -244,6 +268,10 @@ pub async fn recompute(
     for (k, info) in scanned {
         let mut merged = info;
         if let Some(o) = old.get(&k) {
+            if frozen(o.partition().day) {
+                out.stats.frozen_executions += 1;
+                continue;
+            }
             merged.merge(o);
         }
         affected.insert(k, merged);
@@ -251,9 +279,19 @@ pub async fn recompute(
     if !out.superseded_days.is_empty() {
         for (k, o) in old.iter() {
             if o.days().any(|d| out.superseded_days.contains(&d)) {
-                affected.entry(*k).or_insert(*o);
+                if frozen(o.partition().day) {
+                    out.stats.frozen_executions += 1;
+                } else {
+                    affected.entry(*k).or_insert(*o);
+                }
             }
         }
+    }
+    if out.stats.frozen_executions > 0 {
+        tracing::warn!(
+            executions = out.stats.frozen_executions,
+            "New bronze events for executions begun before the retention horizon: kept as they are"
+        );
     }
     out.stats.keys_affected = affected.len() as u64;
 
@@ -270,7 +308,7 @@ pub async fn recompute(
         table.load(lake, table.within(from, to)).await?;
         partitions.extend(table.keys().filter(in_range));
     }
-    partitions.retain(owned);
+    partitions.retain(live);
 
     // 4. and 5. Fold every execution of those partitions, until the set is stable.
     let mut attempted: FxHashSet<KeyHash> = FxHashSet::default();
@@ -319,13 +357,15 @@ pub async fn recompute(
                 indexed = known_keys,
                 "Most executions are affected: recomputing the whole shard"
             );
-            drop((keys, days, affected, old));
+            drop((keys, days, affected));
             table.load(lake, table.months()).await?;
-            partitions.extend(table.keys());
-            out.stats.index_segments_read = segments.reads;
+            partitions.extend(table.keys().filter(|p| !frozen(p.day)));
+            if let Some(h) = horizon {
+                keep_frozen(lake, &mut segments, &mut old, h).await?;
+            }
             out.segments = segments;
             out.table = table;
-            return fold_everything(lake, view, req, out, partitions).await;
+            return fold_everything(lake, view, req, out, partitions, old).await;
         }
         let filter = Arc::new(KeyFilter::Keys(keys));
         let (round, stats) = fold_days(lake, view, days, Arc::clone(&filter), req).await?;
@@ -334,7 +374,7 @@ pub async fn recompute(
         }
         out.stats.add_fold_round(&stats);
         let before = partitions.len();
-        partitions.extend(round.values().map(|a| a.partition()).filter(owned));
+        partitions.extend(round.values().map(|a| a.partition()).filter(live));
         folded.extend(round);
         if partitions.len() == before {
             break;
@@ -363,23 +403,65 @@ pub async fn recompute(
 
 /// Folds every execution from all of bronze (no key scan, no filter) and plans
 /// every partition it produces besides `partitions`; the index is rebuilt from
-/// scratch by [`finish_index`].
+/// scratch by [`finish_index`]. With a retention horizon, `frozen` holds the
+/// entries of the executions begun before it ([`keep_frozen`]): they are kept,
+/// and their events after the horizon are not folded into executions of their
+/// own.
 async fn fold_everything(
     lake: &Lake,
     view: &BronzeView,
     req: &Request,
     mut out: Recomputed,
     mut partitions: BTreeSet<PartitionKey>,
+    mut frozen: KeyIndex,
 ) -> Result<Recomputed, RecomputeError> {
-    let (folded, stats) = fold_days(lake, view, view.days(), Arc::new(KeyFilter::All), req).await?;
+    let (mut folded, stats) =
+        fold_days(lake, view, view.days(), Arc::new(KeyFilter::All), req).await?;
     out.stats.add_fold_round(&stats);
+    if view.retained_before().is_some() {
+        // The segments before the horizon's month may hold some of these
+        // keys: those are later events of frozen executions.
+        let hashes: Vec<KeyHash> = folded.iter().map(|(k, _)| KeyHash::of(k)).collect();
+        let months = out.segments.maybe_holding(hashes.iter());
+        drop(hashes);
+        out.segments
+            .load(lake, months, &mut frozen)
+            .await
+            .map_err(RecomputeError::Index)?;
+        let (kept, dropped) = folded.without(|k| frozen.get(&KeyHash::of(k)).is_some());
+        folded = kept;
+        out.stats.frozen_executions += dropped;
+        out.index = frozen;
+    } else {
+        out.index = KeyIndex::default();
+        out.rebuilt = true;
+    }
+    out.stats.index_segments_read = out.segments.reads;
     partitions.extend(folded.values().map(|a| a.partition()));
     out.partitions = partitions;
     out.executions = folded;
-    out.index = KeyIndex::default();
     out.attempted = FxHashSet::default();
-    out.rebuilt = true;
     Ok(out)
+}
+
+/// Prepares a recompute of everything after the retention horizon `h`: the
+/// segments of the months after `h`'s are replaced unread, `h`'s month is
+/// loaded, and `index` keeps only the entries of executions begun before `h`
+/// (frozen; the months before `h`'s hold only such entries and stay as they
+/// are unless a lookup loads them).
+async fn keep_frozen(
+    lake: &Lake,
+    segments: &mut Segments,
+    index: &mut KeyIndex,
+    h: i32,
+) -> Result<(), RecomputeError> {
+    segments.replace_after(month_of_day(h));
+    segments
+        .load(lake, [month_of_day(h)], index)
+        .await
+        .map_err(RecomputeError::Index)?;
+    index.retain(|i| i.partition().day < h);
+    Ok(())
 }
 
 /// Completes the index of a [`Recomputed`]: exact entries for its folded

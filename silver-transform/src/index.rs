@@ -150,6 +150,13 @@ impl KeyIndex {
         self.changes.insert(*key, None);
     }
 
+    /// Keeps only the entries `keep` accepts.
+    pub fn retain(&mut self, keep: impl Fn(&KeyInfo) -> bool) {
+        let mut merged = std::mem::take(self).finish(vec![]);
+        merged.sorted.retain(|(_, i)| keep(i));
+        *self = merged;
+    }
+
     /// All entries, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&KeyHash, &KeyInfo)> {
         self.sorted

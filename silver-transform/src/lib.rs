@@ -236,6 +236,7 @@ pub async fn run(lake: &Lake, options: &Options) -> anyhow::Result<RunReport> {
         bronze_committed_batches: 0,
         new_batches: vec![],
         superseded_days: vec![],
+        retained_before: None,
         recovered_partitions: 0,
         work: Default::default(),
         partitions: Default::default(),
@@ -423,6 +424,7 @@ async fn execute(
     }
     let view = BronzeView::load(lake, (!full).then_some(&prior.consumed)).await?;
     report.bronze_committed_batches = view.committed().len() as u64;
+    report.retained_before = view.retained_before().map(date_of_day);
     let mut forced: BTreeSet<PartitionKey> = found
         .abandoned
         .iter()
@@ -485,8 +487,10 @@ async fn execute(
     // and a run with work only the segments it touches (`recompute` loads them).
     if let Some(m) = committed {
         prior.segments = segments::Segments::from_records(&m.index_segments)?;
-        if full {
-            // A full refresh reads none: the segments it writes replace them all.
+        if full && view.retained_before().is_none() {
+            // A full refresh reads none: the segments it writes replace them all
+            // (after a retention, those of the executions begun before its
+            // horizon stay: `recompute` keeps them).
             prior.segments.replace_all();
         }
     }
@@ -1018,6 +1022,15 @@ fn summary_text(r: &RunReport) -> String {
         (_, None) => {
             let _ = writeln!(o, "  {} executions computed", r.rows.silver);
         }
+    }
+    if r.work.frozen_executions > 0 || r.work.files_behind_horizon > 0 {
+        let _ = writeln!(
+            o,
+            "  retention horizon {}: {} executions begun before it got new events and were kept as they are; {} late bronze files before it not read",
+            r.retained_before.map_or("-".into(), |d| d.to_string()),
+            r.work.frozen_executions,
+            r.work.files_behind_horizon
+        );
     }
     let q = &r.quality;
     let rules: Vec<String> = q

@@ -100,6 +100,9 @@ pub struct RunReport {
     pub new_batches: Vec<[u64; 2]>,
     /// Days whose earlier bronze files a backfill superseded.
     pub superseded_days: Vec<NaiveDate>,
+    /// Bronze's retention horizon: the executions begun before it are kept
+    /// as they are (docs/maintenance.md, "Retention").
+    pub retained_before: Option<NaiveDate>,
     /// Partitions of crashed runs recomputed again.
     pub recovered_partitions: u64,
     /// Work counters.

@@ -159,6 +159,22 @@ impl Segments {
         self.stored.clear();
     }
 
+    /// Forgets, without reading them, the stored segments of the months after
+    /// `month`: a full refresh that keeps the executions begun before the
+    /// retention horizon rebuilds only those (see [`Segments::replace_all`]).
+    pub fn replace_after(&mut self, month: Month) {
+        let later: Vec<Month> = self
+            .stored
+            .range(month..)
+            .map(|(m, _)| *m)
+            .filter(|m| *m > month)
+            .collect();
+        for m in later {
+            self.stored.remove(&m);
+            self.replaced.insert(m);
+        }
+    }
+
     /// Entries over every stored segment.
     pub fn total_keys(&self) -> u64 {
         self.stored.values().map(|s| s.record.keys).sum()

@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::NaiveDate;
 use lake_common::{Lake, LakeConfig};
@@ -285,6 +285,97 @@ async fn check_seed(seed: u64, executions: usize, lakes: [Lake; 3]) -> Covered {
             .checkpoint_batch()
             .is_some();
     covered
+}
+
+/// #20: the same histories with bronze's retention applied half-way (after
+/// silver read everything): the executions begun before the horizon keep the
+/// files they had, whatever arrives later (their events, late rows dated
+/// before the horizon, backfills); incremental unsharded equals two shards;
+/// and a full refresh, unsharded and per shard, changes nothing. Returns the
+/// executions runs found frozen.
+async fn check_retention(seed: u64, executions: usize, lakes: [Lake; 2]) -> u64 {
+    let [inc, shards] = lakes;
+    let mut rng = Rng(seed);
+    let events = generate(&mut rng, executions);
+    let (steps, _) = history(&mut rng, events);
+    let horizon = NaiveDate::from_ymd_opt(2025, 6, 1 + (seed % 2) as u32).unwrap();
+    let at = steps.len() / 2;
+    let behind = |dir: &str| {
+        dir.split_once("date=")
+            .and_then(|(_, d)| NaiveDate::parse_from_str(&d[..10], "%Y-%m-%d").ok())
+            .is_some_and(|d| d < horizon)
+    };
+    let whole_shard_ratio = if seed.is_multiple_of(2) {
+        f64::INFINITY
+    } else {
+        0.5
+    };
+    let mut frozen_files = BTreeMap::new();
+    let mut frozen = 0;
+    let mut batch = 0;
+    for (i, step) in steps.iter().enumerate() {
+        batch += 1;
+        apply(&inc, batch, step).await;
+        apply(&shards, batch, step).await;
+        let r = run(
+            &inc,
+            &Options {
+                whole_shard_ratio,
+                ..incremental()
+            },
+        )
+        .await;
+        frozen += r.work.frozen_executions;
+        for index in [0, 1] {
+            run(&shards, &sharded(index)).await;
+        }
+        if i == at {
+            batch += 1;
+            commit_retention(&inc, batch, horizon).await;
+            commit_retention(&shards, batch, horizon).await;
+            frozen_files = published(&inc).await;
+            frozen_files.retain(|dir, _| behind(dir));
+        }
+    }
+    let before = published(&inc).await;
+    assert_eq!(published(&shards).await, before, "seed {seed}: two shards");
+    let mut kept = before.clone();
+    kept.retain(|dir, _| behind(dir));
+    assert_eq!(
+        kept, frozen_files,
+        "seed {seed}: frozen partitions unchanged"
+    );
+    run(&inc, &full_refresh()).await;
+    assert_eq!(published(&inc).await, before, "seed {seed}: full refresh");
+    for index in [0, 1] {
+        run(
+            &shards,
+            &Options {
+                mode: silver_transform::Mode::FullRefresh,
+                ..sharded(index)
+            },
+        )
+        .await;
+    }
+    assert_eq!(
+        published(&shards).await,
+        before,
+        "seed {seed}: full refresh of two shards"
+    );
+    frozen
+}
+
+#[tokio::test]
+async fn retention_keeps_history_and_full_refresh_agrees_on_local_lakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut frozen = 0;
+    for seed in 200..216 {
+        let lakes = ["inc", "shards"].map(|n| {
+            Lake::open(&LakeConfig::local(dir.path().join(format!("{seed}-{n}")))).unwrap()
+        });
+        frozen += check_retention(seed, 40 + (seed as usize % 4) * 20, lakes).await;
+    }
+    assert!(frozen > 0, "some events arrived for frozen executions");
 }
 
 #[tokio::test]

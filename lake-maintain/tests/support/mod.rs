@@ -179,6 +179,8 @@ pub fn options(grace: Duration, dry_run: bool) -> Options {
         upload_grace: grace,
         pushgateway: None,
         compact: false,
+        bronze_retention_days: None,
+        reports_retention_days: lake_maintain::DEFAULT_REPORTS_DAYS,
     }
 }
 

@@ -13,7 +13,10 @@ use arrow::array::{
     TimestampMicrosecondArray,
 };
 use chrono::NaiveDate;
-use lake_common::manifest::DataFile;
+use futures::{StreamExt, TryStreamExt};
+use lake_common::manifest::{
+    self, BatchManifest, CHECKPOINT_FORMAT, CHECKPOINT_INTERVAL, Checkpoint, DataFile, LiveFile,
+};
 use lake_common::parquet_io::FileWriter;
 use lake_common::schema::{ExportSchema, STOP_EVENTS};
 use lake_common::{Dataset, Lake, Partition};
@@ -282,6 +285,44 @@ pub async fn write_files(lake: &Lake, batch: u64, mut evs: Vec<Ev>) -> Vec<DataF
         files.push(DataFile::new(date, w.finish().await.unwrap()));
     }
     files
+}
+
+/// Commits `manifests` (the batches after `first`, ascending, without gaps)
+/// as bronze-ingest would have, and the latest checkpoint due, holding every
+/// live file (none of them supersedes anything). Returns the last batch.
+pub async fn write_log(lake: &Lake, first: &BatchManifest, manifests: &[BatchManifest]) -> u64 {
+    futures::stream::iter(manifests.iter())
+        .map(|m| async move { manifest::create(lake, m).await.map(|_| ()) })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await
+        .unwrap();
+    let last = manifests.last().map_or(first.batch, |m| m.batch);
+    let at = last / CHECKPOINT_INTERVAL * CHECKPOINT_INTERVAL;
+    let upto = |b: u64| {
+        std::iter::once(first)
+            .chain(manifests.iter())
+            .filter(move |m| m.batch <= b)
+    };
+    let checkpoint = Checkpoint {
+        format: CHECKPOINT_FORMAT,
+        dataset: first.dataset.clone(),
+        batch: at,
+        last: upto(at).next_back().unwrap().clone(),
+        last_with_files: upto(at).rfind(|m| !m.files.is_empty()).cloned(),
+        live: upto(at)
+            .flat_map(|m| {
+                m.files.iter().map(|f| LiveFile {
+                    batch: m.batch,
+                    file: f.clone(),
+                })
+            })
+            .collect(),
+        identity_state: None,
+        retained_before: None,
+    };
+    manifest::write_checkpoint(lake, &checkpoint).await.unwrap();
+    last
 }
 
 /// A measured child process.

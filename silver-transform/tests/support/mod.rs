@@ -498,6 +498,7 @@ fn manifest_of(batch: u64, state: BatchState, files: Vec<DataFile>) -> BatchMani
         files,
         supersedes: vec![],
         compacted_days: vec![],
+        retained_before: None,
     }
 }
 
@@ -555,6 +556,27 @@ pub async fn commit_backfill(
     let mut m = manifest_of(batch, BatchState::Committed, files);
     m.backfill_days = days.to_vec();
     m.supersedes = supersedes.clone();
+    commit(lake, &m).await;
+    for p in supersedes {
+        lake.store().delete(&Path::from(p)).await.unwrap();
+    }
+    m
+}
+
+/// Commits a retention entry as lake-maintain does: it supersedes every live
+/// file of the days before `before` and adds none; those files are then deleted.
+pub async fn commit_retention(lake: &Lake, batch: u64, before: NaiveDate) -> BatchManifest {
+    let manifests = manifest::read_all(lake, Dataset::BronzeEvents)
+        .await
+        .unwrap();
+    let supersedes: Vec<String> = manifest::live_files(&manifests)
+        .into_iter()
+        .filter(|f| f.date < before)
+        .map(|f| f.path)
+        .collect();
+    let mut m = manifest_of(batch, BatchState::Committed, vec![]);
+    m.supersedes = supersedes.clone();
+    m.retained_before = Some(before);
     commit(lake, &m).await;
     for p in supersedes {
         lake.store().delete(&Path::from(p)).await.unwrap();

@@ -1,0 +1,224 @@
+//! Retention of bronze through its log (SPEC §11).
+//!
+//! Bronze `events` keeps [`DEFAULT_BRONZE_DAYS`] days: the files of the days
+//! before the **horizon** (the latest batch's snapshot day less the retention)
+//! are removed by one entry of bronze's log that supersedes them and adds
+//! nothing (`retained_before`, appended like a compaction, [`crate::rewrite`]).
+//! The horizon is part of the log (its checkpoints carry it), so every reader
+//! knows which days are gone on purpose: silver reads bronze only from the
+//! horizon on and keeps the executions that began before it as they are
+//! (docs/maintenance.md, "Retention"); bronze `--verify` compares only the days
+//! from it on.
+//!
+//! **Silver first.** Removing a file silver has not read would lose its events
+//! for good, so the horizon never passes the first day holding a file some
+//! shard of silver has not consumed: a silver that stopped running holds
+//! retention back (reported, `held_by_silver`), and a lake where silver never
+//! committed keeps everything.
+//!
+//! **The outbox is left out.** Its old days keep receiving new versions of
+//! their rows, and a file of an old day may hold the latest captured version
+//! of a row PostgreSQL still holds: removing it by day would lose that
+//! version. Retention of the outbox needs a per-version rule and is not built.
+
+use chrono::NaiveDate;
+use lake_common::commit::CommitError;
+use lake_common::manifest::{BatchManifest, BatchState, BronzeLog, ManifestError};
+use lake_common::{Dataset, Lake};
+use serde::Serialize;
+use silver_transform::key::Shard;
+
+use crate::rewrite;
+
+/// Days of `bronze/events` kept by default (SPEC §11).
+pub const DEFAULT_BRONZE_DAYS: u32 = 90;
+/// The shortest retention: bronze's look-back (24 h) and the compaction of
+/// closed days (2 days) must stay inside what is kept.
+pub const MIN_BRONZE_DAYS: u32 = 7;
+
+/// Errors of retention.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RetainError {
+    /// Bronze's log could not be read.
+    #[error("bronze's log of {dataset}: {source}")]
+    Log {
+        /// The dataset.
+        dataset: Dataset,
+        /// Why.
+        source: ManifestError,
+    },
+    /// Silver's manifests could not be read (what it has consumed).
+    #[error("reading what silver has consumed: {0}")]
+    Silver(#[from] silver_transform::manifest::ManifestError),
+    /// The commit protocol failed.
+    #[error("appending the retention to bronze's log: {0}")]
+    Commit(#[from] CommitError),
+}
+
+/// What a retention run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Retained {
+    /// The dataset.
+    pub dataset: String,
+    /// Days kept.
+    pub keep_days: u32,
+    /// The horizon before this run.
+    pub horizon_before: Option<NaiveDate>,
+    /// The horizon the retention asks for.
+    pub target: Option<NaiveDate>,
+    /// The horizon this run applied (a dry run: would apply).
+    pub horizon: Option<NaiveDate>,
+    /// The first day holding a file silver has not consumed, when it held the
+    /// horizon back.
+    pub held_by_silver: Option<NaiveDate>,
+    /// The batch that records it (`None`: nothing committed).
+    pub batch: Option<u64>,
+    /// Days whose files were removed.
+    pub days: u64,
+    /// Files removed.
+    pub files: u64,
+    /// Rows in them.
+    pub rows: u64,
+    /// Bytes in them.
+    pub bytes: u64,
+    /// Why nothing was removed, when nothing was.
+    pub skipped: Option<String>,
+}
+
+/// Applies `keep_days` of retention to `bronze/events`; a dry run only says
+/// what it would remove.
+pub async fn retain(
+    lake: &Lake,
+    run_id: &str,
+    keep_days: u32,
+    dry_run: bool,
+) -> Result<Retained, RetainError> {
+    let dataset = Dataset::BronzeEvents;
+    let mut out = Retained {
+        dataset: dataset.to_string(),
+        keep_days,
+        ..Retained::default()
+    };
+    let skip = |mut out: Retained, why: String| {
+        tracing::info!(dataset = %dataset, "No retention: {why}");
+        out.skipped = Some(why);
+        Ok(out)
+    };
+    if !lake.capabilities().create_if_absent {
+        return skip(
+            out,
+            "the store has no conditional writes (S3_CONDITIONAL_WRITES=disabled): appending to \
+             bronze's log safely needs them"
+                .into(),
+        );
+    }
+    let log = BronzeLog::load(lake, dataset)
+        .await
+        .map_err(|source| RetainError::Log { dataset, source })?;
+    let Some(latest) = log.latest_entry().map(|v| v.manifest) else {
+        return skip(out, "bronze has no batch yet".into());
+    };
+    if latest.state == BatchState::Pending {
+        return skip(
+            out,
+            format!(
+                "batch {} is pending (an export is running, or the next one resumes it)",
+                latest.batch
+            ),
+        );
+    }
+    let target = latest.snapshot_time.date_naive() - chrono::Days::new(u64::from(keep_days));
+    let before = log.retained_before();
+    out.target = Some(target);
+    out.horizon_before = before;
+    let Some(readers) = silver_consumed(lake).await? else {
+        return skip(
+            out,
+            "silver has not committed a version yet: bronze keeps every day until silver has read it"
+                .into(),
+        );
+    };
+    let live = log.live_files();
+    // Files of days behind the current horizon are ignored by silver anyway
+    // (late rows): they never hold the horizon back.
+    let unread = live
+        .iter()
+        .filter(|f| before.is_none_or(|h| f.file.date >= h))
+        .filter(|f| !readers.iter().all(|consumed| contains(consumed, f.batch)))
+        .map(|f| f.file.date)
+        .min();
+    let mut horizon = target;
+    if let Some(day) = unread.filter(|d| *d < target) {
+        tracing::warn!(dataset = %dataset, %target, held_at = %day, "Silver has not read every file of the days retention would remove; keeping them");
+        out.held_by_silver = Some(day);
+        horizon = day;
+    }
+    let horizon = before.map_or(horizon, |b| b.max(horizon));
+    let doomed: Vec<_> = live.iter().filter(|f| f.file.date < horizon).collect();
+    if doomed.is_empty() {
+        return skip(out, format!("no file of a day before {horizon}"));
+    }
+    out.horizon = Some(horizon);
+    let mut days: Vec<NaiveDate> = doomed.iter().map(|f| f.file.date).collect();
+    days.dedup();
+    out.days = days.len() as u64;
+    out.files = doomed.len() as u64;
+    out.rows = doomed.iter().map(|f| f.file.rows).sum();
+    out.bytes = doomed.iter().map(|f| f.file.bytes).sum();
+    if dry_run {
+        return Ok(out);
+    }
+    let batch = latest.batch + 1;
+    let entry = BatchManifest {
+        batch,
+        state: BatchState::Committed,
+        h_prev: Some(latest.h),
+        drop_captured: false,
+        backfill_days: vec![],
+        claim: Default::default(),
+        committed_at: Some(chrono::Utc::now()),
+        files: vec![],
+        supersedes: doomed.iter().map(|f| f.file.path.clone()).collect(),
+        rows: 0,
+        compacted_days: vec![],
+        retained_before: Some(horizon),
+        ..latest
+    };
+    match rewrite::append(lake, dataset, &log, entry, run_id).await? {
+        rewrite::Appended::Committed(_) => {
+            out.batch = Some(batch);
+            tracing::info!(dataset = %dataset, batch, %horizon, days = out.days, files = out.files, rows = out.rows, "Committed a retention");
+            Ok(out)
+        }
+        rewrite::Appended::Lost { owner } => {
+            let mut out = out;
+            out.horizon = None;
+            skip(
+                out,
+                format!("run {owner} took batch {batch} first; the next run applies the retention"),
+            )
+        }
+    }
+}
+
+/// The batches every shard of every shard layout of silver has consumed, per
+/// shard (inclusive ranges); `None` if silver has no layout or a shard has
+/// not committed yet.
+async fn silver_consumed(lake: &Lake) -> Result<Option<Vec<Vec<[u64; 2]>>>, RetainError> {
+    let mut out = Vec::new();
+    for count in silver_transform::manifest::shard_counts(lake).await? {
+        for index in 0..count {
+            let found = silver_transform::manifest::find(lake, Shard { index, count }).await?;
+            match found.committed {
+                Some(m) => out.push(m.consumed_batches),
+                None => return Ok(None),
+            }
+        }
+    }
+    Ok((!out.is_empty()).then_some(out))
+}
+
+fn contains(ranges: &[[u64; 2]], batch: u64) -> bool {
+    ranges.iter().any(|[a, b]| (*a..=*b).contains(&batch))
+}

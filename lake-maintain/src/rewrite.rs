@@ -1,0 +1,87 @@
+//! Appending a rewrite without new data (a compaction, a retention) to
+//! bronze's log: one mechanism for both.
+//!
+//! The entry is `batch = latest + 1`, created directly as committed with one
+//! create-if-absent write. There is no pending phase: a run killed before the
+//! write leaves at most files no manifest lists (garbage collection removes
+//! them after its grace), and bronze never finds a pending rewrite to resume.
+//! If an export takes the number first, the rewrite is lost and the caller
+//! cleans up; the next night tries again. After the commit the files it
+//! superseded are deleted (bronze's next run and garbage collection do it if
+//! that fails) and a checkpoint falling due is written, as bronze would.
+
+use std::time::Duration;
+
+use lake_common::commit::{CommitError, Log, Mode};
+use lake_common::manifest::{self, BatchManifest, BronzeLog};
+use lake_common::{Dataset, Lake};
+use object_store::path::Path;
+
+/// How an append ended.
+#[derive(Debug)]
+pub enum Appended {
+    /// The entry is committed (as read back).
+    Committed(Box<BatchManifest>),
+    /// Another run took the batch number first: nothing was committed.
+    Lost {
+        /// That run's owner id.
+        owner: String,
+    },
+}
+
+/// Appends `entry` (its `batch` the one after `log`'s latest) to `log`'s
+/// dataset as committed, then deletes what it superseded and writes a
+/// checkpoint if one falls due.
+pub async fn append(
+    lake: &Lake,
+    dataset: Dataset,
+    log: &BronzeLog,
+    entry: BatchManifest,
+    run_id: &str,
+) -> Result<Appended, CommitError> {
+    let batch = entry.batch;
+    let written = entry.clone();
+    let mode = if lake.capabilities().update_if_match {
+        Mode::Conditional
+    } else {
+        Mode::CreateOnly
+    };
+    let appender = Log::new(lake.clone(), mode, Duration::from_secs(30));
+    let path = dataset.manifest(batch);
+    let committed = match appender.pin(&path, entry, run_id).await? {
+        Ok(pinned) => {
+            // Created committed; this only clears the lease field the protocol
+            // set (a committed entry's lease means nothing to a reader).
+            match pinned.commit(|_| {}).await {
+                Ok(m) => m,
+                Err(e) => {
+                    // It was created committed: what was written is what it is.
+                    tracing::warn!(error = %e, "The rewrite is committed; clearing its lease field failed");
+                    written
+                }
+            }
+        }
+        Err(found) => {
+            return Ok(Appended::Lost {
+                owner: found.entry.claim.owner,
+            });
+        }
+    };
+    // What it replaced goes now: readers following the log read the new
+    // state from here on.
+    let doomed: Vec<Path> = committed
+        .supersedes
+        .iter()
+        .map(|p| Path::from(p.as_str()))
+        .collect();
+    if let Err(e) = lake.delete_all(doomed).await {
+        tracing::warn!(error = %e, "Could not delete the files the rewrite replaced; bronze's next run does");
+    }
+    // The log read at the start is the whole log this entry follows.
+    if let Some(cp) = log.checkpoint_after(&committed)
+        && let Err(e) = manifest::write_checkpoint(lake, &cp).await
+    {
+        tracing::warn!(error = %e, "Could not write the checkpoint; the next commit writes it");
+    }
+    Ok(Appended::Committed(Box::new(committed)))
+}

@@ -1,0 +1,229 @@
+//! Retention of bronze through its log (#20): old days removed by one log
+//! entry, silver unchanged and not recomputed, a full refresh unchanged too,
+//! the executions begun before the horizon frozen, and silver's unread files
+//! holding the horizon back.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod support;
+
+use std::time::{Duration, SystemTime};
+
+use chrono::{NaiveDate, Utc};
+use lake_common::manifest::BronzeLog;
+use lake_common::{Dataset, Lake};
+use lake_maintain::Options;
+use object_store::path::Path;
+use silver_transform::Mode;
+use support::*;
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+const KEEP: u32 = 10;
+
+fn retain_options() -> Options {
+    Options {
+        compact: false,
+        bronze_retention_days: Some(KEEP),
+        // Nothing of this test's lake is old enough to be collected.
+        grace: Duration::from_secs(3600),
+        upload_grace: Duration::from_secs(3600),
+        ..Options::default()
+    }
+}
+
+async fn live_days(lake: &Lake) -> Vec<NaiveDate> {
+    let mut days: Vec<NaiveDate> = BronzeLog::load(lake, Dataset::BronzeEvents)
+        .await
+        .unwrap()
+        .live_files()
+        .into_iter()
+        .map(|f| f.file.date)
+        .collect();
+    days.dedup();
+    days
+}
+
+/// A new `FAILED` event, now, for the earliest execution of PostgreSQL that
+/// began before `before`: folded, it would change that execution's status.
+const LATE_FAILURE: &str = "INSERT INTO stop_events (event_id, occurred_at, operation_id, client_id, \
+     symbol, event_type, execution_token, payload_json, source, retry_count) \
+     SELECT $1::text::uuid, now(), operation_id, client_id, symbol, 'FAILED', execution_token, '{}', \
+     source, retry_count + 1 FROM stop_events WHERE occurred_at < $2 AND execution_token IS NOT NULL \
+     ORDER BY occurred_at LIMIT 1";
+
+/// A new execution whose one event is dated `$2`.
+const DATED_EVENT: &str = "INSERT INTO stop_events (event_id, occurred_at, operation_id, client_id, \
+     symbol, event_type, execution_token, payload_json, source, retry_count) \
+     VALUES ($1::text::uuid, $2, 7, 7, 'ETHUSDC', 'STOP_TRIGGERED', 'retention-late', '{}', 'ws', 0)";
+
+/// #20: retention removes every file of the days before its horizon through
+/// one log entry; bronze `--verify` compares the days it keeps; silver
+/// consumes the entry without recomputing anything and a full refresh after it
+/// changes nothing; a new event for an execution begun before the horizon is
+/// counted and leaves its row as it is; a late row dated before the horizon is
+/// not read, and the next retention removes it.
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_removes_old_days_and_silver_keeps_its_history() {
+    let mut h = Harness::local().await;
+    h.lookback = 40 * DAY;
+    // Events over the 20 days that ended two days ago, then the last hours.
+    h.batch_ending(3000, 1, SystemTime::now() - 2 * DAY, 20 * DAY)
+        .await;
+    h.batch(300, 2).await;
+    let lake = h.lake();
+    let days_before = live_days(&lake).await;
+    let silver = silver_rows(&lake).await;
+    let latest = BronzeLog::load(&lake, Dataset::BronzeEvents)
+        .await
+        .unwrap()
+        .latest_entry()
+        .unwrap()
+        .manifest;
+    let target = latest.snapshot_time.date_naive() - chrono::Days::new(u64::from(KEEP));
+    assert!(days_before.first().unwrap() < &target, "{days_before:?}");
+    let doomed: Vec<String> = BronzeLog::load(&lake, Dataset::BronzeEvents)
+        .await
+        .unwrap()
+        .live_files()
+        .into_iter()
+        .filter(|f| f.file.date < target)
+        .map(|f| f.file.path)
+        .collect();
+
+    let dry = lake_maintain::run(
+        &lake,
+        &Options {
+            dry_run: true,
+            ..retain_options()
+        },
+    )
+    .await
+    .unwrap();
+    let planned = dry.retention.unwrap();
+    assert_eq!(planned.horizon, Some(target), "{planned:?}");
+    assert_eq!(planned.files, doomed.len() as u64);
+    assert_eq!(
+        live_days(&lake).await,
+        days_before,
+        "a dry run changes nothing"
+    );
+
+    let r = lake_maintain::run(&lake, &retain_options()).await.unwrap();
+    let kept = r.retention.clone().unwrap();
+    assert_eq!(kept.batch, Some(latest.batch + 1), "{kept:?}");
+    assert_eq!(kept.horizon, Some(target));
+    assert_eq!(kept.held_by_silver, None);
+    assert!(
+        r.summary().contains("retention of 10 days"),
+        "{}",
+        r.summary()
+    );
+    let log = BronzeLog::load(&lake, Dataset::BronzeEvents).await.unwrap();
+    assert_eq!(log.retained_before(), Some(target));
+    assert!(live_days(&lake).await.iter().all(|d| *d >= target));
+    for path in &doomed {
+        assert!(
+            lake.get_bytes(&Path::from(path.as_str())).await.is_err(),
+            "{path} should be deleted"
+        );
+    }
+    h.assert_bronze_equals_postgres().await;
+
+    // Silver consumes the retention and recomputes nothing; a full refresh
+    // (which reads bronze from the horizon on) changes nothing either.
+    let s = h.silver(Mode::Incremental).await;
+    assert_eq!(s.new_batches, vec![[latest.batch + 1, latest.batch + 1]]);
+    assert_eq!(s.partitions.recomputed, 0, "{:?}", s.partitions);
+    assert_eq!(s.retained_before, Some(target));
+    assert_eq!(silver_rows(&lake).await, silver);
+    h.assert_full_refresh_changes_nothing().await;
+    assert_eq!(silver_rows(&lake).await, silver, "history kept");
+
+    // A new event for an execution begun before the horizon, and a new
+    // execution whose event is dated before it.
+    let client = h.pg.client().await.unwrap();
+    let before: chrono::DateTime<Utc> = (target - chrono::Days::new(1))
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    let n = client
+        .execute(
+            LATE_FAILURE,
+            &[&"00000000-0000-0000-0000-00000000f001", &before],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    client
+        .execute(
+            DATED_EVENT,
+            &[
+                &"00000000-0000-0000-0000-00000000f002",
+                &(before - chrono::Duration::days(2)),
+            ],
+        )
+        .await
+        .unwrap();
+    h.bronze().await;
+    let s = h.silver(Mode::Incremental).await;
+    assert_eq!(s.work.frozen_executions, 1, "{:?}", s.work);
+    assert_eq!(s.work.files_behind_horizon, 1, "{:?}", s.work);
+    assert_eq!(silver_rows(&lake).await, silver, "frozen rows unchanged");
+    h.assert_full_refresh_changes_nothing().await;
+    h.assert_bronze_equals_postgres().await;
+
+    // The next retention removes the late file behind the horizon.
+    let again = lake_maintain::run(&lake, &retain_options()).await.unwrap();
+    let r2 = again.retention.unwrap();
+    assert_eq!((r2.files, r2.horizon), (1, Some(target)), "{r2:?}");
+    assert!(live_days(&lake).await.iter().all(|d| *d >= target));
+    let s = h.silver(Mode::Incremental).await;
+    assert_eq!(s.partitions.recomputed, 0, "{:?}", s.partitions);
+    h.assert_full_refresh_changes_nothing().await;
+    assert_references_exist(&lake).await;
+}
+
+/// #20: retention never removes a file silver has not read: without any
+/// silver version it removes nothing, and a file of an old day that silver
+/// has not consumed yet holds the horizon at that day until silver runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_waits_for_silver() {
+    let mut h = Harness::local().await;
+    h.lookback = 40 * DAY;
+    let client = h.pg.client().await.unwrap();
+    let opts = lake_testkit::demo::GenerateOptions::new(2000, 3)
+        .window_end(SystemTime::now() - 2 * DAY)
+        .window(20 * DAY);
+    lake_testkit::demo::generate_with(&client, &opts)
+        .await
+        .unwrap();
+    h.bronze().await;
+    let lake = h.lake();
+    let r = lake_maintain::run(&lake, &retain_options()).await.unwrap();
+    let r = r.retention.unwrap();
+    assert_eq!(r.batch, None, "{r:?}");
+    assert!(r.skipped.unwrap().contains("silver has not committed"));
+
+    h.silver(Mode::Incremental).await;
+    // A late row of 15 days ago, exported after silver's run.
+    let at = Utc::now() - chrono::Duration::days(15);
+    client
+        .execute(DATED_EVENT, &[&"00000000-0000-0000-0000-00000000f003", &at])
+        .await
+        .unwrap();
+    h.bronze().await;
+    let held = lake_maintain::run(&lake, &retain_options()).await.unwrap();
+    let held = held.retention.unwrap();
+    assert_eq!(held.held_by_silver, Some(at.date_naive()), "{held:?}");
+    assert_eq!(held.horizon, Some(at.date_naive()));
+    assert!(live_days(&lake).await.contains(&at.date_naive()));
+
+    let s = h.silver(Mode::Incremental).await;
+    assert_eq!(s.work.files_behind_horizon, 0, "{:?}", s.work);
+    let full = lake_maintain::run(&lake, &retain_options()).await.unwrap();
+    let full = full.retention.unwrap();
+    assert_eq!(full.held_by_silver, None, "{full:?}");
+    assert!(full.horizon.unwrap() > at.date_naive());
+    h.silver(Mode::Incremental).await;
+    h.assert_full_refresh_changes_nothing().await;
+    h.assert_bronze_equals_postgres().await;
+}
