@@ -181,32 +181,14 @@ impl DatasetReport {
     }
 }
 
-/// Test-only fail points: with `BRONZE_FAILPOINT=<name>` the process announces the
-/// point on stderr and stops there, so a test can SIGKILL it at an exact phase.
+/// Test-only fail points ([`lake_common::failpoint::stop`]).
 fn failpoint(name: &str) {
-    if std::env::var("BRONZE_FAILPOINT").is_ok_and(|v| v == name) {
-        eprintln!("FAILPOINT {name} reached");
-        loop {
-            std::thread::sleep(Duration::from_secs(3600));
-        }
-    }
+    lake_common::failpoint::stop("BRONZE_FAILPOINT", name);
 }
 
-/// Test-only pause: with `BRONZE_FAILPOINT=<name>:<seconds>` the process
-/// announces the point on stderr and waits that long before going on, so a
-/// test can let another run commit in between.
+/// Test-only pause ([`lake_common::failpoint::pause`]).
 pub(crate) async fn pause_point(name: &str) {
-    let Ok(v) = std::env::var("BRONZE_FAILPOINT") else {
-        return;
-    };
-    if let Some(secs) = v
-        .strip_prefix(name)
-        .and_then(|r| r.strip_prefix(':'))
-        .and_then(|s| s.parse::<u64>().ok())
-    {
-        eprintln!("FAILPOINT {name} reached");
-        tokio::time::sleep(Duration::from_secs(secs)).await;
-    }
+    lake_common::failpoint::pause("BRONZE_FAILPOINT", name).await;
 }
 
 fn busy(msg: String) -> anyhow::Error {

@@ -18,30 +18,11 @@ fn run_to_failpoint(h: &Harness, point: &str) -> Child {
     let mut env = h.env();
     env.push(("BRONZE_FAILPOINT".into(), point.into()));
     env.push(("BRONZE_LEASE_SECS".into(), LEASE.to_string()));
-    let mut child = h
-        .command_with(&env, &[])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for line in BufReader::new(stderr).lines() {
-        let line = line.unwrap();
-        if line.contains(&format!("FAILPOINT {point} reached")) {
-            return child;
-        }
-        assert!(Instant::now() < deadline, "fail point {point} not reached");
-    }
-    panic!(
-        "bronze-ingest exited before fail point {point}: {:?}",
-        child.wait()
-    );
+    lake_testkit::failpoint::spawn_to(&mut h.command_with(&env, &[]), point).unwrap()
 }
 
-fn sigkill(mut child: Child) {
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+fn sigkill(child: Child) {
+    lake_testkit::failpoint::sigkill(child).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

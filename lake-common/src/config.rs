@@ -70,6 +70,7 @@ const OWN_PREFIXES: &[&str] = &[
 /// benchmark's knobs and the build's commit stamp.
 const NOT_CONFIGURATION: &[&str] = &[
     "BRONZE_FAILPOINT",
+    "MAINTAIN_FAILPOINT",
     "LAKE_GIT_COMMIT",
     "LAKE_TEST",
     "LAKE_TESTKIT",

@@ -10,6 +10,7 @@ pub mod commit;
 pub mod config;
 pub mod contract;
 pub mod dictionary;
+pub mod failpoint;
 pub mod manifest;
 pub mod metrics;
 pub mod parquet_io;

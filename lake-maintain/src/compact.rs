@@ -223,6 +223,7 @@ pub async fn compact(lake: &Lake, run_id: &str, dry_run: bool) -> Result<Compact
         return Ok(out);
     }
 
+    crate::failpoint("compact-before-commit");
     let entry = BatchManifest {
         batch,
         state: BatchState::Committed,
@@ -349,7 +350,7 @@ async fn merge_day(
             lake,
             Dataset::BronzeEvents.attempt_file(&partition, batch, n, run_id),
             schema.clone(),
-            lake_common::schema::writer_properties(),
+            lake_common::schema::compacted_writer_properties(&STOP_EVENTS),
         )
     };
     loop {

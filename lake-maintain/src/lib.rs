@@ -25,6 +25,11 @@ use serde::Serialize;
 /// The job's name (run reports under `_runs/lake-maintain/`).
 pub const JOB: &str = "lake-maintain";
 
+/// Test-only fail points (`MAINTAIN_FAILPOINT=<name>`, the kill -9 tests).
+pub(crate) fn failpoint(name: &str) {
+    lake_common::failpoint::stop("MAINTAIN_FAILPOINT", name);
+}
+
 /// Days of run reports kept by default.
 pub const DEFAULT_REPORTS_DAYS: u32 = 365;
 
@@ -370,6 +375,7 @@ async fn collect(lake: &Lake, options: &Options, report: &mut RunReport) -> anyh
         .await
         .context("reading what the lake's logs reference (nothing was deleted)")?;
     report.referenced = refs.len() as u64;
+    failpoint("before-sweep");
     report
         .timings_ms
         .insert("references", t.elapsed().as_millis() as u64);

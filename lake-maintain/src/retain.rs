@@ -14,7 +14,8 @@
 //! for good, so the horizon never passes the first day holding a file some
 //! shard of silver has not consumed: a silver that stopped running holds
 //! retention back (reported, `held_by_silver`), and a lake where silver never
-//! committed keeps everything.
+//! committed keeps everything. A compaction's files count as read once silver
+//! consumed every batch before it (they hold only those batches' rows).
 //!
 //! **The outbox is left out.** Its old days keep receiving new versions of
 //! their rows, and a file of an old day may hold the latest captured version
@@ -23,7 +24,9 @@
 
 use chrono::NaiveDate;
 use lake_common::commit::CommitError;
-use lake_common::manifest::{BatchManifest, BatchState, BronzeLog, ManifestError};
+use std::collections::BTreeSet;
+
+use lake_common::manifest::{self, BatchManifest, BatchState, BronzeLog, ManifestError};
 use lake_common::{Dataset, Lake};
 use serde::Serialize;
 use silver_transform::key::Shard;
@@ -142,10 +145,32 @@ pub async fn retain(
     let live = log.live_files();
     // Files of days behind the current horizon are ignored by silver anyway
     // (late rows): they never hold the horizon back.
+    let unconsumed: BTreeSet<u64> = live
+        .iter()
+        .filter(|f| before.is_none_or(|h| f.file.date >= h))
+        .map(|f| f.batch)
+        .filter(|b| !readers.iter().all(|consumed| contains(consumed, *b)))
+        .collect();
+    // A compaction holds rows of earlier batches only: once silver consumed
+    // every batch before it, silver has read them all.
+    let mut unread_batches = BTreeSet::new();
+    for b in unconsumed {
+        let read = readers
+            .iter()
+            .all(|consumed| (1..b).all(|x| contains(consumed, x)))
+            && manifest::read(lake, dataset, b)
+                .await
+                .map_err(|source| RetainError::Log { dataset, source })?
+                .manifest
+                .is_compaction();
+        if !read {
+            unread_batches.insert(b);
+        }
+    }
     let unread = live
         .iter()
         .filter(|f| before.is_none_or(|h| f.file.date >= h))
-        .filter(|f| !readers.iter().all(|consumed| contains(consumed, f.batch)))
+        .filter(|f| unread_batches.contains(&f.batch))
         .map(|f| f.file.date)
         .min();
     let mut horizon = target;
@@ -169,6 +194,7 @@ pub async fn retain(
     if dry_run {
         return Ok(out);
     }
+    crate::failpoint("retain-before-commit");
     let batch = latest.batch + 1;
     let entry = BatchManifest {
         batch,

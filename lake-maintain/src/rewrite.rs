@@ -67,6 +67,7 @@ pub async fn append(
             });
         }
     };
+    crate::failpoint("after-rewrite-commit");
     // What it replaced goes now: readers following the log read the new
     // state from here on.
     let doomed: Vec<Path> = committed

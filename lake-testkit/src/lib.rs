@@ -39,6 +39,7 @@
 
 mod allocator;
 pub mod demo;
+pub mod failpoint;
 mod faults;
 pub mod glob;
 mod http;
