@@ -36,7 +36,7 @@ use arrow::row::{RowConverter, Rows, SortField};
 use chrono::{NaiveDate, Utc};
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use lake_common::manifest::{self, BatchManifest, BatchState, BronzeLog, DataFile, LiveFile};
+use lake_common::manifest::{self, BatchManifest, BatchState, DataFile, LiveFile};
 use lake_common::parquet_io::FileWriter;
 use lake_common::schema::{STOP_EVENTS, TARGET_FILE_BYTES};
 use lake_common::{Dataset, Lake, Partition};
@@ -150,30 +150,13 @@ pub async fn compact(lake: &Lake, run_id: &str, dry_run: bool) -> Result<Compact
         out.skipped = Some(why);
         Ok(out)
     };
-    let caps = lake.capabilities();
-    if !caps.create_if_absent {
-        return skip(
-            out,
-            "the store has no conditional writes (S3_CONDITIONAL_WRITES=disabled): appending to \
-             bronze's log safely needs them, or the advisory lock bronze-ingest holds"
-                .into(),
-        );
-    }
-    let log = BronzeLog::load(lake, dataset)
+    let (log, latest) = match rewrite::prepare(lake, dataset)
         .await
-        .map_err(|source| CompactError::Log { dataset, source })?;
-    let Some(latest) = log.latest_entry().map(|v| v.manifest) else {
-        return skip(out, "bronze has no batch yet".into());
+        .map_err(|source| CompactError::Log { dataset, source })?
+    {
+        Ok(found) => found,
+        Err(why) => return skip(out, why),
     };
-    if latest.state == BatchState::Pending {
-        return skip(
-            out,
-            format!(
-                "batch {} is pending (an export is running, or the next one resumes it)",
-                latest.batch
-            ),
-        );
-    }
     let closed_before = latest.snapshot_time.date_naive() - chrono::Days::new(CLOSED_AFTER_DAYS);
     let mut by_day: BTreeMap<NaiveDate, Vec<LiveFile>> = BTreeMap::new();
     for f in log.live_files() {

@@ -221,16 +221,7 @@ pub async fn sweep(
     dry_run: bool,
 ) -> Result<Swept, GcError> {
     let prefix = dataset.root();
-    let store_err = |source| GcError::Store {
-        prefix: prefix.to_string(),
-        source,
-    };
-    let listed: Vec<object_store::ObjectMeta> = lake
-        .store()
-        .list(Some(&prefix))
-        .try_collect()
-        .await
-        .map_err(store_err)?;
+    let listed = list(lake, &prefix).await?;
     let mut out = Swept {
         prefix: lake.url_of(&prefix),
         ..Swept::default()
@@ -259,9 +250,27 @@ pub async fn sweep(
         });
     }
     if !dry_run && !garbage.is_empty() {
-        lake.delete_all(garbage).await.map_err(store_err)?;
+        lake.delete_all(garbage)
+            .await
+            .map_err(|e| store_error(&prefix, e))?;
     }
     Ok(out)
+}
+
+/// Every object under `prefix`.
+async fn list(lake: &Lake, prefix: &Path) -> Result<Vec<object_store::ObjectMeta>, GcError> {
+    lake.store()
+        .list(Some(prefix))
+        .try_collect()
+        .await
+        .map_err(|source| store_error(prefix, source))
+}
+
+fn store_error(prefix: &Path, source: object_store::Error) -> GcError {
+    GcError::Store {
+        prefix: prefix.to_string(),
+        source,
+    }
 }
 
 /// What the retention of run reports found and did.
@@ -284,16 +293,7 @@ pub async fn expire_reports(
     dry_run: bool,
 ) -> Result<Reports, GcError> {
     let prefix = Path::from("_runs");
-    let store_err = |source| GcError::Store {
-        prefix: prefix.to_string(),
-        source,
-    };
-    let listed: Vec<object_store::ObjectMeta> = lake
-        .store()
-        .list(Some(&prefix))
-        .try_collect()
-        .await
-        .map_err(store_err)?;
+    let listed = list(lake, &prefix).await?;
     let mut out = Reports::default();
     let mut expired = Vec::new();
     for meta in listed {
@@ -305,7 +305,9 @@ pub async fn expire_reports(
         }
     }
     if !dry_run && !expired.is_empty() {
-        lake.delete_all(expired).await.map_err(store_err)?;
+        lake.delete_all(expired)
+            .await
+            .map_err(|e| store_error(&prefix, e))?;
     }
     Ok(out)
 }
@@ -337,10 +339,7 @@ pub async fn abort_stale_uploads(
     let mut out = Uploads::default();
     for dataset in SWEPT {
         let prefix = dataset.root();
-        let store_err = |source| GcError::Store {
-            prefix: prefix.to_string(),
-            source,
-        };
+        let store_err = |source| store_error(&prefix, source);
         for u in lake.open_uploads(&prefix).await.map_err(store_err)? {
             out.open += 1;
             if refs.busy.contains(&dataset) {

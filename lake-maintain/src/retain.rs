@@ -26,7 +26,7 @@ use chrono::NaiveDate;
 use lake_common::commit::CommitError;
 use std::collections::BTreeSet;
 
-use lake_common::manifest::{self, BatchManifest, BatchState, BronzeLog, ManifestError};
+use lake_common::manifest::{self, BatchManifest, BatchState, ManifestError};
 use lake_common::{Dataset, Lake};
 use serde::Serialize;
 use silver_transform::key::Shard;
@@ -108,29 +108,13 @@ pub async fn retain(
         out.skipped = Some(why);
         Ok(out)
     };
-    if !lake.capabilities().create_if_absent {
-        return skip(
-            out,
-            "the store has no conditional writes (S3_CONDITIONAL_WRITES=disabled): appending to \
-             bronze's log safely needs them"
-                .into(),
-        );
-    }
-    let log = BronzeLog::load(lake, dataset)
+    let (log, latest) = match rewrite::prepare(lake, dataset)
         .await
-        .map_err(|source| RetainError::Log { dataset, source })?;
-    let Some(latest) = log.latest_entry().map(|v| v.manifest) else {
-        return skip(out, "bronze has no batch yet".into());
+        .map_err(|source| RetainError::Log { dataset, source })?
+    {
+        Ok(found) => found,
+        Err(why) => return skip(out, why),
     };
-    if latest.state == BatchState::Pending {
-        return skip(
-            out,
-            format!(
-                "batch {} is pending (an export is running, or the next one resumes it)",
-                latest.batch
-            ),
-        );
-    }
     let target = latest.snapshot_time.date_naive() - chrono::Days::new(u64::from(keep_days));
     let before = log.retained_before();
     out.target = Some(target);

@@ -17,6 +17,33 @@ use lake_common::manifest::{self, BatchManifest, BronzeLog};
 use lake_common::{Dataset, Lake};
 use object_store::path::Path;
 
+/// Where a rewrite would go: bronze's log and its latest entry, or why no
+/// rewrite may be appended now (a skip, not an error: the next night tries
+/// again).
+pub async fn prepare(
+    lake: &Lake,
+    dataset: Dataset,
+) -> Result<Result<(BronzeLog, BatchManifest), String>, manifest::ManifestError> {
+    if !lake.capabilities().create_if_absent {
+        return Ok(Err(
+            "the store has no conditional writes (S3_CONDITIONAL_WRITES=disabled): appending to \
+             bronze's log safely needs them, or the advisory lock bronze-ingest holds"
+                .into(),
+        ));
+    }
+    let log = BronzeLog::load(lake, dataset).await?;
+    let Some(latest) = log.latest_entry().map(|v| v.manifest) else {
+        return Ok(Err("bronze has no batch yet".into()));
+    };
+    if latest.state == manifest::BatchState::Pending {
+        return Ok(Err(format!(
+            "batch {} is pending (an export is running, or the next one resumes it)",
+            latest.batch
+        )));
+    }
+    Ok(Ok((log, latest)))
+}
+
 /// How an append ended.
 #[derive(Debug)]
 pub enum Appended {
