@@ -211,6 +211,23 @@ pub async fn run_dataset(
     // not grow with the dataset's age.
     let mut history = manifest::BronzeLog::load(lake, dataset).await?;
     let previous = history.latest_entry();
+    // A day lake-maintain's retention removed is not exported again: silver no
+    // longer reads it, and the next retention would remove it again.
+    if let (Some(horizon), Some(day)) = (
+        history.retained_before(),
+        settings.backfill_days.iter().min(),
+    ) && *day < horizon
+    {
+        return Err(Classified::new(
+            ExitStatus::Usage,
+            format!(
+                "{dataset}: --date {day} is before the retention horizon {horizon} (lake-maintain \
+                 removed the days before it on purpose; silver no longer reads them): back-fill \
+                 only days from {horizon} on (nothing was written)"
+            ),
+        )
+        .into());
+    }
     // The same source, with everything the last batch saw (SPEC §5.5)? A
     // rebase adopts the source as it is now instead.
     if let Some(prev) = &previous

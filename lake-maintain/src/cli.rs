@@ -14,7 +14,8 @@ const MIN_GRACE: Duration = Duration::from_secs(3600);
 fn after_help() -> String {
     format!(
         "lake-maintain reads only the lake. It removes the days of bronze/events older than\n\
-         --bronze-retention-days through bronze's log, compacts closed bronze days, deletes the\n\
+         --bronze-retention-days through bronze's log and the partitions of silver older than\n\
+         --silver-retention-days (never past bronze's horizon) through silver's, compacts closed bronze days, deletes the\n\
          objects of bronze/ and silver/ that no manifest references and that are older than --grace,\n\
          aborts multipart uploads started longer ago than --upload-grace and deletes run reports\n\
          older than --reports-retention-days (docs/maintenance.md).\n\n{}\n\n{}",
@@ -50,7 +51,11 @@ pub struct Args {
     /// bronze's log once silver has read them.
     #[arg(long, env = "MAINTAIN_BRONZE_RETENTION_DAYS", default_value_t = crate::retain::DEFAULT_BRONZE_DAYS)]
     pub bronze_retention_days: u32,
-    /// Keep every day of bronze (no retention).
+    /// Days of silver partitions kept (at least 7); older partitions are
+    /// removed through silver's log, never past bronze's horizon.
+    #[arg(long, env = "MAINTAIN_SILVER_RETENTION_DAYS", default_value_t = crate::retain::DEFAULT_SILVER_DAYS)]
+    pub silver_retention_days: u32,
+    /// Keep every day of bronze and of silver (no retention).
     #[arg(long)]
     pub no_retention: bool,
     /// Days of run reports (_runs/) kept (at least 1).
@@ -82,6 +87,14 @@ impl Args {
                 crate::retain::MIN_BRONZE_DAYS
             )));
         }
+        if self.silver_retention_days < crate::retain::MIN_SILVER_DAYS {
+            return Err(usage(format!(
+                "--silver-retention-days (MAINTAIN_SILVER_RETENTION_DAYS) is {} but must be at least {}; \
+                 use --no-retention to keep everything",
+                self.silver_retention_days,
+                crate::retain::MIN_SILVER_DAYS
+            )));
+        }
         if self.reports_retention_days == 0 {
             return Err(usage(
                 "--reports-retention-days (MAINTAIN_REPORTS_RETENTION_DAYS) must be at least 1"
@@ -95,6 +108,7 @@ impl Args {
             pushgateway: lake_common::metrics::Pushgateway::from_env_or_warn(),
             compact: !self.no_compaction,
             bronze_retention_days: (!self.no_retention).then_some(self.bronze_retention_days),
+            silver_retention_days: (!self.no_retention).then_some(self.silver_retention_days),
             reports_retention_days: self.reports_retention_days,
         })
     }

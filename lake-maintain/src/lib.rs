@@ -1,6 +1,6 @@
 //! `lake-maintain`: the lake's upkeep, run daily (SPEC §11).
 //!
-//! Each run applies bronze's retention ([`retain`]), compacts closed bronze
+//! Each run applies bronze's and silver's retention ([`retain`]), compacts closed bronze
 //! days ([`compact`]), then collects garbage ([`gc`]): objects no log
 //! references, older than a grace period, multipart uploads left open for
 //! longer than a day, and run reports past their retention
@@ -49,6 +49,9 @@ pub struct Options {
     pub compact: bool,
     /// Days of `bronze/events` kept (`None`: keep everything).
     pub bronze_retention_days: Option<u32>,
+    /// Days of silver partitions kept (`None`: keep everything), never more
+    /// than bronze removed.
+    pub silver_retention_days: Option<u32>,
     /// Days of run reports (`_runs/`) kept.
     pub reports_retention_days: u32,
 }
@@ -62,6 +65,7 @@ impl Default for Options {
             pushgateway: None,
             compact: true,
             bronze_retention_days: Some(retain::DEFAULT_BRONZE_DAYS),
+            silver_retention_days: Some(retain::DEFAULT_SILVER_DAYS),
             reports_retention_days: DEFAULT_REPORTS_DAYS,
         }
     }
@@ -81,6 +85,8 @@ pub struct RunReport {
     pub reports_retention_days: u32,
     /// Bronze's retention (`None`: not asked for).
     pub retention: Option<retain::Retained>,
+    /// Silver's retention (`None`: not asked for).
+    pub silver_retention: Option<retain::SilverRetained>,
     /// The compaction of closed bronze days (`None`: not asked for).
     pub compaction: Option<compact::Compacted>,
     /// Objects the logs reference.
@@ -125,6 +131,9 @@ impl RunReport {
         );
         if let Some(r) = &self.retention {
             s += &retention_summary(r, self.header.dry_run);
+        }
+        if let Some(r) = &self.silver_retention {
+            s += &silver_retention_summary(r, self.header.dry_run);
         }
         if let Some(c) = &self.compaction {
             s += &compaction_summary(c, self.header.dry_run);
@@ -179,6 +188,38 @@ fn retention_summary(r: &retain::Retained, dry_run: bool) -> String {
     )
 }
 
+fn silver_retention_summary(r: &retain::SilverRetained, dry_run: bool) -> String {
+    let Some(horizon) = r.horizon else {
+        return format!(
+            "no silver retention ({}); ",
+            r.skipped.as_deref().unwrap_or("nothing to do")
+        );
+    };
+    let verb = if dry_run { "would remove" } else { "removed" };
+    let capped = if r.target.is_some_and(|t| t > horizon) {
+        " (bronze's horizon)"
+    } else {
+        ""
+    };
+    let skipped: Vec<String> = r
+        .shards
+        .iter()
+        .filter(|s| s.partitions > 0 && s.version.is_none() && !dry_run)
+        .map(|s| format!("{}: {}", s.shard, s.skipped.as_deref().unwrap_or("")))
+        .collect();
+    let skipped = if skipped.is_empty() {
+        String::new()
+    } else {
+        format!(", left for the next run: {}", skipped.join("; "))
+    };
+    let rows: u64 = r.shards.iter().map(|s| s.rows).sum();
+    format!(
+        "silver retention of {} days: {verb} {} partitions before {horizon}{capped} ({rows} rows){skipped}; ",
+        r.keep_days,
+        r.partitions()
+    )
+}
+
 fn compaction_summary(c: &compact::Compacted, dry_run: bool) -> String {
     if c.days.is_empty() {
         return format!(
@@ -219,6 +260,7 @@ pub async fn run(lake: &Lake, options: &Options) -> anyhow::Result<RunReport> {
         upload_grace_secs: options.upload_grace.as_secs(),
         reports_retention_days: options.reports_retention_days,
         retention: None,
+        silver_retention: None,
         compaction: None,
         referenced: 0,
         prefixes: vec![],
@@ -317,6 +359,20 @@ fn metrics(r: &RunReport, seconds: f64, exit: lake_common::ExitStatus) -> RunMet
             f64::from(u8::from(r.held_by_silver.is_some())),
         );
     }
+    if let Some(r) = &r.silver_retention {
+        let removed: u64 = r
+            .shards
+            .iter()
+            .filter(|s| s.version.is_some())
+            .map(|s| s.partitions)
+            .sum();
+        m.set(
+            "retain_silver_partitions_removed",
+            "Silver partitions the latest lake-maintain run removed by retention.",
+            &[],
+            removed as f64,
+        );
+    }
     if let Some(c) = &r.compaction {
         let before: u64 = c.days.iter().map(|d| d.files_before).sum();
         let after: u64 = c.days.iter().map(|d| d.files_after).sum();
@@ -356,6 +412,22 @@ async fn collect(lake: &Lake, options: &Options, report: &mut RunReport) -> anyh
         report
             .timings_ms
             .insert("retention", t.elapsed().as_millis() as u64);
+    }
+    if let Some(days) = options.silver_retention_days {
+        let t = Instant::now();
+        let planned = report
+            .retention
+            .as_ref()
+            .and_then(|r| r.horizon)
+            .filter(|_| options.dry_run);
+        report.silver_retention = Some(
+            retain::retain_silver(lake, &report.header.run_id, days, planned, options.dry_run)
+                .await
+                .context("applying silver's retention")?,
+        );
+        report
+            .timings_ms
+            .insert("silver_retention", t.elapsed().as_millis() as u64);
     }
     if options.compact {
         let t = Instant::now();

@@ -17,6 +17,12 @@
 //! committed keeps everything. A compaction's files count as read once silver
 //! consumed every batch before it (they hold only those batches' rows).
 //!
+//! **Silver** keeps [`DEFAULT_SILVER_DAYS`] days of partitions
+//! ([`retain_silver`]): one version per shard removes those of the days before
+//! its horizon ([`silver_transform::retain`]). That horizon never passes
+//! bronze's, so silver drops only executions it would never fold again, and
+//! a lake whose bronze keeps everything keeps all of silver too.
+//!
 //! **The outbox is left out.** Its old days keep receiving new versions of
 //! their rows, and a file of an old day may hold the latest captured version
 //! of a row PostgreSQL still holds: removing it by day would lose that
@@ -26,7 +32,7 @@ use chrono::NaiveDate;
 use lake_common::commit::CommitError;
 use std::collections::BTreeSet;
 
-use lake_common::manifest::{self, BatchManifest, BatchState, ManifestError};
+use lake_common::manifest::{self, BatchManifest, BatchState, BronzeLog, ManifestError};
 use lake_common::{Dataset, Lake};
 use serde::Serialize;
 use silver_transform::key::Shard;
@@ -35,9 +41,14 @@ use crate::rewrite;
 
 /// Days of `bronze/events` kept by default (SPEC §11).
 pub const DEFAULT_BRONZE_DAYS: u32 = 90;
+/// Days of silver partitions kept by default (SPEC §11).
+pub const DEFAULT_SILVER_DAYS: u32 = 365;
 /// The shortest retention: bronze's look-back (24 h) and the compaction of
 /// closed days (2 days) must stay inside what is kept.
 pub const MIN_BRONZE_DAYS: u32 = 7;
+/// The shortest retention of silver: a week, so a value meant in another unit
+/// cannot empty it.
+pub const MIN_SILVER_DAYS: u32 = 7;
 
 /// Errors of retention.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +68,14 @@ pub enum RetainError {
     /// The commit protocol failed.
     #[error("appending the retention to bronze's log: {0}")]
     Commit(#[from] CommitError),
+    /// The retention of a silver shard failed.
+    #[error("retention of silver {shard}: {source:#}")]
+    SilverShard {
+        /// The shard.
+        shard: String,
+        /// Why.
+        source: anyhow::Error,
+    },
 }
 
 /// What a retention run did.
@@ -87,6 +106,97 @@ pub struct Retained {
     pub bytes: u64,
     /// Why nothing was removed, when nothing was.
     pub skipped: Option<String>,
+}
+
+/// What the retention of silver did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SilverRetained {
+    /// Days kept.
+    pub keep_days: u32,
+    /// The horizon the retention asks for (bronze's latest snapshot day less
+    /// `keep_days`).
+    pub target: Option<NaiveDate>,
+    /// Bronze's horizon, which silver's never passes (`None`: bronze keeps
+    /// every day, and silver too).
+    pub bronze_horizon: Option<NaiveDate>,
+    /// The horizon applied (a dry run: would apply).
+    pub horizon: Option<NaiveDate>,
+    /// Per shard of every shard layout.
+    pub shards: Vec<silver_transform::retain::ShardRetained>,
+    /// Why nothing was asked of any shard, when nothing was.
+    pub skipped: Option<String>,
+}
+
+impl SilverRetained {
+    /// Partitions removed (or, a dry run, that would be) over every shard.
+    pub fn partitions(&self) -> u64 {
+        self.shards.iter().map(|s| s.partitions).sum()
+    }
+}
+
+/// Applies `keep_days` of retention to silver's partitions, never past
+/// bronze's horizon: the committed one, or on a dry run `bronze_planned` (what
+/// this run's bronze retention would apply) when it is later.
+pub async fn retain_silver(
+    lake: &Lake,
+    run_id: &str,
+    keep_days: u32,
+    bronze_planned: Option<NaiveDate>,
+    dry_run: bool,
+) -> Result<SilverRetained, RetainError> {
+    let dataset = Dataset::BronzeEvents;
+    let mut out = SilverRetained {
+        keep_days,
+        ..SilverRetained::default()
+    };
+    let skip = |mut out: SilverRetained, why: String| {
+        tracing::info!("No silver retention: {why}");
+        out.skipped = Some(why);
+        Ok(out)
+    };
+    if !lake.capabilities().create_if_absent {
+        return skip(
+            out,
+            "the store has no conditional writes (S3_CONDITIONAL_WRITES=disabled): silver's log \
+             needs them, or the advisory lock silver-transform holds"
+                .into(),
+        );
+    }
+    let log = BronzeLog::load(lake, dataset)
+        .await
+        .map_err(|source| RetainError::Log { dataset, source })?;
+    let Some(latest) = log.latest_entry() else {
+        return skip(out, "bronze has no batch yet".into());
+    };
+    let target =
+        latest.manifest.snapshot_time.date_naive() - chrono::Days::new(u64::from(keep_days));
+    out.target = Some(target);
+    out.bronze_horizon = log.retained_before().max(bronze_planned);
+    let Some(bronze) = out.bronze_horizon else {
+        return skip(
+            out,
+            "bronze keeps every day: silver's partitions are kept while bronze can recompute them"
+                .into(),
+        );
+    };
+    let horizon = target.min(bronze);
+    out.horizon = Some(horizon);
+    // Renewed in the background while the shard's version is written: short,
+    // so a silver run after a killed retention waits for it, not exit 4.
+    let lease = std::time::Duration::from_secs(10);
+    for count in silver_transform::manifest::shard_counts(lake).await? {
+        for index in 0..count {
+            let shard = Shard { index, count };
+            let r = silver_transform::retain::retain(lake, shard, horizon, run_id, lease, dry_run)
+                .await
+                .map_err(|source| RetainError::SilverShard {
+                    shard: shard.to_string(),
+                    source,
+                })?;
+            out.shards.push(r);
+        }
+    }
+    Ok(out)
 }
 
 /// Applies `keep_days` of retention to `bronze/events`; a dry run only says

@@ -63,8 +63,9 @@ async fn a_run_reports_and_pushes_its_metrics() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.starts_with(
-            "lake-maintain (dry run): no retention (bronze has no batch yet); no compaction (bronze \
-             has no batch yet); 0 objects under 4 prefixes"
+            "lake-maintain (dry run): no retention (bronze has no batch yet); no silver retention \
+             (bronze has no batch yet); no compaction (bronze has no batch yet); 0 objects under 4 \
+             prefixes"
         ),
         "{text}"
     );

@@ -119,3 +119,87 @@ async fn sigkill_at_every_phase_then_the_next_run_converges() {
         assert_references_exist(&lake).await;
     }
 }
+
+/// kill -9 of silver's retention after it pinned and wrote the shard's next
+/// version, before the commit: silver's next run waits for the lease, finds
+/// the version abandoned and recomputes nothing; the next retention applies
+/// it; what the killed run wrote is garbage the collection removes.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_in_silver_retention_then_silver_and_the_next_run_converge() {
+    const SILVER_KEEP: u32 = 14;
+    let point = "silver-retain-before-commit";
+    let mut h = Harness::local().await;
+    h.lookback = 40 * DAY;
+    h.batch_ending(2000, 1, SystemTime::now() - 2 * DAY, 20 * DAY)
+        .await;
+    h.batch(200, 2).await;
+    let lake = h.lake();
+    let silver = silver_rows(&lake).await;
+
+    let mut cmd = Command::new(MAINTAIN);
+    cmd.args(["--no-compaction"])
+        .envs(h.lake_env.iter().cloned())
+        .env("MAINTAIN_FAILPOINT", point)
+        .env("MAINTAIN_BRONZE_RETENTION_DAYS", KEEP.to_string())
+        .env("MAINTAIN_SILVER_RETENTION_DAYS", SILVER_KEEP.to_string())
+        .env("LOG_FORMAT", "json");
+    sigkill(spawn_to(&mut cmd, point).unwrap()).unwrap();
+    assert_eq!(silver_rows(&lake).await, silver, "nothing committed");
+    // The killed run wrote its version's key index and partition months.
+    let killed = silver_transform::manifest::find(&lake, silver_transform::key::Shard::ALL)
+        .await
+        .unwrap()
+        .max_version;
+    let of_killed = |objects: std::collections::BTreeSet<String>| -> Vec<String> {
+        objects
+            .into_iter()
+            .filter(|o| o.contains("/segments/") && o.contains(&format!("{killed:010}.")))
+            .collect()
+    };
+    assert!(
+        !of_killed(objects(&lake).await).is_empty(),
+        "version {killed}"
+    );
+
+    let s = h.silver(Mode::Incremental).await;
+    assert_eq!(s.partitions.recomputed, 0, "{:?}", s.partitions);
+    assert_eq!(silver_rows(&lake).await, silver);
+
+    let r = lake_maintain::run(
+        &lake,
+        &Options {
+            bronze_retention_days: Some(KEEP),
+            silver_retention_days: Some(SILVER_KEEP),
+            ..options(Duration::from_secs(3600), false)
+        },
+    )
+    .await
+    .unwrap();
+    let retained = r.silver_retention.unwrap();
+    let horizon = retained.horizon.unwrap();
+    assert!(retained.shards[0].version.is_some(), "{retained:?}");
+    let kept: std::collections::BTreeSet<_> = silver
+        .iter()
+        .filter(|p| p.1 >= horizon.to_string())
+        .cloned()
+        .collect();
+    assert!(kept.len() < silver.len());
+    assert_eq!(silver_rows(&lake).await, kept);
+    h.silver(Mode::Incremental).await;
+    h.assert_full_refresh_changes_nothing().await;
+    assert_eq!(silver_rows(&lake).await, kept);
+    assert_references_exist(&lake).await;
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let gc = lake_maintain::run(&lake, &options(Duration::from_secs(1), false))
+        .await
+        .unwrap();
+    assert_eq!(gc.garbage().0, 0, "{:#?}", gc.prefixes);
+    assert_eq!(of_killed(objects(&lake).await), Vec::<String>::new());
+    let again = lake_maintain::run(&lake, &options(Duration::from_secs(1), false))
+        .await
+        .unwrap();
+    assert_eq!(again.garbage().0, 0, "{:#?}", again.prefixes);
+    assert_references_exist(&lake).await;
+    assert_eq!(silver_rows(&lake).await, kept);
+}

@@ -171,6 +171,36 @@ async fn retention_removes_old_days_and_silver_keeps_its_history() {
     h.assert_full_refresh_changes_nothing().await;
     h.assert_bronze_equals_postgres().await;
 
+    // A backfill of a day before the horizon is refused, and writes nothing:
+    // silver would not read it and the next retention would remove it again.
+    let entries = BronzeLog::load(&lake, Dataset::BronzeEvents)
+        .await
+        .unwrap()
+        .latest_entry()
+        .unwrap()
+        .manifest
+        .batch;
+    let mut backfill = h.bronze_options(false);
+    backfill.datasets = bronze_ingest::Datasets::Events;
+    backfill.backfill_days = vec![target - chrono::Days::new(1)];
+    let err = bronze_ingest::run(&h.bronze_config(), &backfill)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        lake_common::telemetry::exit_status_of(err.as_ref()),
+        lake_common::ExitStatus::Usage,
+        "{err:#}"
+    );
+    assert!(format!("{err:#}").contains("retention horizon"), "{err:#}");
+    let after = BronzeLog::load(&lake, Dataset::BronzeEvents)
+        .await
+        .unwrap()
+        .latest_entry()
+        .unwrap()
+        .manifest
+        .batch;
+    assert_eq!(after, entries, "nothing written");
+
     // The next retention removes the late file behind the horizon.
     let again = lake_maintain::run(&lake, &retain_options()).await.unwrap();
     let r2 = again.retention.unwrap();
@@ -225,5 +255,207 @@ async fn retention_waits_for_silver() {
     assert!(full.horizon.unwrap() > at.date_naive());
     h.silver(Mode::Incremental).await;
     h.assert_full_refresh_changes_nothing().await;
+    h.assert_bronze_equals_postgres().await;
+}
+
+/// The partitions of a silver row set dated before `day`.
+fn dated_from(
+    rows: &std::collections::BTreeSet<(i64, String, Option<String>, Option<String>)>,
+    day: NaiveDate,
+) -> std::collections::BTreeSet<(i64, String, Option<String>, Option<String>)> {
+    rows.iter()
+        .filter(|r| r.1 >= day.to_string())
+        .cloned()
+        .collect()
+}
+
+/// #20: silver's retention removes the partitions of the days before its
+/// horizon through one version of the shard's log, deletes their files and
+/// their key-index entries, and keeps every later partition as it was; it
+/// never passes bronze's horizon (nothing while bronze keeps everything, and
+/// bronze's horizon when silver would keep fewer days); silver's next run
+/// carries the horizon and recomputes nothing, and a full refresh agrees.
+#[tokio::test(flavor = "multi_thread")]
+async fn silver_retention_removes_old_partitions_and_never_passes_bronze() {
+    const SILVER_KEEP: u32 = 14;
+    let mut h = Harness::local().await;
+    h.lookback = 40 * DAY;
+    h.batch_ending(3000, 3, SystemTime::now() - 2 * DAY, 20 * DAY)
+        .await;
+    h.batch(300, 4).await;
+    let lake = h.lake();
+    let silver = silver_rows(&lake).await;
+    let latest = BronzeLog::load(&lake, Dataset::BronzeEvents)
+        .await
+        .unwrap()
+        .latest_entry()
+        .unwrap()
+        .manifest;
+    let day = latest.snapshot_time.date_naive();
+    let target = day - chrono::Days::new(u64::from(SILVER_KEEP));
+    let bronze_target = day - chrono::Days::new(u64::from(KEEP));
+    assert!(
+        silver.iter().any(|r| r.1 < target.to_string()),
+        "the lake has partitions before {target}"
+    );
+
+    // Bronze keeps everything: silver keeps everything too.
+    let r = lake_maintain::run(
+        &lake,
+        &Options {
+            bronze_retention_days: None,
+            silver_retention_days: Some(SILVER_KEEP),
+            ..retain_options()
+        },
+    )
+    .await
+    .unwrap();
+    let s = r.silver_retention.unwrap();
+    assert!(
+        s.skipped
+            .as_deref()
+            .unwrap()
+            .contains("bronze keeps every day"),
+        "{s:?}"
+    );
+    assert_eq!(silver_rows(&lake).await, silver);
+
+    let opts = Options {
+        silver_retention_days: Some(SILVER_KEEP),
+        ..retain_options()
+    };
+    let dry = lake_maintain::run(
+        &lake,
+        &Options {
+            dry_run: true,
+            ..opts.clone()
+        },
+    )
+    .await
+    .unwrap();
+    let planned = dry.silver_retention.unwrap();
+    let doomed = silver.len() - dated_from(&silver, target).len();
+    assert_eq!(planned.horizon, Some(target), "{planned:?}");
+    assert_eq!(planned.partitions(), doomed as u64, "{planned:?}");
+    assert_eq!(
+        silver_rows(&lake).await,
+        silver,
+        "a dry run changes nothing"
+    );
+
+    let m = silver_transform::manifest::find(&lake, silver_transform::key::Shard::ALL)
+        .await
+        .unwrap()
+        .committed
+        .unwrap();
+    let doomed_files: Vec<String> = silver_transform::partitions::read_all(&lake, &m)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.date < target)
+        .flat_map(|p| [p.silver, p.quarantine])
+        .flatten()
+        .map(|f| f.path)
+        .collect();
+    assert!(!doomed_files.is_empty());
+    let r = lake_maintain::run(&lake, &opts).await.unwrap();
+    let s = r.silver_retention.clone().unwrap();
+    assert_eq!(s.shards.len(), 1, "{s:?}");
+    assert_eq!(s.shards[0].version, Some(m.version + 1), "{s:?}");
+    assert_eq!(s.partitions(), doomed as u64);
+    assert!(
+        r.summary().contains("silver retention of 14 days"),
+        "{}",
+        r.summary()
+    );
+    let kept = dated_from(&silver, target);
+    assert_eq!(silver_rows(&lake).await, kept);
+    for path in &doomed_files {
+        assert!(
+            lake.get_bytes(&Path::from(path.as_str())).await.is_err(),
+            "{path} should be deleted"
+        );
+    }
+    let retained = |lake: Lake| async move {
+        silver_transform::manifest::find(&lake, silver_transform::key::Shard::ALL)
+            .await
+            .unwrap()
+            .committed
+            .unwrap()
+            .retained_before
+    };
+    assert_eq!(retained(lake.clone()).await, Some(target));
+    // The key index keeps no execution of a removed partition.
+    let after = silver_transform::manifest::find(&lake, silver_transform::key::Shard::ALL)
+        .await
+        .unwrap()
+        .committed
+        .unwrap();
+    assert!(
+        after.index_keys < m.index_keys,
+        "{} {}",
+        after.index_keys,
+        m.index_keys
+    );
+    let first_kept = silver_transform::key::day_of_date(target);
+    for seg in &after.index_segments {
+        let ix = silver_transform::manifest::read_index(&lake, &seg.file)
+            .await
+            .unwrap();
+        assert!(
+            ix.iter().all(|(_, i)| i.partition().day >= first_kept),
+            "segment {} keeps an execution of a removed partition",
+            seg.month
+        );
+    }
+    assert!(
+        after
+            .index_segments
+            .iter()
+            .all(|seg| seg.month >= target.format("%Y-%m").to_string()),
+        "{:?}",
+        after
+            .index_segments
+            .iter()
+            .map(|s| &s.month)
+            .collect::<Vec<_>>()
+    );
+
+    // Silver consumes bronze's retention without recomputing, and keeps the horizon.
+    let run = h.silver(Mode::Incremental).await;
+    assert_eq!(run.partitions.recomputed, 0, "{:?}", run.partitions);
+    assert_eq!(silver_rows(&lake).await, kept);
+    assert_eq!(retained(lake.clone()).await, Some(target));
+    h.assert_full_refresh_changes_nothing().await;
+    assert_eq!(silver_rows(&lake).await, kept);
+    assert_eq!(retained(lake.clone()).await, Some(target));
+
+    // Silver asked to keep fewer days than bronze: bronze's horizon.
+    let r = lake_maintain::run(
+        &lake,
+        &Options {
+            silver_retention_days: Some(7),
+            ..retain_options()
+        },
+    )
+    .await
+    .unwrap();
+    let s = r.silver_retention.clone().unwrap();
+    assert_eq!(s.horizon, Some(bronze_target), "{s:?}");
+    assert!(
+        r.summary().contains("(bronze's horizon)"),
+        "{}",
+        r.summary()
+    );
+    let kept = dated_from(&silver, bronze_target);
+    assert_eq!(silver_rows(&lake).await, kept);
+    h.assert_full_refresh_changes_nothing().await;
+    assert_eq!(silver_rows(&lake).await, kept);
+
+    // Nothing left to remove: no version.
+    let again = lake_maintain::run(&lake, &opts).await.unwrap();
+    let s = again.silver_retention.unwrap();
+    assert_eq!(s.shards[0].version, None, "{s:?}");
+    assert_references_exist(&lake).await;
     h.assert_bronze_equals_postgres().await;
 }

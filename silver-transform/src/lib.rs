@@ -29,6 +29,7 @@ pub mod partitions;
 pub mod publish;
 pub mod quality;
 pub mod report;
+pub mod retain;
 pub mod segments;
 pub mod summary;
 
@@ -703,6 +704,7 @@ async fn execute(
     m.index_keys = report.rows.index_keys;
     m.partition_months = partition_months;
     m.superseded = superseded;
+    m.retained_before = committed.and_then(|c| c.retained_before);
     let committed = lease.commit(m).await?;
     report.committed_version = Some(version);
     delete_superseded(lake, &committed).await?;
@@ -874,7 +876,7 @@ pub(crate) async fn write_index(
 /// failure fails the run (exit 1): until they are gone a glob reader counts the
 /// executions that moved twice, and only the run after *this* version deletes
 /// them again, so the Job's retry must come now, not with tomorrow's schedule.
-async fn delete_superseded(lake: &Lake, m: &SilverManifest) -> anyhow::Result<()> {
+pub(crate) async fn delete_superseded(lake: &Lake, m: &SilverManifest) -> anyhow::Result<()> {
     let paths: Vec<Path> = m
         .superseded
         .iter()

@@ -200,6 +200,10 @@ pub struct SilverManifest {
     /// commit, and again by the next run in case this one died in between.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub superseded: Vec<String>,
+    /// Silver's retention horizon: the partitions of the days before it were
+    /// removed on purpose ([`crate::retain`]). Carried by every later version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_before: Option<NaiveDate>,
 }
 
 impl SilverManifest {
@@ -232,6 +236,7 @@ impl SilverManifest {
             partition_months: vec![],
             partitions: vec![],
             superseded: vec![],
+            retained_before: None,
         }
     }
 

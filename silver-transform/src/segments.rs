@@ -175,6 +175,22 @@ impl Segments {
         }
     }
 
+    /// Forgets, without reading them, the stored segments of the months
+    /// before `month`: silver's retention removed every execution of them
+    /// ([`crate::retain`]); [`delete_replaced`] removes their objects.
+    pub fn retire_before(&mut self, month: Month) {
+        let earlier: Vec<Month> = self.stored.range(..month).map(|(m, _)| *m).collect();
+        for m in earlier {
+            self.stored.remove(&m);
+            self.replaced.insert(m);
+        }
+    }
+
+    /// Whether a stored segment is of a month before `month`.
+    pub fn holds_before(&self, month: Month) -> bool {
+        self.stored.range(..month).next().is_some()
+    }
+
     /// Entries over every stored segment.
     pub fn total_keys(&self) -> u64 {
         self.stored.values().map(|s| s.record.keys).sum()
