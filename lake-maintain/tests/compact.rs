@@ -118,13 +118,7 @@ async fn compaction_keeps_every_row_and_silver_recomputes_nothing() {
     let before = files_per_day(&lake).await;
     let duck = duckdb_summary(h.dir());
     let silver = silver_rows(&lake).await;
-    let latest = BronzeLog::load(&lake, Dataset::BronzeEvents)
-        .await
-        .unwrap()
-        .latest_entry()
-        .unwrap()
-        .manifest
-        .batch;
+    let latest = latest_events_entry(&lake).await.batch;
 
     let dry = lake_maintain::run(
         &lake,

@@ -42,6 +42,17 @@ async fn live_days(lake: &Lake) -> Vec<NaiveDate> {
     days
 }
 
+/// Events over the 20 days that ended two days ago, then the last hours
+/// (seeds `seed` and `seed + 1`), each exported and read by silver.
+async fn twenty_days(seed: u64) -> Harness {
+    let mut h = Harness::local().await;
+    h.lookback = 40 * DAY;
+    h.batch_ending(3000, seed, SystemTime::now() - 2 * DAY, 20 * DAY)
+        .await;
+    h.batch(300, seed + 1).await;
+    h
+}
+
 /// A new `FAILED` event, now, for the earliest execution of PostgreSQL that
 /// began before `before`: folded, it would change that execution's status.
 const LATE_FAILURE: &str = "INSERT INTO stop_events (event_id, occurred_at, operation_id, client_id, \
@@ -63,21 +74,11 @@ const DATED_EVENT: &str = "INSERT INTO stop_events (event_id, occurred_at, opera
 /// not read, and the next retention removes it.
 #[tokio::test(flavor = "multi_thread")]
 async fn retention_removes_old_days_and_silver_keeps_its_history() {
-    let mut h = Harness::local().await;
-    h.lookback = 40 * DAY;
-    // Events over the 20 days that ended two days ago, then the last hours.
-    h.batch_ending(3000, 1, SystemTime::now() - 2 * DAY, 20 * DAY)
-        .await;
-    h.batch(300, 2).await;
+    let h = twenty_days(1).await;
     let lake = h.lake();
     let days_before = live_days(&lake).await;
     let silver = silver_rows(&lake).await;
-    let latest = BronzeLog::load(&lake, Dataset::BronzeEvents)
-        .await
-        .unwrap()
-        .latest_entry()
-        .unwrap()
-        .manifest;
+    let latest = latest_events_entry(&lake).await;
     let target = latest.snapshot_time.date_naive() - chrono::Days::new(u64::from(KEEP));
     assert!(days_before.first().unwrap() < &target, "{days_before:?}");
     let doomed: Vec<String> = BronzeLog::load(&lake, Dataset::BronzeEvents)
@@ -173,13 +174,7 @@ async fn retention_removes_old_days_and_silver_keeps_its_history() {
 
     // A backfill of a day before the horizon is refused, and writes nothing:
     // silver would not read it and the next retention would remove it again.
-    let entries = BronzeLog::load(&lake, Dataset::BronzeEvents)
-        .await
-        .unwrap()
-        .latest_entry()
-        .unwrap()
-        .manifest
-        .batch;
+    let entries = latest_events_entry(&lake).await.batch;
     let mut backfill = h.bronze_options(false);
     backfill.datasets = bronze_ingest::Datasets::Events;
     backfill.backfill_days = vec![target - chrono::Days::new(1)];
@@ -192,13 +187,7 @@ async fn retention_removes_old_days_and_silver_keeps_its_history() {
         "{err:#}"
     );
     assert!(format!("{err:#}").contains("retention horizon"), "{err:#}");
-    let after = BronzeLog::load(&lake, Dataset::BronzeEvents)
-        .await
-        .unwrap()
-        .latest_entry()
-        .unwrap()
-        .manifest
-        .batch;
+    let after = latest_events_entry(&lake).await.batch;
     assert_eq!(after, entries, "nothing written");
 
     // The next retention removes the late file behind the horizon.
@@ -278,19 +267,10 @@ fn dated_from(
 #[tokio::test(flavor = "multi_thread")]
 async fn silver_retention_removes_old_partitions_and_never_passes_bronze() {
     const SILVER_KEEP: u32 = 14;
-    let mut h = Harness::local().await;
-    h.lookback = 40 * DAY;
-    h.batch_ending(3000, 3, SystemTime::now() - 2 * DAY, 20 * DAY)
-        .await;
-    h.batch(300, 4).await;
+    let h = twenty_days(3).await;
     let lake = h.lake();
     let silver = silver_rows(&lake).await;
-    let latest = BronzeLog::load(&lake, Dataset::BronzeEvents)
-        .await
-        .unwrap()
-        .latest_entry()
-        .unwrap()
-        .manifest;
+    let latest = latest_events_entry(&lake).await;
     let day = latest.snapshot_time.date_naive();
     let target = day - chrono::Days::new(u64::from(SILVER_KEEP));
     let bronze_target = day - chrono::Days::new(u64::from(KEEP));

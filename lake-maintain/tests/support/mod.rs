@@ -163,6 +163,16 @@ impl Harness {
 }
 
 /// Every object of the bucket.
+/// The latest entry of `bronze/events`' log.
+pub async fn latest_events_entry(lake: &Lake) -> lake_common::manifest::BatchManifest {
+    lake_common::manifest::BronzeLog::load(lake, lake_common::Dataset::BronzeEvents)
+        .await
+        .unwrap()
+        .latest_entry()
+        .unwrap()
+        .manifest
+}
+
 pub async fn objects(lake: &Lake) -> BTreeSet<String> {
     lake.store()
         .list(None)
