@@ -121,7 +121,8 @@ pub struct SilverRetained {
     pub bronze_horizon: Option<NaiveDate>,
     /// The horizon applied (a dry run: would apply).
     pub horizon: Option<NaiveDate>,
-    /// Per shard of every shard layout.
+    /// Per shard of every live shard layout (a layout replaced by re-sharding
+    /// is left alone).
     pub shards: Vec<silver_transform::retain::ShardRetained>,
     /// Why nothing was asked of any shard, when nothing was.
     pub skipped: Option<String>,
@@ -184,9 +185,12 @@ pub async fn retain_silver(
     // Renewed in the background while the shard's version is written: short,
     // so a silver run after a killed retention waits for it, not exit 4.
     let lease = std::time::Duration::from_secs(10);
-    for count in silver_transform::manifest::shard_counts(lake).await? {
-        for index in 0..count {
-            let shard = Shard { index, count };
+    for layout in live_layouts(lake).await? {
+        for index in 0..layout.count {
+            let shard = Shard {
+                index,
+                count: layout.count,
+            };
             let r = silver_transform::retain::retain(lake, shard, horizon, run_id, lease, dry_run)
                 .await
                 .map_err(|source| RetainError::SilverShard {
@@ -322,21 +326,38 @@ pub async fn retain(
     }
 }
 
-/// The batches every shard of every shard layout of silver has consumed, per
-/// shard (inclusive ranges); `None` if silver has no layout or a shard has
-/// not committed yet.
+/// The batches every shard of silver's live shard layouts has consumed, per
+/// shard (inclusive ranges); `None` if silver has no layout or a shard of a
+/// live layout has not committed yet. A stale layout (replaced by re-sharding,
+/// [`silver_transform::manifest::layouts`]) reads nothing any more and holds
+/// nothing back.
 async fn silver_consumed(lake: &Lake) -> Result<Option<Vec<Vec<[u64; 2]>>>, RetainError> {
     let mut out = Vec::new();
-    for count in silver_transform::manifest::shard_counts(lake).await? {
-        for index in 0..count {
-            let found = silver_transform::manifest::find(lake, Shard { index, count }).await?;
-            match found.committed {
+    for layout in live_layouts(lake).await? {
+        for shard in layout.shards {
+            match shard {
                 Some(m) => out.push(m.consumed_batches),
                 None => return Ok(None),
             }
         }
     }
     Ok((!out.is_empty()).then_some(out))
+}
+
+/// Silver's shard layouts but the stale ones, which are logged.
+async fn live_layouts(lake: &Lake) -> Result<Vec<silver_transform::manifest::Layout>, RetainError> {
+    let (stale, live): (Vec<_>, Vec<_>) = silver_transform::manifest::layouts(lake)
+        .await?
+        .into_iter()
+        .partition(|l| l.stale);
+    for l in &stale {
+        tracing::info!(
+            shard_count = l.count,
+            "Silver's layout of {} shard(s) was replaced by re-sharding: ignored by retention",
+            l.count
+        );
+    }
+    Ok(live)
 }
 
 fn contains(ranges: &[[u64; 2]], batch: u64) -> bool {

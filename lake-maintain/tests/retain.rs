@@ -439,3 +439,68 @@ async fn silver_retention_removes_old_partitions_and_never_passes_bronze() {
     assert_references_exist(&lake).await;
     h.assert_bronze_equals_postgres().await;
 }
+
+/// Runs every shard of a `count`-shard layout of silver in `mode`.
+async fn silver_shards(h: &Harness, count: u32, mode: Mode) {
+    for index in 0..count {
+        let opts = silver_transform::Options {
+            mode,
+            shard: silver_transform::key::Shard { index, count },
+            lease: Duration::from_secs(5),
+            ..silver_transform::Options::default()
+        };
+        silver_transform::run(&h.lake(), &opts).await.unwrap();
+    }
+}
+
+/// #20: after re-sharding silver (a full refresh of every new shard), the old
+/// layout's logs, which no run writes any more, neither hold bronze's
+/// retention back nor receive silver's: only the layout silver runs counts.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_old_shard_layout_holds_no_retention_back() {
+    let h = twenty_days(5).await;
+    // A second file on each closed day, for the compaction below.
+    h.batch_ending(1000, 9, SystemTime::now() - 2 * DAY, 20 * DAY)
+        .await;
+    let lake = h.lake();
+    silver_shards(&h, 2, Mode::FullRefresh).await;
+    // The closed days compacted: batches the old layout never consumes.
+    let compacted = lake_maintain::run(
+        &lake,
+        &Options {
+            compact: true,
+            bronze_retention_days: None,
+            silver_retention_days: None,
+            ..retain_options()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!compacted.compaction.unwrap().days.is_empty());
+    h.batch(100, 7).await;
+    silver_shards(&h, 2, Mode::Incremental).await;
+
+    let target = latest_events_entry(&lake).await.snapshot_time.date_naive()
+        - chrono::Days::new(u64::from(KEEP));
+    let r = lake_maintain::run(
+        &lake,
+        &Options {
+            silver_retention_days: Some(14),
+            ..retain_options()
+        },
+    )
+    .await
+    .unwrap();
+    let bronze = r.retention.unwrap();
+    assert_eq!(bronze.held_by_silver, None, "{bronze:?}");
+    assert_eq!(bronze.horizon, Some(target), "{bronze:?}");
+    let silver = r.silver_retention.unwrap();
+    let shards: Vec<&str> = silver.shards.iter().map(|s| s.shard.as_str()).collect();
+    assert_eq!(shards, ["shard-0-of-2", "shard-1-of-2"], "{silver:?}");
+    assert!(
+        silver.shards.iter().all(|s| s.version.is_some()),
+        "{silver:?}"
+    );
+    silver_shards(&h, 2, Mode::Incremental).await;
+    assert_references_exist(&lake).await;
+}

@@ -287,6 +287,65 @@ pub async fn shard_counts(lake: &Lake) -> Result<BTreeSet<u32>, ManifestError> {
         .collect())
 }
 
+/// One shard layout (`SILVER_SHARD_COUNT`) of the lake: the latest committed
+/// manifest of each of its shards.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The shard count.
+    pub count: u32,
+    /// Per shard index, its latest committed manifest (`None`: not committed yet).
+    pub shards: Vec<Option<SilverManifest>>,
+    /// Whether a newer layout replaced this one ([`layouts`]).
+    pub stale: bool,
+}
+
+impl Layout {
+    /// Whether every shard has committed.
+    pub fn complete(&self) -> bool {
+        self.shards.iter().all(Option::is_some)
+    }
+
+    fn committed_at(&self) -> impl Iterator<Item = DateTime<Utc>> + '_ {
+        self.shards.iter().flatten().filter_map(|m| m.committed_at)
+    }
+}
+
+/// Every shard layout of the lake, each marked stale or not.
+///
+/// Re-sharding leaves the old layout's logs behind (docs/silver.md,
+/// "Sharding"): no run writes them any more, and what they consumed or hold
+/// must neither hold bronze's retention back nor receive silver's. A layout
+/// is **stale** when another layout is complete and every shard of it
+/// committed after the layout's last commit: the full refresh of every new
+/// shard that re-sharding is. While the new layout is incomplete (its full
+/// refresh under way) nothing is stale, so maintenance stays conservative.
+pub async fn layouts(lake: &Lake) -> Result<Vec<Layout>, ManifestError> {
+    let mut out = Vec::new();
+    for count in shard_counts(lake).await? {
+        let mut shards = Vec::with_capacity(count as usize);
+        for index in 0..count {
+            shards.push(find(lake, Shard { index, count }).await?.committed);
+        }
+        out.push(Layout {
+            count,
+            shards,
+            stale: false,
+        });
+    }
+    // The layout all of whose shards committed last: the one silver runs.
+    let newest = out
+        .iter()
+        .filter(|l| l.complete())
+        .filter_map(|l| l.committed_at().min().map(|at| (at, l.count)))
+        .max();
+    if let Some((since, count)) = newest {
+        for l in out.iter_mut().filter(|l| l.count != count) {
+            l.stale = l.committed_at().max().is_some_and(|last| last < since);
+        }
+    }
+    Ok(out)
+}
+
 /// The manifest of a version.
 pub fn manifest_path(shard: Shard, version: u64) -> Path {
     shard_dir(shard).join(format!("{version:010}.json"))
