@@ -168,9 +168,41 @@ async fn retention_removes_old_days_and_silver_keeps_its_history() {
     let s = h.silver(Mode::Incremental).await;
     assert_eq!(s.work.frozen_executions, 1, "{:?}", s.work);
     assert_eq!(s.work.files_behind_horizon, 1, "{:?}", s.work);
-    assert_eq!(silver_rows(&lake).await, silver, "frozen rows unchanged");
+    assert_eq!(
+        s.quality.violations_per_rule["after_retention_horizon"], 1,
+        "{:?}",
+        s.quality
+    );
+    assert_eq!(
+        silver_files(&lake).await,
+        silver_files_of(&silver),
+        "frozen rows unchanged"
+    );
+    let late = late_rows(&lake).await;
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert_eq!((late[0].1.as_str(), late[0].2), ("FAILED", 1), "{late:?}");
     h.assert_full_refresh_changes_nothing().await;
     h.assert_bronze_equals_postgres().await;
+    // A second one replaces the execution's row, folded from both.
+    let n = client
+        .execute(
+            LATE_FAILURE,
+            &[&"00000000-0000-0000-0000-00000000f003", &before],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    h.bronze().await;
+    let s = h.silver(Mode::Incremental).await;
+    assert_eq!(s.work.frozen_executions, 1, "{:?}", s.work);
+    assert_eq!(s.partitions.recomputed, 0, "{:?}", s.partitions);
+    let again = late_rows(&lake).await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].0, late[0].0, "the same execution");
+    assert_eq!(again[0].2, 2, "{again:?}");
+    assert_eq!(silver_files(&lake).await, silver_files_of(&silver));
+    h.assert_full_refresh_changes_nothing().await;
+    let silver = silver_rows(&lake).await;
 
     // A backfill of a day before the horizon is refused, and writes nothing:
     // silver would not read it and the next retention would remove it again.
@@ -197,8 +229,62 @@ async fn retention_removes_old_days_and_silver_keeps_its_history() {
     assert!(live_days(&lake).await.iter().all(|d| *d >= target));
     let s = h.silver(Mode::Incremental).await;
     assert_eq!(s.partitions.recomputed, 0, "{:?}", s.partitions);
+    assert_eq!(silver_rows(&lake).await, silver);
     h.assert_full_refresh_changes_nothing().await;
     assert_references_exist(&lake).await;
+}
+
+type Content = std::collections::BTreeSet<(i64, String, Option<String>, Option<String>)>;
+
+/// The silver files of `content` ([`silver_rows`]), quarantine left out.
+fn silver_files_of(content: &Content) -> Vec<(i64, String, Option<String>)> {
+    content
+        .iter()
+        .map(|(c, d, s, _)| (*c, d.clone(), s.clone()))
+        .collect()
+}
+
+async fn silver_files(lake: &Lake) -> Vec<(i64, String, Option<String>)> {
+    silver_files_of(&silver_rows(lake).await)
+}
+
+/// The `after_retention_horizon` quarantine rows: key, status, events.
+async fn late_rows(lake: &Lake) -> Vec<(String, String, i64)> {
+    use arrow::array::{AsArray, RecordBatch};
+    let m = silver_transform::manifest::find(lake, silver_transform::key::Shard::ALL)
+        .await
+        .unwrap()
+        .committed
+        .unwrap();
+    let mut out = Vec::new();
+    for p in silver_transform::partitions::read_all(lake, &m)
+        .await
+        .unwrap()
+    {
+        let Some(q) = p.quarantine else { continue };
+        for b in lake_common::parquet_io::read_all(lake, &Path::from(q.path.as_str()))
+            .await
+            .unwrap()
+        {
+            let b: RecordBatch = b;
+            let text = |c: &str| b.column_by_name(c).unwrap().as_string::<i32>().clone();
+            let (keys, status, violation) =
+                (text("execution_key"), text("status"), text("violation"));
+            let events = b.column_by_name("event_count").unwrap();
+            let events = events.as_primitive::<arrow::datatypes::Int64Type>();
+            for i in 0..b.num_rows() {
+                if violation.value(i) == "after_retention_horizon" {
+                    out.push((
+                        keys.value(i).to_owned(),
+                        status.value(i).to_owned(),
+                        events.value(i),
+                    ));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// #20: retention never removes a file silver has not read: without any

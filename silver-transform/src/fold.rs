@@ -364,19 +364,17 @@ impl Folded {
         }
     }
 
-    /// These executions without those whose key `drop` names, and how many
-    /// were dropped.
-    pub fn without(self, mut drop: impl FnMut(&str) -> bool) -> (Self, u64) {
-        let mut out = Folded::default();
-        let mut dropped = 0;
+    /// These executions split in two: those whose key `take` names, and the rest.
+    pub fn split(self, mut take: impl FnMut(&str) -> bool) -> (Self, Self) {
+        let (mut taken, mut rest) = (Folded::default(), Folded::default());
         for (key, acc) in self.into_entries() {
-            if drop(&key) {
-                dropped += 1;
+            if take(&key) {
+                taken.insert_new(key, acc);
             } else {
-                out.insert_new(key, acc);
+                rest.insert_new(key, acc);
             }
         }
-        (out, dropped)
+        (taken, rest)
     }
 
     /// Consumes the executions with their keys.

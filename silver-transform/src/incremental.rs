@@ -33,13 +33,17 @@
 //! a horizon (lake-maintain), silver reads bronze only from it on, and an
 //! execution whose first event lies before it is **frozen**: its row stays as
 //! last published, it is never folded again (its first events are gone), and
-//! its index entry is kept. A new event for it is counted
-//! (`frozen_executions`), not folded; a late row dated before the horizon is
-//! not read at all (`files_behind_horizon`). "Incremental equals a full
+//! its index entry is kept (its day span extended by later events). A new
+//! event for it is counted (`frozen_executions`) and not folded into it: the
+//! execution's events from the horizon on are folded on their own and go to
+//! the frozen partition's quarantine with the rule `after_retention_horizon`
+//! (`late_for_frozen`), one row per execution, replaced whenever new events
+//! touch it again. A late row dated before the horizon is not read at all
+//! (`files_behind_horizon`). "Incremental equals a full
 //! recompute" holds relative to the horizon: a full refresh recomputes every
 //! execution that began after it and keeps the frozen ones.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -153,7 +157,8 @@ pub struct WorkStats {
     /// Months of the partition table read (of its `partition_months`).
     pub partition_months_read: u64,
     /// Executions begun before the retention horizon that new bronze events
-    /// (or a backfill) touched: kept as they are, not folded.
+    /// (or a backfill) touched: their rows kept, not folded; their events from
+    /// the horizon on quarantined (`after_retention_horizon`).
     pub frozen_executions: u64,
     /// New bronze files of days before the retention horizon (late rows): not read.
     pub files_behind_horizon: u64,
@@ -196,6 +201,11 @@ pub struct Recomputed {
     pub rebuilt: bool,
     /// The partition table, with the months this run's plan needed loaded.
     pub table: PartitionTable,
+    /// Later events of the frozen executions this run's new batches touched,
+    /// folded from the horizon on, by the frozen partition (owned by the shard)
+    /// they belong to: their rows go to its quarantine. Never on a full
+    /// refresh, which keeps frozen partitions as they are.
+    pub late_for_frozen: BTreeMap<PartitionKey, Folded>,
     /// Counters.
     pub stats: WorkStats,
 }
@@ -238,7 +248,7 @@ pub async fn recompute(
         if shard.count == 1 {
             out.segments = segments;
             out.table = table;
-            return fold_everything(lake, view, req, out, partitions, old).await;
+            return fold_everything(lake, view, req, out, partitions, old, None).await;
         }
     }
 
@@ -265,14 +275,16 @@ pub async fn recompute(
 
     // 2. Affected keys, with their merged (old + new) info.
     let mut affected: FxHashMap<KeyHash, KeyInfo> = FxHashMap::default();
+    // Frozen executions with new events (merged info: their span grows).
+    let mut touched: FxHashMap<KeyHash, KeyInfo> = FxHashMap::default();
     for (k, info) in scanned {
         let mut merged = info;
         if let Some(o) = old.get(&k) {
+            merged.merge(o);
             if frozen(o.partition().day) {
-                out.stats.frozen_executions += 1;
+                touched.insert(k, merged);
                 continue;
             }
-            merged.merge(o);
         }
         affected.insert(k, merged);
     }
@@ -280,17 +292,19 @@ pub async fn recompute(
         for (k, o) in old.iter() {
             if o.days().any(|d| out.superseded_days.contains(&d)) {
                 if frozen(o.partition().day) {
-                    out.stats.frozen_executions += 1;
+                    touched.entry(*k).or_insert(*o);
                 } else {
                     affected.entry(*k).or_insert(*o);
                 }
             }
         }
     }
+    out.stats.frozen_executions = touched.len() as u64;
     if out.stats.frozen_executions > 0 {
         tracing::warn!(
             executions = out.stats.frozen_executions,
-            "New bronze events for executions begun before the retention horizon: kept as they are"
+            "New bronze events for executions begun before the retention horizon: their rows stay, \
+             the events go to quarantine (after_retention_horizon)"
         );
     }
     out.stats.keys_affected = affected.len() as u64;
@@ -365,7 +379,7 @@ pub async fn recompute(
             }
             out.segments = segments;
             out.table = table;
-            return fold_everything(lake, view, req, out, partitions, old).await;
+            return fold_everything(lake, view, req, out, partitions, old, Some(touched)).await;
         }
         let filter = Arc::new(KeyFilter::Keys(keys));
         let (round, stats) = fold_days(lake, view, days, Arc::clone(&filter), req).await?;
@@ -385,10 +399,13 @@ pub async fn recompute(
         );
     }
 
+    if let Some(h) = horizon.filter(|_| !req.full_refresh) {
+        out.late_for_frozen = fold_late(lake, view, req, &touched, h, &mut out.stats).await?;
+    }
     // The new index, but for the folded executions (see `finish_index`): merged
-    // info for every affected key.
+    // info for every affected key, and for the frozen ones touched.
     let mut index = old;
-    for (k, m) in affected {
+    for (k, m) in affected.into_iter().chain(touched) {
         index.insert(k, m);
     }
     out.partitions = partitions;
@@ -406,7 +423,8 @@ pub async fn recompute(
 /// scratch by [`finish_index`]. With a retention horizon, `frozen` holds the
 /// entries of the executions begun before it ([`keep_frozen`]): they are kept,
 /// and their events after the horizon are not folded into executions of their
-/// own.
+/// own. An incremental run's fallback passes the frozen executions its new
+/// batches `touched`: their folds are quarantined (`late_for_frozen`).
 async fn fold_everything(
     lake: &Lake,
     view: &BronzeView,
@@ -414,6 +432,7 @@ async fn fold_everything(
     mut out: Recomputed,
     mut partitions: BTreeSet<PartitionKey>,
     mut frozen: KeyIndex,
+    touched: Option<FxHashMap<KeyHash, KeyInfo>>,
 ) -> Result<Recomputed, RecomputeError> {
     let (mut folded, stats) =
         fold_days(lake, view, view.days(), Arc::new(KeyFilter::All), req).await?;
@@ -428,9 +447,30 @@ async fn fold_everything(
             .load(lake, months, &mut frozen)
             .await
             .map_err(RecomputeError::Index)?;
-        let (kept, dropped) = folded.without(|k| frozen.get(&KeyHash::of(k)).is_some());
+        let (late, kept) = folded.split(|k| frozen.get(&KeyHash::of(k)).is_some());
         folded = kept;
-        out.stats.frozen_executions += dropped;
+        match touched {
+            // Counted already, by the incremental plan.
+            Some(touched) => {
+                let shard = req.shard;
+                for (key, acc) in late.into_entries() {
+                    if let Some(p) = touched
+                        .get(&KeyHash::of(&key))
+                        .map(KeyInfo::partition)
+                        .filter(|p| shard.owns(p.client_id))
+                    {
+                        out.late_for_frozen
+                            .entry(p)
+                            .or_default()
+                            .insert_new(key, acc);
+                    }
+                }
+                for (k, m) in touched {
+                    frozen.insert(k, m);
+                }
+            }
+            None => out.stats.frozen_executions += late.len() as u64,
+        }
         out.index = frozen;
     } else {
         out.index = KeyIndex::default();
@@ -441,6 +481,40 @@ async fn fold_everything(
     out.partitions = partitions;
     out.executions = folded;
     out.attempted = FxHashSet::default();
+    Ok(out)
+}
+
+/// Folds the events from the horizon `h` on of the frozen executions `touched`
+/// whose partition the shard owns, by that partition.
+async fn fold_late(
+    lake: &Lake,
+    view: &BronzeView,
+    req: &Request,
+    touched: &FxHashMap<KeyHash, KeyInfo>,
+    h: i32,
+    stats: &mut WorkStats,
+) -> Result<BTreeMap<PartitionKey, Folded>, RecomputeError> {
+    let mut keys: FxHashSet<KeyHash> = FxHashSet::default();
+    let mut days: BTreeSet<i32> = BTreeSet::new();
+    for (k, info) in touched {
+        if req.shard.owns(info.partition().client_id) {
+            keys.insert(*k);
+            days.extend(info.days().filter(|d| *d >= h));
+        }
+    }
+    let mut out: BTreeMap<PartitionKey, Folded> = BTreeMap::new();
+    if keys.is_empty() {
+        return Ok(out);
+    }
+    let (folded, round) = fold_days(lake, view, days, Arc::new(KeyFilter::Keys(keys)), req).await?;
+    stats.add_fold_round(&round);
+    for (key, acc) in folded.into_entries() {
+        if let Some(info) = touched.get(&KeyHash::of(&key)) {
+            out.entry(info.partition())
+                .or_default()
+                .insert_new(key, acc);
+        }
+    }
     Ok(out)
 }
 

@@ -552,7 +552,12 @@ async fn execute(
         let mut rec = recompute(lake, &view, prior, &req).await?;
         // The months of the partitions it publishes: their records are replaced.
         let mut table = std::mem::take(&mut rec.table);
-        table.load_for(lake, &rec.partitions).await?;
+        table
+            .load_for(
+                lake,
+                rec.partitions.iter().chain(rec.late_for_frozen.keys()),
+            )
+            .await?;
         rec.stats.partition_months_read = table.reads;
         Ok::<_, incremental::RecomputeError>((rec, table))
     };
@@ -587,13 +592,17 @@ async fn execute(
     report.work = rec.stats.clone();
 
     let t = Instant::now();
-    let Routed { rows, mut batches } = route(&rec, report);
+    let Routed {
+        rows,
+        late,
+        mut batches,
+    } = route(&rec, report);
     report
         .timings_ms
         .insert("quality", t.elapsed().as_millis() as u64);
 
     let Some(lease) = lease else {
-        drop(rows);
+        drop((rows, late));
         let index = incremental::finish_index(rec.index, rec.executions, &rec.attempted);
         report.rows.index_keys = rec.segments.keys_with(&index, rec.rebuilt);
         report.outcome = outcome_of(report);
@@ -614,11 +623,13 @@ async fn execute(
             }
         };
     }
-    or_release!(
-        lease
-            .update(|m| m.planned = rows.keys().map(|p| (*p).into()).collect())
-            .await
-    );
+    // The frozen partitions whose quarantine gets later events, too.
+    let rewritten: Vec<manifest::PartitionRef> = rows
+        .keys()
+        .chain(late.keys())
+        .map(|p| (*p).into())
+        .collect();
+    or_release!(lease.update(|m| m.planned = rewritten.clone()).await);
     if !orphans.is_empty() {
         let n = orphans.len();
         or_release!(
@@ -646,6 +657,14 @@ async fn execute(
         )
         .await
     );
+    let mut late_published = Vec::with_capacity(late.len());
+    for (p, rows) in &late {
+        let old = table.get(p).and_then(|r| r.quarantine.as_ref());
+        let fenced = lake.fenced(lease.fence());
+        let file =
+            or_release!(publish::rewrite_late(&fenced, *p, old, rows, version, &run.id).await);
+        late_published.push((*p, file));
+    }
     progress.finish();
     report
         .timings_ms
@@ -659,15 +678,19 @@ async fn execute(
 
     // Commit. The executions are no longer needed: they become index entries.
     let t = Instant::now();
-    let rewritten: Vec<manifest::PartitionRef> = rows.keys().map(|p| (*p).into()).collect();
     let superseded: Vec<String> = rows
         .keys()
         .filter_map(|p| table.get(p))
         .flat_map(|r| [&r.silver, &r.quarantine])
+        .chain(
+            late.keys()
+                .filter_map(|p| table.get(p))
+                .map(|r| &r.quarantine),
+        )
         .flatten()
         .map(|f| f.path.clone())
         .collect();
-    drop(rows);
+    drop((rows, late));
     let index = incremental::finish_index(rec.index, rec.executions, &rec.attempted);
     let (index_segments, segment_months) = or_release!(
         rec.segments
@@ -690,6 +713,22 @@ async fn execute(
             silver: out.silver,
             quarantine: out.quarantine,
             batches: to_ranges(&batches.remove(&p).unwrap_or_default()),
+        });
+    }
+    for (p, quarantine) in late_published {
+        report.partitions.quarantine_files_written += 1;
+        // A frozen partition keeps its silver file; its record exists (a
+        // frozen execution is indexed, so it was published).
+        let Some(old) = table.get(&p).cloned() else {
+            continue;
+        };
+        let mut lineage = from_ranges(&old.batches);
+        lineage.extend(batches.remove(&p).unwrap_or_default());
+        table.insert(PartitionRecord {
+            version,
+            quarantine,
+            batches: to_ranges(&lineage),
+            ..old
         });
     }
     report.partitions.total = table.total();
@@ -765,6 +804,9 @@ async fn refuse_another_shard_count(lake: &Lake, shard: Shard) -> anyhow::Result
 /// The recomputed partitions' executions, checked and routed to silver or quarantine.
 struct Routed<'a> {
     rows: BTreeMap<PartitionKey, PartitionRows<'a>>,
+    /// Later events of frozen executions, by frozen partition (its quarantine
+    /// gets them, `after_retention_horizon`).
+    late: BTreeMap<PartitionKey, Vec<publish::Row<'a>>>,
     /// Bronze batches each partition's rows came from (lineage for the manifest).
     batches: BTreeMap<PartitionKey, BTreeSet<u64>>,
 }
@@ -796,15 +838,33 @@ fn route<'a>(rec: &'a incremental::Recomputed, report: &mut RunReport) -> Routed
                 .extend(broken.into_iter().map(|r| ((key, acc), r)));
         }
     }
+    let mut late: BTreeMap<PartitionKey, Vec<publish::Row<'a>>> = BTreeMap::new();
+    for (p, folded) in &rec.late_for_frozen {
+        for (key, acc) in folded.iter() {
+            batches.entry(*p).or_default().extend(acc.batches.iter());
+            report
+                .quality
+                .record(&[quality::Rule::AfterRetentionHorizon]);
+            late.entry(*p).or_default().push((key, acc));
+        }
+    }
     report.quality.finish();
     for part in rows.values_mut() {
         part.sort();
     }
     report.summary = summary.finish();
     report.rows.silver = rows.values().map(|r| r.silver.len() as u64).sum();
-    report.rows.quarantine_rows = rows.values().map(|r| r.quarantine.len() as u64).sum();
+    report.rows.quarantine_rows = rows
+        .values()
+        .map(|r| r.quarantine.len() as u64)
+        .sum::<u64>()
+        + late.values().map(|r| r.len() as u64).sum::<u64>();
     report.partitions.recomputed = rows.len() as u64;
-    Routed { rows, batches }
+    Routed {
+        rows,
+        late,
+        batches,
+    }
 }
 
 /// Publishes every partition, [`PUBLISH_CONCURRENCY`] at a time. Batches are
@@ -1028,7 +1088,7 @@ fn summary_text(r: &RunReport) -> String {
     if r.work.frozen_executions > 0 || r.work.files_behind_horizon > 0 {
         let _ = writeln!(
             o,
-            "  retention horizon {}: {} executions begun before it got new events and were kept as they are; {} late bronze files before it not read",
+            "  retention horizon {}: {} executions begun before it got new events (rows kept, the events quarantined as after_retention_horizon); {} late bronze files before it not read",
             r.retained_before.map_or("-".into(), |d| d.to_string()),
             r.work.frozen_executions,
             r.work.files_behind_horizon

@@ -64,6 +64,16 @@ pub enum PublishError {
     /// The lake's schema has a column silver does not know how to fill.
     #[error("silver does not know how to fill column {0}")]
     UnknownColumn(String),
+    /// A frozen partition's quarantine file could not be read back.
+    #[error(
+        "cannot read the quarantine file {path}: {reason}; run silver-transform again, or restore the file"
+    )]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A file as recorded in the silver manifest.
@@ -299,4 +309,113 @@ pub fn build_batch(
         cols.push(col);
     }
     RecordBatch::try_new(schema.clone(), cols).map_err(BuildError::Arrow)
+}
+
+/// Rewrites the quarantine file of a frozen partition (its executions began
+/// before the retention horizon, [`crate::incremental`]) with the later events
+/// of some of them: the rows of `old` but the `after_retention_horizon` rows of
+/// the executions in `late`, plus one such row for each of those (sorted like
+/// every quarantine file). Its silver file and its other quarantine rows,
+/// which bronze can no longer recompute, stay as they are.
+pub async fn rewrite_late(
+    lake: &Lake,
+    partition: PartitionKey,
+    old: Option<&FileRecord>,
+    late: &[Row<'_>],
+    version: u64,
+    run: &str,
+) -> Result<Option<FileRecord>, PublishError> {
+    let path = quarantine_path(partition, version, run);
+    let arrow_err = |source| PublishError::Arrow {
+        path: path.to_string(),
+        source,
+    };
+    let schema = silver_quarantine();
+    let rows: Vec<(Row<'_>, Option<Rule>)> = late
+        .iter()
+        .map(|r| (*r, Some(Rule::AfterRetentionHorizon)))
+        .collect();
+    let mut batches = vec![match build_batch(&schema, &rows) {
+        Ok(b) => b,
+        Err(BuildError::Arrow(e)) => return Err(arrow_err(e)),
+        Err(BuildError::Unknown(c)) => return Err(PublishError::UnknownColumn(c)),
+    }];
+    if let Some(old) = old {
+        let replaced: std::collections::HashSet<&str> = late.iter().map(|(k, _)| *k).collect();
+        for b in read_checked(lake, old).await? {
+            let keep = keep_mask(&b, &replaced).map_err(arrow_err)?;
+            batches.push(arrow::compute::filter_record_batch(&b, &keep).map_err(arrow_err)?);
+        }
+    }
+    let all = arrow::compute::concat_batches(&schema, &batches).map_err(arrow_err)?;
+    drop(batches);
+    let sorted = sort_quarantine(&all).map_err(arrow_err)?;
+    write(lake, Some((path, sorted))).await
+}
+
+/// Reads a quarantine file, checked against its record.
+async fn read_checked(lake: &Lake, file: &FileRecord) -> Result<Vec<RecordBatch>, PublishError> {
+    let read_err = |reason: String| PublishError::Read {
+        path: file.path.clone(),
+        reason,
+    };
+    let bytes = lake
+        .get_bytes(&Path::from(file.path.as_str()))
+        .await
+        .map_err(|e| read_err(e.to_string()))?;
+    if bytes.len() as u64 != file.bytes
+        || lake_common::parquet_io::sha256_hex(&bytes) != file.sha256
+    {
+        return Err(read_err(
+            "it does not match silver's manifest (size or checksum)".into(),
+        ));
+    }
+    lake_common::parquet_io::read_bytes(bytes).map_err(|e| read_err(e.to_string()))
+}
+
+/// The rows of a quarantine batch to keep: all but the
+/// `after_retention_horizon` rows of the `replaced` executions.
+fn keep_mask(
+    batch: &RecordBatch,
+    replaced: &std::collections::HashSet<&str>,
+) -> Result<arrow::array::BooleanArray, arrow::error::ArrowError> {
+    let text = |name: &str| {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or_else(|| arrow::error::ArrowError::SchemaError(format!("no text column {name}")))
+    };
+    let (keys, violations) = (text("execution_key")?, text("violation")?);
+    let late = Rule::AfterRetentionHorizon.name();
+    Ok((0..batch.num_rows())
+        .map(|i| Some(!(violations.value(i) == late && replaced.contains(keys.value(i)))))
+        .collect())
+}
+
+/// Sorts quarantine rows into file order ([`PartitionRows::sort`]):
+/// `(first_event_at, execution_id, rule)`.
+fn sort_quarantine(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+    use arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
+    let column = |name: &str| {
+        batch
+            .column_by_name(name)
+            .cloned()
+            .ok_or_else(|| arrow::error::ArrowError::SchemaError(format!("no column {name}")))
+    };
+    let violations = column("violation")?;
+    let violations = violations
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| arrow::error::ArrowError::SchemaError("violation is not text".into()))?;
+    let rank: ArrayRef = Arc::new(Int32Array::from_iter_values(violations.iter().map(|v| {
+        Rule::ALL
+            .iter()
+            .position(|r| Some(r.name()) == v)
+            .map_or(i32::MAX, |i| i as i32)
+    })));
+    let by = [column("first_event_at")?, column("execution_id")?, rank].map(|values| SortColumn {
+        values,
+        options: None,
+    });
+    take_record_batch(batch, &lexsort_to_indices(&by, None)?)
 }

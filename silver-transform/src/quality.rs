@@ -31,16 +31,22 @@ pub enum Rule {
     SingleClient,
     /// `symbol` matches `^[A-Z0-9]{2,20}$`.
     SymbolFormat,
+    /// Not a check of [`check`]: later events of an execution that began
+    /// before the retention horizon (frozen, its first events gone), folded
+    /// on their own from the horizon on and quarantined in the frozen
+    /// execution's partition ([`crate::incremental`]).
+    AfterRetentionHorizon,
 }
 
 impl Rule {
     /// Every rule, in check order.
-    pub const ALL: [Rule; 5] = [
+    pub const ALL: [Rule; 6] = [
         Self::StatusInEnum,
         Self::SlippageInRange,
         Self::ExecutedHasFillPrice,
         Self::SingleClient,
         Self::SymbolFormat,
+        Self::AfterRetentionHorizon,
     ];
 
     /// The name written to the `violation` column.
@@ -51,6 +57,7 @@ impl Rule {
             Self::ExecutedHasFillPrice => "executed_has_fill_price",
             Self::SingleClient => "single_client",
             Self::SymbolFormat => "symbol_format",
+            Self::AfterRetentionHorizon => "after_retention_horizon",
         }
     }
 }

@@ -289,21 +289,25 @@ async fn check_seed(seed: u64, executions: usize, lakes: [Lake; 3]) -> Covered {
 
 /// #20: the same histories with bronze's retention applied half-way (after
 /// silver read everything): the executions begun before the horizon keep the
-/// files they had, whatever arrives later (their events, late rows dated
-/// before the horizon, backfills); incremental unsharded equals two shards;
+/// silver files they had, whatever arrives later (their events, late rows
+/// dated before the horizon, backfills; their later events go to the frozen
+/// partitions' quarantine); incremental unsharded equals two shards;
 /// and a full refresh, unsharded and per shard, changes nothing. Returns the
-/// executions runs found frozen.
-async fn check_retention(seed: u64, executions: usize, lakes: [Lake; 2]) -> u64 {
+/// executions runs found frozen and the rows they quarantined for them.
+async fn check_retention(seed: u64, executions: usize, lakes: [Lake; 2]) -> (u64, u64) {
     let [inc, shards] = lakes;
     let mut rng = Rng(seed);
     let events = generate(&mut rng, executions);
     let (steps, _) = history(&mut rng, events);
     let horizon = NaiveDate::from_ymd_opt(2025, 6, 1 + (seed % 2) as u32).unwrap();
     let at = steps.len() / 2;
+    // Silver's frozen partitions (their quarantine gets later events).
     let behind = |dir: &str| {
-        dir.split_once("date=")
-            .and_then(|(_, d)| NaiveDate::parse_from_str(&d[..10], "%Y-%m-%d").ok())
-            .is_some_and(|d| d < horizon)
+        !dir.contains("_quarantine")
+            && dir
+                .split_once("date=")
+                .and_then(|(_, d)| NaiveDate::parse_from_str(&d[..10], "%Y-%m-%d").ok())
+                .is_some_and(|d| d < horizon)
     };
     let whole_shard_ratio = if seed.is_multiple_of(2) {
         f64::INFINITY
@@ -311,7 +315,7 @@ async fn check_retention(seed: u64, executions: usize, lakes: [Lake; 2]) -> u64 
         0.5
     };
     let mut frozen_files = BTreeMap::new();
-    let mut frozen = 0;
+    let (mut frozen, mut late) = (0, 0);
     let mut batch = 0;
     for (i, step) in steps.iter().enumerate() {
         batch += 1;
@@ -326,6 +330,7 @@ async fn check_retention(seed: u64, executions: usize, lakes: [Lake; 2]) -> u64 
         )
         .await;
         frozen += r.work.frozen_executions;
+        late += r.quality.violations_per_rule["after_retention_horizon"];
         for index in [0, 1] {
             run(&shards, &sharded(index)).await;
         }
@@ -362,20 +367,22 @@ async fn check_retention(seed: u64, executions: usize, lakes: [Lake; 2]) -> u64 
         before,
         "seed {seed}: full refresh of two shards"
     );
-    frozen
+    (frozen, late)
 }
 
 #[tokio::test]
 async fn retention_keeps_history_and_full_refresh_agrees_on_local_lakes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut frozen = 0;
+    let (mut frozen, mut late) = (0, 0);
     for seed in 200..216 {
         let lakes = ["inc", "shards"].map(|n| {
             Lake::open(&LakeConfig::local(dir.path().join(format!("{seed}-{n}")))).unwrap()
         });
-        frozen += check_retention(seed, 40 + (seed as usize % 4) * 20, lakes).await;
+        let (f, l) = check_retention(seed, 40 + (seed as usize % 4) * 20, lakes).await;
+        (frozen, late) = (frozen + f, late + l);
     }
     assert!(frozen > 0, "some events arrived for frozen executions");
+    assert!(late > 0, "and went to quarantine");
 }
 
 #[tokio::test]
