@@ -488,6 +488,7 @@ pub async fn run_dataset(
                 supersedes: vec![],
                 rows: 0,
                 compacted_days: vec![],
+                pruned_days: vec![],
                 retained_before: None,
             };
             if settings.dry_run {

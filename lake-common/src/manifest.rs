@@ -152,6 +152,14 @@ pub struct BatchManifest {
     /// it as they are (docs/maintenance.md, "Retention").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retained_before: Option<NaiveDate>,
+    /// Retention of an updated-in-place table (the outbox, `lake-maintain`):
+    /// this entry removed the live files of these days that held no version
+    /// a reader still needs (every row of them superseded by a later captured
+    /// version, or deleted from PostgreSQL), and adds none. The latest
+    /// captured version of every row PostgreSQL holds stays, whatever its
+    /// day. Like a compaction it carries no new data and no horizon.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pruned_days: Vec<NaiveDate>,
 }
 
 impl BatchManifest {
@@ -161,9 +169,9 @@ impl BatchManifest {
     }
 
     /// Whether this entry is a rewrite without new data: a compaction or a
-    /// retention (its files, if any, hold rows read before).
+    /// retention of either kind (its files, if any, hold rows read before).
     pub fn is_rewrite(&self) -> bool {
-        self.is_compaction() || self.retained_before.is_some()
+        self.is_compaction() || self.retained_before.is_some() || !self.pruned_days.is_empty()
     }
 
     /// Total rows per date of this batch's files.
@@ -781,6 +789,7 @@ mod tests {
             supersedes: supersedes.iter().map(|s| s.to_string()).collect(),
             rows: files.len() as u64,
             compacted_days: vec![],
+            pruned_days: vec![],
             retained_before: None,
         }
     }

@@ -39,6 +39,7 @@ fn pending() -> BatchManifest {
         files: vec![],
         supersedes: vec![],
         compacted_days: vec![],
+        pruned_days: vec![],
         retained_before: None,
         rows: 0,
     }

@@ -197,6 +197,7 @@ async fn conditional_create_is_refused_the_second_time() {
         files: vec![],
         supersedes: vec![],
         compacted_days: vec![],
+        pruned_days: vec![],
         retained_before: None,
         rows: 0,
     };

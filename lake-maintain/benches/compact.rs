@@ -65,6 +65,7 @@ fn first_batch() -> BatchManifest {
         supersedes: vec![],
         rows: 0,
         compacted_days: vec![],
+        pruned_days: vec![],
         retained_before: None,
     }
 }

@@ -14,7 +14,8 @@ const MIN_GRACE: Duration = Duration::from_secs(3600);
 fn after_help() -> String {
     format!(
         "lake-maintain reads only the lake. It removes the days of bronze/events older than\n\
-         --bronze-retention-days through bronze's log and the partitions of silver older than\n\
+         --bronze-retention-days through bronze's log, the files of bronze/outbox older than\n\
+         --outbox-retention-days that hold no latest version of a row PostgreSQL holds, the partitions of silver older than\n\
          --silver-retention-days (never past bronze's horizon) through silver's, compacts closed bronze days, deletes the\n\
          objects of bronze/ and silver/ that no manifest references and that are older than --grace,\n\
          aborts multipart uploads started longer ago than --upload-grace and deletes run reports\n\
@@ -55,6 +56,11 @@ pub struct Args {
     /// removed through silver's log, never past bronze's horizon.
     #[arg(long, env = "MAINTAIN_SILVER_RETENTION_DAYS", default_value_t = crate::retain::DEFAULT_SILVER_DAYS)]
     pub silver_retention_days: u32,
+    /// Days of bronze/outbox kept (at least 7); files of older days are
+    /// removed once none of their rows is the latest captured version of a
+    /// row PostgreSQL holds.
+    #[arg(long, env = "MAINTAIN_OUTBOX_RETENTION_DAYS", default_value_t = crate::retain::DEFAULT_BRONZE_DAYS)]
+    pub outbox_retention_days: u32,
     /// Keep every day of bronze and of silver (no retention).
     #[arg(long)]
     pub no_retention: bool,
@@ -95,6 +101,14 @@ impl Args {
                 crate::retain::MIN_SILVER_DAYS
             )));
         }
+        if self.outbox_retention_days < crate::retain::MIN_BRONZE_DAYS {
+            return Err(usage(format!(
+                "--outbox-retention-days (MAINTAIN_OUTBOX_RETENTION_DAYS) is {} but must be at least {}; \
+                 use --no-retention to keep everything",
+                self.outbox_retention_days,
+                crate::retain::MIN_BRONZE_DAYS
+            )));
+        }
         if self.reports_retention_days == 0 {
             return Err(usage(
                 "--reports-retention-days (MAINTAIN_REPORTS_RETENTION_DAYS) must be at least 1"
@@ -109,6 +123,7 @@ impl Args {
             compact: !self.no_compaction,
             bronze_retention_days: (!self.no_retention).then_some(self.bronze_retention_days),
             silver_retention_days: (!self.no_retention).then_some(self.silver_retention_days),
+            outbox_retention_days: (!self.no_retention).then_some(self.outbox_retention_days),
             reports_retention_days: self.reports_retention_days,
         })
     }
@@ -174,14 +189,19 @@ mod tests {
     fn retention_defaults_and_bounds() {
         let o = parse(&[]).unwrap().into_options().unwrap();
         assert_eq!(o.bronze_retention_days, Some(90));
+        assert_eq!(o.outbox_retention_days, Some(90));
         assert_eq!(o.reports_retention_days, 365);
         let o = parse(&["--no-retention", "--reports-retention-days", "30"])
             .unwrap()
             .into_options()
             .unwrap();
         assert_eq!(
-            (o.bronze_retention_days, o.reports_retention_days),
-            (None, 30)
+            (
+                o.bronze_retention_days,
+                o.outbox_retention_days,
+                o.reports_retention_days
+            ),
+            (None, None, 30)
         );
         let e = parse(&["--bronze-retention-days", "3"])
             .unwrap()

@@ -52,6 +52,9 @@ pub struct Options {
     /// Days of silver partitions kept (`None`: keep everything), never more
     /// than bronze removed.
     pub silver_retention_days: Option<u32>,
+    /// Days of `bronze/outbox` kept (`None`: keep everything): older files
+    /// are removed once they hold no latest version of a row PostgreSQL holds.
+    pub outbox_retention_days: Option<u32>,
     /// Days of run reports (`_runs/`) kept.
     pub reports_retention_days: u32,
 }
@@ -66,6 +69,7 @@ impl Default for Options {
             compact: true,
             bronze_retention_days: Some(retain::DEFAULT_BRONZE_DAYS),
             silver_retention_days: Some(retain::DEFAULT_SILVER_DAYS),
+            outbox_retention_days: Some(retain::DEFAULT_BRONZE_DAYS),
             reports_retention_days: DEFAULT_REPORTS_DAYS,
         }
     }
@@ -87,6 +91,8 @@ pub struct RunReport {
     pub retention: Option<retain::Retained>,
     /// Silver's retention (`None`: not asked for).
     pub silver_retention: Option<retain::SilverRetained>,
+    /// The outbox's retention (`None`: not asked for).
+    pub outbox_retention: Option<retain::Retained>,
     /// The compaction of closed bronze days (`None`: not asked for).
     pub compaction: Option<compact::Compacted>,
     /// Objects the logs reference.
@@ -134,6 +140,9 @@ impl RunReport {
         }
         if let Some(r) = &self.silver_retention {
             s += &silver_retention_summary(r, self.header.dry_run);
+        }
+        if let Some(r) = &self.outbox_retention {
+            s += &outbox_retention_summary(r, self.header.dry_run);
         }
         if let Some(c) = &self.compaction {
             s += &compaction_summary(c, self.header.dry_run);
@@ -220,6 +229,27 @@ fn silver_retention_summary(r: &retain::SilverRetained, dry_run: bool) -> String
     )
 }
 
+fn outbox_retention_summary(r: &retain::Retained, dry_run: bool) -> String {
+    if r.horizon.is_none() {
+        return format!(
+            "no retention of {} ({}); ",
+            r.dataset,
+            r.skipped.as_deref().unwrap_or("nothing to do")
+        );
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    format!(
+        "retention of {} days: {verb} {} files of {} days before {} of {} holding only superseded \
+         versions or rows PostgreSQL no longer holds ({} rows); ",
+        r.keep_days,
+        r.files,
+        r.days,
+        r.target.map(|d| d.to_string()).unwrap_or_default(),
+        r.dataset,
+        r.rows
+    )
+}
+
 fn compaction_summary(c: &compact::Compacted, dry_run: bool) -> String {
     if c.days.is_empty() {
         return format!(
@@ -261,6 +291,7 @@ pub async fn run(lake: &Lake, options: &Options) -> anyhow::Result<RunReport> {
         reports_retention_days: options.reports_retention_days,
         retention: None,
         silver_retention: None,
+        outbox_retention: None,
         compaction: None,
         referenced: 0,
         prefixes: vec![],
@@ -340,18 +371,20 @@ fn metrics(r: &RunReport, seconds: f64, exit: lake_common::ExitStatus) -> RunMet
     for (name, help, value) in gauges {
         m.set(name, help, &[], value as f64);
     }
-    if let Some(r) = &r.retention {
-        let dataset = [("dataset", r.dataset.as_str())];
+    for r in r.retention.iter().chain(&r.outbox_retention) {
         m.set(
             "retain_files_removed",
             "Bronze files the latest lake-maintain run removed by retention.",
-            &dataset,
+            &[("dataset", r.dataset.as_str())],
             if r.batch.is_some() {
                 r.files as f64
             } else {
                 0.0
             },
         );
+    }
+    if let Some(r) = &r.retention {
+        let dataset = [("dataset", r.dataset.as_str())];
         m.set(
             "retain_held_by_silver",
             "1 when silver's unread files held bronze's retention back in the latest run.",
@@ -412,6 +445,17 @@ async fn collect(lake: &Lake, options: &Options, report: &mut RunReport) -> anyh
         report
             .timings_ms
             .insert("retention", t.elapsed().as_millis() as u64);
+    }
+    if let Some(days) = options.outbox_retention_days {
+        let t = Instant::now();
+        report.outbox_retention = Some(
+            retain::retain_outbox(lake, &report.header.run_id, days, options.dry_run)
+                .await
+                .context("applying the outbox's retention")?,
+        );
+        report
+            .timings_ms
+            .insert("outbox_retention", t.elapsed().as_millis() as u64);
     }
     if let Some(days) = options.silver_retention_days {
         let t = Instant::now();

@@ -23,10 +23,16 @@
 //! bronze's, so silver drops only executions it would never fold again, and
 //! a lake whose bronze keeps everything keeps all of silver too.
 //!
-//! **The outbox is left out.** Its old days keep receiving new versions of
-//! their rows, and a file of an old day may hold the latest captured version
-//! of a row PostgreSQL still holds: removing it by day would lose that
-//! version. Retention of the outbox needs a per-version rule and is not built.
+//! **The outbox** ([`retain_outbox`]) keeps [`DEFAULT_BRONZE_DAYS`] days too,
+//! by version, not by day: its old days keep receiving new versions of their
+//! rows (partitions follow `created_at`), and a file of an old day may hold
+//! the latest captured version of a row PostgreSQL still holds, which must
+//! stay. A file of a day before the target is removed only when none of its
+//! rows is such a version: each row superseded by a later captured version,
+//! or of a row PostgreSQL no longer holds (the row-identity state, pruned to
+//! the rows PostgreSQL holds at each checkpoint, says which; bronze-ingest's
+//! [`bronze_ingest::identity::Captured`]). The state itself is never touched.
+//! There is no horizon: days before the target keep their latest versions.
 
 use chrono::NaiveDate;
 use lake_common::commit::CommitError;
@@ -34,6 +40,7 @@ use std::collections::BTreeSet;
 
 use lake_common::manifest::{self, BatchManifest, BatchState, BronzeLog, ManifestError};
 use lake_common::{Dataset, Lake};
+use object_store::path::Path;
 use serde::Serialize;
 use silver_transform::key::Shard;
 
@@ -76,6 +83,9 @@ pub enum RetainError {
         /// Why.
         source: anyhow::Error,
     },
+    /// The outbox's files or its row-identity state could not be read.
+    #[error("retention of bronze/outbox: {0}")]
+    Outbox(String),
 }
 
 /// What a retention run did.
@@ -203,6 +213,136 @@ pub async fn retain_silver(
     Ok(out)
 }
 
+/// Applies `keep_days` of retention to the outbox: removes the live files of
+/// the days before the target that hold no row's latest captured version of
+/// a row PostgreSQL holds (see the module docs); a dry run only says what it
+/// would remove. The files a run checks are the old ones still live: mostly
+/// those holding rows PostgreSQL still holds, so the work follows the outbox
+/// table's size, not the lake's age.
+pub async fn retain_outbox(
+    lake: &Lake,
+    run_id: &str,
+    keep_days: u32,
+    dry_run: bool,
+) -> Result<Retained, RetainError> {
+    let dataset = Dataset::BronzeOutbox;
+    let mut out = Retained {
+        dataset: dataset.to_string(),
+        keep_days,
+        ..Retained::default()
+    };
+    let skip = |mut out: Retained, why: String| {
+        tracing::info!(dataset = %dataset, "No retention: {why}");
+        out.skipped = Some(why);
+        Ok(out)
+    };
+    let (log, latest) = match rewrite::prepare(lake, dataset)
+        .await
+        .map_err(|source| RetainError::Log { dataset, source })?
+    {
+        Ok(found) => found,
+        Err(why) => return skip(out, why),
+    };
+    let target = latest.snapshot_time.date_naive() - chrono::Days::new(u64::from(keep_days));
+    out.target = Some(target);
+    let live = log.live_files();
+    let old: Vec<_> = live.iter().filter(|f| f.file.date < target).collect();
+    if old.is_empty() {
+        return skip(out, format!("no file of a day before {target}"));
+    }
+    let captured = bronze_ingest::identity::Captured::load(
+        lake,
+        &lake_common::schema::OUTBOX,
+        log.identity_state(),
+        &live,
+        None,
+        &[],
+    )
+    .await
+    .map_err(|e| RetainError::Outbox(e.to_string()))?;
+    let mut doomed = Vec::new();
+    for f in old {
+        let path = Path::from(f.file.path.as_str());
+        let batches = lake_common::parquet_io::read_all(lake, &path)
+            .await
+            .map_err(|e| RetainError::Outbox(format!("reading {path}: {e}")))?;
+        let mut needed = false;
+        for b in &batches {
+            let latest = captured
+                .captured(b)
+                .map_err(|e| RetainError::Outbox(e.to_string()))?;
+            needed |= latest.into_iter().any(|l| l);
+        }
+        if !needed {
+            doomed.push(f);
+        }
+    }
+    drop(captured);
+    if doomed.is_empty() {
+        return skip(
+            out,
+            format!(
+                "every file of a day before {target} holds the latest version of a row PostgreSQL holds"
+            ),
+        );
+    }
+    out.horizon = Some(target);
+    let mut days: Vec<NaiveDate> = doomed.iter().map(|f| f.file.date).collect();
+    days.dedup();
+    out.days = days.len() as u64;
+    out.files = doomed.len() as u64;
+    out.rows = doomed.iter().map(|f| f.file.rows).sum();
+    out.bytes = doomed.iter().map(|f| f.file.bytes).sum();
+    if dry_run {
+        return Ok(out);
+    }
+    let batch = latest.batch + 1;
+    let entry = BatchManifest {
+        batch,
+        state: BatchState::Committed,
+        h_prev: Some(latest.h),
+        drop_captured: false,
+        backfill_days: vec![],
+        claim: Default::default(),
+        committed_at: Some(chrono::Utc::now()),
+        files: vec![],
+        supersedes: doomed.iter().map(|f| f.file.path.clone()).collect(),
+        rows: 0,
+        compacted_days: vec![],
+        retained_before: None,
+        pruned_days: days,
+        ..latest
+    };
+    commit_retention(lake, dataset, &log, entry, run_id, out).await
+}
+
+/// Appends a retention entry; the outcome in `out`.
+async fn commit_retention(
+    lake: &Lake,
+    dataset: Dataset,
+    log: &BronzeLog,
+    entry: BatchManifest,
+    run_id: &str,
+    mut out: Retained,
+) -> Result<Retained, RetainError> {
+    let batch = entry.batch;
+    match rewrite::append(lake, dataset, log, entry, run_id).await? {
+        rewrite::Appended::Committed(_) => {
+            out.batch = Some(batch);
+            tracing::info!(dataset = %dataset, batch, horizon = ?out.horizon, days = out.days, files = out.files, rows = out.rows, "Committed a retention");
+            Ok(out)
+        }
+        rewrite::Appended::Lost { owner } => {
+            out.horizon = None;
+            let why =
+                format!("run {owner} took batch {batch} first; the next run applies the retention");
+            tracing::info!(dataset = %dataset, "No retention: {why}");
+            out.skipped = Some(why);
+            Ok(out)
+        }
+    }
+}
+
 /// Applies `keep_days` of retention to `bronze/events`; a dry run only says
 /// what it would remove.
 pub async fn retain(
@@ -306,24 +446,11 @@ pub async fn retain(
         supersedes: doomed.iter().map(|f| f.file.path.clone()).collect(),
         rows: 0,
         compacted_days: vec![],
+        pruned_days: vec![],
         retained_before: Some(horizon),
         ..latest
     };
-    match rewrite::append(lake, dataset, &log, entry, run_id).await? {
-        rewrite::Appended::Committed(_) => {
-            out.batch = Some(batch);
-            tracing::info!(dataset = %dataset, batch, %horizon, days = out.days, files = out.files, rows = out.rows, "Committed a retention");
-            Ok(out)
-        }
-        rewrite::Appended::Lost { owner } => {
-            let mut out = out;
-            out.horizon = None;
-            skip(
-                out,
-                format!("run {owner} took batch {batch} first; the next run applies the retention"),
-            )
-        }
-    }
+    commit_retention(lake, dataset, &log, entry, run_id, out).await
 }
 
 /// The batches every shard of silver's live shard layouts has consumed, per

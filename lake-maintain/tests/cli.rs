@@ -64,8 +64,8 @@ async fn a_run_reports_and_pushes_its_metrics() {
     assert!(
         text.starts_with(
             "lake-maintain (dry run): no retention (bronze has no batch yet); no silver retention \
-             (bronze has no batch yet); no compaction (bronze has no batch yet); 0 objects under 4 \
-             prefixes"
+             (bronze has no batch yet); no retention of bronze/outbox (bronze has no batch yet); no \
+             compaction (bronze has no batch yet); 0 objects under 4 prefixes"
         ),
         "{text}"
     );

@@ -6,6 +6,7 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use chrono::{NaiveDate, Utc};
@@ -588,5 +589,159 @@ async fn an_old_shard_layout_holds_no_retention_back() {
         "{silver:?}"
     );
     silver_shards(&h, 2, Mode::Incremental).await;
+    assert_references_exist(&lake).await;
+}
+
+/// The live files of `bronze/outbox`: (date, path, batch).
+async fn outbox_files(lake: &Lake) -> BTreeSet<(NaiveDate, String, u64)> {
+    BronzeLog::load(lake, Dataset::BronzeOutbox)
+        .await
+        .unwrap()
+        .live_files()
+        .into_iter()
+        .map(|f| (f.file.date, f.file.path, f.batch))
+        .collect()
+}
+
+/// `[day, day + 1)` as timestamps, for SQL.
+fn day_range(day: NaiveDate) -> [chrono::DateTime<Utc>; 2] {
+    let start = day.and_hms_opt(0, 0, 0).unwrap().and_utc();
+    [start, start + chrono::Duration::days(1)]
+}
+
+/// #20: the outbox's retention removes, of the days before its target, only
+/// the files none of whose rows is the latest captured version of a row
+/// PostgreSQL holds: a day whose every row was updated since loses its old
+/// files (the new versions stay, on the same day), a day the cleanup deleted
+/// loses all of them once a checkpoint's row-identity state has seen the
+/// deletion, a day nobody touched keeps everything; `--verify` of the outbox
+/// agrees with PostgreSQL before and after.
+#[tokio::test(flavor = "multi_thread")]
+async fn outbox_retention_keeps_every_latest_version() {
+    let h = twenty_days(11).await;
+    let lake = h.lake();
+    let opts = Options {
+        bronze_retention_days: None,
+        silver_retention_days: None,
+        outbox_retention_days: Some(KEEP),
+        ..retain_options()
+    };
+    let r = lake_maintain::run(&lake, &opts).await.unwrap();
+    let first = r.outbox_retention.unwrap();
+    assert_eq!(first.files, 0, "only latest versions so far: {first:?}");
+    let target = first.target.unwrap();
+    let files = outbox_files(&lake).await;
+    let old_days: BTreeSet<NaiveDate> = files
+        .iter()
+        .map(|(d, _, _)| *d)
+        .filter(|d| *d < target)
+        .collect();
+    assert!(old_days.len() >= 3, "{old_days:?}");
+    let mut old_days = old_days.into_iter();
+    let (updated, cleaned) = (old_days.next().unwrap(), old_days.next().unwrap());
+
+    let client = h.pg.client().await.unwrap();
+    let [from, to] = day_range(updated);
+    let n = client
+        .execute(
+            "UPDATE outbox SET retry_count = retry_count + 1 WHERE created_at >= $1 AND created_at < $2",
+            &[&from, &to],
+        )
+        .await
+        .unwrap();
+    assert!(n > 0);
+    let [from, to] = day_range(cleaned);
+    let n = client
+        .execute(
+            "DELETE FROM outbox WHERE created_at >= $1 AND created_at < $2",
+            &[&from, &to],
+        )
+        .await
+        .unwrap();
+    assert!(n > 0);
+    h.bronze().await;
+    let after_changes = BronzeLog::load(&lake, Dataset::BronzeOutbox)
+        .await
+        .unwrap()
+        .latest_entry()
+        .unwrap()
+        .manifest
+        .batch;
+    // Until a checkpoint's state has seen the deletion, its rows count as held.
+    let dry = Options {
+        dry_run: true,
+        ..opts.clone()
+    };
+    let planned = lake_maintain::run(&lake, &dry)
+        .await
+        .unwrap()
+        .outbox_retention
+        .unwrap();
+    let expected_updated: BTreeSet<String> = files
+        .iter()
+        .filter(|(d, _, _)| *d == updated)
+        .map(|(_, p, _)| p.clone())
+        .collect();
+    assert_eq!(planned.files, expected_updated.len() as u64, "{planned:?}");
+    for seed in 0..12 {
+        let state = BronzeLog::load(&lake, Dataset::BronzeOutbox)
+            .await
+            .unwrap()
+            .identity_state()
+            .map(|s| s.batch);
+        if state.is_some_and(|b| b >= after_changes) {
+            break;
+        }
+        h.batch(5, 100 + seed).await;
+    }
+
+    let r = lake_maintain::run(&lake, &opts).await.unwrap();
+    let done = r.outbox_retention.clone().unwrap();
+    let expected: BTreeSet<String> = files
+        .iter()
+        .filter(|(d, _, _)| *d == updated || *d == cleaned)
+        .map(|(_, p, _)| p.clone())
+        .collect();
+    assert_eq!(done.files, expected.len() as u64, "{done:?}");
+    assert_eq!(done.days, 2, "{done:?}");
+    assert!(done.batch.is_some(), "{done:?}");
+    assert!(r.summary().contains("bronze/outbox"), "{}", r.summary());
+    let live = outbox_files(&lake).await;
+    for (d, p, _) in &files {
+        assert_eq!(
+            live.iter().any(|(_, q, _)| q == p),
+            !expected.contains(p),
+            "{d} {p}"
+        );
+    }
+    for p in &expected {
+        assert!(
+            lake.get_bytes(&Path::from(p.as_str())).await.is_err(),
+            "{p} deleted"
+        );
+    }
+    assert!(
+        live.iter()
+            .any(|(d, _, b)| *d == updated && *b > files.iter().map(|f| f.2).max().unwrap()),
+        "the updated day keeps its new versions"
+    );
+    // Every row PostgreSQL holds is in bronze in its current version.
+    let mut verify = h.bronze_options(true);
+    verify.datasets = bronze_ingest::Datasets::All;
+    let status = bronze_ingest::run(&h.bronze_config(), &verify)
+        .await
+        .unwrap();
+    assert_eq!(
+        status,
+        lake_common::ExitStatus::Success,
+        "--verify of both datasets"
+    );
+    // A second run has nothing left to remove.
+    let again = lake_maintain::run(&lake, &opts)
+        .await
+        .unwrap()
+        .outbox_retention
+        .unwrap();
+    assert_eq!(again.files, 0, "{again:?}");
     assert_references_exist(&lake).await;
 }

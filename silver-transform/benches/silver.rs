@@ -66,6 +66,7 @@ async fn write_batch(lake: &Lake, batch: u64, evs: Vec<Ev>) {
         files,
         supersedes: vec![],
         compacted_days: vec![],
+        pruned_days: vec![],
         retained_before: None,
     };
     manifest::create(lake, &m).await.unwrap();

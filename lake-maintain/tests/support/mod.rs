@@ -191,6 +191,7 @@ pub fn options(grace: Duration, dry_run: bool) -> Options {
         compact: false,
         bronze_retention_days: None,
         silver_retention_days: None,
+        outbox_retention_days: None,
         reports_retention_days: lake_maintain::DEFAULT_REPORTS_DAYS,
     }
 }

@@ -498,6 +498,7 @@ fn manifest_of(batch: u64, state: BatchState, files: Vec<DataFile>) -> BatchMani
         files,
         supersedes: vec![],
         compacted_days: vec![],
+        pruned_days: vec![],
         retained_before: None,
     }
 }

@@ -343,6 +343,7 @@ mod tests {
             files: vec![],
             supersedes: vec![],
             compacted_days: vec![],
+            pruned_days: vec![],
             retained_before: None,
             rows: 0,
         }

@@ -33,6 +33,7 @@ fn committed(dataset: Dataset, batch: u64, at: DateTime<Utc>) -> BatchManifest {
         files: vec![],
         supersedes: vec![],
         compacted_days: vec![],
+        pruned_days: vec![],
         retained_before: None,
         rows: 0,
     }
