@@ -203,7 +203,31 @@ async fn retention_removes_old_days_and_silver_keeps_its_history() {
     assert_eq!(again[0].2, 2, "{again:?}");
     assert_eq!(silver_files(&lake).await, silver_files_of(&silver));
     h.assert_full_refresh_changes_nothing().await;
-    let silver = silver_rows(&lake).await;
+    // Both later events gone from PostgreSQL and their day re-exported: the
+    // row goes, and the frozen partition is as it was before them.
+    client
+        .execute(
+            "DELETE FROM stop_events WHERE event_id IN \
+             ('00000000-0000-0000-0000-00000000f001', '00000000-0000-0000-0000-00000000f003')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut backfill = h.bronze_options(false);
+    backfill.datasets = bronze_ingest::Datasets::Events;
+    backfill.backfill_days = vec![Utc::now().date_naive()];
+    bronze_ingest::run(&h.bronze_config(), &backfill)
+        .await
+        .unwrap();
+    let s = h.silver(Mode::Incremental).await;
+    assert_eq!(s.work.frozen_executions, 1, "{:?}", s.work);
+    assert_eq!(late_rows(&lake).await, vec![], "the row follows bronze");
+    assert_eq!(
+        silver_rows(&lake).await,
+        silver,
+        "as before the later events"
+    );
+    h.assert_full_refresh_changes_nothing().await;
 
     // A backfill of a day before the horizon is refused, and writes nothing:
     // silver would not read it and the next retention would remove it again.

@@ -202,12 +202,23 @@ pub struct Recomputed {
     /// The partition table, with the months this run's plan needed loaded.
     pub table: PartitionTable,
     /// Later events of the frozen executions this run's new batches touched,
-    /// folded from the horizon on, by the frozen partition (owned by the shard)
-    /// they belong to: their rows go to its quarantine. Never on a full
-    /// refresh, which keeps frozen partitions as they are.
-    pub late_for_frozen: BTreeMap<PartitionKey, Folded>,
+    /// by the frozen partition (owned by the shard) they belong to: their
+    /// rows go to its quarantine. Never on a full refresh, which keeps frozen
+    /// partitions as they are.
+    pub late_for_frozen: BTreeMap<PartitionKey, Late>,
     /// Counters.
     pub stats: WorkStats,
+}
+
+/// The frozen executions of one frozen partition that new bronze batches
+/// touched.
+#[derive(Debug, Default)]
+pub struct Late {
+    /// Every one of them: their earlier `after_retention_horizon` rows are
+    /// replaced (dropped, for one whose later events a backfill removed).
+    pub keys: FxHashSet<KeyHash>,
+    /// Their events from the horizon on, folded (those that have any).
+    pub folded: Folded,
 }
 
 /// Plans and folds a run (see the module docs).
@@ -452,19 +463,7 @@ async fn fold_everything(
         match touched {
             // Counted already, by the incremental plan.
             Some(touched) => {
-                let shard = req.shard;
-                for (key, acc) in late.into_entries() {
-                    if let Some(p) = touched
-                        .get(&KeyHash::of(&key))
-                        .map(KeyInfo::partition)
-                        .filter(|p| shard.owns(p.client_id))
-                    {
-                        out.late_for_frozen
-                            .entry(p)
-                            .or_default()
-                            .insert_new(key, acc);
-                    }
-                }
+                out.late_for_frozen = group_late(req.shard, &touched, late);
                 for (k, m) in touched {
                     frozen.insert(k, m);
                 }
@@ -493,7 +492,7 @@ async fn fold_late(
     touched: &FxHashMap<KeyHash, KeyInfo>,
     h: i32,
     stats: &mut WorkStats,
-) -> Result<BTreeMap<PartitionKey, Folded>, RecomputeError> {
+) -> Result<BTreeMap<PartitionKey, Late>, RecomputeError> {
     let mut keys: FxHashSet<KeyHash> = FxHashSet::default();
     let mut days: BTreeSet<i32> = BTreeSet::new();
     for (k, info) in touched {
@@ -502,20 +501,35 @@ async fn fold_late(
             days.extend(info.days().filter(|d| *d >= h));
         }
     }
-    let mut out: BTreeMap<PartitionKey, Folded> = BTreeMap::new();
     if keys.is_empty() {
-        return Ok(out);
+        return Ok(BTreeMap::new());
     }
     let (folded, round) = fold_days(lake, view, days, Arc::new(KeyFilter::Keys(keys)), req).await?;
     stats.add_fold_round(&round);
-    for (key, acc) in folded.into_entries() {
-        if let Some(info) = touched.get(&KeyHash::of(&key)) {
-            out.entry(info.partition())
-                .or_default()
-                .insert_new(key, acc);
+    Ok(group_late(req.shard, touched, folded))
+}
+
+/// The frozen executions `touched` whose partition `shard` owns, with their
+/// folds from `folded`, by partition.
+fn group_late(
+    shard: Shard,
+    touched: &FxHashMap<KeyHash, KeyInfo>,
+    folded: Folded,
+) -> BTreeMap<PartitionKey, Late> {
+    let mut out: BTreeMap<PartitionKey, Late> = BTreeMap::new();
+    for (k, info) in touched {
+        let p = info.partition();
+        if shard.owns(p.client_id) {
+            out.entry(p).or_default().keys.insert(*k);
         }
     }
-    Ok(out)
+    for (key, acc) in folded.into_entries() {
+        let p = touched.get(&KeyHash::of(&key)).map(KeyInfo::partition);
+        if let Some(late) = p.and_then(|p| out.get_mut(&p)) {
+            late.folded.insert_new(key, acc);
+        }
+    }
+    out
 }
 
 /// Prepares a recompute of everything after the retention horizon `h`: the

@@ -658,11 +658,12 @@ async fn execute(
         .await
     );
     let mut late_published = Vec::with_capacity(late.len());
-    for (p, rows) in &late {
+    for (p, l) in &late {
         let old = table.get(p).and_then(|r| r.quarantine.as_ref());
         let fenced = lake.fenced(lease.fence());
-        let file =
-            or_release!(publish::rewrite_late(&fenced, *p, old, rows, version, &run.id).await);
+        let file = or_release!(
+            publish::rewrite_late(&fenced, *p, old, l.replaced, &l.rows, version, &run.id).await
+        );
         late_published.push((*p, file));
     }
     progress.finish();
@@ -716,12 +717,17 @@ async fn execute(
         });
     }
     for (p, quarantine) in late_published {
-        report.partitions.quarantine_files_written += 1;
+        report.partitions.quarantine_files_written += u64::from(quarantine.is_some());
         // A frozen partition keeps its silver file; its record exists (a
         // frozen execution is indexed, so it was published).
         let Some(old) = table.get(&p).cloned() else {
             continue;
         };
+        if old.silver.is_none() && quarantine.is_none() {
+            report.partitions.deleted += 1;
+            table.remove(&p);
+            continue;
+        }
         let mut lineage = from_ranges(&old.batches);
         lineage.extend(batches.remove(&p).unwrap_or_default());
         table.insert(PartitionRecord {
@@ -806,9 +812,17 @@ struct Routed<'a> {
     rows: BTreeMap<PartitionKey, PartitionRows<'a>>,
     /// Later events of frozen executions, by frozen partition (its quarantine
     /// gets them, `after_retention_horizon`).
-    late: BTreeMap<PartitionKey, Vec<publish::Row<'a>>>,
+    late: BTreeMap<PartitionKey, LateRows<'a>>,
     /// Bronze batches each partition's rows came from (lineage for the manifest).
     batches: BTreeMap<PartitionKey, BTreeSet<u64>>,
+}
+
+/// A frozen partition's `after_retention_horizon` rows to write.
+struct LateRows<'a> {
+    /// The executions whose earlier such rows are replaced.
+    replaced: &'a rustc_hash::FxHashSet<key::KeyHash>,
+    /// Their new rows (those with events from the horizon on).
+    rows: Vec<publish::Row<'a>>,
 }
 
 /// Checks every execution of the recomputed partitions (SPEC §7), routes it to
@@ -838,14 +852,18 @@ fn route<'a>(rec: &'a incremental::Recomputed, report: &mut RunReport) -> Routed
                 .extend(broken.into_iter().map(|r| ((key, acc), r)));
         }
     }
-    let mut late: BTreeMap<PartitionKey, Vec<publish::Row<'a>>> = BTreeMap::new();
-    for (p, folded) in &rec.late_for_frozen {
-        for (key, acc) in folded.iter() {
+    let mut late: BTreeMap<PartitionKey, LateRows<'a>> = BTreeMap::new();
+    for (p, l) in &rec.late_for_frozen {
+        let rows = late.entry(*p).or_insert_with(|| LateRows {
+            replaced: &l.keys,
+            rows: Vec::new(),
+        });
+        for (key, acc) in l.folded.iter() {
             batches.entry(*p).or_default().extend(acc.batches.iter());
             report
                 .quality
                 .record(&[quality::Rule::AfterRetentionHorizon]);
-            late.entry(*p).or_default().push((key, acc));
+            rows.rows.push((key, acc));
         }
     }
     report.quality.finish();
@@ -858,7 +876,7 @@ fn route<'a>(rec: &'a incremental::Recomputed, report: &mut RunReport) -> Routed
         .values()
         .map(|r| r.quarantine.len() as u64)
         .sum::<u64>()
-        + late.values().map(|r| r.len() as u64).sum::<u64>();
+        + late.values().map(|r| r.rows.len() as u64).sum::<u64>();
     report.partitions.recomputed = rows.len() as u64;
     Routed {
         rows,

@@ -38,7 +38,7 @@ use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::fold::{Acc, Dec, InlineStr};
-use crate::key::{EventId, EventType, PartitionKey, write_event_id};
+use crate::key::{EventId, EventType, KeyHash, PartitionKey, write_event_id};
 use crate::quality::Rule;
 
 /// Errors of publishing.
@@ -314,13 +314,15 @@ pub fn build_batch(
 /// Rewrites the quarantine file of a frozen partition (its executions began
 /// before the retention horizon, [`crate::incremental`]) with the later events
 /// of some of them: the rows of `old` but the `after_retention_horizon` rows of
-/// the executions in `late`, plus one such row for each of those (sorted like
-/// every quarantine file). Its silver file and its other quarantine rows,
-/// which bronze can no longer recompute, stay as they are.
+/// the executions `replaced`, plus one such row for each execution in `late`
+/// (sorted like every quarantine file; `None` if no row is left). Its silver
+/// file and its other quarantine rows, which bronze can no longer recompute,
+/// stay as they are.
 pub async fn rewrite_late(
     lake: &Lake,
     partition: PartitionKey,
     old: Option<&FileRecord>,
+    replaced: &rustc_hash::FxHashSet<KeyHash>,
     late: &[Row<'_>],
     version: u64,
     run: &str,
@@ -341,14 +343,16 @@ pub async fn rewrite_late(
         Err(BuildError::Unknown(c)) => return Err(PublishError::UnknownColumn(c)),
     }];
     if let Some(old) = old {
-        let replaced: std::collections::HashSet<&str> = late.iter().map(|(k, _)| *k).collect();
         for b in read_checked(lake, old).await? {
-            let keep = keep_mask(&b, &replaced).map_err(arrow_err)?;
+            let keep = keep_mask(&b, replaced).map_err(arrow_err)?;
             batches.push(arrow::compute::filter_record_batch(&b, &keep).map_err(arrow_err)?);
         }
     }
     let all = arrow::compute::concat_batches(&schema, &batches).map_err(arrow_err)?;
     drop(batches);
+    if all.num_rows() == 0 {
+        return Ok(None);
+    }
     let sorted = sort_quarantine(&all).map_err(arrow_err)?;
     write(lake, Some((path, sorted))).await
 }
@@ -377,7 +381,7 @@ async fn read_checked(lake: &Lake, file: &FileRecord) -> Result<Vec<RecordBatch>
 /// `after_retention_horizon` rows of the `replaced` executions.
 fn keep_mask(
     batch: &RecordBatch,
-    replaced: &std::collections::HashSet<&str>,
+    replaced: &rustc_hash::FxHashSet<KeyHash>,
 ) -> Result<arrow::array::BooleanArray, arrow::error::ArrowError> {
     let text = |name: &str| {
         batch
@@ -388,7 +392,11 @@ fn keep_mask(
     let (keys, violations) = (text("execution_key")?, text("violation")?);
     let late = Rule::AfterRetentionHorizon.name();
     Ok((0..batch.num_rows())
-        .map(|i| Some(!(violations.value(i) == late && replaced.contains(keys.value(i)))))
+        .map(|i| {
+            let ours =
+                violations.value(i) == late && replaced.contains(&KeyHash::of(keys.value(i)));
+            Some(!ours)
+        })
         .collect())
 }
 
