@@ -203,3 +203,98 @@ async fn sigkill_in_silver_retention_then_silver_and_the_next_run_converge() {
     assert_references_exist(&lake).await;
     assert_eq!(silver_rows(&lake).await, kept);
 }
+
+/// kill -9 of the outbox's retention right after its entry committed, before
+/// it deleted the files it removed: the next run has nothing left to remove,
+/// `--verify` of both datasets agrees, and bronze's next run deletes the
+/// removed files (as after any rewrite), leaving nothing to collect.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_after_the_outbox_retention_commit_converges() {
+    let point = "after-rewrite-commit";
+    let mut h = Harness::local().await;
+    h.lookback = 40 * DAY;
+    h.batch_ending(2000, 1, SystemTime::now() - 2 * DAY, 20 * DAY)
+        .await;
+    // Every outbox row of the days before the target gets a new version: the
+    // old files hold superseded versions only.
+    let target = chrono::Utc::now().date_naive() - chrono::Days::new(u64::from(KEEP) + 1);
+    let before = target.and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let n =
+        h.pg.client()
+            .await
+            .unwrap()
+            .execute(
+                "UPDATE outbox SET retry_count = retry_count + 1 WHERE created_at < $1",
+                &[&before],
+            )
+            .await
+            .unwrap();
+    assert!(n > 0);
+    h.bronze().await;
+    let lake = h.lake();
+    let outbox = || async {
+        BronzeLog::load(&lake, Dataset::BronzeOutbox)
+            .await
+            .unwrap()
+            .live_files()
+    };
+    let live = outbox().await;
+
+    let mut cmd = Command::new(MAINTAIN);
+    cmd.args(["--no-compaction"])
+        .envs(h.lake_env.iter().cloned())
+        .env("MAINTAIN_FAILPOINT", point)
+        // Nothing of bronze/events or silver is old enough: the outbox's entry
+        // is the run's only one.
+        .env("MAINTAIN_BRONZE_RETENTION_DAYS", "3650")
+        .env("MAINTAIN_OUTBOX_RETENTION_DAYS", KEEP.to_string())
+        .env("LOG_FORMAT", "json");
+    sigkill(spawn_to(&mut cmd, point).unwrap()).unwrap();
+    let after = outbox().await;
+    let removed: Vec<String> = live
+        .iter()
+        .filter(|f| !after.iter().any(|a| a.file.path == f.file.path))
+        .map(|f| f.file.path.clone())
+        .collect();
+    assert!(!removed.is_empty(), "the entry committed");
+    assert!(removed.iter().all(|p| {
+        live.iter()
+            .any(|f| &f.file.path == p && f.file.date < target)
+    }));
+    let left = objects(&lake).await;
+    assert!(
+        removed.iter().any(|p| left.contains(p)),
+        "killed before its deletes"
+    );
+
+    let next = Options {
+        outbox_retention_days: Some(KEEP),
+        ..options(Duration::from_secs(3600), false)
+    };
+    let r = lake_maintain::run(&lake, &next).await.unwrap();
+    assert_eq!(
+        r.outbox_retention.unwrap().files,
+        0,
+        "nothing left to remove"
+    );
+    let mut verify = h.bronze_options(true);
+    verify.datasets = bronze_ingest::Datasets::All;
+    let status = bronze_ingest::run(&h.bronze_config(), &verify)
+        .await
+        .unwrap();
+    assert_eq!(
+        status,
+        lake_common::ExitStatus::Success,
+        "--verify of both datasets"
+    );
+    // Bronze's next run re-runs the latest entry's clean-up first.
+    h.bronze().await;
+    let left = objects(&lake).await;
+    assert!(removed.iter().all(|p| !left.contains(p)), "deleted");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let gc = lake_maintain::run(&lake, &options(Duration::from_secs(1), false))
+        .await
+        .unwrap();
+    assert_eq!(gc.garbage().0, 0, "{:#?}", gc.prefixes);
+    assert_references_exist(&lake).await;
+}
