@@ -38,7 +38,7 @@ use chrono::NaiveDate;
 use lake_common::commit::CommitError;
 use std::collections::BTreeSet;
 
-use lake_common::manifest::{self, BatchManifest, BatchState, BronzeLog, ManifestError};
+use lake_common::manifest::{self, BatchManifest, BatchState, BronzeLog, LiveFile, ManifestError};
 use lake_common::{Dataset, Lake};
 use object_store::path::Path;
 use serde::Serialize;
@@ -226,29 +226,17 @@ pub async fn retain_outbox(
     dry_run: bool,
 ) -> Result<Retained, RetainError> {
     let dataset = Dataset::BronzeOutbox;
-    let mut out = Retained {
-        dataset: dataset.to_string(),
-        keep_days,
-        ..Retained::default()
+    let (mut out, log, latest) = match begin(lake, dataset, keep_days).await? {
+        Ok(begun) => begun,
+        Err(skipped) => return Ok(skipped),
     };
-    let skip = |mut out: Retained, why: String| {
-        tracing::info!(dataset = %dataset, "No retention: {why}");
-        out.skipped = Some(why);
-        Ok(out)
+    let Some(target) = out.target else {
+        return Ok(out);
     };
-    let (log, latest) = match rewrite::prepare(lake, dataset)
-        .await
-        .map_err(|source| RetainError::Log { dataset, source })?
-    {
-        Ok(found) => found,
-        Err(why) => return skip(out, why),
-    };
-    let target = latest.snapshot_time.date_naive() - chrono::Days::new(u64::from(keep_days));
-    out.target = Some(target);
     let live = log.live_files();
     let old: Vec<_> = live.iter().filter(|f| f.file.date < target).collect();
     if old.is_empty() {
-        return skip(out, format!("no file of a day before {target}"));
+        return Ok(skipped(out, format!("no file of a day before {target}")));
     }
     let captured = bronze_ingest::identity::Captured::load(
         lake,
@@ -279,66 +267,133 @@ pub async fn retain_outbox(
     }
     drop(captured);
     if doomed.is_empty() {
-        return skip(
+        return Ok(skipped(
             out,
             format!(
                 "every file of a day before {target} holds the latest version of a row PostgreSQL holds"
             ),
-        );
+        ));
     }
     out.horizon = Some(target);
-    let mut days: Vec<NaiveDate> = doomed.iter().map(|f| f.file.date).collect();
-    days.dedup();
-    out.days = days.len() as u64;
-    out.files = doomed.len() as u64;
-    out.rows = doomed.iter().map(|f| f.file.rows).sum();
-    out.bytes = doomed.iter().map(|f| f.file.bytes).sum();
-    if dry_run {
-        return Ok(out);
-    }
-    let batch = latest.batch + 1;
-    let entry = BatchManifest {
-        batch,
-        state: BatchState::Committed,
-        h_prev: Some(latest.h),
-        drop_captured: false,
-        backfill_days: vec![],
-        claim: Default::default(),
-        committed_at: Some(chrono::Utc::now()),
-        files: vec![],
-        supersedes: doomed.iter().map(|f| f.file.path.clone()).collect(),
-        rows: 0,
-        compacted_days: vec![],
-        retained_before: None,
-        pruned_days: days,
-        ..latest
+    let removal = Removal {
+        lake,
+        dataset,
+        log: &log,
+        latest,
+        run_id,
+        dry_run,
     };
-    commit_retention(lake, dataset, &log, entry, run_id, out).await
+    removal
+        .commit(out, &doomed, |entry, days| entry.pruned_days = days)
+        .await
 }
 
-/// Appends a retention entry; the outcome in `out`.
-async fn commit_retention(
+/// A retention's report with its target, the dataset's log and its latest
+/// entry; or the report of a retention that cannot run now.
+async fn begin(
     lake: &Lake,
     dataset: Dataset,
-    log: &BronzeLog,
-    entry: BatchManifest,
-    run_id: &str,
-    mut out: Retained,
-) -> Result<Retained, RetainError> {
-    let batch = entry.batch;
-    match rewrite::append(lake, dataset, log, entry, run_id).await? {
-        rewrite::Appended::Committed(_) => {
-            out.batch = Some(batch);
-            tracing::info!(dataset = %dataset, batch, horizon = ?out.horizon, days = out.days, files = out.files, rows = out.rows, "Committed a retention");
-            Ok(out)
+    keep_days: u32,
+) -> Result<Result<(Retained, BronzeLog, BatchManifest), Retained>, RetainError> {
+    let out = Retained {
+        dataset: dataset.to_string(),
+        keep_days,
+        ..Retained::default()
+    };
+    let (log, latest) = match rewrite::prepare(lake, dataset)
+        .await
+        .map_err(|source| RetainError::Log { dataset, source })?
+    {
+        Ok(found) => found,
+        Err(why) => return Ok(Err(skipped(out, why))),
+    };
+    let target = latest.snapshot_time.date_naive() - chrono::Days::new(u64::from(keep_days));
+    Ok(Ok((
+        Retained {
+            target: Some(target),
+            ..out
+        },
+        log,
+        latest,
+    )))
+}
+
+/// `out`, skipped for `why` (logged).
+fn skipped(mut out: Retained, why: String) -> Retained {
+    tracing::info!(dataset = %out.dataset, "No retention: {why}");
+    out.skipped = Some(why);
+    out
+}
+
+/// Where a retention's entry goes.
+struct Removal<'a> {
+    lake: &'a Lake,
+    dataset: Dataset,
+    log: &'a BronzeLog,
+    latest: BatchManifest,
+    run_id: &'a str,
+    dry_run: bool,
+}
+
+impl Removal<'_> {
+    /// Counts `doomed` into `out` and, unless a dry run, appends the entry
+    /// that supersedes them (`mark` records why, given their days) to the
+    /// log; deleting them is [`rewrite::append`]'s.
+    async fn commit(
+        self,
+        mut out: Retained,
+        doomed: &[&LiveFile],
+        mark: impl FnOnce(&mut BatchManifest, Vec<NaiveDate>),
+    ) -> Result<Retained, RetainError> {
+        let days: Vec<NaiveDate> = doomed
+            .iter()
+            .map(|f| f.file.date)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        out.days = days.len() as u64;
+        out.files = doomed.len() as u64;
+        out.rows = doomed.iter().map(|f| f.file.rows).sum();
+        out.bytes = doomed.iter().map(|f| f.file.bytes).sum();
+        if self.dry_run {
+            return Ok(out);
         }
-        rewrite::Appended::Lost { owner } => {
-            out.horizon = None;
-            let why =
-                format!("run {owner} took batch {batch} first; the next run applies the retention");
-            tracing::info!(dataset = %dataset, "No retention: {why}");
-            out.skipped = Some(why);
-            Ok(out)
+        crate::failpoint("retain-before-commit");
+        let latest = self.latest;
+        let batch = latest.batch + 1;
+        let mut entry = BatchManifest {
+            batch,
+            state: BatchState::Committed,
+            h_prev: Some(latest.h),
+            drop_captured: false,
+            backfill_days: vec![],
+            claim: Default::default(),
+            committed_at: Some(chrono::Utc::now()),
+            files: vec![],
+            supersedes: doomed.iter().map(|f| f.file.path.clone()).collect(),
+            rows: 0,
+            compacted_days: vec![],
+            pruned_days: vec![],
+            retained_before: None,
+            ..latest
+        };
+        mark(&mut entry, days);
+        let dataset = self.dataset;
+        match rewrite::append(self.lake, dataset, self.log, entry, self.run_id).await? {
+            rewrite::Appended::Committed(_) => {
+                out.batch = Some(batch);
+                tracing::info!(dataset = %dataset, batch, horizon = ?out.horizon, days = out.days, files = out.files, rows = out.rows, "Committed a retention");
+                Ok(out)
+            }
+            rewrite::Appended::Lost { owner } => {
+                out.horizon = None;
+                Ok(skipped(
+                    out,
+                    format!(
+                        "run {owner} took batch {batch} first; the next run applies the retention"
+                    ),
+                ))
+            }
         }
     }
 }
@@ -352,33 +407,21 @@ pub async fn retain(
     dry_run: bool,
 ) -> Result<Retained, RetainError> {
     let dataset = Dataset::BronzeEvents;
-    let mut out = Retained {
-        dataset: dataset.to_string(),
-        keep_days,
-        ..Retained::default()
+    let (mut out, log, latest) = match begin(lake, dataset, keep_days).await? {
+        Ok(begun) => begun,
+        Err(skipped) => return Ok(skipped),
     };
-    let skip = |mut out: Retained, why: String| {
-        tracing::info!(dataset = %dataset, "No retention: {why}");
-        out.skipped = Some(why);
-        Ok(out)
+    let Some(target) = out.target else {
+        return Ok(out);
     };
-    let (log, latest) = match rewrite::prepare(lake, dataset)
-        .await
-        .map_err(|source| RetainError::Log { dataset, source })?
-    {
-        Ok(found) => found,
-        Err(why) => return skip(out, why),
-    };
-    let target = latest.snapshot_time.date_naive() - chrono::Days::new(u64::from(keep_days));
     let before = log.retained_before();
-    out.target = Some(target);
     out.horizon_before = before;
     let Some(readers) = silver_consumed(lake).await? else {
-        return skip(
+        return Ok(skipped(
             out,
             "silver has not committed a version yet: bronze keeps every day until silver has read it"
                 .into(),
-        );
+        ));
     };
     let live = log.live_files();
     // Files of days behind the current horizon are ignored by silver anyway
@@ -420,37 +463,22 @@ pub async fn retain(
     let horizon = before.map_or(horizon, |b| b.max(horizon));
     let doomed: Vec<_> = live.iter().filter(|f| f.file.date < horizon).collect();
     if doomed.is_empty() {
-        return skip(out, format!("no file of a day before {horizon}"));
+        return Ok(skipped(out, format!("no file of a day before {horizon}")));
     }
     out.horizon = Some(horizon);
-    let mut days: Vec<NaiveDate> = doomed.iter().map(|f| f.file.date).collect();
-    days.dedup();
-    out.days = days.len() as u64;
-    out.files = doomed.len() as u64;
-    out.rows = doomed.iter().map(|f| f.file.rows).sum();
-    out.bytes = doomed.iter().map(|f| f.file.bytes).sum();
-    if dry_run {
-        return Ok(out);
-    }
-    crate::failpoint("retain-before-commit");
-    let batch = latest.batch + 1;
-    let entry = BatchManifest {
-        batch,
-        state: BatchState::Committed,
-        h_prev: Some(latest.h),
-        drop_captured: false,
-        backfill_days: vec![],
-        claim: Default::default(),
-        committed_at: Some(chrono::Utc::now()),
-        files: vec![],
-        supersedes: doomed.iter().map(|f| f.file.path.clone()).collect(),
-        rows: 0,
-        compacted_days: vec![],
-        pruned_days: vec![],
-        retained_before: Some(horizon),
-        ..latest
+    let removal = Removal {
+        lake,
+        dataset,
+        log: &log,
+        latest,
+        run_id,
+        dry_run,
     };
-    commit_retention(lake, dataset, &log, entry, run_id, out).await
+    removal
+        .commit(out, &doomed, |entry, _| {
+            entry.retained_before = Some(horizon)
+        })
+        .await
 }
 
 /// The batches every shard of silver's live shard layouts has consumed, per

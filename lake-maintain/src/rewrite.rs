@@ -105,8 +105,13 @@ pub async fn append(
     if let Err(e) = lake.delete_all(doomed).await {
         tracing::warn!(error = %e, "Could not delete the files the rewrite replaced; bronze's next run does");
     }
-    // The log read at the start is the whole log this entry follows.
-    if let Some(cp) = log.checkpoint_after(&committed)
+    // The log read at the start is the whole log this entry follows. The
+    // outbox's checkpoints carry its row-identity state, which only bronze
+    // writes (and deletes the previous one of): a checkpoint written here,
+    // racing bronze's, could name a state bronze just deleted. Bronze's next
+    // commit writes the one that falls due.
+    if dataset != Dataset::BronzeOutbox
+        && let Some(cp) = log.checkpoint_after(&committed)
         && let Err(e) = manifest::write_checkpoint(lake, &cp).await
     {
         tracing::warn!(error = %e, "Could not write the checkpoint; the next commit writes it");

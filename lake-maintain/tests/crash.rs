@@ -277,16 +277,7 @@ async fn sigkill_after_the_outbox_retention_commit_converges() {
         0,
         "nothing left to remove"
     );
-    let mut verify = h.bronze_options(true);
-    verify.datasets = bronze_ingest::Datasets::All;
-    let status = bronze_ingest::run(&h.bronze_config(), &verify)
-        .await
-        .unwrap();
-    assert_eq!(
-        status,
-        lake_common::ExitStatus::Success,
-        "--verify of both datasets"
-    );
+    h.assert_both_datasets_equal_postgres().await;
     // Bronze's next run re-runs the latest entry's clean-up first.
     h.bronze().await;
     let left = objects(&lake).await;

@@ -567,6 +567,7 @@ async fn silver_shards(h: &Harness, count: u32, mode: Mode) {
 /// #20: after re-sharding silver (a full refresh of every new shard), the old
 /// layout's logs, which no run writes any more, neither hold bronze's
 /// retention back nor receive silver's: only the layout silver runs counts.
+/// After the retention, re-sharding again is refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_old_shard_layout_holds_no_retention_back() {
     let h = twenty_days(5).await;
@@ -614,6 +615,32 @@ async fn an_old_shard_layout_holds_no_retention_back() {
     );
     silver_shards(&h, 2, Mode::Incremental).await;
     assert_references_exist(&lake).await;
+
+    // Once bronze's days are gone, a new layout cannot be rebuilt: refused,
+    // nothing written.
+    let data = || async {
+        let mut all = objects(&lake).await;
+        all.retain(|o| !o.starts_with("_runs/"));
+        all
+    };
+    let before = data().await;
+    let opts = silver_transform::Options {
+        mode: Mode::FullRefresh,
+        shard: silver_transform::key::Shard { index: 0, count: 3 },
+        lease: Duration::from_secs(5),
+        ..silver_transform::Options::default()
+    };
+    let err = silver_transform::run(&lake, &opts).await.unwrap_err();
+    assert_eq!(
+        lake_common::telemetry::exit_status_of(err.as_ref()),
+        lake_common::ExitStatus::Usage,
+        "{err:#}"
+    );
+    assert!(
+        format!("{err:#}").contains("has no silver state"),
+        "{err:#}"
+    );
+    assert!(data().await == before, "nothing written but the run report");
 }
 
 /// The live files of `bronze/outbox`: (date, path, batch).
@@ -750,16 +777,7 @@ async fn outbox_retention_keeps_every_latest_version() {
         "the updated day keeps its new versions"
     );
     // Every row PostgreSQL holds is in bronze in its current version.
-    let mut verify = h.bronze_options(true);
-    verify.datasets = bronze_ingest::Datasets::All;
-    let status = bronze_ingest::run(&h.bronze_config(), &verify)
-        .await
-        .unwrap();
-    assert_eq!(
-        status,
-        lake_common::ExitStatus::Success,
-        "--verify of both datasets"
-    );
+    h.assert_both_datasets_equal_postgres().await;
     // A second run has nothing left to remove.
     let again = lake_maintain::run(&lake, &opts)
         .await

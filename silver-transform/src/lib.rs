@@ -426,6 +426,24 @@ async fn execute(
     let view = BronzeView::load(lake, (!full).then_some(&prior.consumed)).await?;
     report.bronze_committed_batches = view.committed().len() as u64;
     report.retained_before = view.retained_before().map(date_of_day);
+    if committed.is_none() && view.retained_before().is_some() {
+        // A shard without state (a new shard layout) would rebuild its
+        // clients from bronze's days after the horizon only: it would fold
+        // the frozen executions from a partial history and delete their
+        // published files as another layout's.
+        return Err(anyhow::Error::new(Classified::new(
+            ExitStatus::Usage,
+            format!(
+                "shard {shard} has no silver state, and bronze's retention removed the days before {}: \
+                 it cannot be rebuilt from bronze (a new SILVER_SHARD_COUNT after a retention is not \
+                 supported; keep the count the lake has, docs/silver.md, \"Sharding\"); this run wrote nothing",
+                report
+                    .retained_before
+                    .map(|d| d.to_string())
+                    .unwrap_or_default()
+            ),
+        )));
+    }
     let mut forced: BTreeSet<PartitionKey> = found
         .abandoned
         .iter()
@@ -860,9 +878,13 @@ fn route<'a>(rec: &'a incremental::Recomputed, report: &mut RunReport) -> Routed
         });
         for (key, acc) in l.folded.iter() {
             batches.entry(*p).or_default().extend(acc.batches.iter());
-            report
+            // Counted per rule, not in the ratio: a late event is no defect of
+            // this run's data, and must not fail it (exit 3).
+            *report
                 .quality
-                .record(&[quality::Rule::AfterRetentionHorizon]);
+                .violations_per_rule
+                .entry(quality::Rule::AfterRetentionHorizon.name())
+                .or_default() += 1;
             rows.rows.push((key, acc));
         }
     }

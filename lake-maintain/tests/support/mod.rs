@@ -136,6 +136,21 @@ impl Harness {
         );
     }
 
+    /// `bronze-ingest --verify` of both datasets: the outbox's rows
+    /// PostgreSQL holds are in bronze in their current version, too.
+    pub async fn assert_both_datasets_equal_postgres(&self) {
+        let mut opts = self.bronze_options(true);
+        opts.datasets = bronze_ingest::Datasets::All;
+        let status = bronze_ingest::run(&self.bronze_config(), &opts)
+            .await
+            .unwrap();
+        assert_eq!(
+            status,
+            lake_common::ExitStatus::Success,
+            "--verify of both datasets found a difference"
+        );
+    }
+
     /// silver rebuilt from all of bronze equals what its incremental runs
     /// built (the same files' checksums).
     pub async fn assert_full_refresh_changes_nothing(&self) {
