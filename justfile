@@ -23,8 +23,8 @@ demo rows=env_var_or_default("DEMO_ROWS", "200000"): setup
     cargo build -q --bin bronze-ingest --bin silver-transform --bin lake-demo
     target/debug/lake-demo --rows {{rows}} --lake lake
 
-# Everything CI checks: formatting, lints, all tests (Rust, deployment manifests, the container image).
-test: setup lint test-rust test-fallback test-deploy test-image
+# Everything CI checks: formatting, lints, all tests (Rust, deployment manifests, the container image, lake-testkit's container backend).
+test: setup lint test-rust test-fallback test-deploy test-image test-containers
 
 # cargo fmt --check and clippy with warnings as errors.
 lint:
@@ -40,6 +40,13 @@ test-rust:
 # on PostgreSQL advisory locks.
 test-fallback:
     LAKE_TEST_STORE=no-conditional-writes cargo nextest run -p bronze-ingest -p silver-transform --no-fail-fast
+
+# lake-testkit's container backend where no Docker engine or registry exists: podman's Docker API and
+# images built here (scripts/testkit-containers.sh); the demo, then every test binary's first test of each three.
+test-containers:
+    cargo build -q --bin bronze-ingest --bin silver-transform --bin lake-demo
+    scripts/testkit-containers.sh bash -c 'target/debug/lake-demo --rows 5000 --lake target/containers-demo-lake \
+        && cargo nextest run --workspace --no-fail-fast --partition count:1/3'
 
 # The fault soak: rounds of source activity with both jobs retried under ~10 % injected S3 faults
 # (CI runs 4 rounds as part of test-rust; more rounds or another rate here).

@@ -32,7 +32,7 @@ async fn assert_lake_holds_exactly(h: &Harness, pg: &TestPostgres, extra: usize)
 /// primary and later batches export its new rows exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failover_to_a_lagging_replica_stops_the_run_until_rebase() {
-    let mut h = Harness::new().await;
+    let mut h = Harness::native().await;
     generate_recent(&h.pg, 300, 51).await;
     h.run_ok(&["--dataset", "events"]);
     let mut replica = TestPostgres::replica_of(&h.pg).await.unwrap();
@@ -69,7 +69,7 @@ async fn a_failover_to_a_lagging_replica_stops_the_run_until_rebase() {
 /// last batch, so bronze goes on without a person.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_clean_switchover_goes_on() {
-    let mut h = Harness::new().await;
+    let mut h = Harness::native().await;
     generate_recent(&h.pg, 300, 54).await;
     h.run_ok(&["--dataset", "events"]);
     let replica = TestPostgres::replica_of(&h.pg).await.unwrap();
@@ -92,10 +92,10 @@ async fn a_clean_switchover_goes_on() {
 /// doubled.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_into_a_new_cluster_is_adopted_by_rebase() {
-    let h = Harness::new().await;
+    let h = Harness::native().await;
     generate_recent(&h.pg, 200, 57).await;
     h.run_ok(&["--dataset", "events"]);
-    let copy = TestPostgres::start().await.unwrap();
+    let copy = TestPostgres::start_native().await.unwrap();
     copy.client()
         .await
         .unwrap()
@@ -145,7 +145,7 @@ async fn a_restore_into_a_new_cluster_is_adopted_by_rebase() {
 /// datasets: the outbox keeps its versions through the upgrade.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pg_upgrade_into_a_new_cluster_is_adopted_by_rebase() {
-    let mut h = Harness::new().await;
+    let mut h = Harness::native().await;
     generate_recent(&h.pg, 200, 59).await;
     h.run_ok(&[]);
     let before = h.manifests(Dataset::BronzeEvents).await.len();

@@ -91,7 +91,7 @@ async fn the_connection_limit_is_named_and_the_retry_is_exact() {
 /// is uploading; the retry finds it on its new port.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_server_restarted_mid_export_fails_the_run_and_the_retry_is_exact() {
-    let mut h = Harness::new().await;
+    let mut h = Harness::native().await;
     generate_big_day(&h.pg, 83).await;
     let (proxy, run) = h.spawn_slow_export(None);
     h.pg.restart().await.unwrap();
@@ -125,7 +125,7 @@ async fn a_server_restarted_mid_export_fails_the_run_and_the_retry_is_exact() {
 /// fails with the standby settings to change; the retry is exact.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_cancelling_the_snapshot_is_explained_and_the_retry_is_exact() {
-    let mut h = Harness::new().await;
+    let mut h = Harness::native().await;
     generate_big_day(&h.pg, 85).await;
     let replica = impatient_standby(&h).await;
     let (proxy, run) = h.spawn_slow_export(Some(&replica));
@@ -162,7 +162,7 @@ async fn a_standby_cancelling_the_snapshot_is_explained_and_the_retry_is_exact()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_standby_cancelling_the_snapshot_after_the_commit_fails_nothing() {
     use lake_testkit::{Fault, FaultProxy, Rule, S3Op};
-    let mut h = Harness::new().await;
+    let mut h = Harness::native().await;
     generate_recent(&h.pg, 2_000, 86).await;
     let replica = impatient_standby(&h).await;
     let proxy = FaultProxy::start(&h.s3, 10).unwrap();

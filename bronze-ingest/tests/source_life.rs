@@ -189,7 +189,7 @@ async fn push_xid_counter(pg: &mut lake_testkit::TestPostgres, steps: &[u64]) {
 /// once, `--verify` agrees, and a backfill of their day keeps them.
 #[tokio::test(flavor = "multi_thread")]
 async fn rows_frozen_two_billion_transactions_ago_are_exported_exactly_once() {
-    let mut h = Harness::new().await;
+    let mut h = Harness::native().await;
     generate_recent(&h.pg, 500, 45).await;
     push_xid_counter(&mut h.pg, &[954_u64 << 20, 2_100 << 20]).await;
     let c = h.pg.client().await.unwrap();
@@ -236,7 +236,7 @@ async fn rows_frozen_two_billion_transactions_ago_are_exported_exactly_once() {
 /// run; `--rebase` then commits exactly the rows bronze does not hold yet.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_span_of_two_billion_transactions_is_refused_and_rebase_recovers_exactly() {
-    let mut h = Harness::new().await;
+    let mut h = Harness::native().await;
     generate_recent(&h.pg, 400, 47).await;
     h.run_ok(&["--dataset", "events"]);
     push_xid_counter(&mut h.pg, &[954_u64 << 20, 2_100 << 20]).await;

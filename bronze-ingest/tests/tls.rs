@@ -40,7 +40,7 @@ async fn assert_refused(h: &Harness, env: &[(String, String)], what: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sslmodes_against_a_server_with_and_without_tls() {
-    let h = Harness::new().await;
+    let h = Harness::native().await;
     support::generate_recent(&h.pg, 200, 1).await;
     let ca = TestCa::new("lake-test-ca").unwrap();
     let other_ca = TestCa::new("someone-else").unwrap();

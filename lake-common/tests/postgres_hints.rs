@@ -51,7 +51,7 @@ async fn a_session_idle_in_its_transaction_past_the_timeout_names_the_setting() 
 async fn each_refused_login_names_what_to_fix() {
     use lake_common::PostgresConfig;
     use lake_common::postgres::{explain_connect_error, pool};
-    let pg = TestPostgres::start().await.unwrap();
+    let pg = TestPostgres::start_native().await.unwrap();
     pg.create_role("lake_reader", "reader-pw", false)
         .await
         .unwrap();

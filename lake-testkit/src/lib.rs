@@ -4,9 +4,8 @@
 //! around them, so this crate provides those systems, throwaway and isolated per
 //! test, instead of mocks:
 //!
-//! * [`TestPostgres`]: a PostgreSQL server of its own (native binaries; as root
-//!   it runs as the `postgres` account), with a database `robson` and a
-//!   password-protected superuser;
+//! * [`TestPostgres`]: a PostgreSQL server of its own, with a database `robson`
+//!   and a password-protected superuser;
 //! * [`TestS3`]: a real S3 HTTP endpoint (moto), with a bucket per test;
 //! * [`FaultProxy`]: a fault-injecting proxy in front of it (lost answers,
 //!   `503 SlowDown`, resets, slow answers, truncated bodies, ignored
@@ -16,6 +15,25 @@
 //! * [`demo`]: the Django source tables of SPEC §2 and a deterministic generator of
 //!   realistic data that loads a million rows in seconds.
 //!
+//! Both servers run from this machine's binaries or in containers, as
+//! `LAKE_TESTKIT` chooses ([`Backend`]):
+//!
+//! * **native**: `TestPostgres` runs `initdb` and `postgres` of this machine
+//!   (`PG_BINDIR`, `pg_config`, Debian's `/usr/lib/postgresql/*/bin`; as root
+//!   as the `postgres` account) with its cluster, socket and log in a temporary
+//!   directory `lake-testkit-pg-*`; `TestS3` runs `moto_server` of the
+//!   workspace's `.venv` (or `MOTO_SERVER`, or `PATH`) with its log in
+//!   `lake-testkit-s3-*` and its objects in memory.
+//! * **containers**: the same servers, set up the same way, in containers of a
+//!   Docker-compatible engine (`DOCKER_HOST` or `/var/run/docker.sock`),
+//!   started with the `testcontainers` crate; their data lives in the
+//!   container and goes with it. Images: `LAKE_TESTKIT_POSTGRES_IMAGE`
+//!   (default `postgres:15-bookworm`) and `LAKE_TESTKIT_S3_IMAGE` (default
+//!   `motoserver/moto:5.2.5`). Tests that need a data directory, the server
+//!   tools, a restart, a replica or an upgrade use
+//!   [`TestPostgres::start_native`].
+//!
+//! `auto`, the default, takes containers when an engine answers, else native.
 //! Everything stops and cleans up on drop. The crate is `publish = false` and only
 //! ever a dev-dependency.
 //!
@@ -38,6 +56,7 @@
 //! ```
 
 mod allocator;
+mod container;
 pub mod demo;
 pub mod failpoint;
 mod faults;
@@ -52,6 +71,7 @@ pub mod terminal;
 mod tls;
 
 pub use allocator::{JemallocSettings, jemalloc_settings};
+pub use container::Backend;
 pub use faults::{Fault, FaultProxy, LoggedRequest, Rule, S3Op};
 pub use http::HttpResponse;
 pub use postgres::TestPostgres;

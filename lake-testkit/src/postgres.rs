@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
+use testcontainers::ImageExt;
 use tokio_postgres::NoTls;
 
+use crate::container::{Backend, Container, Spec};
 use crate::process::{self, RunAs};
 
 /// Name of the database created in every test cluster.
@@ -32,6 +34,30 @@ const SUPERUSER: &str = "postgres";
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Start attempts, to survive another process grabbing the free port first.
 const PORT_ATTEMPTS: usize = 3;
+/// Server settings of every test server: durability off (fast; nothing here
+/// needs to survive a crash), UTC, and few checkpoints during bulk demo loads
+/// with bounded disk use.
+const SETTINGS: &[&str] = &[
+    "fsync=off",
+    "full_page_writes=off",
+    "synchronous_commit=off",
+    "TimeZone=UTC",
+    "max_wal_size=1GB",
+    "checkpoint_timeout=1h",
+    "shared_buffers=512MB",
+];
+/// What a container runs (`bash -c`, as the image's `postgres` user; followed
+/// by the `-c` settings): the cluster `initdb` makes natively, with the
+/// password of `LAKE_TESTKIT_PASSWORD` and `scram-sha-256` from any address
+/// (connections arrive from the engine's bridge), then the server in the
+/// foreground. The binaries are found on `PATH` or in Debian's directory, so
+/// the public image and one built from Debian's packages both work.
+const CONTAINER_SCRIPT: &str = r#"set -e
+export PATH="$PATH:$(ls -d /usr/lib/postgresql/*/bin | tail -n 1)"
+initdb --pgdata=/tmp/pgdata --username=postgres --pwfile=<(printf %s "$LAKE_TESTKIT_PASSWORD") \
+  --auth-local=trust --auth-host=scram-sha-256 --encoding=UTF8 --locale=C --no-sync >/dev/null
+echo 'host all all all scram-sha-256' >> /tmp/pgdata/pg_hba.conf
+exec postgres -D /tmp/pgdata -k /tmp -c listen_addresses='*' "$@""#;
 
 /// A PostgreSQL server of its own for one test, on a free 127.0.0.1 port.
 ///
@@ -39,12 +65,7 @@ const PORT_ATTEMPTS: usize = 3;
 /// stops the server and removes its data directory. `Debug` leaves the password
 /// out.
 pub struct TestPostgres {
-    child: Option<Child>,
-    /// Declared after `child`, but removed explicitly in `Drop` once the server is gone.
-    dir: Option<TempDir>,
-    data_dir: PathBuf,
-    log_file: PathBuf,
-    bin_dir: PathBuf,
+    server: Server,
     host: String,
     port: u16,
     user: String,
@@ -52,40 +73,157 @@ pub struct TestPostgres {
     database: String,
 }
 
+/// Where the server runs.
+enum Server {
+    Native(Native),
+    Container(Container),
+}
+
+/// A server of this machine's binaries, in a temporary directory of its own.
+struct Native {
+    child: Option<Child>,
+    /// Removed explicitly in `Drop` once the server is gone.
+    dir: Option<TempDir>,
+    data_dir: PathBuf,
+    log_file: PathBuf,
+    bin_dir: PathBuf,
+}
+
+impl Native {
+    fn new(dir: TempDir, bin_dir: PathBuf) -> Self {
+        Self {
+            child: None,
+            data_dir: dir.path().join("data"),
+            log_file: dir.path().join("postgres.log"),
+            dir: Some(dir),
+            bin_dir,
+        }
+    }
+}
+
 impl TestPostgres {
     /// Creates a fresh cluster, starts it on a free port and creates the database
-    /// `robson`.
+    /// `robson`, with the backend `LAKE_TESTKIT` chooses (see
+    /// [`Backend`](crate::Backend)).
     ///
     /// Fails with instructions if no PostgreSQL server binaries are installed, and
     /// with the tail of the server log if the server does not come up within 20 s.
     pub async fn start() -> Result<Self> {
+        match Backend::current()? {
+            Backend::Native => Self::start_native().await,
+            Backend::Containers => Self::start_container().await,
+        }
+    }
+
+    /// Like [`start`](Self::start), always with this machine's binaries: for
+    /// tests that use the data directory, the server tools, a restart, a
+    /// replica or an upgrade.
+    pub async fn start_native() -> Result<Self> {
         let bin_dir = find_bin_dir()?;
         let run_as = RunAs::for_root(&["postgres"])?;
         let dir = tempfile::Builder::new()
             .prefix("lake-testkit-pg-")
             .tempdir()
             .context("creating a temporary directory for the PostgreSQL cluster")?;
-        let mut pg = Self {
-            child: None,
-            data_dir: dir.path().join("data"),
-            log_file: dir.path().join("postgres.log"),
-            dir: Some(dir),
-            bin_dir,
-            host: "127.0.0.1".to_owned(),
-            port: 0,
-            user: SUPERUSER.to_owned(),
-            password: format!("pw-{:016x}", crate::random_u64()),
-            database: DATABASE.to_owned(),
-        };
+        let mut pg = Self::new(Server::Native(Native::new(dir, bin_dir)));
         // On any error below, `pg` is dropped, which stops what was started.
         pg.init_cluster(run_as.as_ref()).await?;
         pg.start_server(run_as.as_ref()).await?;
-        let admin = pg.connect_to("postgres", &pg.user, &pg.password).await?;
+        pg.create_database().await?;
+        Ok(pg)
+    }
+
+    /// A server in a container (`LAKE_TESTKIT_POSTGRES_IMAGE`), set up as the
+    /// native one is: the same settings, authentication and database.
+    async fn start_container() -> Result<Self> {
+        let password = new_password();
+        // `bash -c SCRIPT $0 $1…`: the settings become the script's "$@".
+        let mut cmd = vec!["-c", CONTAINER_SCRIPT, "lake-testkit"];
+        cmd.extend(SETTINGS.iter().flat_map(|s| ["-c", *s]));
+        let container = Container::start(Spec::postgres(), |request| {
+            request
+                .with_user("postgres")
+                .with_env_var("LAKE_TESTKIT_PASSWORD", &password)
+                // Parallel queries use /dev/shm; Docker's default is 64 MB.
+                .with_shm_size(256 << 20)
+                .with_cmd(cmd.iter().copied())
+        })
+        .await?;
+        let port = container.port;
+        let mut pg = Self::new(Server::Container(container));
+        pg.port = port;
+        pg.password = password;
+        // Published ports can lag the server's start-up by a moment.
+        let started = Instant::now();
+        loop {
+            match pg.connect_to("postgres", &pg.user, &pg.password).await {
+                Ok(_) => break,
+                Err(err) if started.elapsed() > READY_TIMEOUT => {
+                    let log = match &pg.server {
+                        Server::Container(c) => c.log_tail().await,
+                        Server::Native(_) => String::new(),
+                    };
+                    return Err(err.context(format!(
+                        "the PostgreSQL container did not accept connections within \
+                         {READY_TIMEOUT:?}; its log:\n{log}"
+                    )));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        pg.create_database().await?;
+        Ok(pg)
+    }
+
+    fn new(server: Server) -> Self {
+        Self {
+            server,
+            host: "127.0.0.1".to_owned(),
+            port: 0,
+            user: SUPERUSER.to_owned(),
+            password: new_password(),
+            database: DATABASE.to_owned(),
+        }
+    }
+
+    /// A native server of this one's binaries and credentials, not yet
+    /// created, in `dir` (a replica, an upgraded cluster).
+    fn sibling(&self, dir: TempDir) -> Self {
+        Self {
+            server: Server::Native(Native::new(dir, self.bin_dir().to_owned())),
+            host: self.host.clone(),
+            port: 0,
+            user: self.user.clone(),
+            password: self.password.clone(),
+            database: self.database.clone(),
+        }
+    }
+
+    async fn create_database(&self) -> Result<()> {
+        let admin = self
+            .connect_to("postgres", &self.user, &self.password)
+            .await?;
         admin
             .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
             .await
-            .context("creating database robson")?;
-        Ok(pg)
+            .context("creating database robson")
+    }
+
+    /// The native server, for what only it has (files, tools, restarts).
+    /// Calling this on a container is a mistake in the test, hence the panic
+    /// that names the fix.
+    fn native(&self) -> &Native {
+        match &self.server {
+            Server::Native(native) => native,
+            Server::Container(_) => panic!("{NATIVE_ONLY}"),
+        }
+    }
+
+    fn native_mut(&mut self) -> &mut Native {
+        match &mut self.server {
+            Server::Native(native) => native,
+            Server::Container(_) => panic!("{NATIVE_ONLY}"),
+        }
     }
 
     /// Host to connect to (always `127.0.0.1`).
@@ -113,19 +251,21 @@ impl TestPostgres {
         &self.password
     }
 
-    /// Data directory of the cluster (deleted on drop).
+    /// Data directory of the cluster (deleted on drop). Native backend only.
     pub fn data_dir(&self) -> &Path {
-        &self.data_dir
+        &self.native().data_dir
     }
 
-    /// Server log file, useful when a test fails (deleted on drop).
+    /// Server log file, useful when a test fails (deleted on drop). Native
+    /// backend only.
     pub fn log_file(&self) -> &Path {
-        &self.log_file
+        &self.native().log_file
     }
 
-    /// Directory of the server binaries in use (`psql`, `pg_dump`, ... live there too).
+    /// Directory of the server binaries in use (`psql`, `pg_dump`, ... live
+    /// there too). Native backend only.
     pub fn bin_dir(&self) -> &Path {
-        &self.bin_dir
+        &self.native().bin_dir
     }
 
     /// The `DJANGO_DB_*` variables of SPEC §8 pointing at this server as the
@@ -231,7 +371,7 @@ impl TestPostgres {
             bail!("certificate paths without a file name");
         };
         for (from, to) in [(&cert.cert, &cert_name), (&cert.key, &key_name)] {
-            let dest = self.data_dir.join(to);
+            let dest = self.data_dir().join(to);
             std::fs::copy(from, &dest)
                 .with_context(|| format!("copying {} into the data directory", from.display()))?;
             std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600))
@@ -266,7 +406,7 @@ impl TestPostgres {
         }
         bail!(
             "ssl with {cert_name} did not take effect; see the server log {}",
-            self.log_file.display()
+            self.log_file().display()
         )
     }
 
@@ -282,21 +422,10 @@ impl TestPostgres {
         if let Some(run_as) = run_as.as_ref() {
             run_as.chown(dir.path())?;
         }
-        let mut pg = Self {
-            child: None,
-            data_dir: dir.path().join("data"),
-            log_file: dir.path().join("postgres.log"),
-            dir: Some(dir),
-            bin_dir: primary.bin_dir.clone(),
-            host: primary.host.clone(),
-            port: 0,
-            user: primary.user.clone(),
-            password: primary.password.clone(),
-            database: primary.database.clone(),
-        };
-        let mut cmd = tokio::process::Command::new(pg.bin_dir.join("pg_basebackup"));
+        let mut pg = primary.sibling(dir);
+        let mut cmd = tokio::process::Command::new(pg.bin_dir().join("pg_basebackup"));
         cmd.arg("--pgdata")
-            .arg(&pg.data_dir)
+            .arg(pg.data_dir())
             .args([
                 "--write-recovery-conf",
                 "--wal-method=stream",
@@ -337,18 +466,7 @@ impl TestPostgres {
             .tempdir()
             .context("creating a temporary directory for the upgraded cluster")?;
         let work = dir.path().join("pg_upgrade");
-        let mut new = Self {
-            child: None,
-            data_dir: dir.path().join("data"),
-            log_file: dir.path().join("postgres.log"),
-            dir: Some(dir),
-            bin_dir: self.bin_dir.clone(),
-            host: self.host.clone(),
-            port: 0,
-            user: self.user.clone(),
-            password: self.password.clone(),
-            database: self.database.clone(),
-        };
+        let mut new = self.sibling(dir);
         new.init_cluster(run_as.as_ref()).await?;
         std::fs::create_dir_all(&work).context("creating pg_upgrade's working directory")?;
         if let Some(run_as) = run_as.as_ref() {
@@ -358,15 +476,15 @@ impl TestPostgres {
         // Its own ports: the defaults (50432, 50433) would collide with
         // another test upgrading at the same time.
         let (old_port, new_port) = (process::free_port()?, process::free_port()?);
-        let mut cmd = tokio::process::Command::new(self.bin_dir.join("pg_upgrade"));
+        let mut cmd = tokio::process::Command::new(self.bin_dir().join("pg_upgrade"));
         cmd.arg("--old-datadir")
-            .arg(&self.data_dir)
+            .arg(self.data_dir())
             .arg("--new-datadir")
-            .arg(&new.data_dir)
+            .arg(new.data_dir())
             .arg("--old-bindir")
-            .arg(&self.bin_dir)
+            .arg(self.bin_dir())
             .arg("--new-bindir")
-            .arg(&self.bin_dir)
+            .arg(self.bin_dir())
             .arg("--socketdir")
             .arg(&work)
             .args(["--old-port", &old_port.to_string()])
@@ -438,7 +556,7 @@ impl TestPostgres {
     /// checkpoint), as tools such as `pg_resetwal` require. [`restart`](Self::restart)
     /// starts it again.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        if let Some(mut child) = self.native_mut().child.take() {
             process::stop_child(
                 &mut child,
                 Signal::SIGINT,
@@ -454,7 +572,7 @@ impl TestPostgres {
     /// output; fails with its output.
     pub async fn run_tool(&self, tool: &str, args: &[&str]) -> Result<String> {
         let run_as = RunAs::for_root(&["postgres"])?;
-        let mut cmd = tokio::process::Command::new(self.bin_dir.join(tool));
+        let mut cmd = tokio::process::Command::new(self.bin_dir().join(tool));
         cmd.args(args)
             .env_remove("PGDATA")
             .stdin(Stdio::null())
@@ -525,6 +643,7 @@ impl TestPostgres {
     /// Runs `initdb` (as `run_as` when root).
     async fn init_cluster(&self, run_as: Option<&RunAs>) -> Result<()> {
         let dir = self
+            .native()
             .dir
             .as_ref()
             .map(TempDir::path)
@@ -535,9 +654,9 @@ impl TestPostgres {
             run_as.chown(dir)?;
             run_as.chown(&pwfile)?;
         }
-        let mut cmd = tokio::process::Command::new(self.bin_dir.join("initdb"));
+        let mut cmd = tokio::process::Command::new(self.bin_dir().join("initdb"));
         cmd.arg("--pgdata")
-            .arg(&self.data_dir)
+            .arg(self.data_dir())
             .arg("--username")
             .arg(&self.user)
             .arg(format!("--pwfile={}", pwfile.display()))
@@ -571,6 +690,7 @@ impl TestPostgres {
     /// Starts the server on a free port and waits until it accepts connections.
     async fn start_server(&mut self, run_as: Option<&RunAs>) -> Result<()> {
         let dir = self
+            .native()
             .dir
             .as_ref()
             .map(|d| d.path().to_owned())
@@ -582,33 +702,16 @@ impl TestPostgres {
         }
         for attempt in 1..=PORT_ATTEMPTS {
             self.port = process::free_port()?;
-            let log = std::fs::File::create(&self.log_file).context("creating the server log")?;
-            let mut cmd = Command::new(self.bin_dir.join("postgres"));
+            let log = std::fs::File::create(self.log_file()).context("creating the server log")?;
+            let mut cmd = Command::new(self.bin_dir().join("postgres"));
             cmd.arg("-D")
-                .arg(&self.data_dir)
+                .arg(self.data_dir())
                 .arg("-p")
                 .arg(self.port.to_string())
                 .arg("-k")
                 .arg(&socket_dir)
-                .args([
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "full_page_writes=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "TimeZone=UTC",
-                    // Few checkpoints during bulk demo loads, bounded disk use.
-                    "-c",
-                    "max_wal_size=1GB",
-                    "-c",
-                    "checkpoint_timeout=1h",
-                    "-c",
-                    "shared_buffers=512MB",
-                ])
+                .args(["-c", "listen_addresses=127.0.0.1"])
+                .args(SETTINGS.iter().flat_map(|s| ["-c", s]))
                 .current_dir(&dir)
                 .env_remove("PGDATA")
                 .stdin(Stdio::null())
@@ -618,7 +721,7 @@ impl TestPostgres {
                 use std::os::unix::process::CommandExt;
                 cmd.uid(run_as.uid).gid(run_as.gid);
             }
-            self.child = Some(cmd.spawn().context("spawning postgres")?);
+            self.native_mut().child = Some(cmd.spawn().context("spawning postgres")?);
             match self.wait_ready().await {
                 Ok(()) => return Ok(()),
                 Err(StartError::PortInUse) => {
@@ -634,23 +737,24 @@ impl TestPostgres {
         }
         bail!(
             "PostgreSQL could not bind a free port in {PORT_ATTEMPTS} attempts; {}",
-            process::with_log(&self.log_file)
+            process::with_log(self.log_file())
         )
     }
 
     async fn wait_ready(&mut self) -> Result<(), StartError> {
         let started = Instant::now();
         loop {
-            if let Some(child) = self.child.as_mut()
+            let native = self.native_mut();
+            if let Some(child) = native.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                let log = process::log_tail(&self.log_file, 4096);
+                let log = process::log_tail(&native.log_file, 4096);
                 if process::looks_like_port_in_use(&log) {
                     return Err(StartError::PortInUse);
                 }
                 return Err(StartError::Other(anyhow!(
                     "postgres exited during start-up ({status}); {}",
-                    process::with_log(&self.log_file)
+                    process::with_log(&native.log_file)
                 )));
             }
             let last_error = match self
@@ -666,7 +770,7 @@ impl TestPostgres {
                     "PostgreSQL did not accept connections on 127.0.0.1:{} within {READY_TIMEOUT:?} \
                      (last error: {last_error}); {}",
                     self.port,
-                    process::with_log(&self.log_file)
+                    process::with_log(self.log_file())
                 )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -674,7 +778,7 @@ impl TestPostgres {
     }
 
     fn stop_child(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        if let Some(mut child) = self.native_mut().child.take() {
             // SIGQUIT is PostgreSQL's immediate shutdown: no checkpoint, children
             // are told to exit at once.
             process::stop_child(
@@ -695,22 +799,55 @@ impl std::fmt::Debug for TestPostgres {
             .field("database", &self.database)
             .field("user", &self.user)
             .field("password", &"<redacted>")
-            .field("data_dir", &self.data_dir)
-            .field("pid", &self.child.as_ref().map(Child::id))
+            .field("server", &self.server)
             .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Native(native) => f
+                .debug_struct("Native")
+                .field("data_dir", &native.data_dir)
+                .field("pid", &native.child.as_ref().map(Child::id))
+                .finish(),
+            Self::Container(container) => container.fmt(f),
+        }
     }
 }
 
 impl Drop for TestPostgres {
     fn drop(&mut self) {
-        self.stop_child();
-        if let Some(dir) = self.dir.take() {
+        // A container is removed by its own drop.
+        let Server::Native(native) = &mut self.server else {
+            return;
+        };
+        if let Some(mut child) = native.child.take() {
+            // SIGQUIT is PostgreSQL's immediate shutdown (see `stop_child`).
+            process::stop_child(
+                &mut child,
+                Signal::SIGQUIT,
+                Duration::from_secs(10),
+                "postgres",
+            );
+        }
+        if let Some(dir) = native.dir.take() {
             let path = dir.path().to_owned();
             if let Err(err) = dir.close() {
                 tracing::warn!(path = %path.display(), %err, "Could not remove the test cluster");
             }
         }
     }
+}
+
+/// Why a container-backed server cannot do what a test asked.
+const NATIVE_ONLY: &str =
+    "this test needs the native PostgreSQL backend: start it with TestPostgres::start_native()";
+
+/// A throwaway password, random per server.
+fn new_password() -> String {
+    format!("pw-{:016x}", crate::random_u64())
 }
 
 enum StartError {

@@ -24,14 +24,21 @@ pub struct TestPushgateway {
 }
 
 impl TestPushgateway {
-    /// Starts `prometheus-pushgateway` (`$PUSHGATEWAY_BIN` or on `PATH`;
-    /// `just setup` installs it) and waits until it is ready.
+    /// Starts the Pushgateway (`$PUSHGATEWAY_BIN`, else Debian's
+    /// `prometheus-pushgateway` or Homebrew's `pushgateway` on `PATH`; `just
+    /// setup` installs it on Debian) and waits until it is ready.
     pub async fn start() -> Result<Self> {
         let program = match std::env::var_os("PUSHGATEWAY_BIN") {
             Some(p) => PathBuf::from(p),
-            None => process::find_on_path("prometheus-pushgateway").ok_or_else(|| {
-                anyhow!("prometheus-pushgateway not found on PATH; run `just setup` (apt-get install prometheus-pushgateway)")
-            })?,
+            None => process::find_on_path("prometheus-pushgateway")
+                .or_else(|| process::find_on_path("pushgateway"))
+                .ok_or_else(|| {
+                    anyhow!(
+                        "prometheus-pushgateway not found on PATH; run `just setup` (Debian: \
+                         apt-get install prometheus-pushgateway; macOS: brew install pushgateway) \
+                         or set PUSHGATEWAY_BIN"
+                    )
+                })?,
         };
         let dir = tempfile::Builder::new()
             .prefix("lake-testkit-pushgateway-")

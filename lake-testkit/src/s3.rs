@@ -5,9 +5,10 @@
 //! path-style addressing) only show over real HTTP. moto is used because it passes
 //! `object_store`'s own conformance suite; MinIO is not an option for this project.
 //! Its conditional PUTs are made atomic at start-up (see [`ATOMIC_PUTS`]).
-//! [`TestS3::start`] runs `moto_server` on a free port and waits until it
-//! answers; dropping the value kills it (moto keeps everything in memory, so
-//! nothing is left behind).
+//! [`TestS3::start`] runs `moto_server` on a free port (natively, or in a
+//! container: see [`Backend`](crate::Backend)) and waits until it answers;
+//! dropping the value kills it (moto keeps everything in memory, so nothing is
+//! left behind).
 //!
 //! Tests get a bucket of their own with [`TestS3::new_bucket`] and the environment
 //! of SPEC §8 with [`TestS3::env`], including short retry and timeout settings so a
@@ -21,7 +22,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
+use testcontainers::ImageExt;
 
+use crate::container::{Backend, Container, Spec};
 use crate::http::{self, HttpResponse};
 use crate::process;
 
@@ -65,6 +68,8 @@ const REGION: &str = "us-east-1";
 #[derive(Debug)]
 pub struct TestS3 {
     child: Option<Child>,
+    /// Set instead of `child` on the container backend.
+    container: Option<Container>,
     port: u16,
     /// Holds the server log; removed after the server is killed.
     dir: Option<TempDir>,
@@ -72,11 +77,16 @@ pub struct TestS3 {
 }
 
 impl TestS3 {
-    /// Starts `moto_server` on a free port and waits until it answers HTTP.
+    /// Starts `moto_server` on a free port and waits until it answers HTTP,
+    /// with the backend `LAKE_TESTKIT` chooses.
     ///
-    /// The executable is `$MOTO_SERVER`, else `<workspace>/.venv/bin/moto_server`
-    /// (created by `just setup`), else `moto_server` on `PATH`.
+    /// The native executable is `$MOTO_SERVER`, else
+    /// `<workspace>/.venv/bin/moto_server` (created by `just setup`), else
+    /// `moto_server` on `PATH`.
     pub async fn start() -> Result<Self> {
+        if Backend::current()? == Backend::Containers {
+            return Self::start_container().await;
+        }
         let program = find_moto_server()?;
         let dir = tempfile::Builder::new()
             .prefix("lake-testkit-s3-")
@@ -87,6 +97,7 @@ impl TestS3 {
             .context("writing moto's sitecustomize.py")?;
         let mut s3 = Self {
             child: None,
+            container: None,
             port: 0,
             log_file: dir.path().join("moto.log"),
             dir: Some(dir),
@@ -119,6 +130,43 @@ impl TestS3 {
         )
     }
 
+    /// moto in a container (`LAKE_TESTKIT_S3_IMAGE`), with the same atomic
+    /// PUTs: the `sitecustomize.py` is copied in and put on `PYTHONPATH`.
+    async fn start_container() -> Result<Self> {
+        let container = Container::start(Spec::s3(), |request| {
+            request
+                .with_copy_to(
+                    "/lake-testkit/sitecustomize.py",
+                    ATOMIC_PUTS.as_bytes().to_vec(),
+                )
+                .with_env_var("PYTHONPATH", "/lake-testkit")
+                .with_cmd(["-H", "0.0.0.0", "-p", "5000"])
+        })
+        .await?;
+        let s3 = Self {
+            child: None,
+            port: container.port,
+            container: Some(container),
+            dir: None,
+            log_file: PathBuf::new(),
+        };
+        // The published port can lag moto's "Running on" by a moment.
+        let started = std::time::Instant::now();
+        while let Err(err) = http::request(s3.port, "GET", "/", Duration::from_secs(2)).await {
+            if started.elapsed() > READY_TIMEOUT {
+                let log = match s3.container.as_ref() {
+                    Some(c) => c.log_tail().await,
+                    None => String::new(),
+                };
+                return Err(err.context(format!(
+                    "the moto container did not answer within {READY_TIMEOUT:?}; its log:\n{log}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(s3)
+    }
+
     /// The endpoint URL, `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
@@ -129,7 +177,8 @@ impl TestS3 {
         self.port
     }
 
-    /// Server log file (deleted on drop).
+    /// Server log file (deleted on drop); empty on the container backend
+    /// (`docker logs` of the container).
     pub fn log_file(&self) -> &std::path::Path {
         &self.log_file
     }
@@ -236,6 +285,8 @@ impl TestS3 {
     }
 
     fn stop(&mut self) {
+        // A container is removed by its own drop.
+        drop(self.container.take());
         if let Some(mut child) = self.child.take() {
             // moto holds nothing worth a graceful shutdown.
             process::stop_child(

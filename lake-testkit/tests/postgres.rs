@@ -2,12 +2,39 @@
 
 use std::time::Duration;
 
-use lake_testkit::{TestPostgres, demo};
+use lake_testkit::{Backend, TestPostgres, demo};
 use tokio_postgres::error::SqlState;
+
+/// The server is where `LAKE_TESTKIT` says: natively it answers on loopback;
+/// in a container the connection arrives through the engine's network, so
+/// the server's own address is the container's. Dropping it stops it, on
+/// either backend.
+#[tokio::test]
+async fn a_server_runs_on_the_backend_lake_testkit_names_and_stops_on_drop() {
+    let pg = TestPostgres::start().await.unwrap();
+    let addr: String = pg
+        .client()
+        .await
+        .unwrap()
+        .query_one("SELECT host(inet_server_addr())", &[])
+        .await
+        .unwrap()
+        .get(0);
+    match Backend::current().unwrap() {
+        Backend::Native => assert_eq!(addr, "127.0.0.1", "{pg:?}"),
+        Backend::Containers => assert_ne!(addr, "127.0.0.1", "{pg:?}"),
+    }
+    let config = pg.config();
+    drop(pg);
+    assert!(
+        config.connect(tokio_postgres::NoTls).await.is_err(),
+        "the server still accepts connections after drop"
+    );
+}
 
 #[tokio::test]
 async fn drop_stops_the_server_and_removes_the_data_dir() {
-    let pg = TestPostgres::start().await.unwrap();
+    let pg = TestPostgres::start_native().await.unwrap();
     let client = pg.client().await.unwrap();
     let db: String = client
         .query_one("SELECT current_database()", &[])

@@ -135,7 +135,7 @@ fn assert_success(env: &[(String, String)], args: &[&str]) -> Output {
 /// PostgreSQL as a hardened production server: PUBLIC's defaults revoked, then
 /// the runbook's role, grants and `pg_hba.conf` line, nothing else for the role.
 async fn hardened_source() -> TestPostgres {
-    let pg = TestPostgres::start().await.expect("postgres");
+    let pg = TestPostgres::start_native().await.expect("postgres");
     let client = pg.client().await.expect("superuser");
     demo::create_schema(&client).await.expect("schema");
     let recent = demo::GenerateOptions::new(3_000, 11)

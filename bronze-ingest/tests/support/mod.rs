@@ -38,7 +38,18 @@ impl Harness {
     /// PostgreSQL with the demo schema (no rows) and an empty bucket.
     pub async fn new() -> Self {
         let (pg, s3) = tokio::join!(TestPostgres::start(), TestS3::start());
-        let (pg, s3) = (pg.expect("postgres"), s3.expect("moto"));
+        Self::with(pg.expect("postgres"), s3.expect("moto")).await
+    }
+
+    /// Like [`new`](Self::new), with a native PostgreSQL server: for tests
+    /// that stop, restart, replicate, upgrade or reconfigure it through its
+    /// files (lake-testkit's container backend has none of these).
+    pub async fn native() -> Self {
+        let (pg, s3) = tokio::join!(TestPostgres::start_native(), TestS3::start());
+        Self::with(pg.expect("postgres"), s3.expect("moto")).await
+    }
+
+    async fn with(pg: TestPostgres, s3: TestS3) -> Self {
         let client = pg.client().await.unwrap();
         demo::create_schema(&client).await.unwrap();
         pg.create_role("lake_reader", "reader-pw", true)

@@ -107,7 +107,11 @@ async fn run(cli: Cli) -> Result<()> {
     prepare_lake_dir(&cli.lake)?;
     let lake_dir = std::fs::canonicalize(&cli.lake)?;
 
-    println!("==> Starting a throwaway PostgreSQL");
+    let backend = match lake_testkit::Backend::current()? {
+        lake_testkit::Backend::Native => "this machine's binaries",
+        lake_testkit::Backend::Containers => "a container",
+    };
+    println!("==> Starting a throwaway PostgreSQL ({backend}; LAKE_TESTKIT chooses)");
     let pg = TestPostgres::start().await?;
     let client = pg.client().await?;
     demo::create_schema(&client).await?;
