@@ -33,10 +33,10 @@ use std::collections::BTreeMap;
 
 use arrow::array::RecordBatch;
 use arrow::row::{RowConverter, Rows, SortField};
-use chrono::{NaiveDate, Utc};
+use chrono::NaiveDate;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use lake_common::manifest::{self, BatchManifest, BatchState, DataFile, LiveFile};
+use lake_common::manifest::{self, BatchManifest, DataFile, LiveFile};
 use lake_common::parquet_io::FileWriter;
 use lake_common::schema::{STOP_EVENTS, TARGET_FILE_BYTES};
 use lake_common::{Dataset, Lake, Partition};
@@ -208,19 +208,8 @@ pub async fn compact(lake: &Lake, run_id: &str, dry_run: bool) -> Result<Compact
 
     crate::failpoint("compact-before-commit");
     let entry = BatchManifest {
-        batch,
-        state: BatchState::Committed,
-        h_prev: Some(latest.h),
-        drop_captured: false,
-        backfill_days: vec![],
-        claim: Default::default(),
-        committed_at: Some(Utc::now()),
-        files: written.clone(),
-        supersedes: supersedes.clone(),
-        rows: 0,
         compacted_days: out.days.iter().map(|d| d.date).collect(),
-        retained_before: None,
-        ..latest
+        ..rewrite::entry(latest, written.clone(), supersedes.clone())
     };
     match rewrite::append(lake, dataset, &log, entry, run_id).await? {
         rewrite::Appended::Committed(_) => {}

@@ -38,7 +38,7 @@ use chrono::NaiveDate;
 use lake_common::commit::CommitError;
 use std::collections::BTreeSet;
 
-use lake_common::manifest::{self, BatchManifest, BatchState, BronzeLog, LiveFile, ManifestError};
+use lake_common::manifest::{self, BatchManifest, BronzeLog, LiveFile, ManifestError};
 use lake_common::{Dataset, Lake};
 use object_store::path::Path;
 use serde::Serialize;
@@ -226,12 +226,14 @@ pub async fn retain_outbox(
     dry_run: bool,
 ) -> Result<Retained, RetainError> {
     let dataset = Dataset::BronzeOutbox;
-    let (mut out, log, latest) = match begin(lake, dataset, keep_days).await? {
+    let Begun {
+        mut out,
+        target,
+        log,
+        latest,
+    } = match begin(lake, dataset, keep_days).await? {
         Ok(begun) => begun,
         Err(skipped) => return Ok(skipped),
-    };
-    let Some(target) = out.target else {
-        return Ok(out);
     };
     let live = log.live_files();
     let old: Vec<_> = live.iter().filter(|f| f.file.date < target).collect();
@@ -288,13 +290,22 @@ pub async fn retain_outbox(
         .await
 }
 
-/// A retention's report with its target, the dataset's log and its latest
-/// entry; or the report of a retention that cannot run now.
+/// What a retention starts from: its report (with the target set), the
+/// target day (files of days before it go), the dataset's log and its latest
+/// entry.
+struct Begun {
+    out: Retained,
+    target: NaiveDate,
+    log: BronzeLog,
+    latest: BatchManifest,
+}
+
+/// How a retention starts; or the report of one that cannot run now.
 async fn begin(
     lake: &Lake,
     dataset: Dataset,
     keep_days: u32,
-) -> Result<Result<(Retained, BronzeLog, BatchManifest), Retained>, RetainError> {
+) -> Result<Result<Begun, Retained>, RetainError> {
     let out = Retained {
         dataset: dataset.to_string(),
         keep_days,
@@ -308,14 +319,15 @@ async fn begin(
         Err(why) => return Ok(Err(skipped(out, why))),
     };
     let target = latest.snapshot_time.date_naive() - chrono::Days::new(u64::from(keep_days));
-    Ok(Ok((
-        Retained {
+    Ok(Ok(Begun {
+        out: Retained {
             target: Some(target),
             ..out
         },
+        target,
         log,
         latest,
-    )))
+    }))
 }
 
 /// `out`, skipped for `why` (logged).
@@ -361,22 +373,8 @@ impl Removal<'_> {
         crate::failpoint("retain-before-commit");
         let latest = self.latest;
         let batch = latest.batch + 1;
-        let mut entry = BatchManifest {
-            batch,
-            state: BatchState::Committed,
-            h_prev: Some(latest.h),
-            drop_captured: false,
-            backfill_days: vec![],
-            claim: Default::default(),
-            committed_at: Some(chrono::Utc::now()),
-            files: vec![],
-            supersedes: doomed.iter().map(|f| f.file.path.clone()).collect(),
-            rows: 0,
-            compacted_days: vec![],
-            pruned_days: vec![],
-            retained_before: None,
-            ..latest
-        };
+        let supersedes = doomed.iter().map(|f| f.file.path.clone()).collect();
+        let mut entry = rewrite::entry(latest, vec![], supersedes);
         mark(&mut entry, days);
         let dataset = self.dataset;
         match rewrite::append(self.lake, dataset, self.log, entry, self.run_id).await? {
@@ -407,12 +405,14 @@ pub async fn retain(
     dry_run: bool,
 ) -> Result<Retained, RetainError> {
     let dataset = Dataset::BronzeEvents;
-    let (mut out, log, latest) = match begin(lake, dataset, keep_days).await? {
+    let Begun {
+        mut out,
+        target,
+        log,
+        latest,
+    } = match begin(lake, dataset, keep_days).await? {
         Ok(begun) => begun,
         Err(skipped) => return Ok(skipped),
-    };
-    let Some(target) = out.target else {
-        return Ok(out);
     };
     let before = log.retained_before();
     out.horizon_before = before;

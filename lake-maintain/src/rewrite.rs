@@ -56,6 +56,35 @@ pub enum Appended {
     },
 }
 
+/// The committed entry of a rewrite that follows `latest`: the next batch
+/// number, chained to `latest`'s horizon and carrying its snapshot and source
+/// fields (a rewrite reads nothing from PostgreSQL), with `files` added and
+/// `supersedes` removed. None of `latest`'s own marks carry over (its rows, a
+/// backfill's days, another rewrite's days): the caller sets the one that says
+/// what this rewrite is (`compacted_days`, `pruned_days`, `retained_before`).
+pub fn entry(
+    latest: BatchManifest,
+    files: Vec<manifest::DataFile>,
+    supersedes: Vec<String>,
+) -> BatchManifest {
+    BatchManifest {
+        batch: latest.batch + 1,
+        state: manifest::BatchState::Committed,
+        h_prev: Some(latest.h),
+        drop_captured: false,
+        backfill_days: vec![],
+        claim: Default::default(),
+        committed_at: Some(chrono::Utc::now()),
+        files,
+        supersedes,
+        rows: 0,
+        compacted_days: vec![],
+        pruned_days: vec![],
+        retained_before: None,
+        ..latest
+    }
+}
+
 /// Appends `entry` (its `batch` the one after `log`'s latest) to `log`'s
 /// dataset as committed, then deletes what it superseded and writes a
 /// checkpoint if one falls due.
