@@ -778,9 +778,15 @@ impl TestPostgres {
     }
 
     fn stop_child(&mut self) {
-        if let Some(mut child) = self.native_mut().child.take() {
-            // SIGQUIT is PostgreSQL's immediate shutdown: no checkpoint, children
-            // are told to exit at once.
+        self.native_mut().stop_now();
+    }
+}
+
+impl Native {
+    /// Stops the server at once, if it runs: SIGQUIT is PostgreSQL's
+    /// immediate shutdown (no checkpoint, children are told to exit at once).
+    fn stop_now(&mut self) {
+        if let Some(mut child) = self.child.take() {
             process::stop_child(
                 &mut child,
                 Signal::SIGQUIT,
@@ -823,15 +829,7 @@ impl Drop for TestPostgres {
         let Server::Native(native) = &mut self.server else {
             return;
         };
-        if let Some(mut child) = native.child.take() {
-            // SIGQUIT is PostgreSQL's immediate shutdown (see `stop_child`).
-            process::stop_child(
-                &mut child,
-                Signal::SIGQUIT,
-                Duration::from_secs(10),
-                "postgres",
-            );
-        }
+        native.stop_now();
         if let Some(dir) = native.dir.take() {
             let path = dir.path().to_owned();
             if let Err(err) = dir.close() {
