@@ -43,7 +43,7 @@ test-fallback:
 
 # lake-testkit's container backend where no Docker engine or registry exists: podman's Docker API and
 # images built here (scripts/testkit-containers.sh); the demo, then every test binary's first test of each three.
-test-containers:
+test-containers: setup
     cargo build -q --bin bronze-ingest --bin silver-transform --bin lake-demo
     scripts/testkit-containers.sh bash -c 'target/debug/lake-demo --rows 5000 --lake target/containers-demo-lake \
         && cargo nextest run --workspace --no-fail-fast --partition count:1/3'

@@ -52,7 +52,7 @@ elif command -v apt-get >/dev/null; then
     postgresql prometheus prometheus-pushgateway openssl python3-venv >/dev/null
 elif containers_only; then
   echo "==> no apt-get; a Docker engine answers: PostgreSQL and moto will run in containers (LAKE_TESTKIT=auto)"
-  command -v promtool >/dev/null && command -v prometheus-pushgateway >/dev/null ||
+  command -v promtool >/dev/null && { command -v prometheus-pushgateway || command -v pushgateway; } >/dev/null ||
     echo "    the alert-rule and metrics tests also need promtool and prometheus-pushgateway on PATH (macOS: brew install prometheus pushgateway)"
 else
   echo "error: no apt-get and no Docker engine answers (docker info): start Docker (Docker Desktop, colima, podman), or install PostgreSQL 15's server binaries, promtool and prometheus-pushgateway, then run ./dev again" >&2

@@ -14,13 +14,14 @@
 #      (pip downloads moto's wheels here, then installs them offline in the
 #      root file system, so the build needs no network inside it);
 #   3. starts podman's Docker-compatible API (`podman system service`) on a
-#      socket of its own, target/podman/podman.sock, with the settings this
+#      socket of its own, target/podman/podman-<pid>.sock, with the settings this
 #      kind of machine needs (cgroupfs, a file event log, runc, ulimits a
 #      sandbox allows: target/podman/containers.conf);
 #   4. runs COMMAND with DOCKER_HOST on that socket, LAKE_TESTKIT=containers and
 #      LAKE_TESTKIT_POSTGRES_IMAGE / LAKE_TESTKIT_S3_IMAGE naming the images;
 #   5. on exit, removes the containers the run left (label
-#      org.testcontainers.managed-by=testcontainers) and stops the service.
+#      lake-testkit.run=<this script's pid>, from LAKE_TESTKIT_RUN) and stops
+#      the service.
 #
 # On a laptop with Docker none of this is needed: lake-testkit finds the engine
 # and pulls the public images (README, "Without Debian").
@@ -33,7 +34,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 die() { echo "testkit-containers: $*" >&2; exit 1; }
 step() { printf '==> %s\n' "$*"; }
 
-moto_version=$(sed -n 's/^moto\(.*\)==\([0-9.]*\)$/\2/p' scripts/requirements.txt)
+moto_version=$(sed -n 's/^moto\[s3,server\]==\([^[:space:]#;]*\).*/\1/p' scripts/requirements.txt | head -n 1)
 [ -n "$moto_version" ] || die "no moto version pinned in scripts/requirements.txt"
 PG_IMAGE=localhost/lake-testkit/postgres:15
 S3_IMAGE=localhost/lake-testkit/moto:$moto_version
@@ -51,10 +52,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# podman and buildah on a machine without systemd (CI VMs, sandboxes).
-cat > "$work/containers.conf" <<'EOF'
+# podman and buildah on a machine without systemd (CI VMs, sandboxes), with
+# ulimits no higher than this machine's hard limits (podman refuses otherwise).
+clamp() { local want=$1 hard=$2; if [ "$hard" = unlimited ] || [ "$hard" -ge "$want" ]; then echo "$want"; else echo "$hard"; fi; }
+nofile=$(clamp 1024 "$(ulimit -Hn)")
+nproc=$(clamp 1024 "$(ulimit -Hu)")
+cat > "$work/containers.conf" <<EOF
 [containers]
-default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
 [engine]
 cgroup_manager = "cgroupfs"
 events_logger = "file"
@@ -65,15 +70,17 @@ export CONTAINERS_CONF=$PWD/$work/containers.conf
 # --- 2. images ----------------------------------------------------------------
 have_image() { [ -z "${REBUILD_IMAGES:-}" ] && buildah inspect --type image "$1" >/dev/null 2>&1; }
 
-# commit_rootfs TAR IMAGE CONFIG...: an image of one layer, the root file system.
+# commit_rootfs TAR IMAGE CONFIG...: an image of one layer, the root file
+# system (the working container and the tar go, whether it works or not).
 commit_rootfs() {
   local tar=$1 image=$2; shift 2
-  local ctr
+  local ctr status=0
   ctr=$(buildah from scratch)
-  buildah add --quiet "$ctr" "$tar" / >/dev/null
-  buildah config "$@" "$ctr"
-  buildah commit --quiet --rm "$ctr" "$image" >/dev/null
+  { buildah add --quiet "$ctr" "$tar" / >/dev/null && buildah config "$@" "$ctr" &&
+    buildah commit --quiet "$ctr" "$image" >/dev/null; } || status=$?
+  buildah rm "$ctr" >/dev/null 2>&1 || true
   rm -f "$tar"
+  [ "$status" = 0 ] || die "buildah could not commit $image"
 }
 
 # Only what the servers need: no docs, man pages or translations.
@@ -98,10 +105,17 @@ if ! have_image "$S3_IMAGE"; then
   rm -rf "$wheels"
   pip=.venv/bin/pip
   [ -x "$pip" ] || pip=pip3
-  # Wheels for the image's Python (bookworm: CPython 3.11), downloaded here.
+  # Wheels for the image's Python (bookworm: CPython 3.11, glibc 2.36, this
+  # machine's architecture), downloaded here.
+  case $(dpkg --print-architecture) in
+    amd64) arch=x86_64 ;;
+    arm64) arch=aarch64 ;;
+    *) die "no manylinux wheels for $(dpkg --print-architecture)" ;;
+  esac
+  platforms=()
+  for tag in manylinux2014 manylinux_2_17 manylinux_2_28 manylinux_2_34 manylinux_2_36; do platforms+=(--platform "${tag}_$arch"); done
   "$pip" download -q --disable-pip-version-check -d "$wheels" --only-binary=:all: \
-    --python-version 3.11 --implementation cp --platform manylinux2014_x86_64 \
-    --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --platform any \
+    --python-version 3.11 --implementation cp "${platforms[@]}" --platform any \
     "moto[s3,server]==$moto_version" flask flask-cors \
     || die "pip could not download moto $moto_version's wheels"
   mmdebstrap "${slim[@]}" --include=python3,python3-venv \
@@ -118,13 +132,15 @@ if ! have_image "$S3_IMAGE"; then
 fi
 
 # --- 3. the Docker API ----------------------------------------------------------
-socket=$PWD/$work/podman.sock
+# A socket and a container label of this run's own: a concurrent run keeps its.
+run=$$
+socket=$PWD/$work/podman-$run.sock
 rm -f "$socket"
-podman system service --time=0 "unix://$socket" > "$work/service.log" 2>&1 &
+podman system service --time=0 "unix://$socket" > "$work/service-$run.log" 2>&1 &
 service=$!
 cleanup() {
   local ids
-  ids=$(podman ps -aq --filter label=org.testcontainers.managed-by=testcontainers 2>/dev/null || true)
+  ids=$(podman ps -aq --filter "label=lake-testkit.run=$run" 2>/dev/null || true)
   [ -z "$ids" ] || podman rm -f $ids >/dev/null 2>&1 || true
   kill "$service" 2>/dev/null || true
   wait "$service" 2>/dev/null || true
@@ -132,14 +148,14 @@ cleanup() {
 }
 trap cleanup EXIT
 for _ in $(seq 100); do [ -S "$socket" ] && break; sleep 0.1; done
-[ -S "$socket" ] || { cat "$work/service.log" >&2; die "podman system service did not open $socket"; }
+[ -S "$socket" ] || { cat "$work/service-$run.log" >&2; die "podman system service did not open $socket"; }
 
 # --- 4. the command -------------------------------------------------------------
 step "LAKE_TESTKIT=containers (DOCKER_HOST=unix://$socket): $*"
 start=$(date +%s)
 status=0
 # MOTO_SERVER names no file: a moto started natively by mistake fails loudly.
-DOCKER_HOST=unix://$socket LAKE_TESTKIT=containers MOTO_SERVER=/nonexistent/native-moto-under-containers \
+DOCKER_HOST=unix://$socket LAKE_TESTKIT=containers LAKE_TESTKIT_RUN=$run MOTO_SERVER=/nonexistent/native-moto-under-containers \
   LAKE_TESTKIT_POSTGRES_IMAGE=$PG_IMAGE LAKE_TESTKIT_S3_IMAGE=$S3_IMAGE "$@" || status=$?
 echo "testkit-containers: '$*' took $(( $(date +%s) - start )) s (exit $status)"
 exit "$status"

@@ -8,37 +8,37 @@
 //!   virtualenv), as on Debian with `./dev setup`;
 //! * `containers`: a container per server, for a machine with Docker (or podman's
 //!   Docker API) and none of those binaries, such as a laptop running macOS;
-//! * `auto` (the default): containers when an engine answers on `DOCKER_HOST` or
-//!   the default socket, else native.
+//! * `auto` (the default): containers when an engine answers where
+//!   testcontainers looks (`DOCKER_HOST`, the default socket, Docker Desktop's
+//!   and rootless Docker's), else native.
 //!
 //! The images are `LAKE_TESTKIT_POSTGRES_IMAGE` and `LAKE_TESTKIT_S3_IMAGE`,
 //! by default the public `postgres:15-bookworm` and `motoserver/moto:5.2.5`
 //! (pulled on first use; CI builds local images instead, see
-//! `scripts/testkit-images.sh`). Each container publishes its port on a free
-//! port of this machine chosen by the harness, so the engine must publish on
-//! this machine's loopback (a local engine, Docker Desktop, colima or podman
-//! do; a remote `DOCKER_HOST` does not). A container keeps its data in its own
-//! writable layer and is removed, with that data, when the value that started it
-//! is dropped; containers left by a killed test run carry the label
-//! `org.testcontainers.managed-by=testcontainers`.
+//! `scripts/testkit-containers.sh`). Each container publishes its service port
+//! on this machine's loopback only, on a port the engine picks, so the engine
+//! must publish on this machine (a local engine, Docker Desktop, colima or
+//! podman do; a remote `DOCKER_HOST` does not). A container keeps its data in
+//! its own writable layer and is removed, with that data, when the value that
+//! started it is dropped, or when the process gets SIGINT, SIGTERM or SIGQUIT
+//! (testcontainers' watchdog); containers of a process killed with SIGKILL are
+//! left, with the label `org.testcontainers.managed-by=testcontainers`.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use testcontainers::bollard::models::PortBinding;
 use testcontainers::core::{IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, ContainerRequest, GenericImage, ImageExt};
-
-use crate::process;
 
 /// Default PostgreSQL image (the major version the native path and production use).
 const POSTGRES_IMAGE: &str = "docker.io/library/postgres:15-bookworm";
 /// Default S3 image: moto at the version of `scripts/requirements.txt`.
 const S3_IMAGE: &str = "docker.io/motoserver/moto:5.2.5";
-/// Start attempts, to survive another process grabbing the chosen port first.
-const PORT_ATTEMPTS: usize = 3;
 /// How long an image may take to be ready (a first pull takes longer: the
 /// engine pulls before this clock starts).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -83,17 +83,28 @@ impl Backend {
     }
 }
 
-/// Whether a Docker-compatible engine accepts connections on `DOCKER_HOST`
-/// (`unix://PATH`), else on the default `/var/run/docker.sock`. A `tcp://`
-/// `DOCKER_HOST` counts without a check (testcontainers reports a dead one
-/// clearly).
+/// Whether a Docker-compatible engine accepts connections where
+/// testcontainers looks for one: `DOCKER_HOST` (`unix://PATH`), else
+/// `/var/run/docker.sock`, else the rootless and Docker Desktop sockets
+/// (`$XDG_RUNTIME_DIR/.docker/run/`, `~/.docker/run/`, `~/.docker/desktop/`).
+/// A `tcp://` `DOCKER_HOST` counts without a check (testcontainers reports a
+/// dead one clearly).
 fn engine_answers() -> bool {
-    let path = match std::env::var("DOCKER_HOST") {
-        Ok(host) if host.starts_with("tcp://") => return true,
-        Ok(host) => PathBuf::from(host.strip_prefix("unix://").unwrap_or(&host)),
-        Err(_) => PathBuf::from("/var/run/docker.sock"),
-    };
-    std::os::unix::net::UnixStream::connect(path).is_ok()
+    let answers = |path: PathBuf| std::os::unix::net::UnixStream::connect(path).is_ok();
+    if let Ok(host) = std::env::var("DOCKER_HOST") {
+        return host.starts_with("tcp://")
+            || answers(PathBuf::from(host.strip_prefix("unix://").unwrap_or(&host)));
+    }
+    let home = |var: &str, rest: &str| std::env::var_os(var).map(|d| PathBuf::from(d).join(rest));
+    [
+        Some(PathBuf::from("/var/run/docker.sock")),
+        home("XDG_RUNTIME_DIR", ".docker/run/docker.sock"),
+        home("HOME", ".docker/run/docker.sock"),
+        home("HOME", ".docker/desktop/docker.sock"),
+    ]
+    .into_iter()
+    .flatten()
+    .any(answers)
 }
 
 /// A running container, removed (with its data) on drop.
@@ -145,48 +156,52 @@ impl Spec {
 }
 
 impl Container {
-    /// Starts `spec`'s image on a free port of this machine; `configure` adds
-    /// the command, environment and files. Retries on another free port when
-    /// the chosen one was taken meanwhile.
+    /// Starts `spec`'s image with its service port published on this
+    /// machine's loopback only (like the native servers: moto checks no
+    /// credentials), on a port the engine picks, so no port can be taken in
+    /// between; `configure` adds the command, environment and files.
     pub(crate) async fn start(
         spec: Spec,
         configure: impl Fn(ContainerRequest<GenericImage>) -> ContainerRequest<GenericImage>,
     ) -> Result<Self> {
         let image = spec.image();
         let (name, tag) = split_image(&image);
-        let mut last_error = None;
-        for _ in 0..PORT_ATTEMPTS {
-            let port = process::free_port()?;
-            let request = GenericImage::new(name, tag)
-                .with_entrypoint(spec.entrypoint)
-                .with_wait_for(WaitFor::message_on_stderr(spec.ready_on_stderr))
-                .with_mapped_port(port, spec.container_port.tcp())
-                .with_startup_timeout(STARTUP_TIMEOUT);
-            match configure(request).start().await {
-                Ok(inner) => {
-                    return Ok(Self {
-                        inner: Some(Box::new(inner)),
-                        port,
-                    });
-                }
-                Err(err) if looks_like_port_taken(&err.to_string()) => last_error = Some(err),
-                Err(err) => {
-                    return Err(err).with_context(|| {
-                        format!(
-                            "starting a container of {image} (LAKE_TESTKIT=containers; set {} to \
-                             another image, or LAKE_TESTKIT=native to use this machine's binaries)",
-                            spec.image_var
-                        )
-                    });
-                }
-            }
-        }
-        match last_error {
-            Some(err) => Err(err).with_context(|| {
-                format!("starting {image}: no free port in {PORT_ATTEMPTS} attempts")
-            }),
-            None => bail!("starting {image}: no attempt made"),
-        }
+        let port = spec.container_port;
+        let request = GenericImage::new(name, tag)
+            .with_entrypoint(spec.entrypoint)
+            .with_exposed_port(port.tcp())
+            .with_wait_for(WaitFor::message_on_stderr(spec.ready_on_stderr))
+            .with_host_config_modifier(move |host| {
+                host.publish_all_ports = Some(false);
+                host.port_bindings = Some(HashMap::from([(
+                    format!("{port}/tcp"),
+                    Some(vec![PortBinding {
+                        host_ip: Some("127.0.0.1".to_owned()),
+                        host_port: Some(String::new()),
+                    }]),
+                )]));
+            })
+            .with_startup_timeout(STARTUP_TIMEOUT)
+            // Whose container it is, for a clean-up after a SIGKILL.
+            .with_label(
+                "lake-testkit.run",
+                std::env::var("LAKE_TESTKIT_RUN")
+                    .unwrap_or_else(|_| std::process::id().to_string()),
+            );
+        let context = || {
+            format!(
+                "starting a container of {image} (LAKE_TESTKIT={}; set {} to another image, or \
+                 LAKE_TESTKIT=native to use this machine's binaries)",
+                std::env::var("LAKE_TESTKIT").unwrap_or_else(|_| "auto".into()),
+                spec.image_var
+            )
+        };
+        let inner = configure(request).start().await.with_context(context)?;
+        let host_port = inner.get_host_port_ipv4(port).await.with_context(context)?;
+        Ok(Self {
+            inner: Some(Box::new(inner)),
+            port: host_port,
+        })
     }
 
     /// The last lines the container wrote, for error messages.
@@ -242,11 +257,6 @@ fn split_image(image: &str) -> (&str, &str) {
         Some((name, tag)) if !tag.contains('/') => (name, tag),
         _ => (image, "latest"),
     }
-}
-
-fn looks_like_port_taken(message: &str) -> bool {
-    let message = message.to_ascii_lowercase();
-    message.contains("address already in use") || message.contains("port is already allocated")
 }
 
 #[cfg(test)]

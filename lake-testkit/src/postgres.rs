@@ -908,7 +908,9 @@ fn find_bin_dir() -> Result<PathBuf> {
     bail!(
         "no PostgreSQL server binaries (postgres + initdb) found; looked in: {}. \
          Install them with `just setup` (Debian/Ubuntu: `apt-get install -y postgresql`; macOS: \
-         `brew install postgresql@15`) or point PG_BINDIR at their directory",
+         `brew install postgresql@15`) or point PG_BINDIR at their directory; or run it in a \
+         container: LAKE_TESTKIT=containers with a Docker engine (set DOCKER_HOST if it has no \
+         default socket)",
         looked.join(", ")
     )
 }

@@ -328,7 +328,8 @@ fn find_moto_server() -> Result<PathBuf> {
     }
     bail!(
         "moto_server not found (looked at $MOTO_SERVER, {} and PATH); run `just setup`, \
-         which creates the virtualenv with `python3 -m venv .venv && .venv/bin/pip install 'moto[server]'`",
+         which creates the virtualenv with `python3 -m venv .venv && .venv/bin/pip install 'moto[server]'`; \
+         or run it in a container: LAKE_TESTKIT=containers with a Docker engine",
         venv.display()
     )
 }
