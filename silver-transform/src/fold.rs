@@ -15,6 +15,7 @@
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::bronze::{Event, EventColumns};
+use crate::index::Gap;
 use crate::key::{EventId, EventType, KeyHash, OrderKey, PartitionKey, day_of};
 
 /// Which executions to fold.
@@ -185,6 +186,9 @@ pub struct Acc {
     pub event_count: u64,
     /// Bronze batches of the events (lineage).
     pub batches: Batches,
+    /// The longest run of days without events between the first and the
+    /// latest event (for the key index: the days a later fold must read).
+    pub gap: Gap,
 }
 
 impl Acc {
@@ -209,6 +213,7 @@ impl Acc {
             retry_count: ev.retry_count,
             event_count: 0,
             batches: Batches::One(ev.batch),
+            gap: Gap::NONE,
         };
         acc.absorb(ev);
         acc
@@ -217,6 +222,8 @@ impl Acc {
     /// Adds the next event; it must come after every event absorbed so far.
     pub fn absorb(&mut self, ev: &Event<'_>) {
         debug_assert!(self.event_count == 0 || ev.order > self.first);
+        self.gap
+            .keep_longer(Gap::between(day_of(self.last_at), day_of(ev.order.at)));
         self.last_at = ev.order.at;
         self.last_id = ev.order.id;
         self.last_type = ev.ty;
@@ -250,6 +257,9 @@ impl Acc {
     /// events come after all of `self`'s, e.g. the next UTC day's).
     pub fn absorb_later(&mut self, later: Acc) {
         debug_assert!(later.first > self.first);
+        self.gap
+            .keep_longer(Gap::between(self.last_day(), day_of(later.first.at)));
+        self.gap.keep_longer(later.gap);
         self.last_at = later.last_at;
         self.last_id = later.last_id;
         self.last_type = later.last_type;
@@ -581,6 +591,25 @@ mod tests {
         assert!(acc.multi_client);
         assert_eq!(acc.client_id, 1);
         assert_eq!(acc.batches, Batches::Many(Box::new(vec![1, 4])));
+    }
+
+    #[test]
+    fn the_longest_run_of_days_without_events_whatever_the_cut() {
+        const DAY: i64 = 86_400_000_000;
+        // Events on days 0, 1, 5, 6 and 40: gaps 2..=4 and 7..=39.
+        let events: Vec<Event<'_>> = [0, 1, 5, 6, 40]
+            .iter()
+            .enumerate()
+            .map(|(n, d)| ev(d * DAY + 7, None, n as u8 + 1, EventType::StopTriggered))
+            .collect();
+        let whole = fold_in_order(&events);
+        assert_eq!(whole.gap, Gap { from: 7, len: 33 });
+        for cut in 1..events.len() {
+            let mut left = fold_in_order(&events[..cut]);
+            left.absorb_later(fold_in_order(&events[cut..]));
+            assert_eq!(left.gap, whole.gap, "cut at {cut}");
+        }
+        assert_eq!(fold_in_order(&events[..2]).gap, Gap::NONE);
     }
 
     #[test]

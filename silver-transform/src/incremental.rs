@@ -581,6 +581,7 @@ fn info_of(acc: &crate::fold::Acc) -> KeyInfo {
         client_id: acc.client_id,
         multi_client: acc.multi_client,
         last_day: acc.last_day(),
+        gap: acc.gap,
     }
 }
 

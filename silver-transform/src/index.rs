@@ -4,7 +4,10 @@
 //! late event, and the bronze days that hold all of its events, without reading
 //! all of bronze. The index answers both from a few dozen bytes per execution:
 //! the order key and client of its first event (so the partition, and whether a
-//! new earlier event moves it) and the day of its last event (so its day span).
+//! new earlier event moves it), the day of its last event and the longest run
+//! of days without events between the two (so the days holding its events: a
+//! key used again months later, as an `operation:<id>` key is, reads the days
+//! of its events and not the months between).
 //!
 //! Entries merge commutatively ([`KeyInfo::merge`]), so the index after a batch is
 //! the index before it merged with what the batch holds. Each shard keeps an
@@ -36,6 +39,54 @@ pub struct KeyInfo {
     pub multi_client: bool,
     /// UTC day of the latest event.
     pub last_day: i32,
+    /// Days between the first and the last event's day without any event:
+    /// the longest such run (the earliest of equally long ones), exact for a
+    /// folded execution, a subset of the true gaps after [`KeyInfo::merge`].
+    pub gap: Gap,
+}
+
+/// A run of UTC days `from .. from + len` (none when `len` is 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Gap {
+    /// First day of the run.
+    pub from: i32,
+    /// Days in the run.
+    pub len: u32,
+}
+
+impl Gap {
+    /// No days.
+    pub const NONE: Gap = Gap { from: 0, len: 0 };
+
+    /// The days strictly between `a` and `b` (none unless `b > a + 1`).
+    pub fn between(a: i32, b: i32) -> Gap {
+        if b > a + 1 {
+            Gap {
+                from: a + 1,
+                len: (b - a - 1) as u32,
+            }
+        } else {
+            Gap::NONE
+        }
+    }
+
+    /// Keeps `other` if it is longer (so the earliest of equally long runs
+    /// stays when runs are offered in day order).
+    pub fn keep_longer(&mut self, other: Gap) {
+        if other.len > self.len {
+            *self = other;
+        }
+    }
+
+    /// Whether `day` is in the run.
+    pub fn contains(&self, day: i32) -> bool {
+        day >= self.from && i64::from(day) < i64::from(self.from) + i64::from(self.len)
+    }
+
+    /// The last day of the run (`None` for no run).
+    pub fn last(&self) -> Option<i32> {
+        (self.len > 0).then(|| self.from + self.len as i32 - 1)
+    }
 }
 
 impl KeyInfo {
@@ -46,17 +97,41 @@ impl KeyInfo {
             client_id,
             multi_client: false,
             last_day: day_of(order.at),
+            gap: Gap::NONE,
         }
     }
 
-    /// Adds what `other` knows about the same key (commutative and associative).
+    /// Adds what `other` knows about the same key. Commutative; the days it
+    /// keeps always include every day either side holds (the gap is the
+    /// longest run of days neither holds, so merging in another order may
+    /// keep a shorter one, never a wrong one).
     pub fn merge(&mut self, other: &KeyInfo) {
         self.multi_client |= other.multi_client || other.client_id != self.client_id;
+        // The days each side may hold, as at most two runs each, by first day.
+        let mut held: Vec<(i32, i32)> = Vec::with_capacity(4);
+        for info in [&*self, other] {
+            let (first, last) = (day_of(info.first.at), info.last_day);
+            match info.gap.last() {
+                Some(g_last) => {
+                    held.push((first, info.gap.from - 1));
+                    held.push((g_last + 1, last));
+                }
+                None => held.push((first, last)),
+            }
+        }
+        held.sort_unstable();
+        let mut gap = Gap::NONE;
+        let mut end = held[0].1;
+        for &(from, to) in &held[1..] {
+            gap.keep_longer(Gap::between(end, from));
+            end = end.max(to);
+        }
         if other.first < self.first {
             self.first = other.first;
             self.client_id = other.client_id;
         }
-        self.last_day = self.last_day.max(other.last_day);
+        self.last_day = end;
+        self.gap = gap;
     }
 
     /// The execution's partition.
@@ -64,9 +139,11 @@ impl KeyInfo {
         PartitionKey::of(self.client_id, self.first.at)
     }
 
-    /// The UTC days holding the execution's events: `first ..= last`.
-    pub fn days(&self) -> std::ops::RangeInclusive<i32> {
-        day_of(self.first.at)..=self.last_day
+    /// The UTC days that may hold the execution's events: from its first to
+    /// its last event's day, less the gap.
+    pub fn days(&self) -> impl Iterator<Item = i32> + use<> {
+        let gap = self.gap;
+        (day_of(self.first.at)..=self.last_day).filter(move |d| !gap.contains(*d))
     }
 }
 
@@ -84,7 +161,7 @@ pub enum IndexError {
 
 /// Every execution key of bronze and what is known about it.
 ///
-/// Stored as a vector sorted by key (exactly sized: about 72 bytes per key, half
+/// Stored as a vector sorted by key (exactly sized: 80 bytes per key, half
 /// of a hash table's footprint) plus a small table of changes made during a run;
 /// [`KeyIndex::finish`] merges both with the entries of the folded executions.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -103,8 +180,14 @@ static SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(|| {
         Field::new("client_id", DataType::Int64, false),
         Field::new("multi_client", DataType::Boolean, false),
         Field::new("last_date", DataType::Date32, false),
+        Field::new("gap_first_date", DataType::Date32, true),
+        Field::new("gap_last_date", DataType::Date32, true),
     ]))
 });
+
+/// The columns of indexes written before the gap (manifest formats 1 to 3):
+/// read as executions without one, which reads their whole span as before.
+const COLUMNS_WITHOUT_GAP: usize = 7;
 
 impl KeyIndex {
     /// Number of keys.
@@ -265,6 +348,12 @@ impl KeyIndex {
             Arc::new(Date32Array::from_iter_values(
                 rows.iter().map(|(_, i)| i.last_day),
             )),
+            Arc::new(Date32Array::from_iter(
+                rows.iter().map(|(_, i)| i.gap.last().map(|_| i.gap.from)),
+            )),
+            Arc::new(Date32Array::from_iter(
+                rows.iter().map(|(_, i)| i.gap.last()),
+            )),
         ];
         RecordBatch::try_new(Self::schema(), cols)
     }
@@ -273,7 +362,10 @@ impl KeyIndex {
     pub fn from_parquet(bytes: Bytes) -> Result<Self, IndexError> {
         let mut sorted: Vec<(KeyHash, KeyInfo)> = Vec::new();
         for batch in lake_common::parquet_io::read_bytes(bytes)? {
-            if batch.schema().fields() != Self::schema().fields() {
+            let fields = batch.schema().fields().clone();
+            let expected = Self::schema();
+            let with_gap = fields == *expected.fields();
+            if !with_gap && fields[..] != expected.fields()[..COLUMNS_WITHOUT_GAP] {
                 return Err(IndexError::Layout(format!("{:?}", batch.schema())));
             }
             let fixed = |i: usize| batch.column(i).as_fixed_size_binary();
@@ -285,6 +377,12 @@ impl KeyIndex {
             let client = batch.column(4).as_primitive::<Int64Type>();
             let multi = batch.column(5).as_boolean();
             let last = batch.column(6).as_primitive::<Date32Type>();
+            let gap = with_gap.then(|| {
+                (
+                    batch.column(7).as_primitive::<Date32Type>(),
+                    batch.column(8).as_primitive::<Date32Type>(),
+                )
+            });
             sorted.reserve(batch.num_rows());
             for r in 0..batch.num_rows() {
                 let mut k = [0u8; 16];
@@ -302,9 +400,25 @@ impl KeyIndex {
                         client_id: client.value(r),
                         multi_client: multi.value(r),
                         last_day: last.value(r),
+                        gap: match gap {
+                            Some((from, to)) if !from.is_null(r) && !to.is_null(r) => {
+                                Gap::between(from.value(r) - 1, to.value(r) + 1)
+                            }
+                            _ => Gap::NONE,
+                        },
                     },
                 ));
             }
+        }
+        let inside = |i: &KeyInfo| {
+            i.gap
+                .last()
+                .is_none_or(|last| i.gap.from > crate::key::day_of(i.first.at) && last < i.last_day)
+        };
+        if let Some((k, _)) = sorted.iter().find(|(_, i)| !inside(i)) {
+            return Err(IndexError::Layout(format!(
+                "the gap of key {k:?} is not between its first and last day"
+            )));
         }
         if !sorted.is_sorted_by(|a, b| a.0 < b.0) {
             return Err(IndexError::Layout("keys are not sorted and unique".into()));
@@ -341,10 +455,45 @@ mod tests {
         assert_eq!(x, y);
         assert_eq!(x.client_id, 2);
         assert!(x.multi_client);
-        assert_eq!(x.days(), 3..=9);
+        assert_eq!(x.days().collect::<Vec<_>>(), [3, 4, 5, 9]);
         let mut single = a;
         single.merge(&c);
         assert!(!single.multi_client);
+    }
+
+    #[test]
+    fn merging_keeps_every_day_either_side_holds() {
+        let day = |d: i64, n: u8| KeyInfo::event(order(d * MICROS_PER_DAY, n), 1);
+        let days = |i: &KeyInfo| i.days().collect::<Vec<_>>();
+        // A key used on day 0 and again on day 180: two days, not 181.
+        let mut reused = day(0, 1);
+        reused.merge(&day(180, 2));
+        assert_eq!(days(&reused), [0, 180]);
+        assert_eq!(reused.gap, Gap { from: 1, len: 179 });
+        // Another event inside the gap splits it; the longer part stays out.
+        reused.merge(&day(30, 3));
+        assert_eq!(reused.gap, Gap { from: 31, len: 149 });
+        assert!(days(&reused).starts_with(&[0, 1, 2]));
+        assert!(days(&reused).contains(&30) && !days(&reused).contains(&31));
+        // Two entries with gaps (old index entry, scanned batch): every day
+        // either holds stays, whatever the order.
+        let mut a = day(0, 1);
+        a.merge(&day(100, 2));
+        let mut b = day(50, 3);
+        b.merge(&day(60, 4));
+        let (mut ab, mut ba) = (a, b);
+        ab.merge(&b);
+        ba.merge(&a);
+        assert_eq!(ab, ba);
+        for d in [0, 50, 60, 100] {
+            assert!(days(&ab).contains(&d), "day {d} in {ab:?}");
+        }
+        assert_eq!(ab.gap, Gap { from: 1, len: 49 }, "the earliest longest run");
+        // Contiguous days: no gap.
+        let mut c = day(3, 1);
+        c.merge(&day(4, 2));
+        assert_eq!(c.gap, Gap::NONE);
+        assert_eq!(days(&c), [3, 4]);
     }
 
     #[test]
@@ -393,6 +542,12 @@ mod tests {
     }
 
     #[test]
+    fn an_entry_is_80_bytes() {
+        // What docs/silver.md ("Memory and speed") counts per indexed key.
+        assert_eq!(std::mem::size_of::<(KeyHash, KeyInfo)>(), 80);
+    }
+
+    #[test]
     fn empty_index_round_trips() {
         let batch = KeyIndex::default().to_batch().unwrap();
         assert_eq!(batch.num_rows(), 0);
@@ -405,6 +560,12 @@ mod tests {
             let mut info = KeyInfo::event(order(i64::from(n) * 1000 - 7, n), i64::from(n % 3));
             info.first.seq = (n % 2 == 0).then_some(i64::from(n));
             info.multi_client = n % 5 == 0;
+            if n % 4 == 0 {
+                info.merge(&KeyInfo::event(
+                    order(info.first.at + 40 * MICROS_PER_DAY, n),
+                    info.client_id,
+                ));
+            }
             index.insert(KeyHash::of(&n.to_string()), info);
         }
         let index = index.finish(vec![]);
@@ -418,6 +579,30 @@ mod tests {
         .unwrap();
         w.write(&batch).unwrap();
         w.close().unwrap();
-        assert_eq!(KeyIndex::from_parquet(Bytes::from(buf)).unwrap(), index);
+        let read = KeyIndex::from_parquet(Bytes::from(buf)).unwrap();
+        assert_eq!(read, index);
+        assert!(read.iter().any(|(_, i)| i.gap.len > 0));
+    }
+
+    /// Segments written before the gap column (formats 1 to 3) still read:
+    /// their executions without a gap, their whole span.
+    #[test]
+    fn an_index_without_the_gap_columns_reads_as_spans() {
+        let mut index = KeyIndex::default();
+        let mut info = KeyInfo::event(order(0, 1), 1);
+        info.merge(&KeyInfo::event(order(9 * MICROS_PER_DAY, 2), 1));
+        index.insert(KeyHash::of("k"), info);
+        let batch = index.finish(vec![]).to_batch().unwrap();
+        let old = batch
+            .project(&(0..COLUMNS_WITHOUT_GAP).collect::<Vec<_>>())
+            .unwrap();
+        let mut buf = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, old.schema(), None).unwrap();
+        w.write(&old).unwrap();
+        w.close().unwrap();
+        let read = KeyIndex::from_parquet(Bytes::from(buf)).unwrap();
+        let (_, got) = read.iter().next().unwrap();
+        assert_eq!(got.gap, Gap::NONE);
+        assert_eq!(got.days().count(), 10);
     }
 }

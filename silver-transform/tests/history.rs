@@ -256,3 +256,75 @@ async fn a_run_reads_and_rewrites_only_the_months_it_touches() {
     assert_eq!(r.partitions.recomputed, 1);
     assert_eq!(silver(&t.lake).await, incremental_result);
 }
+
+/// #17, reads proportional to the work: an execution key used again months
+/// later (an `operation:<id>` key, as Django's NULL token gives) is folded from
+/// the days that hold its events, not from every day between its first and its
+/// last. Before, every run that touched it read the whole span of bronze.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_used_again_months_later_folds_from_its_days_not_its_span() {
+    let t = TestLake::new().await;
+    let start = NaiveDate::from_ymd_opt(2025, 1, 10).unwrap();
+    let at = |day: i64| format!("{}T06:00:00Z", start + Duration::days(day));
+    // Other executions on every fifth day of the half year between: bronze
+    // holds files on 37 days.
+    let mut events: Vec<Ev> = (0..37)
+        .map(|i| {
+            Ev::new(
+                100 + i,
+                &at(5 * i as i64),
+                Some(&format!("tok-{i}")),
+                "STOP_TRIGGERED",
+            )
+            .client(1)
+            .qty("1")
+        })
+        .collect();
+    // Operation 7 (no token) triggers on day 0 and again on day 180.
+    events.push(
+        Ev::new(1, &at(0), None, "STOP_TRIGGERED")
+            .op(7)
+            .client(1)
+            .qty("1"),
+    );
+    events.push(
+        Ev::new(2, &at(180), None, "EXECUTED")
+            .op(7)
+            .client(1)
+            .fill("10"),
+    );
+    commit_batch(&t.lake, 1, &events).await;
+    run(&t.lake, &incremental()).await;
+
+    // A late event of operation 7 on day 181.
+    commit_batch(
+        &t.lake,
+        2,
+        &[Ev::new(3, &at(181), None, "FAILED")
+            .op(7)
+            .client(1)
+            .error("late")],
+    )
+    .await;
+    let r = run(&t.lake, &incremental()).await;
+    // Its partition (day 0) holds one other execution (tok-0, day 0 only):
+    // days 0, 180 and 181.
+    assert_eq!(r.work.days_read, 3, "{:?}", r.work);
+
+    let incremental_result = silver(&t.lake).await;
+    run(&t.lake, &full_refresh()).await;
+    assert_eq!(
+        silver(&t.lake).await,
+        incremental_result,
+        "incremental == full recompute"
+    );
+    // The rebuilt index knows the same days: the next touch reads 3 days again.
+    commit_batch(
+        &t.lake,
+        3,
+        &[Ev::new(4, &at(181), None, "BLOCKED").op(7).client(1)],
+    )
+    .await;
+    let r = run(&t.lake, &incremental()).await;
+    assert_eq!(r.work.days_read, 3, "{:?}", r.work);
+}

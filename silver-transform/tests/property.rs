@@ -49,7 +49,11 @@ fn generate(rng: &mut Rng, executions: usize) -> Vec<Ev> {
         let n = 1 + rng.below(5);
         let mut t = t0;
         for k in 0..n {
-            let at = if k > 0 && rng.percent(15) {
+            let at = if k > 0 && rng.percent(4) {
+                // The key used again days later: a run of days without its
+                // events, which its folds skip (#17).
+                t0 + DAY * (3 + rng.below(4) as i64)
+            } else if k > 0 && rng.percent(15) {
                 t // a tie
             } else if k > 0 && rng.percent(8) {
                 t0 - rng.below(3_000_000) as i64 // earlier than the first so far
@@ -205,6 +209,28 @@ struct Covered {
     checkpoint: bool,
     /// A run folded a day in several time windows.
     windows: bool,
+    /// An execution key's events lie on days with days without them between.
+    gaps: bool,
+}
+
+/// Whether some execution key's live events leave a day without them between
+/// their first and last day.
+fn some_key_has_a_gap(live: &[Ev]) -> bool {
+    let mut days: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
+    for e in live
+        .iter()
+        .filter(|e| TYPES.contains(&e.event_type.as_str()))
+    {
+        let key = match e.execution_token.as_deref() {
+            Some(t) if !t.is_empty() => t.to_owned(),
+            _ => format!("operation:{}", e.operation_id),
+        };
+        days.entry(key)
+            .or_default()
+            .insert(e.occurred_at.div_euclid(DAY));
+    }
+    days.values()
+        .any(|d| d.iter().zip(d.iter().skip(1)).any(|(a, b)| b - a > 1))
 }
 
 async fn check_seed(seed: u64, executions: usize, lakes: [Lake; 3]) -> Covered {
@@ -213,6 +239,7 @@ async fn check_seed(seed: u64, executions: usize, lakes: [Lake; 3]) -> Covered {
     let mut rng = Rng(seed);
     let events = generate(&mut rng, executions);
     let (steps, live) = history(&mut rng, events.clone());
+    covered.gaps = some_key_has_a_gap(&live);
     // Long histories: silver runs after about a third of the steps (and the last).
     let long = steps.len() > 10;
     let mut when = Rng(seed ^ 0x5EED);
@@ -388,7 +415,7 @@ async fn retention_keeps_history_and_full_refresh_agrees_on_local_lakes() {
 #[tokio::test]
 async fn incremental_equals_full_recompute_on_s3() {
     let t = TestLake::new().await;
-    let (mut checkpointed, mut windowed) = (0, 0);
+    let (mut checkpointed, mut windowed, mut gapped) = (0, 0, 0);
     for seed in [1, 2, 3, 4] {
         let lakes = [
             t.other_bucket().await,
@@ -398,18 +425,23 @@ async fn incremental_equals_full_recompute_on_s3() {
         let c = check_seed(seed, 60, lakes).await;
         checkpointed += usize::from(c.checkpoint);
         windowed += usize::from(c.windows);
+        gapped += usize::from(c.gaps);
     }
     assert!(
         checkpointed > 0,
         "some history is long enough for a checkpoint"
     );
     assert!(windowed > 0, "some run folded a day in windows");
+    assert!(
+        gapped > 0,
+        "some key's events have days without them between"
+    );
 }
 
 #[tokio::test]
 async fn incremental_equals_full_recompute_on_local_lakes() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut checkpointed, mut windowed) = (0, 0);
+    let (mut checkpointed, mut windowed, mut gapped) = (0, 0, 0);
     for seed in 100..130 {
         let lakes = ["inc", "shards", "full"].map(|n| {
             Lake::open(&LakeConfig::local(dir.path().join(format!("{seed}-{n}")))).unwrap()
@@ -417,10 +449,15 @@ async fn incremental_equals_full_recompute_on_local_lakes() {
         let c = check_seed(seed, 40 + (seed as usize % 5) * 20, lakes).await;
         checkpointed += usize::from(c.checkpoint);
         windowed += usize::from(c.windows);
+        gapped += usize::from(c.gaps);
     }
     assert!(
         checkpointed >= 3,
         "{checkpointed} histories long enough for a checkpoint"
     );
     assert!(windowed >= 3, "{windowed} seeds folded days in windows");
+    assert!(
+        gapped >= 10,
+        "{gapped} seeds have keys with days without events between"
+    );
 }
