@@ -72,9 +72,14 @@ pub struct Args {
     pub parallel_days: u64,
     /// Bronze rows read and folded at a time: a day holding more is folded in
     /// time windows. Memory follows it (~350 bytes a row, --parallel-days
-    /// windows in flight); a larger value is faster on very large days.
-    #[arg(long, default_value_t = crate::incremental::FOLD_WINDOW_ROWS, value_parser = clap::value_parser!(u64).range(1000..))]
-    pub fold_window_rows: u64,
+    /// windows in flight). Default: a quarter of the memory budget.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1000..))]
+    pub fold_window_rows: Option<u64>,
+    /// The memory the run may use, MiB. Default: 80 % of the container's
+    /// memory limit (cgroup), else 512. Sizes the fold windows; a run that
+    /// held more warns and reports it (docs/silver.md, "Memory and speed").
+    #[arg(long, env = "SILVER_MEMORY_MB", value_parser = clap::value_parser!(u64).range(64..))]
+    pub memory_mb: Option<u64>,
     /// TEST ONLY: sleep this long after publishing each partition, so a test can
     /// kill the process in the middle of a rewrite. Never set it in production.
     #[arg(long, env = "SILVER_TEST_PAUSE_AFTER_PUBLISH_MS", hide = true)]
@@ -116,6 +121,8 @@ impl Args {
             }
             _ => Mode::Incremental,
         };
+        let memory = crate::memory::Budget::detect(self.memory_mb);
+        let parallel_days = self.parallel_days as usize;
         Ok(Options {
             mode,
             dry_run: self.dry_run,
@@ -125,10 +132,13 @@ impl Args {
                 count: self.shard_count,
             },
             lease: Duration::from_secs(self.lease_secs),
-            parallel_days: self.parallel_days as usize,
+            parallel_days,
             pause_after_publish: self.test_pause_after_publish_ms.map(Duration::from_millis),
             pushgateway: lake_common::metrics::Pushgateway::from_env_or_warn(),
-            window_rows: self.fold_window_rows,
+            window_rows: self
+                .fold_window_rows
+                .unwrap_or_else(|| memory.window_rows(parallel_days)),
+            memory,
             ..Options::default()
         })
     }

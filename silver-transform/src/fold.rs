@@ -321,54 +321,70 @@ impl Acc {
     }
 }
 
-/// Executions by key text. The folds live in one vector, found through a table
-/// of indexes: one large allocation instead of hundreds of thousands of small
-/// long-lived ones (which fragment the heap), and a table of 24-byte entries.
+/// Executions by key text. The folds live in chunks of [`CHUNK`] found
+/// through a table of indexes: few large allocations instead of hundreds of
+/// thousands of small long-lived ones (which fragment the heap), a table of
+/// 24-byte entries, and growth without reallocating: one vector of all folds
+/// would double its capacity and copy itself as it grows, briefly holding
+/// the folds up to three times over (a run's peak memory).
 #[derive(Debug, Default)]
 pub struct Folded {
     slots: FxHashMap<Box<str>, u32>,
-    accs: Vec<Acc>,
+    chunks: Vec<Vec<Acc>>,
+    len: usize,
 }
+
+/// Folds per chunk of [`Folded`] (about 1.5 MB).
+const CHUNK: usize = 4096;
 
 impl Folded {
     /// Number of executions.
     pub fn len(&self) -> usize {
-        self.accs.len()
+        self.len
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.accs.is_empty()
+        self.len == 0
+    }
+
+    fn at(&self, i: u32) -> &Acc {
+        let i = i as usize;
+        &self.chunks[i / CHUNK][i % CHUNK]
     }
 
     /// The fold of `key`.
     pub fn get_mut(&mut self, key: &str) -> Option<&mut Acc> {
-        let i = *self.slots.get(key)?;
-        self.accs.get_mut(i as usize)
+        let i = *self.slots.get(key)? as usize;
+        self.chunks.get_mut(i / CHUNK)?.get_mut(i % CHUNK)
     }
 
     /// Adds the fold of a key that is not present yet.
     pub fn insert_new(&mut self, key: Box<str>, acc: Acc) {
         debug_assert!(!self.slots.contains_key(&key));
-        self.slots.insert(key, self.accs.len() as u32);
-        self.accs.push(acc);
+        if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        if let Some(chunk) = self.chunks.last_mut() {
+            chunk.push(acc);
+        }
+        self.slots.insert(key, self.len as u32);
+        self.len += 1;
     }
 
     /// Every execution with its key text.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Acc)> {
-        self.slots
-            .iter()
-            .map(|(k, i)| (&**k, &self.accs[*i as usize]))
+        self.slots.iter().map(|(k, i)| (&**k, self.at(*i)))
     }
 
     /// Every execution.
     pub fn values(&self) -> impl Iterator<Item = &Acc> {
-        self.accs.iter()
+        self.chunks.iter().flatten()
     }
 
     /// Adds executions of other keys (a later fold round).
     pub fn extend(&mut self, other: Folded) {
-        self.accs.reserve(other.len());
+        self.slots.reserve(other.len());
         for (key, acc) in other.into_entries() {
             self.insert_new(key, acc);
         }
@@ -387,14 +403,15 @@ impl Folded {
         (taken, rest)
     }
 
-    /// Consumes the executions with their keys.
+    /// Consumes the executions with their keys (each chunk is freed once
+    /// consumed).
     pub fn into_entries(self) -> impl Iterator<Item = (Box<str>, Acc)> {
-        let mut keys: Vec<Option<Box<str>>> = (0..self.accs.len()).map(|_| None).collect();
+        let mut keys: Vec<Option<Box<str>>> = (0..self.len).map(|_| None).collect();
         for (k, i) in self.slots {
             keys[i as usize] = Some(k);
         }
         keys.into_iter()
-            .zip(self.accs)
+            .zip(self.chunks.into_iter().flatten())
             .filter_map(|(k, a)| k.map(|k| (k, a)))
     }
 }
@@ -510,7 +527,7 @@ pub fn combine(total: &mut Folded, day: Folded) {
         *total = day;
         return;
     }
-    total.accs.reserve(day.len());
+    total.slots.reserve(day.len());
     for (key, acc) in day.into_entries() {
         match total.get_mut(&key) {
             Some(earlier) => earlier.absorb_later(acc),

@@ -152,6 +152,10 @@ pub struct WorkStats {
     /// Units read and folded: one per day, more for a day holding more than
     /// the window's rows.
     pub fold_windows: u64,
+    /// Events of the largest day folded in several windows: their ids are
+    /// held to check that no event is in two windows (the memory model's
+    /// share that still follows a day's size).
+    pub windowed_day_events: u64,
     /// Key index segments read (of the shard's `index_segments` in its manifest).
     pub index_segments_read: u64,
     /// Months of the partition table read (of its `partition_months`).
@@ -173,6 +177,7 @@ impl WorkStats {
         self.events_folded += round.events_folded;
         self.duplicate_events += round.duplicate_events;
         self.fold_windows += round.fold_windows;
+        self.windowed_day_events = self.windowed_day_events.max(round.windowed_day_events);
     }
 }
 
@@ -725,6 +730,7 @@ async fn fold_days(
             if let Some(id) = day.ids.iter().find(|id| !seen.1.insert(**id)) {
                 return Err(two_versions(id).into());
             }
+            stats.windowed_day_events = stats.windowed_day_events.max(seen.1.len() as u64);
         }
         stats.events_folded += day.events;
         req.progress.add(day.events);

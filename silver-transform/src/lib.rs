@@ -25,6 +25,7 @@ pub mod incremental;
 pub mod index;
 pub mod key;
 pub mod manifest;
+pub mod memory;
 pub mod partitions;
 pub mod publish;
 pub mod quality;
@@ -115,8 +116,12 @@ pub struct Options {
     pub lock_fence: Option<lake_common::commit::fence::Fence>,
     /// Where the run pushes its metrics (`PUSHGATEWAY_URL`), if anywhere.
     pub pushgateway: Option<Pushgateway>,
-    /// Bronze rows folded at a time ([`incremental::FOLD_WINDOW_ROWS`]).
+    /// Bronze rows folded at a time (from the budget on the command line,
+    /// [`incremental::FOLD_WINDOW_ROWS`] by default here).
     pub window_rows: u64,
+    /// The memory the run may use ([`memory`]): the report and a warning
+    /// compare what it held with it.
+    pub memory: memory::Budget,
 }
 
 impl Default for Options {
@@ -133,6 +138,7 @@ impl Default for Options {
             lock_fence: None,
             pushgateway: None,
             window_rows: incremental::FOLD_WINDOW_ROWS,
+            memory: memory::Budget::default(),
         }
     }
 }
@@ -240,6 +246,7 @@ pub async fn run(lake: &Lake, options: &Options) -> anyhow::Result<RunReport> {
         retained_before: None,
         recovered_partitions: 0,
         work: Default::default(),
+        memory: Default::default(),
         partitions: Default::default(),
         rows: Default::default(),
         quality: quality::QualityReport::new(options.max_violation_ratio),
@@ -608,6 +615,28 @@ async fn execute(
         .map(|d| date_of_day(*d))
         .collect();
     report.work = rec.stats.clone();
+    let executions = rec.executions.len() as u64;
+    report.memory = memory::Held::new(
+        options.memory,
+        memory::Counts {
+            window_rows: options.window_rows,
+            parallel: options.parallel_days,
+            executions,
+            windowed_day_events: rec.stats.windowed_day_events,
+            index_keys: (rec.index.len() as u64).saturating_sub(executions),
+        },
+    );
+    if report.memory.over_budget() {
+        tracing::warn!(
+            executions = report.memory.executions,
+            index_keys = report.memory.index_keys,
+            model_peak_mb = report.memory.model_peak_mb,
+            budget_mb = report.memory.budget_mb,
+            "This run held more than its memory budget (SILVER_MEMORY_MB): the executions of the \
+             partitions it recomputes are held until published. Split the clients over more shards \
+             (SILVER_SHARD_COUNT) before a larger run meets the pod's memory limit"
+        );
+    }
 
     let t = Instant::now();
     let Routed {

@@ -107,6 +107,9 @@ pub struct RunReport {
     pub recovered_partitions: u64,
     /// Work counters.
     pub work: WorkStats,
+    /// What the run held at its largest, by the memory model, against its
+    /// budget (`SILVER_MEMORY_MB`).
+    pub memory: crate::memory::Held,
     /// Partition counters.
     pub partitions: PartitionCounts,
     /// Row counters.
