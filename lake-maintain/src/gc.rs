@@ -171,6 +171,7 @@ pub async fn referenced(lake: &Lake) -> Result<Referenced, GcError> {
                 months
                     .chain(segments)
                     .chain(m.index.as_ref())
+                    .chain(m.bloom_pack.as_ref())
                     .map(|f| f.path.clone()),
             );
         }

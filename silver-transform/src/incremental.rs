@@ -277,7 +277,10 @@ pub async fn recompute(
     // The index segments that may hold what this run looks up: the scanned
     // keys (Bloom filters), the executions with events on superseded days, and
     // those of the forced days.
-    let mut wanted = segments.maybe_holding(scanned.keys());
+    let mut wanted = segments
+        .maybe_holding(lake, scanned.keys())
+        .await
+        .map_err(RecomputeError::Index)?;
     for d in &out.superseded_days {
         wanted.extend(segments.spanning(*d));
     }
@@ -457,7 +460,11 @@ async fn fold_everything(
         // The segments before the horizon's month may hold some of these
         // keys: those are later events of frozen executions.
         let hashes: Vec<KeyHash> = folded.iter().map(|(k, _)| KeyHash::of(k)).collect();
-        let months = out.segments.maybe_holding(hashes.iter());
+        let months = out
+            .segments
+            .maybe_holding(lake, hashes.iter())
+            .await
+            .map_err(RecomputeError::Index)?;
         drop(hashes);
         out.segments
             .load(lake, months, &mut frozen)

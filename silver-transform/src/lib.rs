@@ -512,7 +512,8 @@ async fn execute(
     // The key index only when there is work: a run with nothing new reads none,
     // and a run with work only the segments it touches (`recompute` loads them).
     if let Some(m) = committed {
-        prior.segments = segments::Segments::from_records(&m.index_segments)?;
+        prior.segments =
+            segments::Segments::from_records(&m.index_segments, m.bloom_pack.as_ref())?;
         if full && view.retained_before().is_none() {
             // A full refresh reads none: the segments it writes replace them all
             // (after a retention, those of the executions begun before its
@@ -529,7 +530,10 @@ async fn execute(
         // executions of '' would never be recomputed under today's rule (an
         // empty token means none), so the shard is rebuilt once, on purpose.
         let empty = key::KeyHash::of("");
-        let months = prior.segments.maybe_holding(std::iter::once(&empty));
+        let months = prior
+            .segments
+            .maybe_holding(lake, std::iter::once(&empty))
+            .await?;
         prior.segments.load(lake, months, &mut prior.index).await?;
         if prior.index.get(&empty).is_some() {
             return Err(anyhow::Error::new(Classified::new(
@@ -740,12 +744,12 @@ async fn execute(
         .collect();
     drop((rows, late));
     let index = incremental::finish_index(rec.index, rec.executions, &rec.attempted);
-    let (index_segments, segment_months) = or_release!(
+    let written = or_release!(
         rec.segments
             .write(lake, shard, version, index, rec.rebuilt)
             .await
     );
-    report.rows.index_keys = index_segments.iter().map(|s| s.keys).sum();
+    report.rows.index_keys = written.segments.iter().map(|s| s.keys).sum();
     for (p, out) in published {
         report.partitions.silver_files_written += u64::from(out.silver.is_some());
         report.partitions.quarantine_files_written += u64::from(out.quarantine.is_some());
@@ -792,7 +796,8 @@ async fn execute(
     m.consumed_batches = to_ranges(&rec.consumed);
     m.new_batches = to_ranges(&rec.new_batches);
     m.rewritten = rewritten;
-    m.index_segments = index_segments;
+    m.index_segments = written.segments;
+    m.bloom_pack = written.pack;
     m.index_keys = report.rows.index_keys;
     m.partition_months = partition_months;
     m.superseded = superseded;
@@ -800,7 +805,7 @@ async fn execute(
     let committed = lease.commit(m).await?;
     report.committed_version = Some(version);
     delete_superseded(lake, &committed).await?;
-    let months = &segment_months | &table_months;
+    let months = &written.months | &table_months;
     match segments::delete_replaced(lake, shard, &months, &committed).await {
         Ok(0) => {}
         Ok(n) => tracing::debug!(

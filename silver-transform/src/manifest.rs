@@ -42,7 +42,9 @@ use crate::publish::FileRecord;
 
 /// Version of the manifest format, bumped on incompatible change: 4 gives each
 /// key of the index the longest run of days without events (the days a fold
-/// skips; earlier segments still read, as whole spans), 3 keeps the
+/// skips; earlier segments still read, as whole spans) and keeps the
+/// segments' Bloom filters in one object per version (`bloom_pack`; inline
+/// filters still read), 3 keeps the
 /// partition table in monthly files ([`crate::partitions`]; 2 and 1 inline,
 /// still read), 2 the key index in monthly segments (1: one file, still read).
 /// A release of an older format refuses a newer lake instead of misreading it.
@@ -186,6 +188,10 @@ pub struct SilverManifest {
     /// The key index in monthly segments ([`crate::segments`], format 2).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub index_segments: Vec<crate::segments::IndexSegment>,
+    /// The Bloom filters of the segments' keys, one object per version
+    /// (format 4; before, each segment's filter was inline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bloom_pack: Option<FileRecord>,
     /// Executions in the key index.
     #[serde(default)]
     pub index_keys: u64,
@@ -234,6 +240,7 @@ impl SilverManifest {
             rewritten: vec![],
             index: None,
             index_segments: vec![],
+            bloom_pack: None,
             index_keys: 0,
             partition_months: vec![],
             partitions: vec![],

@@ -115,7 +115,8 @@ pub async fn retain(
         }
     }
     out.partitions = doomed.len() as u64;
-    let mut segments = Segments::from_records(&committed.index_segments)?;
+    let mut segments =
+        Segments::from_records(&committed.index_segments, committed.bloom_pack.as_ref())?;
     let stale_index = segments.holds_before(month_of_day(h));
     if doomed.is_empty() && !stale_index {
         return skip(out, format!("no partition of a day before {before}"));
@@ -142,16 +143,12 @@ pub async fn retain(
         segments.retire_before(month_of_day(h));
         segments.load(lake, [month_of_day(h)], &mut index).await?;
         index.retain(|i| i.partition().day >= h);
-        let (index_segments, segment_months) =
-            segments.write(lake, shard, version, index, false).await?;
+        let segments = segments.write(lake, shard, version, index, false).await?;
         let (partition_months, table_months) = table.write(lake, shard, version).await?;
-        Ok::<_, anyhow::Error>((
-            index_segments,
-            partition_months,
-            &segment_months | &table_months,
-        ))
+        let months = &segments.months | &table_months;
+        Ok::<_, anyhow::Error>((segments, partition_months, months))
     };
-    let (index_segments, partition_months, months) = match written.await {
+    let (segments, partition_months, months) = match written.await {
         Ok(w) => w,
         Err(e) => return Err(lease.fail(e).await),
     };
@@ -159,8 +156,9 @@ pub async fn retain(
     m.base_version = Some(committed.version);
     m.consumed_batches = committed.consumed_batches;
     m.rewritten = doomed.iter().map(|p| PartitionRef::from(*p)).collect();
-    m.index_keys = index_segments.iter().map(|s| s.keys).sum();
-    m.index_segments = index_segments;
+    m.index_keys = segments.segments.iter().map(|s| s.keys).sum();
+    m.index_segments = segments.segments;
+    m.bloom_pack = segments.pack;
     m.partition_months = partition_months;
     m.superseded = superseded;
     m.retained_before = Some(committed.retained_before.map_or(before, |b| b.max(before)));

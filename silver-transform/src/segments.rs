@@ -3,9 +3,10 @@
 //!
 //! Each segment holds the index entries of the executions whose partition day
 //! (the day of their first event) falls in one UTC month. The manifest lists
-//! every segment with its key count, the latest event day of its executions and
-//! a Bloom filter of its keys, so a run decides which segments to read without
-//! reading any:
+//! every segment with its key count and the latest event day of its
+//! executions, and the version's *filter pack* holds a Bloom filter of each
+//! segment's keys, so a run decides which segments to read without reading
+//! any:
 //!
 //! * a key seen in new bronze files lives in a segment whose filter says yes
 //!   (no false negatives; ~1 % false positives);
@@ -19,6 +20,13 @@
 //! three-year lake reads the current month's segment and those of the few old
 //! executions that got a late event. A rebuild (full refresh, whole shard)
 //! replaces every segment.
+//!
+//! The filters are ~1.2 bytes per key, so they grow with history (3 MiB after
+//! three years of 3 000 executions a day). Kept in the manifest (formats 2
+//! to 4, still read), they made every run, one with nothing new included,
+//! read and parse them; in one object per version (`filters/<v:010>.bloom`,
+//! its path and checksum in the manifest), only a run that looks keys up
+//! reads them, in one request.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -68,8 +76,13 @@ pub struct IndexSegment {
     pub keys: u64,
     /// The latest event day of its executions.
     pub last_date: NaiveDate,
-    /// Its keys' Bloom filter (Parquet's split-block filter), base64.
+    /// Its keys' Bloom filter (Parquet's split-block filter), base64, as
+    /// manifests before the filter pack kept it (read, never written).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub bloom: String,
+    /// Where its filter lies in the version's filter pack: offset and length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bloom_at: Option<[u64; 2]>,
 }
 
 /// Errors of reading segment records.
@@ -79,8 +92,10 @@ pub enum SegmentError {
     /// A record names no month.
     #[error("key index segment {0:?} names no month (YYYY-MM)")]
     Month(String),
-    /// A record's filter does not decode.
-    #[error("key index segment {month}'s Bloom filter does not decode: {reason}")]
+    /// A record's filter does not decode, or the pack does not match.
+    #[error(
+        "key index segment {month}'s Bloom filter cannot be read: {reason}; run with --full-refresh to rebuild the index"
+    )]
     Bloom {
         /// The segment.
         month: String,
@@ -92,7 +107,8 @@ pub enum SegmentError {
 struct Stored {
     record: IndexSegment,
     last_day: i32,
-    bloom: Sbbf,
+    /// `None` until the filter pack is read ([`Segments::load_filters`]).
+    bloom: Option<Sbbf>,
 }
 
 /// The shard's segments as the latest committed manifest lists them, and
@@ -100,6 +116,8 @@ struct Stored {
 #[derive(Default)]
 pub struct Segments {
     stored: BTreeMap<Month, Stored>,
+    /// The committed version's filter pack.
+    pack: Option<FileRecord>,
     loaded: BTreeSet<Month>,
     /// Months whose stored segments a rebuild replaces (none of them is read).
     replaced: BTreeSet<Month>,
@@ -124,31 +142,80 @@ impl std::fmt::Debug for Segments {
 }
 
 impl Segments {
-    /// The segments a manifest lists.
-    pub fn from_records(records: &[IndexSegment]) -> Result<Self, SegmentError> {
+    /// The segments a manifest lists (`pack`: its filter pack).
+    pub fn from_records(
+        records: &[IndexSegment],
+        pack: Option<&FileRecord>,
+    ) -> Result<Self, SegmentError> {
         let mut stored = BTreeMap::new();
         for r in records {
             let month =
                 parse_month(&r.month).ok_or_else(|| SegmentError::Month(r.month.clone()))?;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(&r.bloom)
-                .map_err(|e| SegmentError::Bloom {
-                    month: r.month.clone(),
-                    reason: e.to_string(),
-                })?;
+            let bloom = if r.bloom.is_empty() {
+                if r.bloom_at.is_none() || pack.is_none() {
+                    return Err(SegmentError::Bloom {
+                        month: r.month.clone(),
+                        reason: "the manifest gives it no filter".into(),
+                    });
+                }
+                None
+            } else {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(&r.bloom)
+                    .map_err(|e| SegmentError::Bloom {
+                        month: r.month.clone(),
+                        reason: e.to_string(),
+                    })?;
+                Some(Sbbf::new(&bytes))
+            };
             stored.insert(
                 month,
                 Stored {
                     record: r.clone(),
                     last_day: day_of_date(r.last_date),
-                    bloom: Sbbf::new(&bytes),
+                    bloom,
                 },
             );
         }
         Ok(Self {
             stored,
+            pack: pack.cloned(),
             ..Self::default()
         })
+    }
+
+    /// Reads the filter pack if a stored segment's filter is not known yet
+    /// (one request per run at most).
+    pub async fn load_filters(&mut self, lake: &Lake) -> anyhow::Result<()> {
+        if self.stored.values().all(|s| s.bloom.is_some()) {
+            return Ok(());
+        }
+        let Some(pack) = &self.pack else {
+            return Ok(());
+        };
+        let path = Path::from(pack.path.as_str());
+        let bytes = lake.get_bytes(&path).await?;
+        let mismatch = |month: &str, reason: &str| SegmentError::Bloom {
+            month: month.to_owned(),
+            reason: format!("{reason} ({path})"),
+        };
+        if bytes.len() as u64 != pack.bytes
+            || lake_common::parquet_io::sha256_hex(&bytes) != pack.sha256
+        {
+            return Err(mismatch("every", "the filter pack does not match its manifest").into());
+        }
+        for s in self.stored.values_mut().filter(|s| s.bloom.is_none()) {
+            let [at, len] = s.record.bloom_at.unwrap_or_default();
+            let range = usize::try_from(at)
+                .ok()
+                .zip(usize::try_from(at.saturating_add(len)).ok())
+                .filter(|(_, end)| *end <= bytes.len());
+            let Some((from, to)) = range else {
+                return Err(mismatch(&s.record.month, "outside the filter pack").into());
+            };
+            s.bloom = Some(Sbbf::new(&bytes[from..to]));
+        }
+        Ok(())
     }
 
     /// Forgets every stored segment without reading it: the index is being
@@ -208,25 +275,32 @@ impl Segments {
         untouched + index.len() as u64
     }
 
-    /// The stored months whose filter may hold one of `keys`.
-    pub fn maybe_holding<'a>(&self, keys: impl Iterator<Item = &'a KeyHash>) -> BTreeSet<Month> {
+    /// The stored months whose filter may hold one of `keys` (the filter
+    /// pack is read first if needed).
+    pub async fn maybe_holding<'a>(
+        &mut self,
+        lake: &Lake,
+        keys: impl Iterator<Item = &'a KeyHash>,
+    ) -> anyhow::Result<BTreeSet<Month>> {
         let mut months = BTreeSet::new();
-        let candidates: Vec<(&Month, &Stored)> = self
+        if self.stored.keys().all(|m| self.loaded.contains(m)) {
+            return Ok(months);
+        }
+        self.load_filters(lake).await?;
+        let candidates: Vec<(&Month, &Sbbf)> = self
             .stored
             .iter()
             .filter(|(m, _)| !self.loaded.contains(m))
+            .filter_map(|(m, s)| s.bloom.as_ref().map(|b| (m, b)))
             .collect();
-        if candidates.is_empty() {
-            return months;
-        }
         for k in keys {
-            for (m, s) in &candidates {
-                if !months.contains(*m) && s.bloom.check(&k.0[..]) {
+            for (m, bloom) in &candidates {
+                if !months.contains(*m) && bloom.check(&k.0[..]) {
                     months.insert(**m);
                 }
             }
         }
-        months
+        Ok(months)
     }
 
     /// The stored months that may hold an execution with an event on `day`.
@@ -277,7 +351,7 @@ impl Segments {
         version: u64,
         mut index: KeyIndex,
         rebuilt: bool,
-    ) -> anyhow::Result<(Vec<IndexSegment>, BTreeSet<Month>)> {
+    ) -> anyhow::Result<Written> {
         if rebuilt {
             self.replace_all();
         }
@@ -294,10 +368,22 @@ impl Segments {
                 .or_default()
                 .push((*k, *i));
         }
-        let mut out = Vec::new();
+        // The carried segments' filters go into the new pack too.
+        let carried = self
+            .stored
+            .keys()
+            .any(|m| !self.loaded.contains(m) && !by_month.contains_key(m));
+        if carried {
+            self.load_filters(lake).await?;
+        }
+        let mut out: Vec<(Month, IndexSegment, Vec<u8>)> = Vec::new();
         for (m, s) in std::mem::take(&mut self.stored) {
-            if !self.loaded.contains(&m) {
-                out.push((m, s.record));
+            if !self.loaded.contains(&m) && !by_month.contains_key(&m) {
+                let mut bitset = Vec::new();
+                if let Some(b) = &s.bloom {
+                    b.write_bitset(&mut bitset)?;
+                }
+                out.push((m, s.record, bitset));
             }
         }
         let mut written: BTreeSet<Month> = &self.loaded | &self.replaced;
@@ -318,20 +404,70 @@ impl Segments {
             let part = KeyIndex::default().finish(entries);
             let path = segment_path(shard, m, version);
             let file = crate::write_index(lake, path, &part).await?;
-            out.push((
-                m,
-                IndexSegment {
-                    month: month_name(m),
-                    file,
-                    keys,
-                    last_date: date_of_day(last_day),
-                    bloom: base64::engine::general_purpose::STANDARD.encode(bitset),
-                },
-            ));
+            let record = IndexSegment {
+                month: month_name(m),
+                file,
+                keys,
+                last_date: date_of_day(last_day),
+                bloom: String::new(),
+                bloom_at: None,
+            };
+            out.push((m, record, bitset));
         }
-        out.sort_by_key(|(m, _)| *m);
-        Ok((out.into_iter().map(|(_, r)| r).collect(), written))
+        out.sort_by_key(|(m, ..)| *m);
+        // One pack of every segment's filter, in month order.
+        let mut pack = Vec::new();
+        let mut records = Vec::with_capacity(out.len());
+        for (_, mut record, bitset) in out {
+            record.bloom = String::new();
+            record.bloom_at = Some([pack.len() as u64, bitset.len() as u64]);
+            pack.extend_from_slice(&bitset);
+            records.push(record);
+        }
+        let pack = if records.is_empty() {
+            None
+        } else {
+            let path = pack_path(shard, version);
+            let bytes = bytes::Bytes::from(pack);
+            let file = FileRecord {
+                path: path.to_string(),
+                rows: records.len() as u64,
+                bytes: bytes.len() as u64,
+                sha256: lake_common::parquet_io::sha256_hex(&bytes),
+            };
+            lake.put(&path, bytes).await?;
+            Some(file)
+        };
+        Ok(Written {
+            segments: records,
+            pack,
+            months: written,
+        })
     }
+}
+
+/// What [`Segments::write`] wrote, for the next manifest.
+#[derive(Debug)]
+pub struct Written {
+    /// Every segment's record.
+    pub segments: Vec<IndexSegment>,
+    /// The filter pack (`None`: no segment).
+    pub pack: Option<FileRecord>,
+    /// The months whose segments were written or emptied.
+    pub months: BTreeSet<Month>,
+}
+
+/// Where version `version` writes its filter pack.
+pub fn pack_path(shard: Shard, version: u64) -> Path {
+    filters_dir(shard).join(format!("{version:010}.bloom"))
+}
+
+fn filters_dir(shard: Shard) -> Path {
+    Dataset::SilverStopExecutions
+        .manifests_dir()
+        .join("segments")
+        .join(shard.to_string())
+        .join("filters")
 }
 
 /// The folder of month `m`'s segments: outside the shard's manifest folder,
@@ -354,14 +490,15 @@ pub fn version_of_segment(path: &Path) -> Option<u64> {
     let name = path.filename()?;
     let digits = name
         .strip_suffix(".index")
+        .or_else(|| name.strip_suffix(".bloom"))
         .or_else(|| name.strip_suffix(crate::partitions::SUFFIX))?;
     (digits.len() == 10).then(|| digits.parse().ok()).flatten()
 }
 
 /// After `committed` was committed: deletes, in each month it wrote or
 /// emptied, the segments and partition files of earlier versions (the ones it
-/// replaced, those of crashed runs). One listing per such month, a handful of
-/// objects each.
+/// replaced, those of crashed runs), and the earlier versions' filter packs.
+/// One listing per such month and one of the packs, a handful of objects each.
 pub async fn delete_replaced(
     lake: &Lake,
     shard: Shard,
@@ -373,15 +510,16 @@ pub async fn delete_replaced(
         .iter()
         .map(|s| &s.file)
         .chain(committed.partition_months.iter().map(|m| &m.file))
+        .chain(committed.bloom_pack.as_ref())
         .map(|f| f.path.as_str())
         .collect();
     let mut stale = Vec::new();
-    for m in months {
-        let found: Vec<_> = lake
-            .store()
-            .list(Some(&month_dir(shard, *m)))
-            .try_collect()
-            .await?;
+    let dirs = months
+        .iter()
+        .map(|m| month_dir(shard, *m))
+        .chain(std::iter::once(filters_dir(shard)));
+    for dir in dirs {
+        let found: Vec<_> = lake.store().list(Some(&dir)).try_collect().await?;
         stale.extend(found.into_iter().map(|o| o.location).filter(|p| {
             version_of_segment(p).is_some_and(|v| v < committed.version)
                 && !listed.contains(p.as_ref())
@@ -426,6 +564,45 @@ mod tests {
         i
     }
 
+    /// Manifests of formats 2 to 4 carry each filter inline: still read, and
+    /// a run writes them into a pack. A pack that does not match its manifest
+    /// is an error that says how to recover.
+    #[tokio::test]
+    async fn inline_filters_still_read_and_a_damaged_pack_is_refused() {
+        let lake = Lake::in_memory();
+        let shard = Shard { index: 0, count: 1 };
+        let k = |n: u8| KeyHash([n; 16]);
+        let mut index = KeyIndex::default();
+        index.insert(k(1), info(20_000, 20_000, 1));
+        let w = Segments::default()
+            .write(&lake, shard, 1, index, true)
+            .await
+            .unwrap();
+        let pack_path = Path::from(w.pack.as_ref().unwrap().path.as_str());
+        let pack = lake.get_bytes(&pack_path).await.unwrap();
+        let mut inline = w.segments.clone();
+        let [at, len] = inline[0].bloom_at.take().unwrap();
+        inline[0].bloom = base64::engine::general_purpose::STANDARD
+            .encode(&pack[at as usize..(at + len) as usize]);
+        let mut old = Segments::from_records(&inline, None).unwrap();
+        let found = old.maybe_holding(&lake, [k(1)].iter()).await.unwrap();
+        assert_eq!(found.len(), 1);
+
+        lake.put(&pack_path, bytes::Bytes::from_static(b"not a pack"))
+            .await
+            .unwrap();
+        let mut damaged = Segments::from_records(&w.segments, w.pack.as_ref()).unwrap();
+        let err = damaged
+            .maybe_holding(&lake, [k(1)].iter())
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("--full-refresh"), "{err:#}");
+        assert!(
+            Segments::from_records(&w.segments, None).is_err(),
+            "no pack, no filter"
+        );
+    }
+
     /// Written segments are found again by key (Bloom), by partition month and
     /// by the days their executions span; unchanged months are carried.
     #[tokio::test]
@@ -439,10 +616,15 @@ mod tests {
         index.insert(k(2), info(d(5, 20), d(7, 2), 2)); // spans into July
         index.insert(k(3), info(d(6, 1), d(6, 1), 3));
         index.insert(k(4), info(d(7, 9), d(7, 9), 4));
-        let (records, _) = Segments::default()
+        let first = Segments::default()
             .write(&lake, shard, 1, index, true)
             .await
             .unwrap();
+        let records = first.segments;
+        assert!(
+            records.iter().all(|r| r.bloom.is_empty()),
+            "no filter inline"
+        );
         let months: Vec<&str> = records.iter().map(|r| r.month.as_str()).collect();
         assert_eq!(months, ["2025-05", "2025-06", "2025-07"]);
         assert_eq!(records[0].keys, 2);
@@ -451,9 +633,9 @@ mod tests {
             NaiveDate::from_ymd_opt(2025, 7, 2).unwrap()
         );
 
-        let mut seg = Segments::from_records(&records).unwrap();
+        let mut seg = Segments::from_records(&records, first.pack.as_ref()).unwrap();
         assert_eq!(seg.total_keys(), 4);
-        let found = seg.maybe_holding([k(3)].iter());
+        let found = seg.maybe_holding(&lake, [k(3)].iter()).await.unwrap();
         assert!(found.contains(&month_of_day(d(6, 1))), "no false negative");
         let spanning: Vec<Month> = seg.spanning(d(7, 1)).collect();
         // May's k2 spans July 1st; July's own may; June ended before.
@@ -471,7 +653,8 @@ mod tests {
         assert_eq!(seg.reads, 1);
         assert_eq!(loaded.len(), 1);
         loaded.insert(k(3), info(d(7, 20), d(7, 20), 3));
-        let (next, written) = seg.write(&lake, shard, 2, loaded, false).await.unwrap();
+        let second = seg.write(&lake, shard, 2, loaded, false).await.unwrap();
+        let (next, written) = (second.segments, second.months);
         let june = month_of_day(d(6, 1));
         assert_eq!(
             written,
@@ -480,7 +663,14 @@ mod tests {
         );
         let months: Vec<&str> = next.iter().map(|r| r.month.as_str()).collect();
         assert_eq!(months, ["2025-05", "2025-07"]);
-        assert_eq!(next[0], records[0], "May untouched: the same object");
+        assert_eq!(
+            next[0].file, records[0].file,
+            "May untouched: the same object"
+        );
+        // Its filter was carried into version 2's pack: still found.
+        let mut again = Segments::from_records(&next, second.pack.as_ref()).unwrap();
+        let may = again.maybe_holding(&lake, [k(1)].iter()).await.unwrap();
+        assert!(may.contains(&month_of_day(d(5, 3))), "no false negative");
         assert_eq!(next[1].keys, 2);
         assert_eq!(
             version_of_segment(&Path::from(next[1].file.path.as_str())),
@@ -489,15 +679,16 @@ mod tests {
 
         // A rebuild with only June left replaces every month: May's and July's
         // segments are written or emptied, June's is new.
-        let mut rebuild = Segments::from_records(&next).unwrap();
+        let mut rebuild = Segments::from_records(&next, second.pack.as_ref()).unwrap();
         rebuild.replace_all();
         assert_eq!(rebuild.total_keys(), 0, "nothing is read");
         let mut only_june = KeyIndex::default();
         only_june.insert(k(3), info(d(6, 1), d(6, 1), 3));
-        let (rebuilt, months) = rebuild
+        let third = rebuild
             .write(&lake, shard, 3, only_june, false)
             .await
             .unwrap();
+        let (rebuilt, months) = (third.segments, third.months);
         assert_eq!(rebuilt.len(), 1);
         assert_eq!(
             months,
@@ -505,8 +696,9 @@ mod tests {
             "May and July emptied"
         );
 
-        // After the commit of version 2: July's version-1 segment goes, May's
-        // (carried) and July's new one stay.
+        // After the commit of version 2: July's version-1 segment and the
+        // version-1 filter pack go, May's (carried) and July's new one stay.
+        // (Version 3 is newer than the committed one: it stays.)
         let mut committed = crate::manifest::SilverManifest::pending(
             shard,
             2,
@@ -515,12 +707,16 @@ mod tests {
             "incremental",
         );
         committed.index_segments = next.clone();
+        committed.bloom_pack = second.pack.clone();
         assert_eq!(
             delete_replaced(&lake, shard, &written, &committed)
                 .await
                 .unwrap(),
-            2
+            3
         );
+        let pack = |w: &Option<FileRecord>| Path::from(w.as_ref().unwrap().path.as_str());
+        assert!(lake.get_bytes(&pack(&first.pack)).await.is_err());
+        lake.get_bytes(&pack(&second.pack)).await.unwrap();
         for r in &next {
             lake.get_bytes(&Path::from(r.file.path.as_str()))
                 .await

@@ -328,3 +328,66 @@ async fn a_key_used_again_months_later_folds_from_its_days_not_its_span() {
     let r = run(&t.lake, &incremental()).await;
     assert_eq!(r.work.days_read, 3, "{:?}", r.work);
 }
+
+/// #17: the manifest every run reads does not grow with the keys of the
+/// index. The segments' Bloom filters (~1.2 bytes a key) were inline in it:
+/// 3 MiB after three years, read and parsed by every run, a no-op one
+/// included. They live in one object per version now, which only a run that
+/// looks keys up reads.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_manifest_does_not_grow_with_the_keys_of_the_index() {
+    use silver_transform::key::Shard;
+    use silver_transform::manifest;
+    let t = TestLake::new().await;
+    let ev = |n: u64, at: &str| {
+        Ev::new(n, at, Some(&format!("tok-{n}")), "STOP_TRIGGERED")
+            .client(1)
+            .qty("1")
+    };
+    let size = |m: &manifest::SilverManifest| serde_json::to_vec(m).unwrap().len();
+    commit_batch(&t.lake, 1, &[ev(1, "2025-01-10T06:00:00Z")]).await;
+    run(&t.lake, &incremental()).await;
+    let committed = || async {
+        manifest::find(&t.lake, Shard::ALL)
+            .await
+            .unwrap()
+            .committed
+            .unwrap()
+    };
+    let small = size(&committed().await);
+    // 20 000 executions in February.
+    let feb: Vec<Ev> = (0..20_000u64)
+        .map(|n| {
+            ev(
+                100 + n,
+                &format!("2025-02-10T{:02}:{:02}:00Z", n / 60 % 24, n % 60),
+            )
+        })
+        .collect();
+    commit_batch(&t.lake, 2, &feb).await;
+    run(&t.lake, &incremental()).await;
+    let m = committed().await;
+    assert_eq!(m.index_keys, 20_001);
+    let large = size(&m);
+    assert!(
+        large < small + 2_000,
+        "one more segment record, not its keys' filter: {small} -> {large} bytes"
+    );
+    // Lookups still find old keys: a late event of January's execution.
+    commit_batch(
+        &t.lake,
+        3,
+        &[
+            Ev::new(3, "2025-02-11T06:00:00Z", Some("tok-1"), "EXECUTED")
+                .client(1)
+                .qty("1")
+                .fill("1"),
+        ],
+    )
+    .await;
+    let r = run(&t.lake, &incremental()).await;
+    assert_eq!(r.partitions.recomputed, 1, "{:?}", r.work);
+    let incremental_result = silver(&t.lake).await;
+    run(&t.lake, &full_refresh()).await;
+    assert_eq!(silver(&t.lake).await, incremental_result);
+}
