@@ -13,8 +13,8 @@
 //! * bronze: every live file (the checkpoint's and those of the entries after
 //!   it, a pending entry's too) and the newest row-identity state;
 //! * silver: for the latest committed version of every shard of every shard
-//!   layout, its partitions' silver and quarantine files and the months of its
-//!   key index and partition table.
+//!   layout, its partitions' silver and quarantine files, the months of its
+//!   key index and partition table, and its key index's filter pack.
 //!
 //! The logs themselves (`_manifests/` of each dataset, but silver's monthly
 //! segments, which its manifests list like data) are never collected.

@@ -73,12 +73,12 @@ pub struct Args {
     /// Bronze rows read and folded at a time: a day holding more is folded in
     /// time windows. Memory follows it (~350 bytes a row, --parallel-days
     /// windows in flight). Default: a quarter of the memory budget.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1000..))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1000..=1 << 40))]
     pub fold_window_rows: Option<u64>,
     /// The memory the run may use, MiB. Default: 80 % of the container's
     /// memory limit (cgroup), else 512. Sizes the fold windows; a run that
     /// held more warns and reports it (docs/silver.md, "Memory and speed").
-    #[arg(long, env = "SILVER_MEMORY_MB", value_parser = clap::value_parser!(u64).range(64..))]
+    #[arg(long, env = "SILVER_MEMORY_MB", value_parser = clap::value_parser!(u64).range(64..=1 << 24))]
     pub memory_mb: Option<u64>,
     /// TEST ONLY: sleep this long after publishing each partition, so a test can
     /// kill the process in the middle of a rewrite. Never set it in production.

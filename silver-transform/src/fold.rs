@@ -363,7 +363,9 @@ impl Folded {
     pub fn insert_new(&mut self, key: Box<str>, acc: Acc) {
         debug_assert!(!self.slots.contains_key(&key));
         if self.chunks.last().is_none_or(|c| c.len() == CHUNK) {
-            self.chunks.push(Vec::with_capacity(CHUNK));
+            // Grows by doubling up to CHUNK (a power of two), so a small
+            // fold (a window, a frozen partition's) stays small.
+            self.chunks.push(Vec::new());
         }
         if let Some(chunk) = self.chunks.last_mut() {
             chunk.push(acc);

@@ -7,17 +7,18 @@
 //!
 //! 1. the new batches' files are scanned for their execution keys only (narrow
 //!    projection); each key's index entry is merged with what the scan saw, which
-//!    gives its new first event (so its new partition) and its day span;
+//!    gives its new first event (so its new partition) and the days that may
+//!    hold its events (its span less its longest run of days without any);
 //! 2. the *affected* keys are those of the new files plus, when a backfill
-//!    superseded earlier files, every indexed key whose day span touches a
+//!    superseded earlier files, every indexed key whose days include a
 //!    superseded day;
 //! 3. the partitions to recompute are the old and the new partition of every
 //!    affected key (an earlier late event can move an execution to another day,
 //!    and a key can change client), plus any forced ones (`--date`, partitions a
 //!    crashed run had planned, everything on `--full-refresh`);
 //! 4. every execution of those partitions is folded from bronze: the index gives
-//!    each one's day span, so exactly the days holding their events are read, and
-//!    only their events are folded;
+//!    the days that may hold each one's events, only those are read, and only
+//!    their events are folded;
 //! 5. if a folded execution lands in a partition not yet in the set (only possible
 //!    when bronze lost events, e.g. a backfill that re-exported less), that
 //!    partition joins the set and its executions are folded too, until stable.
@@ -61,9 +62,11 @@ use crate::segments::{Segments, month_of_day};
 /// Files scanned for keys concurrently.
 const SCAN_CONCURRENCY: usize = 8;
 
-/// Bronze rows folded at a time by default: what bounds silver's working set
-/// for the bronze it reads, whatever a day holds (a decoded row is ~350 bytes,
-/// `parallel_days` units are in flight; docs/silver.md, "Memory and speed").
+/// Bronze rows folded at a time by [`crate::Options`]' default (the command
+/// line sizes them from the memory budget, [`crate::memory::Budget`]): what
+/// bounds silver's working set for the bronze it reads, whatever a day holds
+/// (a decoded row is ~350 bytes, `parallel_days` units are in flight;
+/// docs/silver.md, "Memory and speed").
 pub const FOLD_WINDOW_ROWS: u64 = 200_000;
 
 /// Windows are at least a minute long (a day of 288 M events would still fold).

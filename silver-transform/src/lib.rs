@@ -246,7 +246,7 @@ pub async fn run(lake: &Lake, options: &Options) -> anyhow::Result<RunReport> {
         retained_before: None,
         recovered_partitions: 0,
         work: Default::default(),
-        memory: Default::default(),
+        memory: memory::Held::of_budget(options.memory),
         partitions: Default::default(),
         rows: Default::default(),
         quality: quality::QualityReport::new(options.max_violation_ratio),

@@ -23,10 +23,14 @@
 //!
 //! The filters are ~1.2 bytes per key, so they grow with history (3 MiB after
 //! three years of 3 000 executions a day). Kept in the manifest (formats 2
-//! to 4, still read), they made every run, one with nothing new included,
+//! and 3, still read), they made every run, one with nothing new included,
 //! read and parse them; in one object per version (`filters/<v:010>.bloom`,
-//! its path and checksum in the manifest), only a run that looks keys up
-//! reads them, in one request.
+//! its path and checksum in the manifest), a run with nothing new reads none,
+//! a run with work reads the pack once and a commit writes a new one (a
+//! pack per segment would make that follow the months touched; not yet).
+//! A pack that is missing or damaged loses nothing: its filters count as
+//! "maybe", so the segments they would have ruled out are read, and the
+//! next commit rewrites those segments with new filters.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -92,22 +96,13 @@ pub enum SegmentError {
     /// A record names no month.
     #[error("key index segment {0:?} names no month (YYYY-MM)")]
     Month(String),
-    /// A record's filter does not decode, or the pack does not match.
-    #[error(
-        "key index segment {month}'s Bloom filter cannot be read: {reason}; run with --full-refresh to rebuild the index"
-    )]
-    Bloom {
-        /// The segment.
-        month: String,
-        /// Why.
-        reason: String,
-    },
 }
 
 struct Stored {
     record: IndexSegment,
     last_day: i32,
-    /// `None` until the filter pack is read ([`Segments::load_filters`]).
+    /// `None` until the filter pack is read ([`Segments::load_filters`]), or
+    /// if it was lost: then the segment may hold any key.
     bloom: Option<Sbbf>,
 }
 
@@ -116,7 +111,7 @@ struct Stored {
 #[derive(Default)]
 pub struct Segments {
     stored: BTreeMap<Month, Stored>,
-    /// The committed version's filter pack.
+    /// The committed version's filter pack (`None` once read, or lost).
     pack: Option<FileRecord>,
     loaded: BTreeSet<Month>,
     /// Months whose stored segments a rebuild replaces (none of them is read).
@@ -151,22 +146,23 @@ impl Segments {
         for r in records {
             let month =
                 parse_month(&r.month).ok_or_else(|| SegmentError::Month(r.month.clone()))?;
+            // No inline filter: in the pack (or lost: "maybe").
             let bloom = if r.bloom.is_empty() {
-                if r.bloom_at.is_none() || pack.is_none() {
-                    return Err(SegmentError::Bloom {
-                        month: r.month.clone(),
-                        reason: "the manifest gives it no filter".into(),
-                    });
-                }
                 None
             } else {
+                // Inline (formats 2 and 3); one that does not decode to whole
+                // 32-byte blocks counts as lost, like a damaged pack's.
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(&r.bloom)
-                    .map_err(|e| SegmentError::Bloom {
-                        month: r.month.clone(),
-                        reason: e.to_string(),
-                    })?;
-                Some(Sbbf::new(&bytes))
+                    .ok()
+                    .filter(|b| !b.is_empty() && b.len() % 32 == 0);
+                if bytes.is_none() {
+                    lost_pack(
+                        &Path::from("(inline)"),
+                        &format!("the filter of {} does not decode", r.month),
+                    );
+                }
+                bytes.map(|b| Sbbf::new(&b))
             };
             stored.insert(
                 month,
@@ -185,35 +181,43 @@ impl Segments {
     }
 
     /// Reads the filter pack if a stored segment's filter is not known yet
-    /// (one request per run at most).
+    /// (one request per run at most). A pack that is missing or does not
+    /// match the manifest is not an error: its filters stay unknown, so
+    /// [`Segments::maybe_holding`] names their segments and
+    /// [`Segments::write`] rewrites them with new filters.
     pub async fn load_filters(&mut self, lake: &Lake) -> anyhow::Result<()> {
         if self.stored.values().all(|s| s.bloom.is_some()) {
             return Ok(());
         }
-        let Some(pack) = &self.pack else {
+        let Some(pack) = self.pack.take() else {
             return Ok(());
         };
         let path = Path::from(pack.path.as_str());
-        let bytes = lake.get_bytes(&path).await?;
-        let mismatch = |month: &str, reason: &str| SegmentError::Bloom {
-            month: month.to_owned(),
-            reason: format!("{reason} ({path})"),
+        let bytes = match lake.get_bytes(&path).await {
+            Ok(b) => b,
+            Err(object_store::Error::NotFound { .. }) => {
+                lost_pack(&path, "it is gone");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
         };
         if bytes.len() as u64 != pack.bytes
             || lake_common::parquet_io::sha256_hex(&bytes) != pack.sha256
         {
-            return Err(mismatch("every", "the filter pack does not match its manifest").into());
+            lost_pack(&path, "it does not match the manifest's size or checksum");
+            return Ok(());
         }
         for s in self.stored.values_mut().filter(|s| s.bloom.is_none()) {
-            let [at, len] = s.record.bloom_at.unwrap_or_default();
-            let range = usize::try_from(at)
-                .ok()
-                .zip(usize::try_from(at.saturating_add(len)).ok())
-                .filter(|(_, end)| *end <= bytes.len());
-            let Some((from, to)) = range else {
-                return Err(mismatch(&s.record.month, "outside the filter pack").into());
-            };
-            s.bloom = Some(Sbbf::new(&bytes[from..to]));
+            // A split-block filter is whole 32-byte blocks, at least one.
+            let slice = s.record.bloom_at.and_then(|[at, len]| {
+                let from = usize::try_from(at).ok()?;
+                let to = from.checked_add(usize::try_from(len).ok()?)?;
+                (len >= 32 && len % 32 == 0 && to <= bytes.len()).then(|| &bytes[from..to])
+            });
+            match slice {
+                Some(b) => s.bloom = Some(Sbbf::new(b)),
+                None => lost_pack(&path, &format!("it holds no filter of {}", s.record.month)),
+            }
         }
         Ok(())
     }
@@ -287,12 +291,21 @@ impl Segments {
             return Ok(months);
         }
         self.load_filters(lake).await?;
-        let candidates: Vec<(&Month, &Sbbf)> = self
-            .stored
-            .iter()
-            .filter(|(m, _)| !self.loaded.contains(m))
-            .filter_map(|(m, s)| s.bloom.as_ref().map(|b| (m, b)))
-            .collect();
+        let mut candidates: Vec<(&Month, &Sbbf)> = Vec::new();
+        for (m, s) in self.stored.iter().filter(|(m, _)| !self.loaded.contains(m)) {
+            match &s.bloom {
+                Some(b) => candidates.push((m, b)),
+                // A lost filter may hold any key.
+                None => {
+                    months.insert(*m);
+                }
+            }
+        }
+        let mut keys = keys.peekable();
+        if keys.peek().is_none() {
+            // No key to look up: an unknown filter names nothing either.
+            return Ok(BTreeSet::new());
+        }
         for k in keys {
             for (m, bloom) in &candidates {
                 if !months.contains(*m) && bloom.check(&k.0[..]) {
@@ -355,6 +368,19 @@ impl Segments {
         if rebuilt {
             self.replace_all();
         }
+        // The carried segments' filters go into the new pack; a carried
+        // segment whose filter was lost is loaded and rewritten instead,
+        // which rebuilds it.
+        if self.stored.keys().any(|m| !self.loaded.contains(m)) {
+            self.load_filters(lake).await?;
+        }
+        let lost: Vec<Month> = self
+            .stored
+            .iter()
+            .filter(|(m, s)| !self.loaded.contains(m) && s.bloom.is_none())
+            .map(|(m, _)| *m)
+            .collect();
+        self.load(lake, lost, &mut index).await?;
         let mut by_month: BTreeMap<Month, Vec<(KeyHash, KeyInfo)>> = BTreeMap::new();
         let gained: BTreeSet<Month> = index
             .iter()
@@ -368,21 +394,17 @@ impl Segments {
                 .or_default()
                 .push((*k, *i));
         }
-        // The carried segments' filters go into the new pack too.
-        let carried = self
-            .stored
-            .keys()
-            .any(|m| !self.loaded.contains(m) && !by_month.contains_key(m));
-        if carried {
-            self.load_filters(lake).await?;
-        }
         let mut out: Vec<(Month, IndexSegment, Vec<u8>)> = Vec::new();
         for (m, s) in std::mem::take(&mut self.stored) {
             if !self.loaded.contains(&m) && !by_month.contains_key(&m) {
+                let Some(bloom) = &s.bloom else {
+                    anyhow::bail!(
+                        "key index segment {} was carried without its filter",
+                        s.record.month
+                    );
+                };
                 let mut bitset = Vec::new();
-                if let Some(b) = &s.bloom {
-                    b.write_bitset(&mut bitset)?;
-                }
+                bloom.write_bitset(&mut bitset)?;
                 out.push((m, s.record, bitset));
             }
         }
@@ -444,6 +466,14 @@ impl Segments {
             months: written,
         })
     }
+}
+
+fn lost_pack(path: &Path, why: &str) {
+    tracing::warn!(
+        pack = %path,
+        "The key index's filter pack cannot be used ({why}): the segments it would rule out are read \
+         instead, and this run's commit rewrites them with new filters; nothing is lost"
+    );
 }
 
 /// What [`Segments::write`] wrote, for the next manifest.
@@ -564,11 +594,12 @@ mod tests {
         i
     }
 
-    /// Manifests of formats 2 to 4 carry each filter inline: still read, and
-    /// a run writes them into a pack. A pack that does not match its manifest
-    /// is an error that says how to recover.
+    /// Manifests of formats 2 and 3 carry each filter inline: still read, and
+    /// a run writes them into a pack. A pack that is missing or damaged
+    /// loses nothing: its segments count as "maybe" and the next write
+    /// rebuilds their filters.
     #[tokio::test]
-    async fn inline_filters_still_read_and_a_damaged_pack_is_refused() {
+    async fn inline_filters_still_read_and_a_damaged_pack_loses_nothing() {
         let lake = Lake::in_memory();
         let shard = Shard { index: 0, count: 1 };
         let k = |n: u8| KeyHash([n; 16]);
@@ -587,19 +618,48 @@ mod tests {
         let mut old = Segments::from_records(&inline, None).unwrap();
         let found = old.maybe_holding(&lake, [k(1)].iter()).await.unwrap();
         assert_eq!(found.len(), 1);
+        let none = old.maybe_holding(&lake, [k(9)].iter()).await.unwrap();
+        assert!(none.is_empty(), "the inline filter rules the key out");
 
         lake.put(&pack_path, bytes::Bytes::from_static(b"not a pack"))
             .await
             .unwrap();
         let mut damaged = Segments::from_records(&w.segments, w.pack.as_ref()).unwrap();
-        let err = damaged
-            .maybe_holding(&lake, [k(1)].iter())
+        let maybe = damaged.maybe_holding(&lake, [k(9)].iter()).await.unwrap();
+        assert_eq!(maybe.len(), 1, "a lost filter may hold any key");
+        // A write that touches nothing rewrites the month, with a new filter.
+        let damaged = Segments::from_records(&w.segments, w.pack.as_ref()).unwrap();
+        let again = damaged
+            .write(&lake, shard, 2, KeyIndex::default(), false)
             .await
-            .unwrap_err();
-        assert!(format!("{err:#}").contains("--full-refresh"), "{err:#}");
+            .unwrap();
+        assert_eq!(again.segments.len(), 1);
+        assert_eq!(again.segments[0].keys, 1, "its entries kept");
+        assert_ne!(again.segments[0].file, w.segments[0].file, "rewritten");
+        let mut healed = Segments::from_records(&again.segments, again.pack.as_ref()).unwrap();
+        assert_eq!(
+            healed
+                .maybe_holding(&lake, [k(1)].iter())
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         assert!(
-            Segments::from_records(&w.segments, None).is_err(),
-            "no pack, no filter"
+            healed
+                .maybe_holding(&lake, [k(9)].iter())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // No pack at all: the same.
+        let mut gone = Segments::from_records(&w.segments, None).unwrap();
+        assert_eq!(
+            gone.maybe_holding(&lake, [k(9)].iter())
+                .await
+                .unwrap()
+                .len(),
+            1
         );
     }
 

@@ -257,6 +257,13 @@ pub async fn assert_references_exist(lake: &Lake) {
                 s.file.path
             );
         }
+        if let Some(pack) = &m.bloom_pack {
+            assert!(
+                all.contains(&pack.path),
+                "filter pack {} is gone",
+                pack.path
+            );
+        }
     }
 }
 
