@@ -231,13 +231,7 @@ impl PartitionTable {
         for (m, records) in by_month {
             let path = month_dir(shard, m).join(format!("{version:010}{SUFFIX}"));
             let bytes = Bytes::from(serde_json::to_vec(&records)?);
-            let file = FileRecord {
-                path: path.to_string(),
-                rows: records.len() as u64,
-                bytes: bytes.len() as u64,
-                sha256: lake_common::parquet_io::sha256_hex(&bytes),
-            };
-            lake.put(&path, bytes).await?;
+            let file = FileRecord::put(lake, &path, records.len() as u64, bytes).await?;
             let silver = || records.iter().filter_map(|r| r.silver.as_ref());
             out.insert(
                 m,

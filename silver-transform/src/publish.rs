@@ -89,6 +89,26 @@ pub struct FileRecord {
     pub sha256: String,
 }
 
+impl FileRecord {
+    /// Writes `bytes` (holding `rows` records) to `path`, a name of its
+    /// version's own, with a plain PUT, and returns its record.
+    pub async fn put(
+        lake: &Lake,
+        path: &Path,
+        rows: u64,
+        bytes: bytes::Bytes,
+    ) -> object_store::Result<Self> {
+        let record = Self {
+            path: path.to_string(),
+            rows,
+            bytes: bytes.len() as u64,
+            sha256: lake_common::parquet_io::sha256_hex(&bytes),
+        };
+        lake.put(path, bytes).await?;
+        Ok(record)
+    }
+}
+
 /// The silver data file of a partition written by `run` for `version`.
 pub fn silver_path(p: PartitionKey, version: u64, run: &str) -> Path {
     Dataset::SilverStopExecutions

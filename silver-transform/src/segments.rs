@@ -450,15 +450,8 @@ impl Segments {
             None
         } else {
             let path = pack_path(shard, version);
-            let bytes = bytes::Bytes::from(pack);
-            let file = FileRecord {
-                path: path.to_string(),
-                rows: records.len() as u64,
-                bytes: bytes.len() as u64,
-                sha256: lake_common::parquet_io::sha256_hex(&bytes),
-            };
-            lake.put(&path, bytes).await?;
-            Some(file)
+            let rows = records.len() as u64;
+            Some(FileRecord::put(lake, &path, rows, pack.into()).await?)
         };
         Ok(Written {
             segments: records,
