@@ -88,6 +88,7 @@ ALLOWED_ENV = frozenset(
         "BRONZE_HORIZON_WARN",
         "SILVER_MAX_VIOLATION_RATIO",
         "SILVER_SHARD_COUNT",
+        "SILVER_MEMORY_MB",
         "JOB_COMPLETION_INDEX",
         "PUSHGATEWAY_URL",
         "MAINTAIN_GRACE",
