@@ -476,7 +476,8 @@ async fn silver_retention_removes_old_partitions_and_never_passes_bronze() {
             .retained_before
     };
     assert_eq!(retained(lake.clone()).await, Some(target));
-    // The key index keeps no execution of a removed partition.
+    // The key index keeps no execution that ended before the horizon (one of
+    // a removed partition with a later event would stay: see below).
     let after = silver_transform::manifest::find(&lake, silver_transform::key::Shard::ALL)
         .await
         .unwrap()
@@ -494,8 +495,9 @@ async fn silver_retention_removes_old_partitions_and_never_passes_bronze() {
             .await
             .unwrap();
         assert!(
-            ix.iter().all(|(_, i)| i.partition().day >= first_kept),
-            "segment {} keeps an execution of a removed partition",
+            ix.iter()
+                .all(|(_, i)| i.partition().day >= first_kept || i.last_day >= first_kept),
+            "segment {} keeps an execution that ended before the horizon",
             seg.month
         );
     }
@@ -503,7 +505,7 @@ async fn silver_retention_removes_old_partitions_and_never_passes_bronze() {
         after
             .index_segments
             .iter()
-            .all(|seg| seg.month >= target.format("%Y-%m").to_string()),
+            .all(|seg| seg.month >= target.format("%Y-%m").to_string() || seg.last_date >= target),
         "{:?}",
         after
             .index_segments
@@ -549,6 +551,124 @@ async fn silver_retention_removes_old_partitions_and_never_passes_bronze() {
     assert_eq!(s.shards[0].version, None, "{s:?}");
     assert_references_exist(&lake).await;
     h.assert_bronze_equals_postgres().await;
+}
+
+/// A new event, dated `$3`, for the execution of PostgreSQL's earliest event
+/// (before `$2`): the same key, used again.
+const KEY_AGAIN: &str = "INSERT INTO stop_events (event_id, occurred_at, operation_id, client_id, \
+     symbol, event_type, execution_token, payload_json, source, retry_count) \
+     SELECT $1::text::uuid, $3, operation_id, client_id, symbol, 'FAILED', execution_token, '{}', \
+     source, retry_count + 1 FROM stop_events WHERE occurred_at < $2 AND execution_token IS NOT NULL \
+     ORDER BY occurred_at LIMIT 1";
+
+/// #17 (found by review): a key used before silver's horizon, again between
+/// it and bronze's (a late event of a frozen execution), and again after
+/// silver's retention removed its execution's partition. A full refresh
+/// reads the two later events from bronze: the incremental run must treat
+/// them the same way, so the key's index entry outlives its partition for as
+/// long as bronze may hold its events.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_used_again_after_silver_retention_folds_as_a_full_refresh_does() {
+    const SILVER_KEEP: u32 = 14;
+    let h = twenty_days(5).await;
+    let lake = h.lake();
+    let day = latest_events_entry(&lake).await.snapshot_time.date_naive();
+    let silver_target = day - chrono::Days::new(u64::from(SILVER_KEEP));
+    let at = |d: NaiveDate| d.and_hms_opt(12, 0, 0).unwrap().and_utc();
+    // Bronze keeps 10 days: the execution of the earliest event is frozen.
+    lake_maintain::run(&lake, &retain_options()).await.unwrap();
+    h.silver(Mode::Incremental).await;
+
+    let client = h.pg.client().await.unwrap();
+    let n = client
+        .execute(
+            KEY_AGAIN,
+            &[
+                &"00000000-0000-0000-0000-00000000f101",
+                &at(silver_target),
+                &at(day - chrono::Days::new(5)),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    h.bronze().await;
+    let s = h.silver(Mode::Incremental).await;
+    assert_eq!(s.work.frozen_executions, 1, "{:?}", s.work);
+    assert_eq!(late_rows(&lake).await.len(), 1);
+    h.assert_full_refresh_changes_nothing().await;
+
+    // Silver's retention removes the execution's partition, and its late row.
+    let opts = Options {
+        silver_retention_days: Some(SILVER_KEEP),
+        ..retain_options()
+    };
+    let r = lake_maintain::run(&lake, &opts).await.unwrap();
+    assert!(r.silver_retention.clone().unwrap().partitions() > 0);
+    assert_eq!(late_rows(&lake).await, vec![], "removed with its partition");
+    h.silver(Mode::Incremental).await;
+    h.assert_full_refresh_changes_nothing().await;
+
+    // The key again, four days ago: late for an execution silver removed.
+    let again = |id: &'static str, when: chrono::DateTime<Utc>| {
+        let client = &client;
+        async move {
+            let n = client
+                .execute(KEY_AGAIN, &[&id, &at(silver_target), &when])
+                .await
+                .unwrap();
+            assert_eq!(n, 1);
+        }
+    };
+    again(
+        "00000000-0000-0000-0000-00000000f102",
+        at(day - chrono::Days::new(4)),
+    )
+    .await;
+    h.bronze().await;
+    let s = h.silver(Mode::Incremental).await;
+    assert_eq!(s.work.frozen_executions, 1, "{:?}", s.work);
+    assert_eq!(s.work.frozen_removed, 1, "{:?}", s.work);
+    assert_eq!(s.partitions.recomputed, 0, "{:?}", s.partitions);
+    assert_eq!(
+        late_rows(&lake).await,
+        vec![],
+        "no partition to hold its row"
+    );
+    h.assert_full_refresh_changes_nothing().await;
+
+    // Both horizons pass its last event: the entry goes, and the key starts
+    // an execution of its own (bronze holds none of its earlier events).
+    let keys = index_keys(&lake).await;
+    let short = Options {
+        bronze_retention_days: Some(3),
+        silver_retention_days: Some(3),
+        ..retain_options()
+    };
+    let r = lake_maintain::run(&lake, &short).await.unwrap();
+    assert_eq!(
+        r.silver_retention.unwrap().horizon,
+        Some(day - chrono::Days::new(3))
+    );
+    assert!(index_keys(&lake).await < keys);
+    h.silver(Mode::Incremental).await;
+    h.assert_full_refresh_changes_nothing().await;
+    again("00000000-0000-0000-0000-00000000f103", Utc::now()).await;
+    h.bronze().await;
+    let s = h.silver(Mode::Incremental).await;
+    assert_eq!(s.work.frozen_executions, 0, "{:?}", s.work);
+    assert_eq!(s.partitions.recomputed, 1, "{:?}", s.partitions);
+    h.assert_full_refresh_changes_nothing().await;
+    assert_references_exist(&lake).await;
+}
+
+async fn index_keys(lake: &Lake) -> u64 {
+    silver_transform::manifest::find(lake, silver_transform::key::Shard::ALL)
+        .await
+        .unwrap()
+        .committed
+        .unwrap()
+        .index_keys
 }
 
 /// Runs every shard of a `count`-shard layout of silver in `mode`.

@@ -131,6 +131,20 @@ pub struct Request {
     pub window_rows: u64,
     /// Counts the events folded, on a terminal.
     pub progress: lake_common::telemetry::Progress,
+    /// Silver's own retention horizon (`retained_before` of its manifest):
+    /// the partitions before it are gone, so a later event of one of their
+    /// executions (whose index entry outlives them, [`crate::retain`]) is
+    /// counted and written nowhere.
+    pub removed_before: Option<i32>,
+}
+
+impl Request {
+    /// Whether this run writes the `after_retention_horizon` rows of the
+    /// frozen executions of partition `p`: those the shard owns and silver's
+    /// retention kept.
+    fn writes_late_rows_of(&self, p: PartitionKey) -> bool {
+        self.shard.owns(p.client_id) && self.removed_before.is_none_or(|r| p.day >= r)
+    }
 }
 
 /// Counters of the work done.
@@ -167,6 +181,10 @@ pub struct WorkStats {
     /// (or a backfill) touched: their rows kept, not folded; their events from
     /// the horizon on quarantined (`after_retention_horizon`).
     pub frozen_executions: u64,
+    /// Of those, the executions whose partition silver's retention removed:
+    /// their events are counted here and written nowhere (silver keeps no
+    /// row of an execution begun before its own horizon).
+    pub frozen_removed: u64,
     /// New bronze files of days before the retention horizon (late rows): not read.
     pub files_behind_horizon: u64,
 }
@@ -322,11 +340,17 @@ pub async fn recompute(
         }
     }
     out.stats.frozen_executions = touched.len() as u64;
+    out.stats.frozen_removed = touched
+        .values()
+        .filter(|i| req.removed_before.is_some_and(|r| i.partition().day < r))
+        .count() as u64;
     if out.stats.frozen_executions > 0 {
         tracing::warn!(
             executions = out.stats.frozen_executions,
+            removed_by_silver_retention = out.stats.frozen_removed,
             "New bronze events for executions begun before the retention horizon: their rows stay, \
-             the events go to quarantine (after_retention_horizon)"
+             the events go to quarantine (after_retention_horizon), except for the executions whose \
+             partition silver's retention removed (counted only)"
         );
     }
     out.stats.keys_affected = affected.len() as u64;
@@ -478,7 +502,7 @@ async fn fold_everything(
         match touched {
             // Counted already, by the incremental plan.
             Some(touched) => {
-                out.late_for_frozen = group_late(req.shard, &touched, late);
+                out.late_for_frozen = group_late(req, &touched, late);
                 for (k, m) in touched {
                     frozen.insert(k, m);
                 }
@@ -511,7 +535,7 @@ async fn fold_late(
     let mut keys: FxHashSet<KeyHash> = FxHashSet::default();
     let mut days: BTreeSet<i32> = BTreeSet::new();
     for (k, info) in touched {
-        if req.shard.owns(info.partition().client_id) {
+        if req.writes_late_rows_of(info.partition()) {
             keys.insert(*k);
             days.extend(info.days().filter(|d| *d >= h));
         }
@@ -521,20 +545,21 @@ async fn fold_late(
     }
     let (folded, round) = fold_days(lake, view, days, Arc::new(KeyFilter::Keys(keys)), req).await?;
     stats.add_fold_round(&round);
-    Ok(group_late(req.shard, touched, folded))
+    Ok(group_late(req, touched, folded))
 }
 
-/// The frozen executions `touched` whose partition `shard` owns, with their
-/// folds from `folded`, by partition.
+/// The frozen executions `touched` whose late rows `req` writes
+/// ([`Request::writes_late_rows_of`]), with their folds from `folded`, by
+/// partition.
 fn group_late(
-    shard: Shard,
+    req: &Request,
     touched: &FxHashMap<KeyHash, KeyInfo>,
     folded: Folded,
 ) -> BTreeMap<PartitionKey, Late> {
     let mut out: BTreeMap<PartitionKey, Late> = BTreeMap::new();
     for (k, info) in touched {
         let p = info.partition();
-        if shard.owns(p.client_id) {
+        if req.writes_late_rows_of(p) {
             out.entry(p).or_default().keys.insert(*k);
         }
     }

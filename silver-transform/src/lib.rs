@@ -576,6 +576,7 @@ async fn execute(
         whole_shard_ratio: options.whole_shard_ratio,
         window_rows: options.window_rows,
         progress: Progress::new(&format!("{shard} folding"), "events"),
+        removed_before: committed.and_then(|m| m.retained_before).map(day_of_date),
     };
     let planned = async {
         let mut rec = recompute(lake, &view, prior, &req).await?;

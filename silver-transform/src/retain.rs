@@ -11,10 +11,18 @@
 //! later than bronze's: the partitions removed hold only executions that began
 //! before bronze's horizon, which silver never folds again
 //! ([`crate::incremental`]), so neither an incremental run nor a full refresh
-//! brings them back and "incremental equals a full recompute" still holds. Their
-//! key-index entries go with them: a new event for such an execution, more than
-//! silver's retention after it began, starts an execution of its own, in an
-//! incremental run and a full refresh alike (docs/maintenance.md).
+//! brings them back and "incremental equals a full recompute" still holds.
+//!
+//! **Their key-index entries outlive them while they have events after the
+//! horizon.** Such events (late ones, of a frozen execution) are in bronze, so
+//! a full refresh reads them; it would fold them into an execution of their
+//! own if the entry were gone, where the incremental runs had counted them as
+//! late (issue #17, `lake-maintain/tests/retain.rs`). So an entry goes only
+//! once its execution's last event is before the horizon too: bronze, whose
+//! horizon is no earlier, holds none of its events, and a new event for it
+//! starts an execution of its own in an incremental run and a full refresh
+//! alike. Later events for an execution whose partition is gone are counted
+//! and written nowhere ([`crate::incremental::Request::removed_before`]).
 
 use std::time::Duration;
 
@@ -117,7 +125,7 @@ pub async fn retain(
     out.partitions = doomed.len() as u64;
     let mut segments =
         Segments::from_records(&committed.index_segments, committed.bloom_pack.as_ref())?;
-    let stale_index = segments.holds_before(month_of_day(h));
+    let stale_index = segments.ended_before(h);
     if doomed.is_empty() && !stale_index {
         return skip(out, format!("no partition of a day before {before}"));
     }
@@ -139,10 +147,15 @@ pub async fn retain(
         for p in &doomed {
             table.remove(p);
         }
+        // An execution of a removed partition keeps its entry while it has
+        // events from the horizon on: bronze may hold them, and a full
+        // refresh, finding the entry, treats them as late events of a frozen
+        // execution, as the incremental runs did (module docs).
         let mut index = KeyIndex::default();
-        segments.retire_before(month_of_day(h));
-        segments.load(lake, [month_of_day(h)], &mut index).await?;
-        index.retain(|i| i.partition().day >= h);
+        segments.retire_ended_before(h);
+        let months: Vec<_> = segments.up_to(h).collect();
+        segments.load(lake, months, &mut index).await?;
+        index.retain(|i| i.partition().day >= h || i.last_day >= h);
         let segments = segments.write(lake, shard, version, index, false).await?;
         let (partition_months, table_months) = table.write(lake, shard, version).await?;
         let months = &segments.months | &table_months;

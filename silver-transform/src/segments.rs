@@ -247,19 +247,34 @@ impl Segments {
     }
 
     /// Forgets, without reading them, the stored segments of the months
-    /// before `month`: silver's retention removed every execution of them
-    /// ([`crate::retain`]); [`delete_replaced`] removes their objects.
-    pub fn retire_before(&mut self, month: Month) {
-        let earlier: Vec<Month> = self.stored.range(..month).map(|(m, _)| *m).collect();
-        for m in earlier {
+    /// before `day`'s whose executions all ended before `day`: silver's
+    /// retention removed every one of them ([`crate::retain`]), and bronze
+    /// holds none of their events; [`delete_replaced`] removes their objects.
+    pub fn retire_ended_before(&mut self, day: i32) {
+        let ended: Vec<Month> = self
+            .stored
+            .range(..month_of_day(day))
+            .filter(|(_, s)| s.last_day < day)
+            .map(|(m, _)| *m)
+            .collect();
+        for m in ended {
             self.stored.remove(&m);
             self.replaced.insert(m);
         }
     }
 
-    /// Whether a stored segment is of a month before `month`.
-    pub fn holds_before(&self, month: Month) -> bool {
-        self.stored.range(..month).next().is_some()
+    /// Whether a stored segment of a month before `day`'s holds only
+    /// executions that ended before `day` ([`Segments::retire_ended_before`]).
+    pub fn ended_before(&self, day: i32) -> bool {
+        self.stored
+            .range(..month_of_day(day))
+            .any(|(_, s)| s.last_day < day)
+    }
+
+    /// The stored months up to `day`'s: those that may hold executions begun
+    /// before `day`.
+    pub fn up_to(&self, day: i32) -> impl Iterator<Item = Month> + '_ {
+        self.stored.range(..=month_of_day(day)).map(|(m, _)| *m)
     }
 
     /// Entries over every stored segment.
