@@ -25,21 +25,21 @@
 //! not bounded) — held in memory for that one batch.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
-
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, FixedSizeBinaryArray, RecordBatch, StringArray, UInt64Array,
+    Array, ArrayRef, AsArray, BooleanArray, FixedSizeBinaryArray, RecordBatch, StringArray,
+    UInt64Array,
 };
+use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, Schema};
-use arrow::row::{RowConverter, Rows, SortField};
 use chrono::NaiveDate;
 use futures::{StreamExt, TryStreamExt};
 use lake_common::manifest::{Checkpoint, IdentityState, LiveFile};
 use lake_common::schema::{BATCH_COLUMN, INGESTED_AT_COLUMN, SourceTable};
 use lake_common::{Lake, parquet_io};
 use object_store::path::Path;
+use sha2::{Digest as _, Sha256};
 
 /// Columns of a state file: the key, the contract digest, and one hash column
 /// per added column, named with this prefix.
@@ -51,6 +51,14 @@ const STATE_CHUNK_ROWS: usize = 64 * 1024;
 
 /// A 128-bit digest of a row's contract columns.
 type Digest = [u8; 16];
+
+/// How [`Version`]s are computed: SHA-256 over the specified encoding of
+/// [`encode`]. Every state written records it ([`IdentityState::digest`]), and
+/// a state of another digest is never compared with (its versions are rebuilt
+/// from the live files): digests that changed under a reader would make a
+/// rewrite re-capture every row, and the outbox's retention remove files that
+/// hold latest versions. Change it with the encoding.
+pub const DIGEST: &str = "sha256-values-1";
 
 /// What identifies one version of an outbox row: its contract columns, and
 /// each added column its file holds (an interned name and a hash of the value,
@@ -147,9 +155,19 @@ impl Captured {
             names: Vec::new(),
         };
         let through = match state {
-            Some(s) if table.updated_in_place => {
+            Some(s) if table.updated_in_place && s.digest == DIGEST => {
                 out.read_state(lake, s).await?;
                 s.batch
+            }
+            Some(s) if table.updated_in_place => {
+                tracing::warn!(
+                    state = %s.path,
+                    digest = %s.digest,
+                    "The row-identity state was written with another digest than this release's \
+                     ({DIGEST}; an earlier release's is empty): its versions are rebuilt from the \
+                     live files instead, and the next checkpoint writes a state in this digest"
+                );
+                0
             }
             _ => 0,
         };
@@ -399,23 +417,23 @@ impl Captured {
             .iter()
             .filter_map(|c| batch.column_by_name(c.name).cloned())
             .collect();
-        let rows = row_bytes(&columns)?;
+        let rows = encode(&columns, batch.num_rows())?;
         let added = added_columns(self.table, batch);
-        let added_rows = added
+        let added_hashes = added
             .iter()
             .zip(ids)
             .filter_map(|((_, c), id)| id.map(|id| (id, c)))
-            .map(|(id, c)| Ok((id, row_bytes(std::slice::from_ref(c))?)))
+            .map(|(id, c)| {
+                let values = encode(std::slice::from_ref(c), batch.num_rows())?;
+                Ok((id, values.iter().map(|v| hash64(v)).collect::<Vec<_>>()))
+            })
             .collect::<Result<Vec<_>, IdentityError>>()?;
         Ok(Some(
             rows.iter()
                 .enumerate()
                 .map(|(i, row)| Version {
-                    base: digest(row.as_ref()),
-                    added: added_rows
-                        .iter()
-                        .map(|(id, r)| (*id, hash64(r.row(i).as_ref())))
-                        .collect(),
+                    base: digest(row),
+                    added: added_hashes.iter().map(|(id, h)| (*id, h[i])).collect(),
                 })
                 .collect(),
         ))
@@ -473,37 +491,236 @@ pub async fn write_state(
     checkpoint.identity_state = Some(IdentityState {
         path: path.to_string(),
         batch: checkpoint.batch,
+        digest: DIGEST.into(),
     });
     Ok(keys)
 }
 
-/// The row format of `columns` (comparable bytes per row).
-fn row_bytes(columns: &[ArrayRef]) -> Result<Rows, IdentityError> {
-    let converter = RowConverter::new(
-        columns
-            .iter()
-            .map(|c| SortField::new(c.data_type().clone()))
-            .collect(),
-    )?;
-    Ok(converter.convert_columns(columns)?)
+/// Each row of `columns` (`rows` of them) in a specified encoding, column
+/// after column; per value a tag byte (0: NULL, 1: a value), then the value:
+///
+/// * fixed-width types (integers, floats, decimals, dates, times,
+///   timestamps, intervals) as the Arrow columnar format lays them out:
+///   their little-endian bytes;
+/// * booleans as one byte (0 or 1);
+/// * strings and binaries as their length (little-endian u64), then their
+///   bytes; fixed-size binaries as their bytes;
+/// * any other type as arrow's cast to text, length-prefixed.
+///
+/// A specification, unlike arrow's row format (not meant to be persisted) or
+/// Rust's `DefaultHasher` (which may change with the toolchain): the digests
+/// in a state must mean the same to every later release ([`DIGEST`]).
+fn encode(columns: &[ArrayRef], rows: usize) -> Result<Vec<Vec<u8>>, IdentityError> {
+    let mut out = vec![Vec::new(); rows];
+    for column in columns {
+        let nulls = column.logical_nulls();
+        let nulls = nulls.as_ref();
+        match column.data_type() {
+            DataType::Boolean => {
+                let a = column.as_boolean();
+                put(&mut out, nulls, |i, o| o.push(u8::from(a.value(i))));
+            }
+            DataType::Utf8 => {
+                let a = column.as_string::<i32>();
+                put(&mut out, nulls, |i, o| sized(o, a.value(i).as_bytes()));
+            }
+            DataType::LargeUtf8 => {
+                let a = column.as_string::<i64>();
+                put(&mut out, nulls, |i, o| sized(o, a.value(i).as_bytes()));
+            }
+            DataType::Binary => {
+                let a = column.as_binary::<i32>();
+                put(&mut out, nulls, |i, o| sized(o, a.value(i)));
+            }
+            DataType::LargeBinary => {
+                let a = column.as_binary::<i64>();
+                put(&mut out, nulls, |i, o| sized(o, a.value(i)));
+            }
+            DataType::FixedSizeBinary(_) => {
+                let a = column.as_fixed_size_binary();
+                put(&mut out, nulls, |i, o| o.extend_from_slice(a.value(i)));
+            }
+            t if t.primitive_width().is_some() => {
+                let width = t.primitive_width().unwrap_or_default();
+                let data = column.to_data();
+                let values = data.buffers()[0].as_slice();
+                let first = data.offset();
+                put(&mut out, nulls, |i, o| {
+                    let at = (first + i) * width;
+                    o.extend_from_slice(&values[at..at + width]);
+                });
+            }
+            _ => {
+                let text = arrow::compute::cast(column, &DataType::Utf8)?;
+                let a = text.as_string::<i32>();
+                put(&mut out, nulls, |i, o| sized(o, a.value(i).as_bytes()));
+            }
+        }
+    }
+    Ok(out)
 }
 
+/// Appends each row's tag, and its value by `value` unless NULL.
+fn put(rows: &mut [Vec<u8>], nulls: Option<&NullBuffer>, value: impl Fn(usize, &mut Vec<u8>)) {
+    for (i, row) in rows.iter_mut().enumerate() {
+        if nulls.is_some_and(|n| n.is_null(i)) {
+            row.push(0);
+        } else {
+            row.push(1);
+            value(i, row);
+        }
+    }
+}
+
+/// Appends `bytes` after their length.
+fn sized(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// The digest of an encoded row: the first 16 bytes of its SHA-256.
 fn digest(bytes: &[u8]) -> Digest {
     let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&salted(0, bytes).to_le_bytes());
-    out[8..].copy_from_slice(&salted(1, bytes).to_le_bytes());
+    out.copy_from_slice(&Sha256::digest(bytes)[..16]);
     out
 }
 
-/// A 64-bit hash of one added column's value: it only ever tells two versions
-/// of the same key apart.
+/// A 64-bit hash of one added column's encoded value (the first 8 bytes of
+/// its SHA-256): it only ever tells two versions of the same key apart.
 fn hash64(bytes: &[u8]) -> u64 {
-    salted(2, bytes)
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&Sha256::digest(bytes)[..8]);
+    u64::from_le_bytes(out)
 }
 
-fn salted(salt: u8, bytes: &[u8]) -> u64 {
-    let mut h = DefaultHasher::new();
-    salt.hash(&mut h);
-    bytes.hash(&mut h);
-    h.finish()
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+    use super::*;
+    use arrow::array::{Decimal128Array, Int64Array, TimestampMicrosecondArray};
+
+    fn columns() -> Vec<ArrayRef> {
+        vec![
+            Arc::new(Int64Array::from(vec![Some(1), None, Some(-3)])),
+            Arc::new(StringArray::from(vec![Some("a"), Some(""), None])),
+            Arc::new(BooleanArray::from(vec![Some(true), Some(false), None])),
+            Arc::new(TimestampMicrosecondArray::from(vec![
+                Some(1_700_000_000_000_000),
+                None,
+                Some(0),
+            ])),
+            Arc::new(
+                Decimal128Array::from(vec![Some(12_345), Some(-1), None])
+                    .with_precision_and_scale(20, 8)
+                    .unwrap(),
+            ),
+            Arc::new(
+                FixedSizeBinaryArray::try_from_sparse_iter_with_size(
+                    vec![Some([7u8; 16]), None, Some([0u8; 16])].into_iter(),
+                    16,
+                )
+                .unwrap(),
+            ),
+        ]
+    }
+
+    fn hex(d: &[u8]) -> String {
+        d.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The digests are a specification: a state written today must mean the
+    /// same to every later release. This fails if the encoding or the hash
+    /// changes; then change [`DIGEST`] too (older states are then rebuilt).
+    #[test]
+    fn the_digest_of_a_row_is_pinned() {
+        let rows = encode(&columns(), 3).unwrap();
+        let digests: Vec<String> = rows.iter().map(|r| hex(&digest(r))).collect();
+        assert_eq!(
+            digests, PINNED,
+            "the encoding changed: change DIGEST with it"
+        );
+        assert_eq!(DIGEST, "sha256-values-1");
+    }
+
+    /// Computed once, and checked by hand: Python's `hashlib.sha256` over the
+    /// encoding as documented gives the same first two.
+    const PINNED: [&str; 3] = [
+        "72e456bc31cbb5049244ef76cd69cbf3",
+        "b200579376108a55d2b591733796bac3",
+        "8977b6c4921d3431158c2d516be8e31d",
+    ];
+
+    #[test]
+    fn nulls_empty_values_and_slices_encode_as_they_should() {
+        let rows = encode(&columns(), 3).unwrap();
+        // NULL and "" differ; so do a value and the next column's.
+        let s: ArrayRef = Arc::new(StringArray::from(vec![None, Some("")]));
+        let e = encode(&[s], 2).unwrap();
+        assert_ne!(e[0], e[1]);
+        let ab: ArrayRef = Arc::new(StringArray::from(vec!["ab"]));
+        let (a, b): (ArrayRef, ArrayRef) = (
+            Arc::new(StringArray::from(vec!["a"])),
+            Arc::new(StringArray::from(vec!["b"])),
+        );
+        assert_ne!(
+            encode(&[ab.clone(), a.clone()], 1).unwrap(),
+            encode(&[a, b], 1).unwrap()
+        );
+        // A slice (an offset into the buffers) encodes its own values.
+        let sliced: Vec<ArrayRef> = columns().iter().map(|c| c.slice(1, 2)).collect();
+        assert_eq!(encode(&sliced, 2).unwrap(), rows[1..].to_vec());
+        // A date is its four little-endian bytes.
+        let d: ArrayRef = Arc::new(arrow::array::Date32Array::from(vec![Some(258), None]));
+        let dates = encode(&[d], 2).unwrap();
+        assert_eq!(dates, [vec![1, 2, 1, 0, 0], vec![0]]);
+        // Another type goes through its text (here a dictionary).
+        let x: ArrayRef = Arc::new(
+            ["x"]
+                .into_iter()
+                .collect::<arrow::array::DictionaryArray<arrow::datatypes::Int32Type>>(),
+        );
+        assert_eq!(
+            encode(&[x], 1).unwrap(),
+            [vec![1, 1, 0, 0, 0, 0, 0, 0, 0, b'x']]
+        );
+    }
+
+    /// A state of another digest (an earlier release's) is not compared with:
+    /// the versions come from the live files.
+    #[tokio::test]
+    async fn a_state_of_another_digest_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let lake = Lake::open(&lake_common::LakeConfig::local(dir.path())).unwrap();
+        let table = &lake_common::schema::OUTBOX;
+        let mut captured = Captured {
+            table,
+            rows: HashMap::new(),
+            names: Vec::new(),
+        };
+        let version = Version {
+            base: [9; 16],
+            added: Box::new([]),
+        };
+        captured.rows.insert("k".into(), Some(version.clone()));
+        let path = Path::from("state.parquet");
+        assert_eq!(
+            captured.write_state(&lake, &path, |_| true).await.unwrap(),
+            1
+        );
+        let state = |digest: &str| IdentityState {
+            path: path.to_string(),
+            batch: 5,
+            digest: digest.into(),
+        };
+        let read = Captured::load(&lake, table, Some(&state(DIGEST)), &[], None, &[])
+            .await
+            .unwrap();
+        assert_eq!(read.rows.get("k"), Some(&Some(version)));
+        for other in ["", "sha256-values-0"] {
+            let read = Captured::load(&lake, table, Some(&state(other)), &[], None, &[])
+                .await
+                .unwrap();
+            assert!(read.is_empty(), "{other:?}");
+        }
+    }
 }

@@ -449,6 +449,13 @@ pub struct IdentityState {
     pub path: String,
     /// The versions of every batch up to this one are in it.
     pub batch: u64,
+    /// How its digests were computed (bronze-ingest's `identity::DIGEST`).
+    /// Empty in states of earlier releases, whose digests (Rust's
+    /// `DefaultHasher` over arrow's row format) may differ under another
+    /// toolchain or arrow release: a reader does not compare against a state
+    /// of another digest, it rebuilds the versions from the live files.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub digest: String,
 }
 
 /// A bronze dataset's log as readers need it: the latest checkpoint and the

@@ -7,6 +7,7 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::{NaiveDate, Utc};
@@ -906,4 +907,82 @@ async fn outbox_retention_keeps_every_latest_version() {
         .unwrap();
     assert_eq!(again.files, 0, "{again:?}");
     assert_references_exist(&lake).await;
+}
+
+/// A row-identity state whose digests another build computed (an earlier
+/// release's: Rust's `DefaultHasher` over arrow's row format, neither stable
+/// across toolchains) is not compared with. Trusted, it would make the
+/// outbox's retention find no file holding a latest version, and remove
+/// every old one.
+#[tokio::test(flavor = "multi_thread")]
+async fn outbox_retention_does_not_trust_a_state_of_another_digest() {
+    use arrow::array::{Array, ArrayRef, AsArray, FixedSizeBinaryArray, RecordBatch};
+    let h = twenty_days(13).await;
+    let lake = h.lake();
+    for seed in 0..12 {
+        let log = BronzeLog::load(&lake, Dataset::BronzeOutbox).await.unwrap();
+        if log.identity_state().is_some() {
+            break;
+        }
+        h.batch(5, 300 + seed).await;
+    }
+    let log = BronzeLog::load(&lake, Dataset::BronzeOutbox).await.unwrap();
+    let state = log.identity_state().expect("bronze wrote a state").clone();
+
+    // The state's digests as another hash gives them, and its checkpoint
+    // naming no digest, as an earlier release wrote it.
+    let path = Path::from(state.path.as_str());
+    let batches = lake_common::parquet_io::read_all(&lake, &path)
+        .await
+        .unwrap();
+    let schema = batches[0].schema();
+    let mut writer =
+        lake_common::parquet_io::FileWriter::create(&lake, path.clone(), schema.clone()).unwrap();
+    for b in &batches {
+        let at = schema.index_of("contract_digest").unwrap();
+        let digests = b.column(at).as_fixed_size_binary();
+        let other: ArrayRef = Arc::new(
+            FixedSizeBinaryArray::try_from_iter(
+                (0..digests.len()).map(|i| digests.value(i).iter().map(|x| !x).collect::<Vec<_>>()),
+            )
+            .unwrap(),
+        );
+        let mut columns = b.columns().to_vec();
+        columns[at] = other;
+        writer
+            .write(&RecordBatch::try_new(schema.clone(), columns).unwrap())
+            .await
+            .unwrap();
+    }
+    writer.finish().await.unwrap();
+    let cp_path = Dataset::BronzeOutbox.checkpoint(log.checkpoint_batch().unwrap());
+    let mut cp: serde_json::Value =
+        serde_json::from_slice(&lake.get_bytes(&cp_path).await.unwrap()).unwrap();
+    cp["identity_state"]
+        .as_object_mut()
+        .unwrap()
+        .remove("digest");
+    lake.put(&cp_path, serde_json::to_vec(&cp).unwrap().into())
+        .await
+        .unwrap();
+
+    let files = outbox_files(&lake).await;
+    let opts = Options {
+        bronze_retention_days: None,
+        silver_retention_days: None,
+        outbox_retention_days: Some(KEEP),
+        ..retain_options()
+    };
+    let r = lake_maintain::run(&lake, &opts)
+        .await
+        .unwrap()
+        .outbox_retention
+        .unwrap();
+    assert!(
+        r.target.is_some_and(|t| files.iter().any(|f| f.0 < t)),
+        "{r:?}"
+    );
+    assert_eq!(r.files, 0, "every file holds a latest version: {r:?}");
+    assert_eq!(outbox_files(&lake).await, files);
+    h.assert_both_datasets_equal_postgres().await;
 }
