@@ -264,6 +264,35 @@ pub struct LoggedRequest {
     /// Bytes of the response body forwarded whole (0 for injected answers): how
     /// much a listing or a read cost, which the request count alone hides.
     pub response_bytes: u64,
+    /// When it was forwarded to the endpoint, and how long the endpoint took
+    /// to answer it whole (`None` for injected answers; an injected delay is
+    /// not counted): a benchmark tells the time its job spent waiting on the
+    /// store from its own ([`endpoint_time`]).
+    pub upstream: Option<(std::time::Instant, Duration)>,
+}
+
+/// The time during which at least one of `log`'s requests was waiting on the
+/// endpoint (overlapping requests count once).
+pub fn endpoint_time(log: &[LoggedRequest]) -> Duration {
+    let mut spans: Vec<_> = log
+        .iter()
+        .filter_map(|r| r.upstream)
+        .map(|(at, took)| (at, at + took))
+        .collect();
+    spans.sort();
+    let mut total = Duration::ZERO;
+    let mut open: Option<(std::time::Instant, std::time::Instant)> = None;
+    for (start, end) in spans {
+        open = match open {
+            Some((s, e)) if start <= e => Some((s, e.max(end))),
+            Some((s, e)) => {
+                total += e - s;
+                Some((start, end))
+            }
+            None => Some((start, end)),
+        };
+    }
+    total + open.map_or(Duration::ZERO, |(s, e)| e - s)
 }
 
 impl fmt::Display for LoggedRequest {
@@ -337,17 +366,25 @@ impl Plan {
             fault: chosen,
             status: None,
             response_bytes: 0,
+            upstream: None,
         });
         (seq, chosen)
     }
 
-    fn answered(&mut self, seq: u64, status: u16, response_bytes: u64) {
+    fn answered(
+        &mut self,
+        seq: u64,
+        status: u16,
+        response_bytes: u64,
+        upstream: Option<(std::time::Instant, Duration)>,
+    ) {
         if let Some(entry) = seq
             .checked_sub(1)
             .and_then(|i| self.log.get_mut(i as usize))
         {
             entry.status = Some(status);
             entry.response_bytes = response_bytes;
+            entry.upstream = upstream;
         }
     }
 }
@@ -570,7 +607,7 @@ async fn handle(
         path,
     };
     let (seq, fault) = shared.plan().decide(&info, &query);
-    let answer = |status: u16| shared.plan().answered(seq, status, 0);
+    let answer = |status: u16| shared.plan().answered(seq, status, 0, None);
 
     match fault {
         Some(Fault::Status(code)) => {
@@ -618,14 +655,15 @@ async fn handle(
     };
     let forwarded = tokio::spawn(async move {
         tokio::time::sleep(delay).await;
+        let started = std::time::Instant::now();
         let response = client
             .request(Request::from_parts(parts, Full::new(body)))
             .await?;
         let (parts, body) = response.into_parts();
         let body = body.collect().await?.to_bytes();
-        Ok::<_, BoxError>((parts, body))
+        Ok::<_, BoxError>((parts, body, (started, started.elapsed())))
     });
-    let (mut parts, body) = match forwarded.await {
+    let (mut parts, body, upstream) = match forwarded.await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => {
             answer(502);
@@ -651,7 +689,9 @@ async fn handle(
             ))
         }
         _ => {
-            shared.plan().answered(seq, status, body.len() as u64);
+            shared
+                .plan()
+                .answered(seq, status, body.len() as u64, Some(upstream));
             fix_length(&mut parts.headers, &body);
             Ok(Response::from_parts(parts, full(body)))
         }
@@ -737,6 +777,34 @@ mod tests {
             method: Method::PUT,
             path: path.into(),
         }
+    }
+
+    #[test]
+    fn overlapping_requests_count_once_in_the_endpoint_time() {
+        let t0 = std::time::Instant::now();
+        let ms = Duration::from_millis;
+        let logged = |at: u64, took: Option<u64>| LoggedRequest {
+            seq: 0,
+            op: S3Op::GetObject,
+            method: "GET".into(),
+            path: "/b/k".into(),
+            query: String::new(),
+            fault: None,
+            status: Some(200),
+            response_bytes: 0,
+            upstream: took.map(|t| (t0 + ms(at), ms(t))),
+        };
+        // 0-10 and 5-20 overlap (20 ms), 30-35 apart (5 ms), 31-33 inside it,
+        // and an injected answer (no time).
+        let log = [
+            logged(30, Some(5)),
+            logged(0, Some(10)),
+            logged(5, Some(15)),
+            logged(31, Some(2)),
+            logged(40, None),
+        ];
+        assert_eq!(endpoint_time(&log), ms(25));
+        assert_eq!(endpoint_time(&[]), Duration::ZERO);
     }
 
     #[test]

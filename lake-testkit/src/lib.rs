@@ -72,7 +72,7 @@ mod tls;
 
 pub use allocator::{JemallocSettings, jemalloc_settings};
 pub use container::Backend;
-pub use faults::{Fault, FaultProxy, LoggedRequest, Rule, S3Op};
+pub use faults::{Fault, FaultProxy, LoggedRequest, Rule, S3Op, endpoint_time};
 pub use http::HttpResponse;
 pub use postgres::TestPostgres;
 pub use pushgateway::TestPushgateway;

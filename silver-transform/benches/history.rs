@@ -58,7 +58,18 @@ struct Run {
     total: usize,
     answer_bytes: u64,
     wall: Duration,
+    /// The time the job waited on the endpoint (at least one request
+    /// outstanding, from the proxy's log), and on its listings alone.
+    endpoint: Duration,
+    listing: Duration,
     rss_mib: f64,
+}
+
+impl Run {
+    /// The wall time not spent waiting on the endpoint: the job's own work.
+    fn own(&self) -> Duration {
+        self.wall.saturating_sub(self.endpoint)
+    }
 }
 
 fn measured(
@@ -82,16 +93,34 @@ fn measured(
         answer_bytes: log.iter().map(|r| r.response_bytes).sum(),
         requests,
         wall: m.wall,
+        endpoint: lake_testkit::endpoint_time(&log),
+        listing: lake_testkit::endpoint_time(
+            &log.iter()
+                .filter(|r| r.op == lake_testkit::S3Op::ListObjects)
+                .cloned()
+                .collect::<Vec<_>>(),
+        ),
         rss_mib: m.max_rss_mib,
     };
     eprintln!(
-        "{months:>2} months  {job:<34} {:>5} requests {:>9.1} KiB  {:>6.2} s {:>6.0} MiB  {:?}",
+        "{months:>2} months  {job:<34} {:>5} requests {:>9.1} KiB  {:>6.2} s (endpoint {:.2} s, listings {:.2} s) {:>6.0} MiB  {:?}",
         run.total,
         run.answer_bytes as f64 / 1024.0,
         run.wall.as_secs_f64(),
+        run.endpoint.as_secs_f64(),
+        run.listing.as_secs_f64(),
         run.rss_mib,
         run.requests
     );
+    for r in log
+        .iter()
+        .filter(|r| r.op == lake_testkit::S3Op::ListObjects)
+    {
+        eprintln!(
+            "           {r} ({:.0} ms)",
+            r.upstream.map_or(0.0, |(_, t)| t.as_secs_f64() * 1e3)
+        );
+    }
     run
 }
 
@@ -303,18 +332,24 @@ fn render(runs: &[Run], setup: &[(u32, u64, usize, Duration)], per_day: usize) -
             full.as_secs_f64()
         );
     }
-    o.push_str("\n| run | age | requests | by operation | answer bytes | wall | peak RSS |\n|---|---|---:|---|---:|---:|---:|\n");
+    o.push_str(
+        "\n| run | age | requests | by operation | answer bytes | wall | endpoint (listings) | own | peak RSS |\n\
+         |---|---|---:|---|---:|---:|---:|---:|---:|\n",
+    );
     for r in runs {
         let ops: Vec<String> = r.requests.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = writeln!(
             o,
-            "| {} | {} months | {} | {} | {:.1} KiB | {:.2} s | {:.0} MiB |",
+            "| {} | {} months | {} | {} | {:.1} KiB | {:.2} s | {:.2} s ({:.2} s) | {:.2} s | {:.0} MiB |",
             r.job,
             r.months,
             r.total,
             ops.join(", "),
             r.answer_bytes as f64 / 1024.0,
             r.wall.as_secs_f64(),
+            r.endpoint.as_secs_f64(),
+            r.listing.as_secs_f64(),
+            r.own().as_secs_f64(),
             r.rss_mib
         );
     }
@@ -322,7 +357,10 @@ fn render(runs: &[Run], setup: &[(u32, u64, usize, Duration)], per_day: usize) -
         o,
         "\nOldest against youngest age (target: requests and time within 1.2×):\n"
     );
-    o.push_str("| run | requests | answer bytes | wall | peak RSS |\n|---|---:|---:|---:|---:|\n");
+    o.push_str(
+        "| run | requests | answer bytes | wall | own (wall less endpoint) | peak RSS |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
     let (young, old) = (
         runs.iter().map(|r| r.months).min().unwrap_or(0),
         runs.iter().map(|r| r.months).max().unwrap_or(0),
@@ -332,11 +370,12 @@ fn render(runs: &[Run], setup: &[(u32, u64, usize, Duration)], per_day: usize) -
             let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
             let _ = writeln!(
                 o,
-                "| {} | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",
+                "| {} | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",
                 y.job,
                 ratio(x.total as f64, y.total as f64),
                 ratio(x.answer_bytes as f64, y.answer_bytes as f64),
                 ratio(x.wall.as_secs_f64(), y.wall.as_secs_f64()),
+                ratio(x.own().as_secs_f64(), y.own().as_secs_f64()),
                 ratio(x.rss_mib, y.rss_mib)
             );
         }
