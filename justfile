@@ -75,7 +75,7 @@ bench-silver-day events="1000000": setup
 
 # What a run costs after 1 month, 1 year and 3 years of history: requests, bytes, time, memory (writes docs/benchmarks-history.md).
 bench-history months="1,12,36" per_day="3000": setup
-    cargo build -q --release -p bronze-ingest --bin bronze-ingest
+    cargo build -q --release -p bronze-ingest --bin bronze-ingest -p lake-maintain --bin lake-maintain
     HISTORY_BENCH_MONTHS={{months}} HISTORY_BENCH_EVENTS_PER_DAY={{per_day}} HISTORY_BENCH_REPORT={{justfile_directory()}}/docs/benchmarks-history.md cargo bench -p silver-transform --bench history
 
 # Compacting a month of hourly bronze files: time, peak RSS, files, DuckDB query times before and after (writes docs/benchmarks-compaction.md).

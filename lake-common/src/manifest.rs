@@ -430,7 +430,18 @@ pub struct Checkpoint {
     /// The newest row-identity state of an updated-in-place table (the outbox)
     /// written up to `batch`; absent for append-only tables and in checkpoints
     /// of earlier releases (the state is then rebuilt from the live files).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ///
+    /// Written as `row_identity` since its digests are specified
+    /// ([`IdentityState::digest`]); read under the name earlier releases
+    /// wrote (`identity_state`) too. The new name is what makes a rollback
+    /// safe: a release that knows only `identity_state`, and would compare
+    /// its own digests with these, finds no state and reads the live files.
+    #[serde(
+        default,
+        rename = "row_identity",
+        alias = "identity_state",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub identity_state: Option<IdentityState>,
     /// The retention horizon through `batch`: the latest `retained_before` of
     /// its entries (absent: no retention yet).
@@ -753,6 +764,49 @@ pub async fn write_checkpoint(lake: &Lake, checkpoint: &Checkpoint) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The row-identity state moved to a new name with its specified digests:
+    /// an earlier release (which knows only `identity_state` and would trust
+    /// any digest) sees none in a checkpoint written now, and this release
+    /// still reads the state of a checkpoint an earlier one wrote.
+    #[test]
+    fn the_row_identity_state_is_written_under_a_name_earlier_releases_do_not_read() {
+        let mut cp = Checkpoint {
+            format: CHECKPOINT_FORMAT,
+            dataset: "bronze/outbox".into(),
+            batch: 10,
+            last: manifest(10, BatchState::Committed, &[], &[]),
+            last_with_files: None,
+            live: vec![],
+            identity_state: Some(IdentityState {
+                path: "bronze/outbox/_state/0000000010.identity".into(),
+                batch: 10,
+                digest: "sha256-values-1".into(),
+            }),
+            retained_before: None,
+        };
+        cp.last.dataset = "bronze/outbox".into();
+        let json: serde_json::Value = serde_json::to_value(&cp).unwrap();
+        assert!(json.get("identity_state").is_none(), "{json}");
+        assert_eq!(json["row_identity"]["digest"], "sha256-values-1");
+        #[derive(Deserialize)]
+        struct EarlierRelease {
+            #[serde(default)]
+            identity_state: Option<serde_json::Value>,
+        }
+        let earlier: EarlierRelease = serde_json::from_value(json.clone()).unwrap();
+        assert!(earlier.identity_state.is_none());
+        // A checkpoint of an earlier release: read, with no digest named.
+        let mut old = json;
+        let state = old.as_object_mut().unwrap().remove("row_identity").unwrap();
+        old["identity_state"] = serde_json::json!({
+            "path": state["path"],
+            "batch": state["batch"],
+        });
+        let read: Checkpoint = serde_json::from_value(old).unwrap();
+        let state = read.identity_state.unwrap();
+        assert_eq!((state.batch, state.digest.as_str()), (10, ""));
+    }
 
     fn manifest(
         batch: u64,

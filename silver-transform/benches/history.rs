@@ -20,11 +20,16 @@
 //!    daily CronJob make: a bronze run with nothing new, a bronze run exporting
 //!    one hour of new events, the incremental silver run folding that batch,
 //!    and a silver run with nothing new. Each is measured for requests (by
-//!    operation), bytes of the answers, wall time and peak RSS.
+//!    operation), bytes of the answers, wall time (and of it, the time spent
+//!    waiting on the endpoint, listings apart) and peak RSS;
+//! 5. lake-maintain's nightly run as deployed (its defaults: bronze kept 90
+//!    days, silver 365, compaction, gc), the silver run that consumes it, and
+//!    the four runs of 4. again: what a lake that production maintains costs.
 //!
 //! Environment: `HISTORY_BENCH_MONTHS` (`1,12,36`), `HISTORY_BENCH_EVENTS_PER_DAY`
 //! (3 000), `HISTORY_BENCH_BRONZE` (the bronze-ingest binary; default
-//! `target/release/bronze-ingest`), `HISTORY_BENCH_REPORT` (also write the
+//! `target/release/bronze-ingest`), `HISTORY_BENCH_MAINTAIN` (lake-maintain's;
+//! default `target/release/lake-maintain`), `HISTORY_BENCH_REPORT` (also write the
 //! Markdown report to this file).
 // Benchmark driver: a failed unwrap aborts the benchmark with its location.
 #![allow(clippy::unwrap_used)]
@@ -54,6 +59,8 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 struct Run {
     job: &'static str,
     months: u32,
+    /// Measured after lake-maintain's nightly run (retention, compaction).
+    maintained: bool,
     requests: BTreeMap<String, usize>,
     total: usize,
     answer_bytes: u64,
@@ -74,8 +81,7 @@ impl Run {
 
 fn measured(
     proxy: &FaultProxy,
-    job: &'static str,
-    months: u32,
+    (job, months, maintained): (&'static str, u32, bool),
     cmd: &[&str],
     env: &[(&str, String)],
 ) -> Run {
@@ -89,6 +95,7 @@ fn measured(
     let run = Run {
         job,
         months,
+        maintained,
         total: log.len(),
         answer_bytes: log.iter().map(|r| r.response_bytes).sum(),
         requests,
@@ -103,7 +110,8 @@ fn measured(
         rss_mib: m.max_rss_mib,
     };
     eprintln!(
-        "{months:>2} months  {job:<34} {:>5} requests {:>9.1} KiB  {:>6.2} s (endpoint {:.2} s, listings {:.2} s) {:>6.0} MiB  {:?}",
+        "{months:>2} months{}  {job:<34} {:>5} requests {:>9.1} KiB  {:>6.2} s (endpoint {:.2} s, listings {:.2} s) {:>6.0} MiB  {:?}",
+        if maintained { ", maintained" } else { "" },
         run.total,
         run.answer_bytes as f64 / 1024.0,
         run.wall.as_secs_f64(),
@@ -202,6 +210,17 @@ fn main() {
         bronze.display()
     );
     let bronze = bronze.to_str().unwrap().to_owned();
+    let maintain = std::env::var_os("HISTORY_BENCH_MAINTAIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/lake-maintain")
+        });
+    assert!(
+        maintain.exists(),
+        "{} is not built: cargo build --release -p lake-maintain",
+        maintain.display()
+    );
+    let maintain = maintain.to_str().unwrap().to_owned();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (pg, s3) = rt.block_on(async {
         let (pg, s3) = tokio::join!(TestPostgres::start(), TestS3::start());
@@ -264,42 +283,48 @@ fn main() {
         );
         setup.push((age, last, days as usize * per_day, full));
 
-        // 4. The measured runs.
-        runs.push(measured(
-            &proxy,
-            "bronze, nothing new",
-            age,
-            &[&bronze, "--dataset", "events"],
-            &through,
-        ));
-        rt.block_on(async {
-            let c = pg.client().await.unwrap();
-            let opts = demo::GenerateOptions::new((per_day / 24) as u64, 200 + i as u64)
-                .window_end(SystemTime::now())
-                .window(Duration::from_secs(3600));
-            demo::generate_with(&c, &opts).await.unwrap();
-        });
-        runs.push(measured(
-            &proxy,
-            "bronze, one hour of events",
-            age,
-            &[&bronze, "--dataset", "events"],
-            &through,
-        ));
-        runs.push(measured(
-            &proxy,
-            "silver, incremental (that hour)",
-            age,
-            &[SILVER],
-            &through,
-        ));
-        runs.push(measured(
-            &proxy,
-            "silver, nothing new",
-            age,
-            &[SILVER],
-            &through,
-        ));
+        // 4. The measured runs; 5. lake-maintain's nightly run as deployed
+        // (its defaults: bronze kept 90 days, silver 365; compaction, gc),
+        // silver's run consuming its retention entry, and the runs again.
+        for maintained in [false, true] {
+            if maintained {
+                run_ok(&[&maintain], &direct);
+                run_ok(&[SILVER], &direct);
+            }
+            let job = |name| (name, age, maintained);
+            runs.push(measured(
+                &proxy,
+                job("bronze, nothing new"),
+                &[&bronze, "--dataset", "events"],
+                &through,
+            ));
+            rt.block_on(async {
+                let c = pg.client().await.unwrap();
+                let seed = 200 + 2 * i as u64 + u64::from(maintained);
+                let opts = demo::GenerateOptions::new((per_day / 24) as u64, seed)
+                    .window_end(SystemTime::now())
+                    .window(Duration::from_secs(3600));
+                demo::generate_with(&c, &opts).await.unwrap();
+            });
+            runs.push(measured(
+                &proxy,
+                job("bronze, one hour of events"),
+                &[&bronze, "--dataset", "events"],
+                &through,
+            ));
+            runs.push(measured(
+                &proxy,
+                job("silver, incremental (that hour)"),
+                &[SILVER],
+                &through,
+            ));
+            runs.push(measured(
+                &proxy,
+                job("silver, nothing new"),
+                &[SILVER],
+                &through,
+            ));
+        }
     }
 
     let report = render(&runs, &setup, per_day);
@@ -340,9 +365,10 @@ fn render(runs: &[Run], setup: &[(u32, u64, usize, Duration)], per_day: usize) -
         let ops: Vec<String> = r.requests.iter().map(|(k, v)| format!("{k} {v}")).collect();
         let _ = writeln!(
             o,
-            "| {} | {} months | {} | {} | {:.1} KiB | {:.2} s | {:.2} s ({:.2} s) | {:.2} s | {:.0} MiB |",
+            "| {} | {} months{} | {} | {} | {:.1} KiB | {:.2} s | {:.2} s ({:.2} s) | {:.2} s | {:.0} MiB |",
             r.job,
             r.months,
+            if r.maintained { ", maintained" } else { "" },
             r.total,
             ops.join(", "),
             r.answer_bytes as f64 / 1024.0,
@@ -353,31 +379,39 @@ fn render(runs: &[Run], setup: &[(u32, u64, usize, Duration)], per_day: usize) -
             r.rss_mib
         );
     }
-    let _ = writeln!(
-        o,
-        "\nOldest against youngest age (target: requests and time within 1.2×):\n"
-    );
-    o.push_str(
-        "| run | requests | answer bytes | wall | own (wall less endpoint) | peak RSS |\n\
-         |---|---:|---:|---:|---:|---:|\n",
-    );
-    let (young, old) = (
-        runs.iter().map(|r| r.months).min().unwrap_or(0),
-        runs.iter().map(|r| r.months).max().unwrap_or(0),
-    );
-    for y in runs.iter().filter(|r| r.months == young) {
-        if let Some(x) = runs.iter().find(|r| r.months == old && r.job == y.job) {
-            let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
-            let _ = writeln!(
-                o,
-                "| {} | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",
-                y.job,
-                ratio(x.total as f64, y.total as f64),
-                ratio(x.answer_bytes as f64, y.answer_bytes as f64),
-                ratio(x.wall.as_secs_f64(), y.wall.as_secs_f64()),
-                ratio(x.own().as_secs_f64(), y.own().as_secs_f64()),
-                ratio(x.rss_mib, y.rss_mib)
-            );
+    for maintained in [false, true] {
+        let _ = writeln!(
+            o,
+            "\nOldest against youngest age{} (target: requests and time within 1.2×):\n",
+            if maintained {
+                ", after lake-maintain's nightly run (bronze kept 90 days, silver 365)"
+            } else {
+                ", without maintenance"
+            }
+        );
+        o.push_str(
+            "| run | requests | answer bytes | wall | own (wall less endpoint) | peak RSS |\n\
+             |---|---:|---:|---:|---:|---:|\n",
+        );
+        let runs: Vec<&Run> = runs.iter().filter(|r| r.maintained == maintained).collect();
+        let (young, old) = (
+            runs.iter().map(|r| r.months).min().unwrap_or(0),
+            runs.iter().map(|r| r.months).max().unwrap_or(0),
+        );
+        for y in runs.iter().filter(|r| r.months == young) {
+            if let Some(x) = runs.iter().find(|r| r.months == old && r.job == y.job) {
+                let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+                let _ = writeln!(
+                    o,
+                    "| {} | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2}× |",
+                    y.job,
+                    ratio(x.total as f64, y.total as f64),
+                    ratio(x.answer_bytes as f64, y.answer_bytes as f64),
+                    ratio(x.wall.as_secs_f64(), y.wall.as_secs_f64()),
+                    ratio(x.own().as_secs_f64(), y.own().as_secs_f64()),
+                    ratio(x.rss_mib, y.rss_mib)
+                );
+            }
         }
     }
     o

@@ -73,7 +73,7 @@ pub struct Args {
     /// Bronze rows read and folded at a time: a day holding more is folded in
     /// time windows. Memory follows it (~350 bytes a row, --parallel-days
     /// windows in flight). Default: a quarter of the memory budget.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1000..=1 << 40))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(crate::memory::MIN_WINDOW_ROWS..=1 << 40))]
     pub fold_window_rows: Option<u64>,
     /// The memory the run may use, MiB. Default: 80 % of the container's
     /// memory limit (cgroup), else 512. Sizes the fold windows; a run that

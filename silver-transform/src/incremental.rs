@@ -507,7 +507,19 @@ async fn fold_everything(
                     frozen.insert(k, m);
                 }
             }
-            None => out.stats.frozen_executions += late.len() as u64,
+            None => {
+                out.stats.frozen_executions += late.len() as u64;
+                // Their entries cover the events read, as an incremental
+                // run's merge does: silver's retention keeps an entry while
+                // its last event is from the horizon on ([`crate::retain`]).
+                for (key, acc) in late.iter() {
+                    let k = KeyHash::of(key);
+                    if let Some(mut info) = frozen.get(&k).copied() {
+                        info.merge(&info_of(acc));
+                        frozen.insert(k, info);
+                    }
+                }
+            }
         }
         out.index = frozen;
     } else {
