@@ -75,6 +75,12 @@ pub struct Args {
     /// windows in flight). Default: a quarter of the memory budget.
     #[arg(long, value_parser = clap::value_parser!(u64).range(crate::memory::MIN_WINDOW_ROWS..=1 << 40))]
     pub fold_window_rows: Option<u64>,
+    /// Fold everything in this many key-hash passes, each reading bronze
+    /// again (the earlier passes' rows wait under TMPDIR). Default: the fewest
+    /// the memory budget needs, 1 unless a full refresh's executions do not
+    /// fit it (docs/silver.md, "Memory and speed").
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::memory::MAX_PASSES)))]
+    pub fold_passes: Option<u32>,
     /// The memory the run may use, MiB. Default: 80 % of the container's
     /// memory limit (cgroup), else 512. Sizes the fold windows; a run that
     /// held more warns and reports it (docs/silver.md, "Memory and speed").
@@ -138,6 +144,7 @@ impl Args {
             window_rows: self
                 .fold_window_rows
                 .unwrap_or_else(|| memory.window_rows(parallel_days)),
+            fold_passes: self.fold_passes,
             memory,
             ..Options::default()
         })

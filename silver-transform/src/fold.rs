@@ -25,12 +25,37 @@ pub enum KeyFilter {
     All,
     /// Only these execution keys.
     Keys(FxHashSet<KeyHash>),
+    /// The executions of one key-hash part: `index` of `of` (a fold too large
+    /// for the memory budget runs in such passes, [`crate::memory::Budget::passes`]).
+    Part {
+        /// This pass's part, `0..of`.
+        index: u32,
+        /// Parts in all.
+        of: u32,
+    },
 }
 
 impl KeyFilter {
     fn is_all(&self) -> bool {
         matches!(self, Self::All)
     }
+
+    /// Whether the execution of `key` passes.
+    fn passes(&self, key: KeyHash) -> bool {
+        match self {
+            Self::All => true,
+            Self::Keys(keys) => keys.contains(&key),
+            Self::Part { index, of } => part_of(key, *of) == *index,
+        }
+    }
+}
+
+/// The key-hash part (`0..of`) an execution's key falls in.
+pub fn part_of(key: KeyHash, of: u32) -> u32 {
+    let head = u64::from_be_bytes([
+        key.0[0], key.0[1], key.0[2], key.0[3], key.0[4], key.0[5], key.0[6], key.0[7],
+    ]);
+    (head % u64::from(of.max(1))) as u32
 }
 
 /// Index of a decimal in [`Acc`]'s decimal array.
@@ -460,11 +485,11 @@ pub fn fold_day(columns: &[EventColumns], filter: &KeyFilter) -> Result<Day, Fol
             let Some(ty) = cols.event_type(i) else {
                 continue;
             };
-            if let KeyFilter::Keys(keys) = filter {
+            if !filter.is_all() {
                 let key = cols.key(i);
                 let pass = *passes
                     .entry(key)
-                    .or_insert_with(|| keys.contains(&key.hash()));
+                    .or_insert_with(|| filter.passes(key.hash()));
                 if !pass {
                     continue;
                 }

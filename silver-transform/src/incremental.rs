@@ -56,8 +56,11 @@ use crate::bronze::{BronzeError, BronzeFile, BronzeView, Projection, TimeRange, 
 use crate::fold::{FoldError, Folded, KeyFilter, combine, fold_day, two_versions};
 use crate::index::{KeyIndex, KeyInfo};
 use crate::key::{EventId, KeyHash, PartitionKey, Shard};
+use crate::memory::{Budget, Counts};
 use crate::partitions::{PartitionTable, PartitionsError};
+use crate::route::Routing;
 use crate::segments::{Segments, month_of_day};
+use crate::spill::{Spill, SpillError};
 
 /// Files scanned for keys concurrently.
 const SCAN_CONCURRENCY: usize = 8;
@@ -93,6 +96,9 @@ pub enum RecomputeError {
     /// A month of the partition table could not be read.
     #[error(transparent)]
     Partitions(#[from] PartitionsError),
+    /// A fold pass's rows could not be parked on local disk.
+    #[error(transparent)]
+    Spill(#[from] SpillError),
 }
 
 /// What the shard knew before this run.
@@ -129,6 +135,12 @@ pub struct Request {
     /// Bronze rows read and folded at a time: a larger day is folded in time
     /// windows ([`FOLD_WINDOW_ROWS`] by default).
     pub window_rows: u64,
+    /// The memory budget: a fold of everything too large for it runs in
+    /// key-hash passes ([`crate::spill`]).
+    pub memory: Budget,
+    /// Key-hash passes of a fold of everything, if set (else planned from
+    /// the budget).
+    pub passes: Option<u32>,
     /// Counts the events folded, on a terminal.
     pub progress: lake_common::telemetry::Progress,
     /// Silver's own retention horizon (`retained_before` of its manifest):
@@ -187,6 +199,12 @@ pub struct WorkStats {
     pub frozen_removed: u64,
     /// New bronze files of days before the retention horizon (late rows): not read.
     pub files_behind_horizon: u64,
+    /// Key-hash passes of a fold of everything (1 unless the memory budget
+    /// needs more, [`crate::memory::Budget::passes`]; 0 when the run folded
+    /// only the affected executions); each reads its days again.
+    pub fold_passes: u64,
+    /// Bytes of the earlier passes' rows parked on local disk.
+    pub parked_bytes: u64,
 }
 
 impl WorkStats {
@@ -206,10 +224,17 @@ impl WorkStats {
 #[derive(Debug, Default)]
 pub struct Recomputed {
     /// The partitions (owned by the shard) to publish; every execution belonging
-    /// to them is in `executions`.
+    /// to them is in `executions` or, routed already, in `spill`.
     pub partitions: BTreeSet<PartitionKey>,
-    /// Folded executions by key text (may include executions of other shards).
+    /// Folded executions by key text (may include executions of other shards):
+    /// the last pass's of a fold in several.
     pub executions: Folded,
+    /// The rows and index entries of a fold's earlier passes.
+    pub spill: Spill,
+    /// What routing the earlier passes' executions counted.
+    pub routing: Routing,
+    /// Executions of the largest pass (held at once).
+    pub largest_pass: u64,
     /// The key index after this run, except for the folded executions: complete
     /// it with [`finish_index`] once they are published.
     pub index: KeyIndex,
@@ -480,25 +505,55 @@ async fn fold_everything(
     mut frozen: KeyIndex,
     touched: Option<FxHashMap<KeyHash, KeyInfo>>,
 ) -> Result<Recomputed, RecomputeError> {
-    let (mut folded, stats) =
-        fold_days(lake, view, view.days(), Arc::new(KeyFilter::All), req).await?;
-    out.stats.add_fold_round(&stats);
+    let days = view.days();
+    let passes = plan_passes(lake, view, &days, req).await?;
+    out.stats.fold_passes = u64::from(passes);
+    if passes > 1 {
+        tracing::info!(
+            passes,
+            budget_mb = req.memory.mb,
+            "The fold does not fit the memory budget in one pass: folding in key-hash passes \
+             (each reads bronze again; the earlier passes' rows wait on local disk)"
+        );
+    }
+    let mut late = Folded::default();
+    for index in 0..passes {
+        let filter = if passes == 1 {
+            KeyFilter::All
+        } else {
+            KeyFilter::Part { index, of: passes }
+        };
+        let (mut folded, stats) =
+            fold_days(lake, view, days.clone(), Arc::new(filter), req).await?;
+        out.stats.add_fold_round(&stats);
+        if view.retained_before().is_some() {
+            // The segments before the horizon's month may hold some of these
+            // keys: those are later events of frozen executions.
+            let hashes: Vec<KeyHash> = folded.iter().map(|(k, _)| KeyHash::of(k)).collect();
+            let months = out
+                .segments
+                .maybe_holding(lake, hashes.iter())
+                .await
+                .map_err(RecomputeError::Index)?;
+            drop(hashes);
+            out.segments
+                .load(lake, months, &mut frozen)
+                .await
+                .map_err(RecomputeError::Index)?;
+            let (frozen_folds, kept) = folded.split(|k| frozen.get(&KeyHash::of(k)).is_some());
+            folded = kept;
+            late.extend(frozen_folds);
+        }
+        partitions.extend(folded.values().map(|a| a.partition()));
+        out.largest_pass = out.largest_pass.max(folded.len() as u64);
+        if index + 1 < passes {
+            out.spill.park(&mut out.routing, folded)?;
+        } else {
+            out.executions = folded;
+        }
+    }
+    out.stats.parked_bytes = out.spill.bytes;
     if view.retained_before().is_some() {
-        // The segments before the horizon's month may hold some of these
-        // keys: those are later events of frozen executions.
-        let hashes: Vec<KeyHash> = folded.iter().map(|(k, _)| KeyHash::of(k)).collect();
-        let months = out
-            .segments
-            .maybe_holding(lake, hashes.iter())
-            .await
-            .map_err(RecomputeError::Index)?;
-        drop(hashes);
-        out.segments
-            .load(lake, months, &mut frozen)
-            .await
-            .map_err(RecomputeError::Index)?;
-        let (late, kept) = folded.split(|k| frozen.get(&KeyHash::of(k)).is_some());
-        folded = kept;
         match touched {
             // Counted already, by the incremental plan.
             Some(touched) => {
@@ -527,11 +582,53 @@ async fn fold_everything(
         out.rebuilt = true;
     }
     out.stats.index_segments_read = out.segments.reads;
-    partitions.extend(folded.values().map(|a| a.partition()));
     out.partitions = partitions;
-    out.executions = folded;
     out.attempted = FxHashSet::default();
     Ok(out)
+}
+
+/// Key-hash passes for folding every execution of `days` within the memory
+/// budget ([`Budget::passes`]). The bronze rows bound the executions; only
+/// when that bound does not fit one pass are the key columns read, for an
+/// estimate of the executions ([`estimate_keys`]).
+async fn plan_passes(
+    lake: &Lake,
+    view: &BronzeView,
+    days: &BTreeSet<i32>,
+    req: &Request,
+) -> Result<u32, RecomputeError> {
+    if let Some(p) = req.passes {
+        return Ok(p.clamp(1, crate::memory::MAX_PASSES));
+    }
+    let by_day = view.files_by_day(days);
+    let rows_of = |files: &[BronzeFile]| files.iter().map(|f| f.file.rows).sum::<u64>();
+    let rows: u64 = by_day.values().map(|f| rows_of(f)).sum();
+    let windowed_day_events = by_day
+        .values()
+        .map(|f| rows_of(f))
+        .filter(|r| *r > req.window_rows)
+        .max()
+        .unwrap_or(0);
+    let counts = |executions| Counts {
+        window_rows: req.window_rows,
+        parallel: req.parallel_days,
+        executions,
+        windowed_day_events,
+        index_keys: 0,
+    };
+    if req.memory.passes(counts(rows)) == 1 {
+        return Ok(1);
+    }
+    let files: Vec<BronzeFile> = by_day.into_values().flatten().collect();
+    let keys = estimate_keys(lake, &files).await?;
+    let passes = req.memory.passes(counts(keys));
+    tracing::debug!(
+        rows,
+        estimated_executions = keys,
+        passes,
+        "Planned the fold's passes"
+    );
+    Ok(passes)
 }
 
 /// Folds the events from the horizon `h` on of the frozen executions `touched`
@@ -609,10 +706,12 @@ async fn keep_frozen(
 /// entry for keys that were folded but whose events are all gone from bronze.
 pub fn finish_index(
     mut index: KeyIndex,
+    parked: Vec<(KeyHash, KeyInfo)>,
     executions: Folded,
     attempted: &FxHashSet<KeyHash>,
 ) -> KeyIndex {
-    let mut entries = Vec::with_capacity(executions.len());
+    let mut entries = parked;
+    entries.reserve(executions.len());
     for (key, acc) in executions.into_entries() {
         entries.push((KeyHash::of(&key), info_of(&acc)));
     }
@@ -627,7 +726,7 @@ pub fn finish_index(
     index.finish(entries)
 }
 
-fn info_of(acc: &crate::fold::Acc) -> KeyInfo {
+pub(crate) fn info_of(acc: &crate::fold::Acc) -> KeyInfo {
     KeyInfo {
         first: acc.first,
         client_id: acc.client_id,
@@ -686,6 +785,79 @@ pub async fn scan_keys(
         }
     }
     Ok(out)
+}
+
+/// Distinct values a key-count sketch keeps (about 3 % error).
+const SKETCH_KEYS: usize = 1024;
+
+/// Estimates the distinct execution keys of `files` from their key columns
+/// in constant memory: the [`SKETCH_KEYS`] smallest key hashes ("k minimum
+/// values"; exact below that many keys).
+pub async fn estimate_keys(lake: &Lake, files: &[BronzeFile]) -> Result<u64, RecomputeError> {
+    let sketches: Vec<Sketch> = futures::stream::iter(files.iter().cloned())
+        .map(|f| {
+            let lake = lake.clone();
+            tokio::spawn(async move {
+                let cols = read_file(&lake, &f, Projection::Keys, None).await?;
+                let mut sketch = Sketch::default();
+                let mut buf = String::new();
+                for c in &cols {
+                    for i in 0..c.len() {
+                        if c.event_type(i).is_some() {
+                            sketch.add(c.key(i).as_text(&mut buf));
+                        }
+                    }
+                }
+                Ok::<_, RecomputeError>(sketch)
+            })
+        })
+        .buffer_unordered(SCAN_CONCURRENCY)
+        .map(|r| r.map_err(RecomputeError::from).and_then(|x| x))
+        .try_collect()
+        .await?;
+    let mut all = Sketch::default();
+    for s in sketches {
+        all.merge(s);
+    }
+    Ok(all.estimate())
+}
+
+/// The smallest [`SKETCH_KEYS`] 64-bit hashes of the keys added.
+#[derive(Debug, Default)]
+struct Sketch(BTreeSet<u64>);
+
+impl Sketch {
+    fn add(&mut self, key: &str) {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        // SipHash with fixed keys: uniform over 64 bits (the estimate needs
+        // that), and the same in every run.
+        let h = BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(key);
+        self.insert(h);
+    }
+
+    fn insert(&mut self, h: u64) {
+        if self.0.len() >= SKETCH_KEYS && self.0.last().is_some_and(|max| h >= *max) {
+            return;
+        }
+        if self.0.insert(h) && self.0.len() > SKETCH_KEYS {
+            self.0.pop_last();
+        }
+    }
+
+    fn merge(&mut self, other: Sketch) {
+        for h in other.0 {
+            self.insert(h);
+        }
+    }
+
+    fn estimate(&self) -> u64 {
+        match self.0.last() {
+            Some(max) if self.0.len() >= SKETCH_KEYS => {
+                ((SKETCH_KEYS - 1) as f64 * (u64::MAX as f64 / *max as f64)) as u64
+            }
+            _ => self.0.len() as u64,
+        }
+    }
 }
 
 /// A day's files and the part of the day to read from them (`None`: all of it).
@@ -785,4 +957,28 @@ async fn fold_days(
         combine(&mut total, day.folded);
     }
     Ok((total, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_sketch_counts_small_sets_exactly_and_estimates_large_ones() {
+        let mut small = Sketch::default();
+        for i in 0..500 {
+            small.add(&format!("operation:{i}"));
+            small.add(&format!("operation:{i}"));
+        }
+        assert_eq!(small.estimate(), 500);
+        // 200 000 keys seen three times each, over two merged sketches.
+        let (mut a, mut b) = (Sketch::default(), Sketch::default());
+        for i in 0..600_000u64 {
+            let key = format!("{:x}", i % 200_000);
+            if i % 2 == 0 { a.add(&key) } else { b.add(&key) }
+        }
+        a.merge(b);
+        let e = a.estimate() as f64;
+        assert!((e / 200_000.0 - 1.0).abs() < 0.1, "{e}");
+    }
 }

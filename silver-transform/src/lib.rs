@@ -31,7 +31,9 @@ pub mod publish;
 pub mod quality;
 pub mod report;
 pub mod retain;
+pub mod route;
 pub mod segments;
+pub mod spill;
 pub mod summary;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -55,7 +57,7 @@ use crate::manifest::{Lease, PartitionRecord, SilverManifest, from_ranges, to_ra
 use crate::partitions::PartitionTable;
 use crate::publish::{FileRecord, PartitionRows, Published, publish};
 use crate::report::{Outcome, RunReport, ShardReport};
-use crate::summary::SummaryBuilder;
+use crate::route::Routing;
 
 /// The job name: binary, run-report folder, manifest owner prefix.
 pub const JOB: &str = "silver-transform";
@@ -122,6 +124,9 @@ pub struct Options {
     /// The memory the run may use ([`memory`]): the report and a warning
     /// compare what it held with it.
     pub memory: memory::Budget,
+    /// Key-hash passes of a fold of everything (`None`: the fewest the budget
+    /// needs, [`memory::Budget::passes`]).
+    pub fold_passes: Option<u32>,
 }
 
 impl Default for Options {
@@ -139,6 +144,7 @@ impl Default for Options {
             pushgateway: None,
             window_rows: incremental::FOLD_WINDOW_ROWS,
             memory: memory::Budget::default(),
+            fold_passes: None,
         }
     }
 }
@@ -575,6 +581,8 @@ async fn execute(
         parallel_days: options.parallel_days,
         whole_shard_ratio: options.whole_shard_ratio,
         window_rows: options.window_rows,
+        memory: options.memory,
+        passes: options.fold_passes,
         progress: Progress::new(&format!("{shard} folding"), "events"),
         removed_before: committed.and_then(|m| m.retained_before).map(day_of_date),
     };
@@ -591,7 +599,7 @@ async fn execute(
         rec.stats.partition_months_read = table.reads;
         Ok::<_, incremental::RecomputeError>((rec, table))
     };
-    let (rec, mut table) = match planned.await {
+    let (mut rec, mut table) = match planned.await {
         Ok(r) => r,
         Err(e) => {
             if let Some(lease) = lease {
@@ -626,10 +634,12 @@ async fn execute(
         memory::Counts {
             window_rows: options.window_rows,
             parallel: options.parallel_days,
-            executions,
+            executions: executions.max(rec.largest_pass),
             windowed_day_events: rec.stats.windowed_day_events,
-            index_keys: (rec.index.len() as u64).saturating_sub(executions),
+            index_keys: (rec.index.len() as u64).saturating_sub(executions)
+                + rec.spill.entries.len() as u64,
         },
+        rec.stats.fold_passes.max(1) as u32,
     );
     if report.memory.over_budget() {
         tracing::warn!(
@@ -644,18 +654,20 @@ async fn execute(
     }
 
     let t = Instant::now();
+    let routing = std::mem::take(&mut rec.routing);
     let Routed {
         rows,
         late,
         mut batches,
-    } = route(&rec, report);
+    } = route(&rec, routing, report);
     report
         .timings_ms
         .insert("quality", t.elapsed().as_millis() as u64);
 
     let Some(lease) = lease else {
         drop((rows, late));
-        let index = incremental::finish_index(rec.index, rec.executions, &rec.attempted);
+        let index =
+            incremental::finish_index(rec.index, rec.spill.entries, rec.executions, &rec.attempted);
         report.rows.index_keys = rec.segments.keys_with(&index, rec.rebuilt);
         report.outcome = outcome_of(report);
         report.partitions.total = table.total();
@@ -703,6 +715,7 @@ async fn execute(
             lake,
             &lease,
             &rows,
+            &rec.spill,
             &run.id,
             options.pause_after_publish,
             progress
@@ -744,7 +757,12 @@ async fn execute(
         .map(|f| f.path.clone())
         .collect();
     drop((rows, late));
-    let index = incremental::finish_index(rec.index, rec.executions, &rec.attempted);
+    let index = incremental::finish_index(
+        rec.index,
+        std::mem::take(&mut rec.spill.entries),
+        rec.executions,
+        &rec.attempted,
+    );
     let written = or_release!(
         rec.segments
             .write(lake, shard, version, index, rec.rebuilt)
@@ -879,32 +897,21 @@ struct LateRows<'a> {
 }
 
 /// Checks every execution of the recomputed partitions (SPEC §7), routes it to
-/// silver or quarantine, and fills the report's quality, summary and row counts.
-fn route<'a>(rec: &'a incremental::Recomputed, report: &mut RunReport) -> Routed<'a> {
-    let mut rows: BTreeMap<PartitionKey, PartitionRows<'a>> = rec
-        .partitions
-        .iter()
-        .map(|p| (*p, PartitionRows::default()))
-        .collect();
-    let mut batches: BTreeMap<PartitionKey, BTreeSet<u64>> = BTreeMap::new();
-    let mut summary = SummaryBuilder::default();
-    for (key, acc) in rec.executions.iter() {
-        let p = acc.partition();
-        // Executions of other shards' partitions were only folded to find that out.
-        let Some(part) = rows.get_mut(&p) else {
-            continue;
-        };
-        batches.entry(p).or_default().extend(acc.batches.iter());
-        let broken = quality::check(acc);
-        report.quality.record(&broken);
-        if broken.is_empty() {
-            summary.add(acc);
-            part.silver.push((key, acc));
-        } else {
-            part.quarantine
-                .extend(broken.into_iter().map(|r| ((key, acc), r)));
-        }
+/// silver or quarantine, and fills the report's quality, summary and row
+/// counts; `routing` holds what the fold's earlier passes routed already.
+fn route<'a>(
+    rec: &'a incremental::Recomputed,
+    mut routing: Routing,
+    report: &mut RunReport,
+) -> Routed<'a> {
+    let mut rows = routing.route(&rec.executions, |p| rec.partitions.contains(p));
+    // A partition left without executions is published empty (deleted).
+    for p in &rec.partitions {
+        rows.entry(*p).or_default();
     }
+    let mut quality = routing.quality;
+    quality.max_violation_ratio = report.quality.max_violation_ratio;
+    let mut batches = routing.batches;
     let mut late: BTreeMap<PartitionKey, LateRows<'a>> = BTreeMap::new();
     for (p, l) in &rec.late_for_frozen {
         let rows = late.entry(*p).or_insert_with(|| LateRows {
@@ -915,25 +922,19 @@ fn route<'a>(rec: &'a incremental::Recomputed, report: &mut RunReport) -> Routed
             batches.entry(*p).or_default().extend(acc.batches.iter());
             // Counted per rule, not in the ratio: a late event is no defect of
             // this run's data, and must not fail it (exit 3).
-            *report
-                .quality
+            *quality
                 .violations_per_rule
                 .entry(quality::Rule::AfterRetentionHorizon.name())
                 .or_default() += 1;
             rows.rows.push((key, acc));
         }
     }
-    report.quality.finish();
-    for part in rows.values_mut() {
-        part.sort();
-    }
-    report.summary = summary.finish();
-    report.rows.silver = rows.values().map(|r| r.silver.len() as u64).sum();
-    report.rows.quarantine_rows = rows
-        .values()
-        .map(|r| r.quarantine.len() as u64)
-        .sum::<u64>()
-        + late.values().map(|r| r.rows.len() as u64).sum::<u64>();
+    quality.finish();
+    report.quality = quality;
+    report.summary = routing.summary.finish();
+    report.rows.silver = routing.silver_rows;
+    report.rows.quarantine_rows =
+        routing.quarantine_rows + late.values().map(|r| r.rows.len() as u64).sum::<u64>();
     report.partitions.recomputed = rows.len() as u64;
     Routed {
         rows,
@@ -949,6 +950,7 @@ async fn publish_all(
     lake: &Lake,
     lease: &Lease,
     rows: &BTreeMap<PartitionKey, PartitionRows<'_>>,
+    spill: &spill::Spill,
     run: &str,
     pause: Option<Duration>,
     progress: &Progress,
@@ -957,7 +959,10 @@ async fn publish_all(
     let lake = &lake.fenced(lease.fence());
     futures::stream::iter(rows.iter())
         .map(|(p, r)| {
-            let prepared = publish::prepare(*p, r, lease.version(), run);
+            let prepared = spill
+                .take(p)
+                .map_err(anyhow::Error::from)
+                .and_then(|earlier| Ok(publish::prepare(*p, r, earlier, lease.version(), run)?));
             let lake = lake.clone();
             async move {
                 lease.check()?;
@@ -1159,6 +1164,15 @@ fn summary_text(r: &RunReport) -> String {
         (_, None) => {
             let _ = writeln!(o, "  {} executions computed", r.rows.silver);
         }
+    }
+    if r.work.fold_passes > 1 {
+        let _ = writeln!(
+            o,
+            "  folded in {} key-hash passes to stay within the memory budget ({} MiB; each pass read bronze again, {:.1} MiB parked on local disk)",
+            r.work.fold_passes,
+            r.memory.budget_mb,
+            r.work.parked_bytes as f64 / f64::from(1 << 20)
+        );
     }
     if r.work.frozen_executions > 0 || r.work.files_behind_horizon > 0 {
         let _ = writeln!(

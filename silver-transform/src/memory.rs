@@ -41,6 +41,10 @@ const WINDOW_SHARE: u64 = 4;
 /// Smallest fold window, in rows (a window of a few rows still folds, but
 /// each one reads at least one row group).
 pub const MIN_WINDOW_ROWS: u64 = 1_000;
+/// Most key-hash passes a fold runs in: each reads its days of bronze again,
+/// so a budget far too small for the input gets slow rather than unbounded
+/// passes (and says it is over budget).
+pub const MAX_PASSES: u32 = 64;
 /// Of a cgroup limit, the share the budget takes (the allocator keeps some
 /// freed memory, and the kernel counts the page cache of the process's files).
 const LIMIT_SHARE_PERCENT: u64 = 80;
@@ -117,6 +121,38 @@ impl Budget {
     pub fn window_rows(&self, parallel: usize) -> u64 {
         (self.bytes() / WINDOW_SHARE / ROW_BYTES / parallel.max(1) as u64).max(MIN_WINDOW_ROWS)
     }
+
+    /// Key-hash passes ([`crate::fold::KeyFilter::Part`]) a fold of about
+    /// `c.executions` executions needs: the fewest whose largest fits the
+    /// budget by the model ([`Held`]). A pass holds its share of the
+    /// executions and of the largest windowed day's event ids; every pass
+    /// holds the base, the windows in flight and the other index entries, and
+    /// the earlier passes' executions as index entries (their rows wait on
+    /// local disk, [`crate::spill`]). [`MAX_PASSES`] if none fits.
+    pub fn passes(&self, c: Counts) -> u32 {
+        let fixed = [
+            c.window_rows
+                .saturating_mul(c.parallel as u64)
+                .saturating_mul(ROW_BYTES),
+            c.index_keys.saturating_mul(KEY_BYTES),
+        ]
+        .into_iter()
+        .fold(BASE_BYTES, u64::saturating_add);
+        let held = c
+            .executions
+            .saturating_mul(EXECUTION_BYTES)
+            .saturating_add(c.windowed_day_events.saturating_mul(DAY_EVENT_BYTES));
+        let parked = c.executions.saturating_mul(KEY_BYTES);
+        (1..=MAX_PASSES)
+            .find(|p| {
+                let p = u64::from(*p);
+                let peak = fixed
+                    .saturating_add(parked / p * (p - 1))
+                    .saturating_add(held.div_ceil(p));
+                peak <= self.bytes()
+            })
+            .unwrap_or(MAX_PASSES)
+    }
 }
 
 /// A cgroup memory limit file's value in bytes; `None` for no limit
@@ -138,11 +174,13 @@ pub struct Held {
     pub fold_window_rows: u64,
     /// Windows (or days) in flight.
     pub parallel_days: u64,
-    /// Executions held until published.
+    /// Key-hash passes of the fold (1: one pass).
+    pub passes: u32,
+    /// Executions held until published (of the largest pass).
     pub executions: u64,
     /// Key index entries held besides those of the executions.
     pub index_keys: u64,
-    /// Events of the largest day folded in windows.
+    /// Events of the largest day folded in windows (of one pass).
     pub windowed_day_events: u64,
     /// The model's peak, MiB: base + windows in flight + executions + the
     /// largest windowed day's events + other index entries.
@@ -156,7 +194,7 @@ pub struct Counts {
     pub window_rows: u64,
     /// Windows in flight.
     pub parallel: usize,
-    /// Executions held until published.
+    /// Executions held until published (of one pass, for [`Held::new`]).
     pub executions: u64,
     /// Events of the largest day folded in windows.
     pub windowed_day_events: u64,
@@ -165,8 +203,8 @@ pub struct Counts {
 }
 
 impl Held {
-    /// What a run that held `c` needed, by the model.
-    pub fn new(budget: Budget, c: Counts) -> Self {
+    /// What a run that held `c` in the largest of its `passes` needed, by the model.
+    pub fn new(budget: Budget, c: Counts, passes: u32) -> Self {
         let peak = [
             c.window_rows
                 .saturating_mul(c.parallel as u64)
@@ -182,6 +220,7 @@ impl Held {
             budget_source: Some(budget.source),
             fold_window_rows: c.window_rows,
             parallel_days: c.parallel as u64,
+            passes,
             executions: c.executions,
             index_keys: c.index_keys,
             windowed_day_events: c.windowed_day_events,
@@ -248,7 +287,7 @@ mod tests {
             windowed_day_events: 10_000,
             index_keys: 10_000,
         };
-        let small = Held::new(b, c);
+        let small = Held::new(b, c, 1);
         let bytes: u64 = (30 << 20) + 100_000 * 2 * 350 + 1_000 * 600 + 10_000 * 70 + 10_000 * 80;
         assert_eq!(small.model_peak_mb, bytes.div_ceil(1 << 20));
         assert!(!small.over_budget());
@@ -258,7 +297,59 @@ mod tests {
             windowed_day_events: 10_000_000,
             ..c
         };
-        assert!(Held::new(b, big).over_budget());
+        assert!(Held::new(b, big, 1).over_budget());
+    }
+
+    #[test]
+    fn a_fold_too_large_for_the_budget_runs_in_passes_that_fit() {
+        let b = Budget {
+            mb: 256,
+            source: Source::Setting,
+        };
+        let window_rows = b.window_rows(2);
+        // One UTC day of 1 M events (329 116 executions, measured).
+        let day = Counts {
+            window_rows,
+            parallel: 2,
+            executions: 329_116,
+            windowed_day_events: 1_000_000,
+            index_keys: 0,
+        };
+        let passes = b.passes(day);
+        assert_eq!(passes, 2);
+        let one = Counts {
+            executions: day.executions.div_ceil(u64::from(passes)),
+            windowed_day_events: day.windowed_day_events.div_ceil(u64::from(passes)),
+            index_keys: day.executions - day.executions.div_ceil(u64::from(passes)),
+            ..day
+        };
+        assert!(
+            !Held::new(b, one, passes).over_budget(),
+            "{:?}",
+            Held::new(b, one, passes)
+        );
+        // The deployed budget (409 MiB) folds the same day in one pass, and a
+        // month of small days too.
+        let pod = Budget { mb: 409, ..b };
+        assert_eq!(
+            pod.passes(Counts {
+                window_rows: pod.window_rows(2),
+                ..day
+            }),
+            1
+        );
+        // Ten times the day takes more passes, never more than MAX_PASSES.
+        let big = Counts {
+            executions: 3_291_160,
+            windowed_day_events: 10_000_000,
+            ..day
+        };
+        assert!(
+            (10..=MAX_PASSES).contains(&b.passes(big)),
+            "{}",
+            b.passes(big)
+        );
+        assert_eq!(Budget { mb: 1, ..b }.passes(big), MAX_PASSES);
     }
 
     /// The envelope holds over what docs/silver.md measured (peak RSS, MiB),
@@ -281,7 +372,7 @@ mod tests {
                 windowed_day_events: d,
                 index_keys: 0,
             };
-            let model = Held::new(b, c).model_peak_mb;
+            let model = Held::new(b, c, 1).model_peak_mb;
             assert!(
                 model >= measured && model * 3 <= measured * 4,
                 "{c:?}: model {model}, measured {measured}"

@@ -180,42 +180,85 @@ pub struct PartitionBatches {
     pub quarantine: Option<(Path, RecordBatch)>,
 }
 
-/// Builds the record batches of one partition (rows must be sorted), named for
-/// `version` written by `run`.
-pub fn prepare(
-    partition: PartitionKey,
+/// Rows of a partition as record batches, not yet merged: those an earlier
+/// key-hash pass parked on local disk ([`crate::spill`]), each sorted.
+#[derive(Debug, Default)]
+pub struct Pieces {
+    /// Silver rows.
+    pub silver: Vec<RecordBatch>,
+    /// Quarantine rows.
+    pub quarantine: Vec<RecordBatch>,
+}
+
+/// Builds the silver and the quarantine batch of one partition's `rows`
+/// (sorted), `None` for an empty side.
+pub fn build_partition(
     rows: &PartitionRows<'_>,
-    version: u64,
-    run: &str,
-) -> Result<PartitionBatches, PublishError> {
-    let build = |schema: SchemaRef, rows: Vec<(Row<'_>, Option<Rule>)>, path: Path| {
+) -> Result<(Option<RecordBatch>, Option<RecordBatch>), BuildError> {
+    let build = |schema: SchemaRef, rows: Vec<(Row<'_>, Option<Rule>)>| {
         if rows.is_empty() {
             return Ok(None);
         }
-        match build_batch(&schema, &rows) {
-            Ok(batch) => Ok(Some((path, batch))),
-            Err(BuildError::Arrow(source)) => Err(PublishError::Arrow {
-                path: path.to_string(),
-                source,
-            }),
-            Err(BuildError::Unknown(c)) => Err(PublishError::UnknownColumn(c)),
-        }
+        build_batch(&schema, &rows).map(Some)
     };
-    Ok(PartitionBatches {
-        partition,
-        quarantine: build(
+    Ok((
+        build(
+            silver_stop_executions(),
+            rows.silver.iter().map(|r| (*r, None)).collect(),
+        )?,
+        build(
             silver_quarantine(),
             rows.quarantine
                 .iter()
                 .map(|(r, rule)| (*r, Some(*rule)))
                 .collect(),
-            quarantine_path(partition, version, run),
         )?,
-        silver: build(
-            silver_stop_executions(),
-            rows.silver.iter().map(|r| (*r, None)).collect(),
-            silver_path(partition, version, run),
-        )?,
+    ))
+}
+
+/// Builds the record batches of one partition from its `rows` (sorted) and
+/// the `earlier` passes' pieces, merged into file order, named for `version`
+/// written by `run`.
+pub fn prepare(
+    partition: PartitionKey,
+    rows: &PartitionRows<'_>,
+    earlier: Pieces,
+    version: u64,
+    run: &str,
+) -> Result<PartitionBatches, PublishError> {
+    let (silver_path, quarantine_path) = (
+        silver_path(partition, version, run),
+        quarantine_path(partition, version, run),
+    );
+    let (silver, quarantine) = match build_partition(rows) {
+        Ok(b) => b,
+        Err(BuildError::Arrow(source)) => {
+            return Err(PublishError::Arrow {
+                path: silver_path.to_string(),
+                source,
+            });
+        }
+        Err(BuildError::Unknown(c)) => return Err(PublishError::UnknownColumn(c)),
+    };
+    let merge = |mut pieces: Vec<RecordBatch>, last: Option<RecordBatch>, path: Path| {
+        pieces.extend(last);
+        if pieces.len() <= 1 {
+            return Ok(pieces.pop().map(|b| (path, b)));
+        }
+        match arrow::compute::concat_batches(&pieces[0].schema(), &pieces)
+            .and_then(|all| sort_rows(&all))
+        {
+            Ok(b) => Ok(Some((path, b))),
+            Err(source) => Err(PublishError::Arrow {
+                path: path.to_string(),
+                source,
+            }),
+        }
+    };
+    Ok(PartitionBatches {
+        partition,
+        quarantine: merge(earlier.quarantine, quarantine, quarantine_path)?,
+        silver: merge(earlier.silver, silver, silver_path)?,
     })
 }
 
@@ -373,7 +416,7 @@ pub async fn rewrite_late(
     if all.num_rows() == 0 {
         return Ok(None);
     }
-    let sorted = sort_quarantine(&all).map_err(arrow_err)?;
+    let sorted = sort_rows(&all).map_err(arrow_err)?;
     write(lake, Some((path, sorted))).await
 }
 
@@ -420,9 +463,9 @@ fn keep_mask(
         .collect())
 }
 
-/// Sorts quarantine rows into file order ([`PartitionRows::sort`]):
-/// `(first_event_at, execution_id, rule)`.
-fn sort_quarantine(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
+/// Sorts silver or quarantine rows into file order ([`PartitionRows::sort`]):
+/// `(first_event_at, execution_id)`, then the rule of a quarantine row.
+fn sort_rows(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
     use arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
     let column = |name: &str| {
         batch
@@ -430,20 +473,27 @@ fn sort_quarantine(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::Arr
             .cloned()
             .ok_or_else(|| arrow::error::ArrowError::SchemaError(format!("no column {name}")))
     };
-    let violations = column("violation")?;
-    let violations = violations
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .ok_or_else(|| arrow::error::ArrowError::SchemaError("violation is not text".into()))?;
-    let rank: ArrayRef = Arc::new(Int32Array::from_iter_values(violations.iter().map(|v| {
-        Rule::ALL
-            .iter()
-            .position(|r| Some(r.name()) == v)
-            .map_or(i32::MAX, |i| i as i32)
-    })));
-    let by = [column("first_event_at")?, column("execution_id")?, rank].map(|values| SortColumn {
-        values,
-        options: None,
-    });
+    let mut by = vec![column("first_event_at")?, column("execution_id")?];
+    if let Some(violations) = batch.column_by_name("violation") {
+        let violations = violations
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| arrow::error::ArrowError::SchemaError("violation is not text".into()))?;
+        by.push(Arc::new(Int32Array::from_iter_values(
+            violations.iter().map(|v| {
+                Rule::ALL
+                    .iter()
+                    .position(|r| Some(r.name()) == v)
+                    .map_or(i32::MAX, |i| i as i32)
+            }),
+        )));
+    }
+    let by: Vec<SortColumn> = by
+        .into_iter()
+        .map(|values| SortColumn {
+            values,
+            options: None,
+        })
+        .collect();
     take_record_batch(batch, &lexsort_to_indices(&by, None)?)
 }

@@ -468,15 +468,18 @@ async fn a_changed_shard_count_is_refused_unless_re_sharded_by_a_full_refresh() 
 }
 
 /// #17: `SILVER_MEMORY_MB` sizes the fold windows (a quarter of the budget
-/// over `--parallel-days` windows of ~350-byte rows), the report says what
-/// the run held by the memory model, and a run that held more than its
-/// budget warns with the fix. An explicit `--fold-window-rows` still wins.
+/// over `--parallel-days` windows of ~350-byte rows) and, when a fold of
+/// everything does not fit it, folds in key-hash passes whose largest fits
+/// (the earlier passes' rows parked on local disk); the report says what the
+/// run held by the memory model. A run made to hold more than its budget
+/// (`--fold-passes 1`) warns with the fix. An explicit `--fold-window-rows`
+/// still wins.
 #[tokio::test]
-async fn the_memory_budget_sizes_the_fold_windows_and_a_run_over_it_warns() {
+async fn the_memory_budget_sizes_the_fold_and_a_run_over_it_warns() {
     let t = TestLake::new().await;
     let start = ts("2025-06-01T00:00:00Z");
     // 40 000 one-event executions in one day: more rows than a 64 MiB
-    // budget's window (23 967), and more executions than it holds.
+    // budget's window (23 967), and more executions than it holds at once.
     let events: Vec<Ev> = (0..40_000u64)
         .map(|n| {
             Ev::at_micros(
@@ -501,24 +504,58 @@ async fn the_memory_budget_sizes_the_fold_windows_and_a_run_over_it_warns() {
     assert_eq!(memory["budget_mb"], 64);
     assert_eq!(memory["budget_source"], "setting");
     assert_eq!(memory["fold_window_rows"], (64u64 << 20) / 4 / 350 / 2);
-    assert_eq!(memory["executions"], 40_000);
-    assert_eq!(report["work"]["fold_windows"], 2, "{report}");
-    assert!(memory["model_peak_mb"].as_u64().unwrap() > 64, "{memory}");
+    assert_eq!(memory["passes"], 2, "{memory}");
+    let largest = memory["executions"].as_u64().unwrap();
+    assert!((19_000..=21_000).contains(&largest), "{memory}");
+    assert!(memory["model_peak_mb"].as_u64().unwrap() <= 64, "{memory}");
+    assert_eq!(report["work"]["fold_windows"], 4, "two per pass: {report}");
+    assert!(
+        report["work"]["parked_bytes"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert_eq!(report["rows"]["silver"], 40_000, "{report}");
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(!logs.contains("more than its memory budget"), "{logs}");
+    let in_passes = published(&t.lake).await;
+
+    // The same in one pass: the same files, and over the budget, which the
+    // run says with the fix.
+    let out = t.run_bin(
+        &["--full-refresh", "--fold-passes", "1"],
+        &[("SILVER_MEMORY_MB", "64")],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let report = latest_report(&t.lake).await;
+    assert_eq!(report["memory"]["passes"], 1);
+    assert_eq!(report["memory"]["executions"], 40_000);
+    assert!(
+        report["memory"]["model_peak_mb"].as_u64().unwrap() > 64,
+        "{report}"
+    );
     let logs = String::from_utf8_lossy(&out.stderr);
     assert!(
         logs.contains("more than its memory budget") && logs.contains("SILVER_SHARD_COUNT"),
         "{logs}"
     );
+    assert_eq!(published(&t.lake).await, in_passes);
 
     // The default budget (no cgroup limit here: 512 MiB) folds the day whole
-    // and says nothing; --fold-window-rows overrides the budget's windows.
+    // in one pass and says nothing; --fold-window-rows overrides the budget's
+    // windows.
     let out = t.run_bin(&["--full-refresh"], &[]);
     assert_eq!(out.status.code(), Some(0));
     let report = latest_report(&t.lake).await;
     assert_eq!(report["work"]["fold_windows"], 1, "{report}");
+    assert_eq!(report["memory"]["passes"], 1, "{report}");
     assert!(!String::from_utf8_lossy(&out.stderr).contains("memory budget"));
     let out = t.run_bin(
-        &["--full-refresh", "--fold-window-rows", "10000"],
+        &[
+            "--full-refresh",
+            "--fold-window-rows",
+            "10000",
+            "--fold-passes",
+            "1",
+        ],
         &[("SILVER_MEMORY_MB", "64")],
     );
     assert_eq!(out.status.code(), Some(0));

@@ -211,6 +211,17 @@ struct Covered {
     windows: bool,
     /// An execution key's events lie on days with days without them between.
     gaps: bool,
+    /// A fold of everything ran in several key-hash passes and parked rows.
+    passes: bool,
+}
+
+/// A full refresh folding in `passes` key-hash passes (the earlier passes'
+/// rows parked on local disk): the same files as one pass.
+fn full_refresh_in(passes: u32) -> Options {
+    Options {
+        fold_passes: Some(passes),
+        ..full_refresh()
+    }
 }
 
 /// Whether some execution key's live events leave a day without them between
@@ -258,20 +269,25 @@ async fn check_seed(seed: u64, executions: usize, lakes: [Lake; 3]) -> Covered {
         } else {
             0.5
         };
-        run(
+        // An incremental run that takes the shortcut folds in passes.
+        let r = run(
             &inc,
             &Options {
                 whole_shard_ratio,
+                fold_passes: Some(2),
                 ..incremental()
             },
         )
         .await;
+        covered.passes |= r.work.parked_bytes > 0;
         for index in [0, 1] {
             let r = run(&shards, &sharded(index)).await;
             covered.windows |= r.work.fold_windows > r.work.days_read;
         }
     }
-    run(&full, &full_refresh()).await;
+    // The reference folds in 1 to 4 passes.
+    let r = run(&full, &full_refresh_in(1 + (seed % 4) as u32)).await;
+    covered.passes |= r.work.parked_bytes > 0;
 
     let (want_silver, want_quarantine) = reference(&live.iter().collect::<Vec<_>>());
     let got = silver(&full).await;
@@ -377,7 +393,12 @@ async fn check_retention(seed: u64, executions: usize, lakes: [Lake; 2]) -> (u64
         kept, frozen_files,
         "seed {seed}: frozen partitions unchanged"
     );
-    run(&inc, &full_refresh()).await;
+    let r = run(&inc, &full_refresh_in(1 + (seed % 3) as u32)).await;
+    assert_eq!(
+        r.work.fold_passes,
+        1 + seed % 3,
+        "seed {seed}: passes of the full refresh"
+    );
     assert_eq!(published(&inc).await, before, "seed {seed}: full refresh");
     for index in [0, 1] {
         run(
@@ -415,7 +436,7 @@ async fn retention_keeps_history_and_full_refresh_agrees_on_local_lakes() {
 #[tokio::test]
 async fn incremental_equals_full_recompute_on_s3() {
     let t = TestLake::new().await;
-    let (mut checkpointed, mut windowed, mut gapped) = (0, 0, 0);
+    let (mut checkpointed, mut windowed, mut gapped, mut passes) = (0, 0, 0, 0);
     for seed in [1, 2, 3, 4] {
         let lakes = [
             t.other_bucket().await,
@@ -426,6 +447,7 @@ async fn incremental_equals_full_recompute_on_s3() {
         checkpointed += usize::from(c.checkpoint);
         windowed += usize::from(c.windows);
         gapped += usize::from(c.gaps);
+        passes += usize::from(c.passes);
     }
     assert!(
         checkpointed > 0,
@@ -436,12 +458,13 @@ async fn incremental_equals_full_recompute_on_s3() {
         gapped > 0,
         "some key's events have days without them between"
     );
+    assert!(passes > 0, "some fold ran in passes and parked rows");
 }
 
 #[tokio::test]
 async fn incremental_equals_full_recompute_on_local_lakes() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut checkpointed, mut windowed, mut gapped) = (0, 0, 0);
+    let (mut checkpointed, mut windowed, mut gapped, mut passes) = (0, 0, 0, 0);
     for seed in 100..130 {
         let lakes = ["inc", "shards", "full"].map(|n| {
             Lake::open(&LakeConfig::local(dir.path().join(format!("{seed}-{n}")))).unwrap()
@@ -450,6 +473,7 @@ async fn incremental_equals_full_recompute_on_local_lakes() {
         checkpointed += usize::from(c.checkpoint);
         windowed += usize::from(c.windows);
         gapped += usize::from(c.gaps);
+        passes += usize::from(c.passes);
     }
     assert!(
         checkpointed >= 3,
@@ -459,5 +483,9 @@ async fn incremental_equals_full_recompute_on_local_lakes() {
     assert!(
         gapped >= 10,
         "{gapped} seeds have keys with days without events between"
+    );
+    assert!(
+        passes >= 10,
+        "{passes} seeds folded in passes and parked rows"
     );
 }

@@ -1,0 +1,167 @@
+//! The rows of a fold's earlier key-hash passes, parked on local disk until
+//! publish merges each partition's pieces with the last pass's rows (SPEC §10).
+//!
+//! A fold larger than the memory budget allows ([`crate::memory::Budget::passes`])
+//! runs in passes, each folding the executions of one part of the key-hash
+//! space from all the days it reads ([`crate::fold::KeyFilter::Part`]). An
+//! execution's events all fall in one part, so each pass's executions are
+//! complete: they are checked and routed as the pass ends, their rows written
+//! here, sorted, one file per partition and side, and only their key index
+//! entries stay in memory. The last pass's executions stay in memory, as a
+//! fold in one pass does; [`crate::publish::prepare`] merges.
+//!
+//! The files are uncompressed Parquet in a private temporary directory under
+//! `TMPDIR` (the pod's emptyDir at /tmp), removed when the run ends, whatever
+//! way it ends; the kernel frees them with the pod if the process is killed.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::PathBuf;
+
+use arrow::array::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::fold::Folded;
+use crate::index::KeyInfo;
+use crate::key::{KeyHash, PartitionKey};
+use crate::publish::{BuildError, Pieces, build_partition};
+use crate::route::Routing;
+
+/// Rows read back at a time.
+const READ_BATCH_ROWS: usize = 65_536;
+
+/// Errors of parking rows on local disk.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpillError {
+    /// The local disk refused (full, read-only, gone).
+    #[error(
+        "cannot park the rows of a fold pass on local disk ({path}): {reason}; the run needs free space \
+         under TMPDIR (the pod's emptyDir at /tmp: raise its sizeLimit), or a larger SILVER_MEMORY_MB \
+         so that the fold needs fewer passes; nothing was published"
+    )]
+    Disk {
+        /// The file or directory.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The rows could not be built (a schema mismatch: a bug).
+    #[error("cannot build the rows of a fold pass: {0}")]
+    Build(String),
+}
+
+/// A partition's parked files.
+#[derive(Debug, Default)]
+struct Parked {
+    silver: Vec<PathBuf>,
+    quarantine: Vec<PathBuf>,
+}
+
+/// The parked rows of a run's earlier passes.
+#[derive(Debug, Default)]
+pub struct Spill {
+    dir: Option<tempfile::TempDir>,
+    parked: BTreeMap<PartitionKey, Parked>,
+    files: u64,
+    /// Key index entries of the parked executions.
+    pub entries: Vec<(KeyHash, KeyInfo)>,
+    /// Bytes written.
+    pub bytes: u64,
+}
+
+impl Spill {
+    /// Checks and routes one pass's `executions` (all of them: a pass's
+    /// partitions are all published) into `routing`, writes their rows and
+    /// keeps their index entries; the executions are freed.
+    pub fn park(&mut self, routing: &mut Routing, executions: Folded) -> Result<(), SpillError> {
+        let rows = routing.route(&executions, |_| true);
+        for (p, r) in &rows {
+            let (silver, quarantine) = build_partition(r).map_err(|e| match e {
+                BuildError::Arrow(e) => SpillError::Build(e.to_string()),
+                BuildError::Unknown(c) => SpillError::Build(format!("unknown column {c}")),
+            })?;
+            if let Some(b) = silver {
+                let path = self.write(&b)?;
+                self.parked.entry(*p).or_default().silver.push(path);
+            }
+            if let Some(b) = quarantine {
+                let path = self.write(&b)?;
+                self.parked.entry(*p).or_default().quarantine.push(path);
+            }
+        }
+        drop(rows);
+        self.entries.extend(
+            executions
+                .into_entries()
+                .map(|(k, acc)| (KeyHash::of(&k), crate::incremental::info_of(&acc))),
+        );
+        Ok(())
+    }
+
+    /// The parked pieces of partition `p` (none if nothing was parked).
+    pub fn take(&self, p: &PartitionKey) -> Result<Pieces, SpillError> {
+        let Some(parked) = self.parked.get(p) else {
+            return Ok(Pieces::default());
+        };
+        Ok(Pieces {
+            silver: read_all(&parked.silver)?,
+            quarantine: read_all(&parked.quarantine)?,
+        })
+    }
+
+    /// Files written.
+    pub fn files(&self) -> u64 {
+        self.files
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> Result<PathBuf, SpillError> {
+        let dir = match &self.dir {
+            Some(d) => d.path().to_owned(),
+            None => {
+                let d = tempfile::Builder::new()
+                    .prefix("silver-passes-")
+                    .tempdir()
+                    .map_err(|e| SpillError::Disk {
+                        path: std::env::temp_dir().display().to_string(),
+                        reason: e.to_string(),
+                    })?;
+                let path = d.path().to_owned();
+                self.dir = Some(d);
+                path
+            }
+        };
+        let path = dir.join(format!("{:06}.parquet", self.files));
+        let disk = |reason: String| SpillError::Disk {
+            path: path.display().to_string(),
+            reason,
+        };
+        let file = File::create(&path).map_err(|e| disk(e.to_string()))?;
+        let mut w =
+            ArrowWriter::try_new(file, batch.schema(), None).map_err(|e| disk(e.to_string()))?;
+        w.write(batch).map_err(|e| disk(e.to_string()))?;
+        w.close().map_err(|e| disk(e.to_string()))?;
+        self.files += 1;
+        self.bytes += std::fs::metadata(&path).map_or(0, |m| m.len());
+        Ok(path)
+    }
+}
+
+fn read_all(paths: &[PathBuf]) -> Result<Vec<RecordBatch>, SpillError> {
+    let mut out = Vec::new();
+    for path in paths {
+        let disk = |reason: String| SpillError::Disk {
+            path: path.display().to_string(),
+            reason,
+        };
+        let file = File::open(path).map_err(|e| disk(e.to_string()))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.with_batch_size(READ_BATCH_ROWS).build())
+            .map_err(|e| disk(e.to_string()))?;
+        for batch in reader {
+            out.push(batch.map_err(|e| disk(e.to_string()))?);
+        }
+    }
+    Ok(out)
+}
