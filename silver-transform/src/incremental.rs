@@ -199,6 +199,9 @@ pub struct WorkStats {
     pub frozen_removed: u64,
     /// New bronze files of days before the retention horizon (late rows): not read.
     pub files_behind_horizon: u64,
+    /// Executions the shard's key index held before the run (every segment,
+    /// loaded or not).
+    pub indexed_keys: u64,
     /// Key-hash passes of a fold of everything (1 unless the memory budget
     /// needs more, [`crate::memory::Budget::passes`]; 0 when the run folded
     /// only the affected executions); each reads its days again.
@@ -297,6 +300,7 @@ pub async fn recompute(
     let mut table = prior.table;
     // Every key the index holds, loaded or not (a format-1 index is all loaded).
     let known_keys = segments.total_keys().max(old.len() as u64);
+    out.stats.indexed_keys = known_keys;
     let horizon = view.retained_before();
     let frozen = |day: i32| horizon.is_some_and(|h| day < h);
     let live = |p: &PartitionKey| owned(p) && !frozen(p.day);
@@ -505,8 +509,13 @@ async fn fold_everything(
     mut frozen: KeyIndex,
     touched: Option<FxHashMap<KeyHash, KeyInfo>>,
 ) -> Result<Recomputed, RecomputeError> {
+    if view.retained_before().is_none() {
+        // The index is rebuilt from the fold: what was loaded is not needed.
+        frozen = KeyIndex::default();
+    }
     let days = view.days();
-    let passes = plan_passes(lake, view, &days, req).await?;
+    let index_keys = frozen.len() as u64;
+    let passes = plan_passes(lake, view, &days, req, index_keys, out.stats.indexed_keys).await?;
     out.stats.fold_passes = u64::from(passes);
     if passes > 1 {
         tracing::info!(
@@ -588,14 +597,17 @@ async fn fold_everything(
 }
 
 /// Key-hash passes for folding every execution of `days` within the memory
-/// budget ([`Budget::passes`]). The bronze rows bound the executions; only
-/// when that bound does not fit one pass are the key columns read, for an
-/// estimate of the executions ([`estimate_keys`]).
+/// budget ([`Budget::passes`]). The bronze rows bound the executions; when
+/// that bound does not fit one pass, the executions are those the shard's key
+/// index holds (`known_keys`), or, for a shard without one, estimated from
+/// bronze's key columns ([`estimate_keys`]).
 async fn plan_passes(
     lake: &Lake,
     view: &BronzeView,
     days: &BTreeSet<i32>,
     req: &Request,
+    index_keys: u64,
+    known_keys: u64,
 ) -> Result<u32, RecomputeError> {
     if let Some(p) = req.passes {
         return Ok(p.clamp(1, crate::memory::MAX_PASSES));
@@ -603,24 +615,29 @@ async fn plan_passes(
     let by_day = view.files_by_day(days);
     let rows_of = |files: &[BronzeFile]| files.iter().map(|f| f.file.rows).sum::<u64>();
     let rows: u64 = by_day.values().map(|f| rows_of(f)).sum();
-    let windowed_day_events = by_day
-        .values()
-        .map(|f| rows_of(f))
-        .filter(|r| *r > req.window_rows)
-        .max()
-        .unwrap_or(0);
+    let largest_day = by_day.values().map(|f| rows_of(f)).max().unwrap_or(0);
+    let windowed_day_events = if largest_day > req.window_rows {
+        largest_day
+    } else {
+        0
+    };
     let counts = |executions| Counts {
-        window_rows: req.window_rows,
+        // A unit holds a window, or a whole day smaller than one.
+        window_rows: req.window_rows.min(largest_day),
         parallel: req.parallel_days,
         executions,
         windowed_day_events,
-        index_keys: 0,
+        index_keys,
     };
     if req.memory.passes(counts(rows)) == 1 {
         return Ok(1);
     }
-    let files: Vec<BronzeFile> = by_day.into_values().flatten().collect();
-    let keys = estimate_keys(lake, &files).await?;
+    // The executions the shard's index holds, else an estimate from bronze.
+    let keys = if known_keys > 0 {
+        known_keys
+    } else {
+        estimate_keys(lake, by_day, req).await?
+    };
     let passes = req.memory.passes(counts(keys));
     tracing::debug!(
         rows,
@@ -790,15 +807,24 @@ pub async fn scan_keys(
 /// Distinct values a key-count sketch keeps (about 3 % error).
 const SKETCH_KEYS: usize = 1024;
 
-/// Estimates the distinct execution keys of `files` from their key columns
-/// in constant memory: the [`SKETCH_KEYS`] smallest key hashes ("k minimum
-/// values"; exact below that many keys).
-pub async fn estimate_keys(lake: &Lake, files: &[BronzeFile]) -> Result<u64, RecomputeError> {
-    let sketches: Vec<Sketch> = futures::stream::iter(files.iter().cloned())
-        .map(|f| {
+/// Estimates the distinct execution keys of the days `by_day` from their key
+/// columns in constant memory: the [`SKETCH_KEYS`] smallest key hashes ("k
+/// minimum values"; exact below that many keys). Read in the fold's windows,
+/// `req.parallel_days` at a time, so it holds no more bronze than the fold.
+async fn estimate_keys(
+    lake: &Lake,
+    by_day: BTreeMap<i32, Vec<BronzeFile>>,
+    req: &Request,
+) -> Result<u64, RecomputeError> {
+    let units = by_day
+        .into_values()
+        .flat_map(|files| windows(files, req.window_rows))
+        .flat_map(|(files, window)| (0..files.len()).map(move |i| (Arc::clone(&files), i, window)));
+    let sketches: Vec<Sketch> = futures::stream::iter(units)
+        .map(|(files, i, window)| {
             let lake = lake.clone();
             tokio::spawn(async move {
-                let cols = read_file(&lake, &f, Projection::Keys, None).await?;
+                let cols = read_file(&lake, &files[i], Projection::Keys, window).await?;
                 let mut sketch = Sketch::default();
                 let mut buf = String::new();
                 for c in &cols {
@@ -811,7 +837,7 @@ pub async fn estimate_keys(lake: &Lake, files: &[BronzeFile]) -> Result<u64, Rec
                 Ok::<_, RecomputeError>(sketch)
             })
         })
-        .buffer_unordered(SCAN_CONCURRENCY)
+        .buffer_unordered(req.parallel_days.max(1))
         .map(|r| r.map_err(RecomputeError::from).and_then(|x| x))
         .try_collect()
         .await?;

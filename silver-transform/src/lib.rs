@@ -64,6 +64,10 @@ pub const JOB: &str = "silver-transform";
 
 /// Partitions published concurrently.
 const PUBLISH_CONCURRENCY: usize = 8;
+/// Partitions published concurrently when parked pieces are merged: a run in
+/// key-hash passes is short of memory, and a merge holds its partition's rows
+/// twice (the pieces, then the sorted whole).
+const MERGE_CONCURRENCY: usize = 2;
 
 /// What a run recomputes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -943,7 +947,8 @@ fn route<'a>(
     }
 }
 
-/// Publishes every partition, [`PUBLISH_CONCURRENCY`] at a time. Batches are
+/// Publishes every partition, [`PUBLISH_CONCURRENCY`] at a time
+/// ([`MERGE_CONCURRENCY`] when earlier passes parked rows). Batches are
 /// built on this task one partition at a time; encoding, compression and upload
 /// (the expensive part) run on worker tasks. The lease is checked before each.
 async fn publish_all(
@@ -975,7 +980,11 @@ async fn publish_all(
                 Ok::<_, anyhow::Error>((*p, out))
             }
         })
-        .buffer_unordered(PUBLISH_CONCURRENCY)
+        .buffer_unordered(if spill.files() > 0 {
+            MERGE_CONCURRENCY
+        } else {
+            PUBLISH_CONCURRENCY
+        })
         .try_collect()
         .await
 }

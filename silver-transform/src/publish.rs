@@ -245,9 +245,9 @@ pub fn prepare(
         if pieces.len() <= 1 {
             return Ok(pieces.pop().map(|b| (path, b)));
         }
-        match arrow::compute::concat_batches(&pieces[0].schema(), &pieces)
-            .and_then(|all| sort_rows(&all))
-        {
+        let all = arrow::compute::concat_batches(&pieces[0].schema(), &pieces);
+        drop(pieces);
+        match all.and_then(|all| sort_rows(&all)) {
             Ok(b) => Ok(Some((path, b))),
             Err(source) => Err(PublishError::Arrow {
                 path: path.to_string(),

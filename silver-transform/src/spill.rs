@@ -10,7 +10,7 @@
 //! entries stay in memory. The last pass's executions stay in memory, as a
 //! fold in one pass does; [`crate::publish::prepare`] merges.
 //!
-//! The files are uncompressed Parquet in a private temporary directory under
+//! The files are Parquet (zstd, level 1) in a private temporary directory under
 //! `TMPDIR` (the pod's emptyDir at /tmp), removed when the run ends, whatever
 //! way it ends; the kernel frees them with the pod if the process is killed.
 
@@ -21,6 +21,8 @@ use std::path::PathBuf;
 use arrow::array::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
 
 use crate::fold::Folded;
 use crate::index::KeyInfo;
@@ -138,8 +140,12 @@ impl Spill {
             reason,
         };
         let file = File::create(&path).map_err(|e| disk(e.to_string()))?;
-        let mut w =
-            ArrowWriter::try_new(file, batch.schema(), None).map_err(|e| disk(e.to_string()))?;
+        // Compressed (fast): a large fold parks about as much as it publishes.
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .build();
+        let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props))
+            .map_err(|e| disk(e.to_string()))?;
         w.write(batch).map_err(|e| disk(e.to_string()))?;
         w.close().map_err(|e| disk(e.to_string()))?;
         self.files += 1;
