@@ -128,7 +128,9 @@ impl Budget {
     /// executions and of the largest windowed day's event ids; every pass
     /// holds the base, the windows in flight and the other index entries, and
     /// the earlier passes' executions as index entries (their rows wait on
-    /// local disk, [`crate::spill`]). [`MAX_PASSES`] if none fits.
+    /// local disk, [`crate::spill`]). [`MAX_PASSES`] if none fits; 1 if what
+    /// every pass holds is over the budget alone (a window too large for
+    /// it: passes cannot help, and the run says it is over budget).
     pub fn passes(&self, c: Counts) -> u32 {
         let fixed = [
             c.window_rows
@@ -143,6 +145,9 @@ impl Budget {
             .saturating_mul(EXECUTION_BYTES)
             .saturating_add(c.windowed_day_events.saturating_mul(DAY_EVENT_BYTES));
         let parked = c.executions.saturating_mul(KEY_BYTES);
+        if fixed >= self.bytes() {
+            return 1;
+        }
         (1..=MAX_PASSES)
             .find(|p| {
                 let p = u64::from(*p);
@@ -338,18 +343,22 @@ mod tests {
             }),
             1
         );
-        // Ten times the day takes more passes, never more than MAX_PASSES.
+        // Ten times the day takes more passes at 512 MiB; at 256 its index
+        // entries alone nearly fill the budget: as many passes as allowed.
         let big = Counts {
             executions: 3_291_160,
             windowed_day_events: 10_000_000,
             ..day
         };
-        assert!(
-            (10..=MAX_PASSES).contains(&b.passes(big)),
-            "{}",
-            b.passes(big)
-        );
-        assert_eq!(Budget { mb: 1, ..b }.passes(big), MAX_PASSES);
+        let more = Budget { mb: 512, ..b }.passes(big);
+        assert!((10..MAX_PASSES).contains(&more), "{more}");
+        assert_eq!(b.passes(big), MAX_PASSES);
+        // Windows larger than the budget: passes would not help.
+        let wide = Counts {
+            window_rows: 1_000_000,
+            ..day
+        };
+        assert_eq!(Budget { mb: 300, ..b }.passes(wide), 1);
     }
 
     /// The envelope holds over what docs/silver.md measured (peak RSS, MiB),
