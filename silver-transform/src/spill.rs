@@ -11,8 +11,11 @@
 //! fold in one pass does; [`crate::publish::prepare`] merges.
 //!
 //! The files are Parquet (zstd, level 1) in a private temporary directory under
-//! `TMPDIR` (the pod's emptyDir at /tmp), removed when the run ends, whatever
-//! way it ends; the kernel frees them with the pod if the process is killed.
+//! `TMPDIR` (the pod's emptyDir at /tmp), removed when the run ends. A run
+//! that was killed (out of memory, say) cannot remove its own, and a container
+//! restarted in the same pod keeps the emptyDir: each directory holds a file
+//! its run keeps locked, and the next run that parks removes every directory
+//! whose lock nobody holds.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -29,6 +32,11 @@ use crate::index::KeyInfo;
 use crate::key::{KeyHash, PartitionKey};
 use crate::publish::{BuildError, Pieces, build_partition};
 use crate::route::Routing;
+
+/// Prefix of a run's directory under `TMPDIR`.
+const DIR_PREFIX: &str = "silver-passes-";
+/// The file a run's directory holds, locked while the run lives.
+const LOCK_FILE: &str = "lock";
 
 /// Rows read back at a time.
 const READ_BATCH_ROWS: usize = 65_536;
@@ -64,7 +72,10 @@ struct Parked {
 /// The parked rows of a run's earlier passes.
 #[derive(Debug, Default)]
 pub struct Spill {
-    dir: Option<tempfile::TempDir>,
+    /// Where the run's directory goes (`None`: `TMPDIR`).
+    base: Option<PathBuf>,
+    /// The run's directory and its held lock.
+    dir: Option<(tempfile::TempDir, File)>,
     parked: BTreeMap<PartitionKey, Parked>,
     files: u64,
     /// Key index entries of the parked executions.
@@ -74,6 +85,14 @@ pub struct Spill {
 }
 
 impl Spill {
+    /// Parks under `base` instead of `TMPDIR`.
+    pub fn in_dir(base: PathBuf) -> Self {
+        Self {
+            base: Some(base),
+            ..Self::default()
+        }
+    }
+
     /// Checks and routes one pass's `executions` (all of them: a pass's
     /// partitions are all published) into `routing`, writes their rows and
     /// keeps their index entries; the executions are freed.
@@ -120,17 +139,15 @@ impl Spill {
 
     fn write(&mut self, batch: &RecordBatch) -> Result<PathBuf, SpillError> {
         let dir = match &self.dir {
-            Some(d) => d.path().to_owned(),
+            Some((d, _)) => d.path().to_owned(),
             None => {
-                let d = tempfile::Builder::new()
-                    .prefix("silver-passes-")
-                    .tempdir()
-                    .map_err(|e| SpillError::Disk {
-                        path: std::env::temp_dir().display().to_string(),
-                        reason: e.to_string(),
-                    })?;
+                let base = self.base.clone().unwrap_or_else(std::env::temp_dir);
+                let (d, lock) = open_dir(&base).map_err(|e| SpillError::Disk {
+                    path: base.display().to_string(),
+                    reason: e.to_string(),
+                })?;
                 let path = d.path().to_owned();
-                self.dir = Some(d);
+                self.dir = Some((d, lock));
                 path
             }
         };
@@ -154,6 +171,48 @@ impl Spill {
     }
 }
 
+/// Creates this run's directory under `base`, its lock held, after removing
+/// the directories of runs that died.
+fn open_dir(base: &std::path::Path) -> std::io::Result<(tempfile::TempDir, File)> {
+    let stale = remove_stale(base);
+    if stale > 0 {
+        tracing::info!(
+            directories = stale,
+            "Removed the parked rows of runs that died"
+        );
+    }
+    let dir = tempfile::Builder::new()
+        .prefix(DIR_PREFIX)
+        .tempdir_in(base)?;
+    let lock = File::create(dir.path().join(LOCK_FILE))?;
+    lock.lock()?;
+    Ok((dir, lock))
+}
+
+/// Removes the run directories under `base` whose lock no process holds
+/// (a directory without a lock file is being created: left alone).
+fn remove_stale(base: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(DIR_PREFIX) {
+            continue;
+        }
+        let Ok(lock) = File::open(e.path().join(LOCK_FILE)) else {
+            continue;
+        };
+        if lock.try_lock().is_ok() {
+            drop(lock);
+            if std::fs::remove_dir_all(e.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
 fn read_all(paths: &[PathBuf]) -> Result<Vec<RecordBatch>, SpillError> {
     let mut out = Vec::new();
     for path in paths {
@@ -170,4 +229,37 @@ fn read_all(paths: &[PathBuf]) -> Result<Vec<RecordBatch>, SpillError> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A killed run's directory goes with the next run that parks; a live
+    /// run's stays, and so does this run's until it ends.
+    #[test]
+    fn the_parked_rows_of_a_run_that_died_are_removed_and_a_live_runs_kept() {
+        let base = tempfile::tempdir().unwrap();
+        let dead = base.path().join(format!("{DIR_PREFIX}dead"));
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.join(LOCK_FILE), b"").unwrap();
+        std::fs::write(dead.join("000000.parquet"), b"rows").unwrap();
+        let (live, live_lock) = open_dir(base.path()).unwrap();
+        let other = base.path().join("not-ours");
+        std::fs::create_dir(&other).unwrap();
+
+        let (mine, _lock) = open_dir(base.path()).unwrap();
+        assert!(!dead.exists(), "the dead run's directory is removed");
+        assert!(live.path().exists(), "a live run's directory stays");
+        assert!(other.exists(), "what is not a run's directory stays");
+        assert!(mine.path().join(LOCK_FILE).exists());
+
+        // Once that run is gone (its lock released, its directory left
+        // behind, as by a kill), the next one removes it.
+        let left = live.keep();
+        drop(live_lock);
+        let (_next, _l) = open_dir(base.path()).unwrap();
+        assert!(!left.exists());
+        assert!(mine.path().exists());
+    }
 }
