@@ -618,7 +618,9 @@ async fn execute(
         .insert("recompute", t.elapsed().as_millis() as u64);
     tracing::info!(
         partitions = rec.partitions.len(),
-        executions = rec.executions.len(),
+        // Those of the earlier passes are parked by now; their entries count them.
+        executions = rec.executions.len() + rec.spill.entries.len(),
+        passes = rec.stats.fold_passes.max(1),
         new_batches = rec.new_batches.len(),
         days_read = rec.stats.days_read,
         events_folded = rec.stats.events_folded,

@@ -516,6 +516,15 @@ async fn the_memory_budget_sizes_the_fold_and_a_run_over_it_warns() {
     assert_eq!(report["rows"]["silver"], 40_000, "{report}");
     let logs = String::from_utf8_lossy(&out.stderr);
     assert!(!logs.contains("more than its memory budget"), "{logs}");
+    // The log counts the executions of every pass, not the last one's.
+    let recomputed = logs
+        .lines()
+        .find(|l| l.contains("Recomputed executions"))
+        .unwrap_or_else(|| panic!("{logs}"));
+    assert!(
+        recomputed.contains(r#""executions":40000"#) && recomputed.contains(r#""passes":2"#),
+        "{recomputed}"
+    );
     let in_passes = published(&t.lake).await;
 
     // The same in one pass: the same files, and over the budget, which the
