@@ -50,12 +50,15 @@ impl KeyFilter {
     }
 }
 
-/// The key-hash part (`0..of`) an execution's key falls in.
+/// The key-hash part (`0..of`) an execution's key falls in: parts are
+/// consecutive ranges of key hashes, so the passes of a fold produce their
+/// keys in key order, and the key index's segments (ranges of key hashes
+/// too, [`crate::segments`]) are written as the passes end.
 pub fn part_of(key: KeyHash, of: u32) -> u32 {
     let head = u64::from_be_bytes([
         key.0[0], key.0[1], key.0[2], key.0[3], key.0[4], key.0[5], key.0[6], key.0[7],
     ]);
-    (head % u64::from(of.max(1))) as u32
+    ((u128::from(head) * u128::from(of.max(1))) >> 64) as u32
 }
 
 /// Index of a decimal in [`Acc`]'s decimal array.

@@ -59,7 +59,7 @@ use crate::key::{EventId, KeyHash, PartitionKey, Shard};
 use crate::memory::{Budget, Counts};
 use crate::partitions::{PartitionTable, PartitionsError};
 use crate::route::Routing;
-use crate::segments::{Segments, month_of_day};
+use crate::segments::{Rebuild, Segments, month_of_day};
 use crate::spill::{Spill, SpillError};
 
 /// Files scanned for keys concurrently.
@@ -148,6 +148,11 @@ pub struct Request {
     /// executions (whose index entry outlives them, [`crate::retain`]) is
     /// counted and written nowhere.
     pub removed_before: Option<i32>,
+    /// The version this run writes (`None`: a dry run, which writes nothing):
+    /// a rebuilt index's segments are written as the fold's passes end.
+    pub version: Option<u64>,
+    /// Entries a key index segment holds at most ([`crate::segments::SEGMENT_KEYS`]).
+    pub segment_keys: u64,
 }
 
 impl Request {
@@ -253,6 +258,9 @@ pub struct Recomputed {
     pub segments: Segments,
     /// The index was rebuilt from all of bronze: it replaces every segment.
     pub rebuilt: bool,
+    /// The segments of a rebuilt index, written as the passes end (the last
+    /// pass's entries are added once its executions are published).
+    pub rebuild: Option<Rebuild>,
     /// The partition table, with the months this run's plan needed loaded.
     pub table: PartitionTable,
     /// Later events of the frozen executions this run's new batches touched,
@@ -405,8 +413,9 @@ pub async fn recompute(
     loop {
         // All executions of a planned partition are in its month's segment.
         let months: BTreeSet<i32> = partitions.iter().map(|p| month_of_day(p.day)).collect();
+        let ids = segments.of_months(months);
         segments
-            .load(lake, months, &mut old)
+            .load(lake, ids, &mut old)
             .await
             .map_err(RecomputeError::Index)?;
         let mut keys: FxHashSet<KeyHash> = FxHashSet::default();
@@ -517,6 +526,14 @@ async fn fold_everything(
     let index_keys = frozen.len() as u64;
     let passes = plan_passes(lake, view, &days, req, index_keys, out.stats.indexed_keys).await?;
     out.stats.fold_passes = u64::from(passes);
+    if view.retained_before().is_none() {
+        out.rebuild = Some(Rebuild::new(
+            req.shard,
+            req.version,
+            passes,
+            req.segment_keys,
+        ));
+    }
     if passes > 1 {
         tracing::info!(
             passes,
@@ -556,7 +573,11 @@ async fn fold_everything(
         partitions.extend(folded.values().map(|a| a.partition()));
         out.largest_pass = out.largest_pass.max(folded.len() as u64);
         if index + 1 < passes {
-            out.spill.park(&mut out.routing, folded)?;
+            let entries = out.spill.park(&mut out.routing, folded)?;
+            match &mut out.rebuild {
+                Some(r) => r.add(lake, entries).await.map_err(RecomputeError::Index)?,
+                None => out.spill.entries.extend(entries),
+            }
         } else {
             out.executions = folded;
         }
@@ -628,6 +649,7 @@ async fn plan_passes(
         executions,
         windowed_day_events,
         index_keys,
+        index_streamed: view.retained_before().is_none(),
     };
     if req.memory.passes(counts(rows)) == 1 {
         return Ok(1);
@@ -710,8 +732,9 @@ async fn keep_frozen(
     h: i32,
 ) -> Result<(), RecomputeError> {
     segments.replace_after(month_of_day(h));
+    let ids = segments.of_months([month_of_day(h)]);
     segments
-        .load(lake, [month_of_day(h)], index)
+        .load(lake, ids, index)
         .await
         .map_err(RecomputeError::Index)?;
     index.retain(|i| i.partition().day < h);
@@ -728,10 +751,7 @@ pub fn finish_index(
     attempted: &FxHashSet<KeyHash>,
 ) -> KeyIndex {
     let mut entries = parked;
-    entries.reserve(executions.len());
-    for (key, acc) in executions.into_entries() {
-        entries.push((KeyHash::of(&key), info_of(&acc)));
-    }
+    entries.extend(entries_of(executions));
     if !attempted.is_empty() {
         entries.sort_unstable_by_key(|(k, _)| *k);
         for k in attempted {
@@ -741,6 +761,17 @@ pub fn finish_index(
         }
     }
     index.finish(entries)
+}
+
+/// The index entries of folded executions, consuming them.
+pub fn entries_of(executions: Folded) -> Vec<(KeyHash, KeyInfo)> {
+    let mut out = Vec::with_capacity(executions.len());
+    out.extend(
+        executions
+            .into_entries()
+            .map(|(key, acc)| (KeyHash::of(&key), info_of(&acc))),
+    );
+    out
 }
 
 pub(crate) fn info_of(acc: &crate::fold::Acc) -> KeyInfo {

@@ -312,6 +312,11 @@ impl KeyIndex {
         }
     }
 
+    /// The entries, sorted by key (pending changes merged).
+    pub fn into_sorted(self) -> Vec<(KeyHash, KeyInfo)> {
+        self.finish(vec![]).sorted
+    }
+
     /// The Arrow schema of the stored index.
     pub fn schema() -> SchemaRef {
         SCHEMA.clone()

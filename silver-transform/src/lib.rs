@@ -131,6 +131,9 @@ pub struct Options {
     /// Key-hash passes of a fold of everything (`None`: the fewest the budget
     /// needs, [`memory::Budget::passes`]).
     pub fold_passes: Option<u32>,
+    /// Entries a key index segment holds at most before a write splits it
+    /// ([`segments::SEGMENT_KEYS`]; tests use a few so that months split).
+    pub index_segment_keys: u64,
 }
 
 impl Default for Options {
@@ -149,6 +152,7 @@ impl Default for Options {
             window_rows: incremental::FOLD_WINDOW_ROWS,
             memory: memory::Budget::default(),
             fold_passes: None,
+            index_segment_keys: segments::SEGMENT_KEYS,
         }
     }
 }
@@ -521,9 +525,11 @@ async fn execute(
     }
     // The key index only when there is work: a run with nothing new reads none,
     // and a run with work only the segments it touches (`recompute` loads them).
+    prior.segments = segments::Segments::default().with_max_keys(options.index_segment_keys);
     if let Some(m) = committed {
         prior.segments =
-            segments::Segments::from_records(&m.index_segments, m.bloom_pack.as_ref())?;
+            segments::Segments::from_records(&m.index_segments, m.bloom_pack.as_ref())?
+                .with_max_keys(options.index_segment_keys);
         if full && view.retained_before().is_none() {
             // A full refresh reads none: the segments it writes replace them all
             // (after a retention, those of the executions begun before its
@@ -589,6 +595,8 @@ async fn execute(
         passes: options.fold_passes,
         progress: Progress::new(&format!("{shard} folding"), "events"),
         removed_before: committed.and_then(|m| m.retained_before).map(day_of_date),
+        version: lease.as_ref().map(|l| l.version()),
+        segment_keys: options.index_segment_keys,
     };
     let planned = async {
         let mut rec = recompute(lake, &view, prior, &req).await?;
@@ -619,7 +627,9 @@ async fn execute(
     tracing::info!(
         partitions = rec.partitions.len(),
         // Those of the earlier passes are parked by now; their entries count them.
-        executions = rec.executions.len() + rec.spill.entries.len(),
+        executions = rec.executions.len() as u64
+            + rec.spill.entries.len() as u64
+            + rec.rebuild.as_ref().map_or(0, |r| r.keys),
         passes = rec.stats.fold_passes.max(1),
         new_batches = rec.new_batches.len(),
         days_read = rec.stats.days_read,
@@ -643,7 +653,9 @@ async fn execute(
             executions: executions.max(rec.largest_pass),
             windowed_day_events: rec.stats.windowed_day_events,
             index_keys: (rec.index.len() as u64).saturating_sub(executions)
-                + rec.spill.entries.len() as u64,
+                + rec.spill.entries.len() as u64
+                + rec.rebuild.as_ref().map_or(0, |r| r.open_keys()),
+            index_streamed: rec.rebuild.is_some(),
         },
         rec.stats.fold_passes.max(1) as u32,
     );
@@ -672,9 +684,21 @@ async fn execute(
 
     let Some(lease) = lease else {
         drop((rows, late));
-        let index =
-            incremental::finish_index(rec.index, rec.spill.entries, rec.executions, &rec.attempted);
-        report.rows.index_keys = rec.segments.keys_with(&index, rec.rebuilt);
+        report.rows.index_keys = match rec.rebuild.take() {
+            Some(mut r) => {
+                r.add(lake, incremental::entries_of(rec.executions)).await?;
+                r.keys
+            }
+            None => {
+                let index = incremental::finish_index(
+                    rec.index,
+                    rec.spill.entries,
+                    rec.executions,
+                    &rec.attempted,
+                );
+                rec.segments.keys_with(&index, rec.rebuilt)
+            }
+        };
         report.outcome = outcome_of(report);
         report.partitions.total = table.total();
         return Ok(());
@@ -763,15 +787,25 @@ async fn execute(
         .map(|f| f.path.clone())
         .collect();
     drop((rows, late));
-    let index = incremental::finish_index(
-        rec.index,
-        std::mem::take(&mut rec.spill.entries),
-        rec.executions,
-        &rec.attempted,
-    );
+    let (index, built) = match rec.rebuild.take() {
+        // A rebuild wrote the earlier passes' segments already.
+        Some(mut r) => {
+            or_release!(r.add(lake, incremental::entries_of(rec.executions)).await);
+            (KeyIndex::default(), or_release!(r.finish(lake).await))
+        }
+        None => (
+            incremental::finish_index(
+                rec.index,
+                std::mem::take(&mut rec.spill.entries),
+                rec.executions,
+                &rec.attempted,
+            ),
+            Vec::new(),
+        ),
+    };
     let written = or_release!(
         rec.segments
-            .write(lake, shard, version, index, rec.rebuilt)
+            .write(lake, shard, version, index, rec.rebuilt, built)
             .await
     );
     report.rows.index_keys = written.segments.iter().map(|s| s.keys).sum();

@@ -40,7 +40,9 @@ use serde::{Deserialize, Serialize};
 use crate::key::{PartitionKey, Shard};
 use crate::publish::FileRecord;
 
-/// Version of the manifest format, bumped on incompatible change: 4 gives each
+/// Version of the manifest format, bumped on incompatible change: 5 splits
+/// a large month of the key index into segments by key hash
+/// ([`crate::segments::IndexSegment::hash`]; whole months still read), 4 gives each
 /// key of the index the longest run of days without events (the days a fold
 /// skips; earlier segments still read, as whole spans) and keeps the
 /// segments' Bloom filters in one object per version (`bloom_pack`; inline
@@ -48,7 +50,7 @@ use crate::publish::FileRecord;
 /// partition table in monthly files ([`crate::partitions`]; 2 and 1 inline,
 /// still read), 2 the key index in monthly segments (1: one file, still read).
 /// A release of an older format refuses a newer lake instead of misreading it.
-pub const FORMAT: u32 = 4;
+pub const FORMAT: u32 = 5;
 /// Versions kept (older manifests and indexes are deleted).
 pub const KEEP_VERSIONS: usize = 5;
 

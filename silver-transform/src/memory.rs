@@ -128,7 +128,8 @@ impl Budget {
     /// executions and of the largest windowed day's event ids; every pass
     /// holds the base, the windows in flight and the other index entries, and
     /// the earlier passes' executions as index entries (their rows wait on
-    /// local disk, [`crate::spill`]). [`MAX_PASSES`] if none fits; 1 if what
+    /// local disk, [`crate::spill`]), or one pass's worth of those when they
+    /// are written out as the passes end ([`Counts::index_streamed`]). [`MAX_PASSES`] if none fits; 1 if what
     /// every pass holds is over the budget alone (a window too large for
     /// it: passes cannot help, and the run says it is over budget).
     pub fn passes(&self, c: Counts) -> u32 {
@@ -151,8 +152,13 @@ impl Budget {
         (1..=MAX_PASSES)
             .find(|p| {
                 let p = u64::from(*p);
+                let parked = if c.index_streamed {
+                    parked / p
+                } else {
+                    parked / p * (p - 1)
+                };
                 let peak = fixed
-                    .saturating_add(parked / p * (p - 1))
+                    .saturating_add(parked)
                     .saturating_add(held.div_ceil(p));
                 peak <= self.bytes()
             })
@@ -205,6 +211,10 @@ pub struct Counts {
     pub windowed_day_events: u64,
     /// Key index entries held besides those of the executions.
     pub index_keys: u64,
+    /// The earlier passes' index entries are written out as the passes end
+    /// (a rebuilt index, [`crate::segments::Rebuild`]): a pass holds at most
+    /// one pass's worth of them, not all.
+    pub index_streamed: bool,
 }
 
 impl Held {
@@ -291,6 +301,7 @@ mod tests {
             executions: 1_000,
             windowed_day_events: 10_000,
             index_keys: 10_000,
+            index_streamed: false,
         };
         let small = Held::new(b, c, 1);
         let bytes: u64 = (30 << 20) + 100_000 * 2 * 350 + 1_000 * 600 + 10_000 * 70 + 10_000 * 80;
@@ -319,6 +330,7 @@ mod tests {
             executions: 329_116,
             windowed_day_events: 1_000_000,
             index_keys: 0,
+            index_streamed: false,
         };
         let passes = b.passes(day);
         assert_eq!(passes, 2);
@@ -380,6 +392,7 @@ mod tests {
                 executions: e,
                 windowed_day_events: d,
                 index_keys: 0,
+                index_streamed: false,
             };
             let model = Held::new(b, c, 1).model_peak_mb;
             assert!(

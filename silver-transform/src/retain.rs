@@ -153,10 +153,12 @@ pub async fn retain(
         // execution, as the incremental runs did (module docs).
         let mut index = KeyIndex::default();
         segments.retire_ended_before(h);
-        let months: Vec<_> = segments.up_to(h).collect();
-        segments.load(lake, months, &mut index).await?;
+        let ids: Vec<_> = segments.up_to(h).collect();
+        segments.load(lake, ids, &mut index).await?;
         index.retain(|i| i.partition().day >= h || i.last_day >= h);
-        let segments = segments.write(lake, shard, version, index, false).await?;
+        let segments = segments
+            .write(lake, shard, version, index, false, Vec::new())
+            .await?;
         let (partition_months, table_months) = table.write(lake, shard, version).await?;
         let months = &segments.months | &table_months;
         Ok::<_, anyhow::Error>((segments, partition_months, months))

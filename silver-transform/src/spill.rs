@@ -95,8 +95,12 @@ impl Spill {
 
     /// Checks and routes one pass's `executions` (all of them: a pass's
     /// partitions are all published) into `routing`, writes their rows and
-    /// keeps their index entries; the executions are freed.
-    pub fn park(&mut self, routing: &mut Routing, executions: Folded) -> Result<(), SpillError> {
+    /// returns their index entries; the executions are freed.
+    pub fn park(
+        &mut self,
+        routing: &mut Routing,
+        executions: Folded,
+    ) -> Result<Vec<(KeyHash, KeyInfo)>, SpillError> {
         let rows = routing.route(&executions, |_| true);
         for (p, r) in &rows {
             let (silver, quarantine) = build_partition(r).map_err(|e| match e {
@@ -113,12 +117,7 @@ impl Spill {
             }
         }
         drop(rows);
-        self.entries.extend(
-            executions
-                .into_entries()
-                .map(|(k, acc)| (KeyHash::of(&k), crate::incremental::info_of(&acc))),
-        );
-        Ok(())
+        Ok(crate::incremental::entries_of(executions))
     }
 
     /// The parked pieces of partition `p` (none if nothing was parked).

@@ -198,9 +198,15 @@ fn sharded(index: u32) -> Options {
     Options {
         shard: Shard { index, count: 2 },
         window_rows: 5,
+        index_segment_keys: SEGMENT_KEYS,
         ..incremental()
     }
 }
+
+/// Key index segments of a few entries, so that the incremental runs split
+/// months by key hash, look keys up in parts of them, and rewrite parts
+/// (the reference keeps whole months).
+const SEGMENT_KEYS: u64 = 6;
 
 /// What a seed exercised besides the result.
 #[derive(Default)]
@@ -213,6 +219,8 @@ struct Covered {
     gaps: bool,
     /// A fold of everything ran in several key-hash passes and parked rows.
     passes: bool,
+    /// The incremental lake's key index holds a month in several segments.
+    split: bool,
 }
 
 /// A full refresh folding in `passes` key-hash passes (the earlier passes'
@@ -275,6 +283,7 @@ async fn check_seed(seed: u64, executions: usize, lakes: [Lake; 3]) -> Covered {
             &Options {
                 whole_shard_ratio,
                 fold_passes: Some(2),
+                index_segment_keys: SEGMENT_KEYS,
                 ..incremental()
             },
         )
@@ -327,6 +336,15 @@ async fn check_seed(seed: u64, executions: usize, lakes: [Lake; 3]) -> Covered {
             .unwrap()
             .checkpoint_batch()
             .is_some();
+    let found = silver_transform::manifest::find(&inc, Shard::ALL)
+        .await
+        .unwrap();
+    covered.split = found
+        .committed
+        .unwrap()
+        .index_segments
+        .iter()
+        .any(|s| s.hash.is_some());
     covered
 }
 
@@ -436,7 +454,7 @@ async fn retention_keeps_history_and_full_refresh_agrees_on_local_lakes() {
 #[tokio::test]
 async fn incremental_equals_full_recompute_on_s3() {
     let t = TestLake::new().await;
-    let (mut checkpointed, mut windowed, mut gapped, mut passes) = (0, 0, 0, 0);
+    let (mut checkpointed, mut windowed, mut gapped, mut passes, mut split) = (0, 0, 0, 0, 0);
     for seed in [1, 2, 3, 4] {
         let lakes = [
             t.other_bucket().await,
@@ -448,6 +466,7 @@ async fn incremental_equals_full_recompute_on_s3() {
         windowed += usize::from(c.windows);
         gapped += usize::from(c.gaps);
         passes += usize::from(c.passes);
+        split += usize::from(c.split);
     }
     assert!(
         checkpointed > 0,
@@ -459,12 +478,13 @@ async fn incremental_equals_full_recompute_on_s3() {
         "some key's events have days without them between"
     );
     assert!(passes > 0, "some fold ran in passes and parked rows");
+    assert!(split > 0, "some key index month was split by key hash");
 }
 
 #[tokio::test]
 async fn incremental_equals_full_recompute_on_local_lakes() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut checkpointed, mut windowed, mut gapped, mut passes) = (0, 0, 0, 0);
+    let (mut checkpointed, mut windowed, mut gapped, mut passes, mut split) = (0, 0, 0, 0, 0);
     for seed in 100..130 {
         let lakes = ["inc", "shards", "full"].map(|n| {
             Lake::open(&LakeConfig::local(dir.path().join(format!("{seed}-{n}")))).unwrap()
@@ -474,6 +494,7 @@ async fn incremental_equals_full_recompute_on_local_lakes() {
         windowed += usize::from(c.windows);
         gapped += usize::from(c.gaps);
         passes += usize::from(c.passes);
+        split += usize::from(c.split);
     }
     assert!(
         checkpointed >= 3,
@@ -488,4 +509,5 @@ async fn incremental_equals_full_recompute_on_local_lakes() {
         passes >= 10,
         "{passes} seeds folded in passes and parked rows"
     );
+    assert!(split >= 10, "{split} seeds split a key index month");
 }
