@@ -407,10 +407,47 @@ pub async fn recompute(
     }
     partitions.retain(live);
 
+    // Most executions affected (late events all over the history, a new
+    // event in every partition of a large day): one unfiltered pass over
+    // everything is cheaper, and its result is the same by definition. The
+    // partition table's rows tell before the index of those partitions is
+    // read; the keys to fold tell after (below).
+    let whole_shard = |affected_keys: u64| {
+        shard.count == 1 && affected_keys as f64 > req.whole_shard_ratio * known_keys as f64
+    };
+    let mut fallback = None;
+    if shard.count == 1 && req.whole_shard_ratio.is_finite() {
+        table.load_for(lake, &partitions).await?;
+        let planned_rows: u64 = partitions
+            .iter()
+            .filter_map(|p| table.get(p))
+            .flat_map(|r| [&r.silver, &r.quarantine])
+            .flatten()
+            .map(|f| f.rows)
+            .sum();
+        fallback = whole_shard(planned_rows).then_some(planned_rows);
+    }
+
     // 4. and 5. Fold every execution of those partitions, until the set is stable.
     let mut attempted: FxHashSet<KeyHash> = FxHashSet::default();
     let mut folded = Folded::default();
     loop {
+        if let Some(keys) = fallback {
+            tracing::info!(
+                keys,
+                indexed = known_keys,
+                "Most executions are affected: recomputing the whole shard"
+            );
+            drop(affected);
+            table.load(lake, table.months()).await?;
+            partitions.extend(table.keys().filter(|p| !frozen(p.day)));
+            if let Some(h) = horizon {
+                keep_frozen(lake, &mut segments, &mut old, h).await?;
+            }
+            out.segments = segments;
+            out.table = table;
+            return fold_everything(lake, view, req, out, partitions, old, Some(touched)).await;
+        }
         // All executions of a planned partition are in its month's segment.
         let months: BTreeSet<i32> = partitions.iter().map(|p| month_of_day(p.day)).collect();
         let ids = segments.of_months(months);
@@ -443,27 +480,10 @@ pub async fn recompute(
         if keys.is_empty() {
             break;
         }
-        if shard.count == 1
-            && out.stats.fold_rounds == 0
-            && keys.len() as f64 > req.whole_shard_ratio * known_keys as f64
-        {
-            // Most executions are affected (e.g. late events all over the history):
-            // one unfiltered pass over everything is cheaper, and its result is the
-            // same by definition. Every known partition is rewritten (or deleted).
-            tracing::info!(
-                keys = keys.len(),
-                indexed = known_keys,
-                "Most executions are affected: recomputing the whole shard"
-            );
-            drop((keys, days, affected));
-            table.load(lake, table.months()).await?;
-            partitions.extend(table.keys().filter(|p| !frozen(p.day)));
-            if let Some(h) = horizon {
-                keep_frozen(lake, &mut segments, &mut old, h).await?;
-            }
-            out.segments = segments;
-            out.table = table;
-            return fold_everything(lake, view, req, out, partitions, old, Some(touched)).await;
+        if out.stats.fold_rounds == 0 && whole_shard(keys.len() as u64) {
+            // Every known partition is rewritten (or deleted).
+            fallback = Some(keys.len() as u64);
+            continue;
         }
         let filter = Arc::new(KeyFilter::Keys(keys));
         let (round, stats) = fold_days(lake, view, days, Arc::clone(&filter), req).await?;

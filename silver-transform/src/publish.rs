@@ -64,6 +64,17 @@ pub enum PublishError {
     /// The lake's schema has a column silver does not know how to fill.
     #[error("silver does not know how to fill column {0}")]
     UnknownColumn(String),
+    /// Rows an earlier pass parked on local disk could not be read back.
+    #[error(
+        "cannot read back the rows parked at {path}: {reason}; the run needs its directory under \
+         TMPDIR until it publishes; nothing was committed, run silver-transform again"
+    )]
+    Parked {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// A frozen partition's quarantine file could not be read back.
     #[error(
         "cannot read the quarantine file {path}: {reason}; run silver-transform again, or restore the file"
@@ -175,19 +186,32 @@ pub struct PartitionBatches {
     /// The partition.
     pub partition: PartitionKey,
     /// Silver rows and their file (`None`: the partition has no silver rows).
-    pub silver: Option<(Path, RecordBatch)>,
+    pub silver: Option<Side>,
     /// Quarantine rows and their file (`None`: no violations).
-    pub quarantine: Option<(Path, RecordBatch)>,
+    pub quarantine: Option<Side>,
 }
 
-/// Rows of a partition as record batches, not yet merged: those an earlier
-/// key-hash pass parked on local disk ([`crate::spill`]), each sorted.
+/// One side (silver or quarantine) of a partition to write: the last pass's
+/// rows and the files of the earlier passes' (each sorted), merged as they
+/// are written.
+#[derive(Debug)]
+pub struct Side {
+    /// The file to write.
+    pub path: Path,
+    /// The last (or only) pass's rows, sorted.
+    pub last: Option<RecordBatch>,
+    /// The earlier passes' rows, parked on local disk ([`crate::spill`]).
+    pub parked: Vec<std::path::PathBuf>,
+}
+
+/// The files of a partition's rows that earlier key-hash passes parked on
+/// local disk ([`crate::spill`]), each sorted.
 #[derive(Debug, Default)]
 pub struct Pieces {
     /// Silver rows.
-    pub silver: Vec<RecordBatch>,
+    pub silver: Vec<std::path::PathBuf>,
     /// Quarantine rows.
-    pub quarantine: Vec<RecordBatch>,
+    pub quarantine: Vec<std::path::PathBuf>,
 }
 
 /// Builds the silver and the quarantine batch of one partition's `rows`
@@ -240,25 +264,13 @@ pub fn prepare(
         }
         Err(BuildError::Unknown(c)) => return Err(PublishError::UnknownColumn(c)),
     };
-    let merge = |mut pieces: Vec<RecordBatch>, last: Option<RecordBatch>, path: Path| {
-        pieces.extend(last);
-        if pieces.len() <= 1 {
-            return Ok(pieces.pop().map(|b| (path, b)));
-        }
-        let all = arrow::compute::concat_batches(&pieces[0].schema(), &pieces);
-        drop(pieces);
-        match all.and_then(|all| sort_rows(&all)) {
-            Ok(b) => Ok(Some((path, b))),
-            Err(source) => Err(PublishError::Arrow {
-                path: path.to_string(),
-                source,
-            }),
-        }
+    let side = |parked: Vec<std::path::PathBuf>, last: Option<RecordBatch>, path: Path| {
+        (last.is_some() || !parked.is_empty()).then_some(Side { path, last, parked })
     };
     Ok(PartitionBatches {
         partition,
-        quarantine: merge(earlier.quarantine, quarantine, quarantine_path)?,
-        silver: merge(earlier.silver, silver, silver_path)?,
+        quarantine: side(earlier.quarantine, quarantine, quarantine_path),
+        silver: side(earlier.silver, silver, silver_path),
     })
 }
 
@@ -271,26 +283,216 @@ pub async fn publish(lake: Lake, batches: PartitionBatches) -> Result<Published,
     })
 }
 
-async fn write(
-    lake: &Lake,
-    file: Option<(Path, RecordBatch)>,
-) -> Result<Option<FileRecord>, PublishError> {
-    let Some((path, batch)) = file else {
+async fn write(lake: &Lake, side: Option<Side>) -> Result<Option<FileRecord>, PublishError> {
+    let Some(Side { path, last, parked }) = side else {
         return Ok(None);
     };
     let write_err = |source| PublishError::Write {
         path: path.to_string(),
         source,
     };
-    let mut w = FileWriter::create(lake, path.clone(), batch.schema()).map_err(write_err)?;
-    w.write(&batch).await.map_err(write_err)?;
-    let f = w.finish().await.map_err(write_err)?;
+    let f = if parked.is_empty() {
+        let Some(batch) = last else {
+            return Ok(None);
+        };
+        let mut w = FileWriter::create(lake, path.clone(), batch.schema()).map_err(write_err)?;
+        // In the merge's slices: the writer's pages follow the calls.
+        let mut at = 0;
+        while at < batch.num_rows() {
+            let n = MERGE_BATCH_ROWS.min(batch.num_rows() - at);
+            w.write(&batch.slice(at, n)).await.map_err(write_err)?;
+            at += n;
+        }
+        w.finish().await.map_err(write_err)?
+    } else {
+        // The pieces merged as they are read, a few thousand rows at a time:
+        // a partition larger than memory is written as one file all the same.
+        let mut sources: Vec<Source> = Vec::with_capacity(parked.len() + 1);
+        for p in &parked {
+            let reader =
+                crate::spill::open(p, MERGE_BATCH_ROWS).map_err(|e| PublishError::Parked {
+                    path: p.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            sources.push(Box::new(reader));
+        }
+        sources.extend(last.map(|b| Box::new(std::iter::once(Ok(b))) as Source));
+        let arrow_err = |source| PublishError::Arrow {
+            path: path.to_string(),
+            source,
+        };
+        let mut merge = Merge::new(sources).map_err(arrow_err)?;
+        let mut w: Option<FileWriter> = None;
+        while let Some(batch) = merge.next_batch().map_err(arrow_err)? {
+            let w = match &mut w {
+                Some(w) => w,
+                None => w.insert(
+                    FileWriter::create(lake, path.clone(), batch.schema()).map_err(write_err)?,
+                ),
+            };
+            w.write(&batch).await.map_err(write_err)?;
+        }
+        let Some(w) = w else {
+            return Ok(None);
+        };
+        w.finish().await.map_err(write_err)?
+    };
     Ok(Some(FileRecord {
         path: f.path.to_string(),
         rows: f.rows,
         bytes: f.bytes,
         sha256: f.sha256,
     }))
+}
+
+/// Rows a file is written at a time, merged from parked pieces or sliced
+/// from one batch: the Parquet writer's pages depend on how the rows are
+/// handed to it, so a fold in passes writes the bytes a fold in one pass
+/// does only if both hand it the same slices.
+const MERGE_BATCH_ROWS: usize = 8 * 1024;
+
+/// Sorted record batches of one piece.
+type Source = Box<dyn Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>> + Send>;
+
+/// The sort key of silver or quarantine rows in file order ([`sort_rows`]).
+struct SortKeys {
+    at: TimestampMicrosecondArray,
+    id: StringArray,
+    rule: Option<Int32Array>,
+}
+
+impl SortKeys {
+    fn of(batch: &RecordBatch) -> Result<Self, arrow::error::ArrowError> {
+        let (at, id, rule) = sort_columns(batch)?;
+        let schema_err =
+            |c: &str| arrow::error::ArrowError::SchemaError(format!("{c} has another type"));
+        Ok(Self {
+            at: at
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .ok_or_else(|| schema_err("first_event_at"))?
+                .clone(),
+            id: id
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| schema_err("execution_id"))?
+                .clone(),
+            rule: match rule {
+                Some(r) => Some(
+                    r.as_any()
+                        .downcast_ref::<Int32Array>()
+                        .ok_or_else(|| schema_err("violation"))?
+                        .clone(),
+                ),
+                None => None,
+            },
+        })
+    }
+
+    /// Row `i`'s key; nulls first, as [`sort_rows`] orders them.
+    fn key(&self, i: usize) -> (Option<i64>, Option<&str>, Option<i32>) {
+        use arrow::array::Array;
+        (
+            self.at.is_valid(i).then(|| self.at.value(i)),
+            self.id.is_valid(i).then(|| self.id.value(i)),
+            self.rule.as_ref().map(|r| r.value(i)),
+        )
+    }
+}
+
+/// One piece being merged: its current batch (in [`Merge::held`]) and row.
+struct Cursor {
+    rest: Source,
+    held: usize,
+    keys: SortKeys,
+    pos: usize,
+    len: usize,
+}
+
+impl Cursor {
+    /// Moves to the next non-empty batch; `None` when the piece is done.
+    fn advance(
+        rest: &mut Source,
+        held: &mut Vec<RecordBatch>,
+    ) -> Result<Option<(usize, SortKeys, usize)>, arrow::error::ArrowError> {
+        for batch in rest.by_ref() {
+            let batch = batch?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let keys = SortKeys::of(&batch)?;
+            let len = batch.num_rows();
+            held.push(batch);
+            return Ok(Some((held.len() - 1, keys, len)));
+        }
+        Ok(None)
+    }
+}
+
+/// A k-way merge of sorted pieces into file order, [`MERGE_BATCH_ROWS`] rows
+/// at a time (the pieces of one partition hold disjoint executions).
+struct Merge {
+    cursors: Vec<Cursor>,
+    /// The batches the cursors and the pending output rows refer to.
+    held: Vec<RecordBatch>,
+}
+
+impl Merge {
+    fn new(sources: Vec<Source>) -> Result<Self, arrow::error::ArrowError> {
+        let mut held = Vec::new();
+        let mut cursors = Vec::with_capacity(sources.len());
+        for mut rest in sources {
+            if let Some((h, keys, len)) = Cursor::advance(&mut rest, &mut held)? {
+                cursors.push(Cursor {
+                    rest,
+                    held: h,
+                    keys,
+                    pos: 0,
+                    len,
+                });
+            }
+        }
+        Ok(Self { cursors, held })
+    }
+
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>, arrow::error::ArrowError> {
+        let mut picked: Vec<(usize, usize)> = Vec::with_capacity(MERGE_BATCH_ROWS);
+        while picked.len() < MERGE_BATCH_ROWS {
+            // A few dozen pieces at most (the passes): a scan beats a heap.
+            let Some(c) = (0..self.cursors.len()).min_by(|a, b| {
+                let (a, b) = (&self.cursors[*a], &self.cursors[*b]);
+                a.keys.key(a.pos).cmp(&b.keys.key(b.pos))
+            }) else {
+                break;
+            };
+            let cur = &mut self.cursors[c];
+            picked.push((cur.held, cur.pos));
+            cur.pos += 1;
+            if cur.pos == cur.len {
+                match Cursor::advance(&mut cur.rest, &mut self.held)? {
+                    Some((h, keys, len)) => {
+                        (cur.held, cur.keys, cur.pos, cur.len) = (h, keys, 0, len);
+                    }
+                    None => {
+                        self.cursors.swap_remove(c);
+                    }
+                }
+            }
+        }
+        if picked.is_empty() {
+            return Ok(None);
+        }
+        let refs: Vec<&RecordBatch> = self.held.iter().collect();
+        let out = arrow::compute::interleave_record_batch(&refs, &picked)?;
+        // Keep only the batches the cursors still read.
+        let mut kept = Vec::with_capacity(self.cursors.len());
+        for cur in &mut self.cursors {
+            kept.push(self.held[cur.held].clone());
+            cur.held = kept.len() - 1;
+        }
+        self.held = kept;
+        Ok(Some(out))
+    }
 }
 
 /// Why a batch could not be built.
@@ -417,7 +619,15 @@ pub async fn rewrite_late(
         return Ok(None);
     }
     let sorted = sort_rows(&all).map_err(arrow_err)?;
-    write(lake, Some((path, sorted))).await
+    write(
+        lake,
+        Some(Side {
+            path,
+            last: Some(sorted),
+            parked: Vec::new(),
+        }),
+    )
+    .await
 }
 
 /// Reads a quarantine file, checked against its record.
@@ -467,33 +677,47 @@ fn keep_mask(
 /// `(first_event_at, execution_id)`, then the rule of a quarantine row.
 fn sort_rows(batch: &RecordBatch) -> Result<RecordBatch, arrow::error::ArrowError> {
     use arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
-    let column = |name: &str| {
-        batch
-            .column_by_name(name)
-            .cloned()
-            .ok_or_else(|| arrow::error::ArrowError::SchemaError(format!("no column {name}")))
-    };
-    let mut by = vec![column("first_event_at")?, column("execution_id")?];
-    if let Some(violations) = batch.column_by_name("violation") {
-        let violations = violations
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| arrow::error::ArrowError::SchemaError("violation is not text".into()))?;
-        by.push(Arc::new(Int32Array::from_iter_values(
-            violations.iter().map(|v| {
-                Rule::ALL
-                    .iter()
-                    .position(|r| Some(r.name()) == v)
-                    .map_or(i32::MAX, |i| i as i32)
-            }),
-        )));
-    }
-    let by: Vec<SortColumn> = by
+    let (at, id, rule) = sort_columns(batch)?;
+    let by: Vec<SortColumn> = [Some(at), Some(id), rule]
         .into_iter()
+        .flatten()
         .map(|values| SortColumn {
             values,
             options: None,
         })
         .collect();
     take_record_batch(batch, &lexsort_to_indices(&by, None)?)
+}
+
+/// The columns of file order: `first_event_at`, `execution_id` and, for
+/// quarantine rows, the rank of their rule.
+fn sort_columns(
+    batch: &RecordBatch,
+) -> Result<(ArrayRef, ArrayRef, Option<ArrayRef>), arrow::error::ArrowError> {
+    let column = |name: &str| {
+        batch
+            .column_by_name(name)
+            .cloned()
+            .ok_or_else(|| arrow::error::ArrowError::SchemaError(format!("no column {name}")))
+    };
+    let rule = match batch.column_by_name("violation") {
+        Some(violations) => {
+            let violations = violations
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| {
+                    arrow::error::ArrowError::SchemaError("violation is not text".into())
+                })?;
+            Some(
+                Arc::new(Int32Array::from_iter_values(violations.iter().map(|v| {
+                    Rule::ALL
+                        .iter()
+                        .position(|r| Some(r.name()) == v)
+                        .map_or(i32::MAX, |i| i as i32)
+                }))) as ArrayRef,
+            )
+        }
+        None => None,
+    };
+    Ok((column("first_event_at")?, column("execution_id")?, rule))
 }

@@ -650,12 +650,7 @@ type Part = (u32, u32, Vec<(KeyHash, KeyInfo)>);
 /// segments of at most `max`: `(start, bits, entries)`, the empty
 /// ones left out (a later entry in their range makes a write split the month
 /// again, see [`Segments::write`]).
-fn split(
-    start: u32,
-    bits: u32,
-    entries: Vec<(KeyHash, KeyInfo)>,
-    max: u64,
-) -> Vec<Part> {
+fn split(start: u32, bits: u32, entries: Vec<(KeyHash, KeyInfo)>, max: u64) -> Vec<Part> {
     let n = entries.len() as u64;
     if n == 0 {
         return vec![];

@@ -38,9 +38,6 @@ const DIR_PREFIX: &str = "silver-passes-";
 /// The file a run's directory holds, locked while the run lives.
 const LOCK_FILE: &str = "lock";
 
-/// Rows read back at a time.
-const READ_BATCH_ROWS: usize = 65_536;
-
 /// Errors of parking rows on local disk.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -126,8 +123,8 @@ impl Spill {
             return Ok(Pieces::default());
         };
         Ok(Pieces {
-            silver: read_all(&parked.silver)?,
-            quarantine: read_all(&parked.quarantine)?,
+            silver: parked.silver.clone(),
+            quarantine: parked.quarantine.clone(),
         })
     }
 
@@ -212,22 +209,19 @@ fn remove_stale(base: &std::path::Path) -> u64 {
     removed
 }
 
-fn read_all(paths: &[PathBuf]) -> Result<Vec<RecordBatch>, SpillError> {
-    let mut out = Vec::new();
-    for path in paths {
-        let disk = |reason: String| SpillError::Disk {
-            path: path.display().to_string(),
-            reason,
-        };
-        let file = File::open(path).map_err(|e| disk(e.to_string()))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .and_then(|b| b.with_batch_size(READ_BATCH_ROWS).build())
-            .map_err(|e| disk(e.to_string()))?;
-        for batch in reader {
-            out.push(batch.map_err(|e| disk(e.to_string()))?);
-        }
-    }
-    Ok(out)
+/// Reads a parked file back, `rows` at a time (in its sorted order).
+pub fn open(
+    path: &std::path::Path,
+    rows: usize,
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, SpillError> {
+    let disk = |reason: String| SpillError::Disk {
+        path: path.display().to_string(),
+        reason,
+    };
+    let file = File::open(path).map_err(|e| disk(e.to_string()))?;
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.with_batch_size(rows).build())
+        .map_err(|e| disk(e.to_string()))
 }
 
 #[cfg(test)]
