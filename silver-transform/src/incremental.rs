@@ -235,9 +235,9 @@ pub struct Recomputed {
     /// to them is in `executions` or, routed already, in `spill`.
     pub partitions: BTreeSet<PartitionKey>,
     /// Folded executions by key text (may include executions of other shards):
-    /// the last pass's of a fold in several.
+    /// none after a fold in several passes, which parks them all.
     pub executions: Folded,
-    /// The rows and index entries of a fold's earlier passes.
+    /// The rows and index entries of a fold's passes.
     pub spill: Spill,
     /// What routing the earlier passes' executions counted.
     pub routing: Routing,
@@ -592,7 +592,9 @@ async fn fold_everything(
         }
         partitions.extend(folded.values().map(|a| a.partition()));
         out.largest_pass = out.largest_pass.max(folded.len() as u64);
-        if index + 1 < passes {
+        if passes > 1 {
+            // The last pass's too: publishing then merges parked pieces only,
+            // without the last pass's executions in memory next to the merges.
             let entries = out.spill.park(&mut out.routing, folded)?;
             match &mut out.rebuild {
                 Some(r) => r.add(lake, entries).await.map_err(RecomputeError::Index)?,

@@ -65,9 +65,9 @@ pub const JOB: &str = "silver-transform";
 /// Partitions published concurrently.
 const PUBLISH_CONCURRENCY: usize = 8;
 /// Partitions published concurrently when parked pieces are merged: a run in
-/// key-hash passes is short of memory, and a merge holds its partition's rows
-/// twice (the pieces, then the sorted whole).
-const MERGE_CONCURRENCY: usize = 2;
+/// key-hash passes is short of memory, and each file being written holds its
+/// open row group (up to 128 Ki rows, ~75 MiB for a large partition).
+const MERGE_CONCURRENCY: usize = 1;
 
 /// What a run recomputes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

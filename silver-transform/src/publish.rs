@@ -310,7 +310,7 @@ async fn write(lake: &Lake, side: Option<Side>) -> Result<Option<FileRecord>, Pu
         let mut sources: Vec<Source> = Vec::with_capacity(parked.len() + 1);
         for p in &parked {
             let reader =
-                crate::spill::open(p, MERGE_BATCH_ROWS).map_err(|e| PublishError::Parked {
+                crate::spill::open(p, MERGE_READ_ROWS).map_err(|e| PublishError::Parked {
                     path: p.display().to_string(),
                     reason: e.to_string(),
                 })?;
@@ -350,6 +350,10 @@ async fn write(lake: &Lake, side: Option<Side>) -> Result<Option<FileRecord>, Pu
 /// handed to it, so a fold in passes writes the bytes a fold in one pass
 /// does only if both hand it the same slices.
 const MERGE_BATCH_ROWS: usize = 8 * 1024;
+
+/// Rows a merge reads of each piece at a time (a fold of dozens of passes
+/// merges dozens of pieces).
+const MERGE_READ_ROWS: usize = 1024;
 
 /// Sorted record batches of one piece.
 type Source = Box<dyn Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>> + Send>;

@@ -1,14 +1,15 @@
-//! The rows of a fold's earlier key-hash passes, parked on local disk until
-//! publish merges each partition's pieces with the last pass's rows (SPEC §10).
+//! The rows of a fold's key-hash passes, parked on local disk until publish
+//! merges each partition's pieces (SPEC §10).
 //!
 //! A fold larger than the memory budget allows ([`crate::memory::Budget::passes`])
 //! runs in passes, each folding the executions of one part of the key-hash
 //! space from all the days it reads ([`crate::fold::KeyFilter::Part`]). An
 //! execution's events all fall in one part, so each pass's executions are
 //! complete: they are checked and routed as the pass ends, their rows written
-//! here, sorted, one file per partition and side, and only their key index
-//! entries stay in memory. The last pass's executions stay in memory, as a
-//! fold in one pass does; [`crate::publish::prepare`] merges.
+//! here, sorted, one file per partition and side, and their key index
+//! entries go to the rebuilt index ([`crate::segments::Rebuild`]). The last
+//! pass is parked too, so publishing holds the merges and no executions;
+//! [`crate::publish`] merges each partition's pieces as it writes them.
 //!
 //! The files are Parquet (zstd, level 1) in a private temporary directory under
 //! `TMPDIR` (the pod's emptyDir at /tmp), removed when the run ends. A run
@@ -37,6 +38,9 @@ use crate::route::Routing;
 const DIR_PREFIX: &str = "silver-passes-";
 /// The file a run's directory holds, locked while the run lives.
 const LOCK_FILE: &str = "lock";
+
+/// Rows of a parked file's row groups.
+const PARKED_ROW_GROUP_ROWS: usize = 1_024;
 
 /// Errors of parking rows on local disk.
 #[derive(Debug, thiserror::Error)]
@@ -154,8 +158,11 @@ impl Spill {
         };
         let file = File::create(&path).map_err(|e| disk(e.to_string()))?;
         // Compressed (fast): a large fold parks about as much as it publishes.
+        // Small row groups: the merge that reads a partition's pieces back
+        // holds one row group of each at a time ([`crate::publish`]).
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_max_row_group_row_count(Some(PARKED_ROW_GROUP_ROWS))
             .build();
         let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props))
             .map_err(|e| disk(e.to_string()))?;
