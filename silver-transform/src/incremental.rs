@@ -411,7 +411,8 @@ pub async fn recompute(
     // event in every partition of a large day): one unfiltered pass over
     // everything is cheaper, and its result is the same by definition. The
     // partition table's rows tell before the index of those partitions is
-    // read; the keys to fold tell after (below).
+    // read (an overestimate: a quarantined execution has a row per broken
+    // rule); the keys to fold tell after (below).
     let whole_shard = |affected_keys: u64| {
         shard.count == 1 && affected_keys as f64 > req.whole_shard_ratio * known_keys as f64
     };
@@ -432,9 +433,9 @@ pub async fn recompute(
     let mut attempted: FxHashSet<KeyHash> = FxHashSet::default();
     let mut folded = Folded::default();
     loop {
-        if let Some(keys) = fallback {
+        if let Some(to_fold) = fallback {
             tracing::info!(
-                keys,
+                to_fold,
                 indexed = known_keys,
                 "Most executions are affected: recomputing the whole shard"
             );

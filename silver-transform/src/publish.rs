@@ -317,13 +317,20 @@ async fn write(lake: &Lake, side: Option<Side>) -> Result<Option<FileRecord>, Pu
             sources.push(Box::new(reader));
         }
         sources.extend(last.map(|b| Box::new(std::iter::once(Ok(b))) as Source));
-        let arrow_err = |source| PublishError::Arrow {
-            path: path.to_string(),
-            source,
+        // A piece that fails to decode is a parked file gone bad: name the
+        // run's directory of them.
+        let dir = parked
+            .first()
+            .and_then(|p| p.parent())
+            .map(|d| d.display().to_string())
+            .unwrap_or_default();
+        let parked_err = |e: arrow::error::ArrowError| PublishError::Parked {
+            path: dir.clone(),
+            reason: e.to_string(),
         };
-        let mut merge = Merge::new(sources).map_err(arrow_err)?;
+        let mut merge = Merge::new(sources).map_err(parked_err)?;
         let mut w: Option<FileWriter> = None;
-        while let Some(batch) = merge.next_batch().map_err(arrow_err)? {
+        while let Some(batch) = merge.next_batch().map_err(parked_err)? {
             let w = match &mut w {
                 Some(w) => w,
                 None => w.insert(

@@ -610,7 +610,14 @@ impl Segments {
                     mine.push(e);
                 }
                 if !self.loaded.contains(&(m, start)) {
-                    // Not loaded, so no entry of it (`gained` loads those).
+                    // Not loaded, so no entry of it (`gained` loads those):
+                    // never carry it over entries, which would drop them.
+                    if !mine.is_empty() {
+                        anyhow::bail!(
+                            "key index segment of {} was not loaded but gains entries",
+                            s.record.month
+                        );
+                    }
                     let Some(bloom) = &s.bloom else {
                         anyhow::bail!(
                             "key index segment {} was carried without its filter",
@@ -786,7 +793,11 @@ impl Rebuild {
             shard,
             version,
             passes: passes.max(1),
-            max_keys: max_keys.max(1),
+            max_keys: if max_keys == 0 {
+                SEGMENT_KEYS
+            } else {
+                max_keys
+            },
             done: 0,
             bits: BTreeMap::new(),
             open: BTreeMap::new(),
